@@ -1,0 +1,120 @@
+//! Command line: clap types and the one dispatch `match`. Each verb is a few lines that call
+//! into the library; output goes through [`Output`] so `--json` and human text come from the
+//! same typed values.
+
+use crate::discover::{self, HostPaths};
+use crate::exit::{ExitCode, EXIT_CODES_HELP};
+use crate::status;
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Switch an ostree host to its staged deployment without a firmware reboot.
+///
+/// fastswitch compares the booted deployment with the staged one (else the pending one):
+/// /usr files, /etc defaults, systemd units and the kernel (vmlinuz + initramfs digest,
+/// kernel arguments). If only userspace changed it applies the change live: the staged /usr is
+/// bound over /usr in one atomic mount, /etc gets ostree's 3-way merge, and exactly the services
+/// whose unit, binary or libraries changed are restarted. If the kernel changed it kexecs into
+/// the new deployment through an orderly systemd shutdown.
+#[derive(Debug, Parser, PartialEq)]
+#[command(name = "fastswitch", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, PartialEq, Clone)]
+pub struct GlobalOpts {
+    /// Physical sysroot holding ostree/ and boot/ [default: /sysroot when ostree-booted, else /]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub sysroot: Option<PathBuf>,
+    /// Root of the running system, where /usr and /etc live [default: /]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Runtime state directory holding ostree-booted and ostree/staged-deployment [default: /run]
+    #[arg(long = "run-dir", global = true, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Print machine-readable JSON (with a schema_version) instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl GlobalOpts {
+    pub fn paths(&self) -> HostPaths {
+        HostPaths::resolve(
+            self.sysroot.clone(),
+            self.root.clone(),
+            self.run_dir.clone(),
+        )
+    }
+}
+
+#[derive(Debug, Subcommand, PartialEq)]
+pub enum Command {
+    /// List deployments with their marks (booted, staged, pending, rollback, pinned), origin,
+    /// kernel and kernel arguments, and any live-apply state.
+    Status,
+}
+
+/// Where verbs write. `--json` selects one JSON document on stdout.
+pub struct Output<'a> {
+    pub json: bool,
+    pub out: &'a mut dyn Write,
+}
+
+impl Output<'_> {
+    pub fn json_value<T: serde::Serialize>(&mut self, v: &T) -> Result<()> {
+        serde_json::to_writer_pretty(&mut *self.out, v)?;
+        writeln!(self.out)?;
+        Ok(())
+    }
+}
+
+/// Parse `args` and run. Returns the exit code; errors are returned for the one printer in
+/// `main`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    let mut o = Output {
+        json: cli.global.json,
+        out,
+    };
+    let paths = cli.global.paths();
+    match cli.command {
+        Command::Status => {
+            let host = discover::load(&paths)?;
+            if o.json {
+                o.json_value(&status::to_json(&host, None))?;
+            } else {
+                status::write_human(o.out, &host, &[])?;
+            }
+            Ok(ExitCode::Ok)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_global_flags_after_verb() {
+        let cli =
+            Cli::try_parse_from(["fastswitch", "status", "--json", "--sysroot", "/x"]).unwrap();
+        assert!(cli.global.json);
+        assert_eq!(
+            cli.global.sysroot.as_deref(),
+            Some(std::path::Path::new("/x"))
+        );
+        assert_eq!(cli.command, Command::Status);
+    }
+
+    #[test]
+    fn help_lists_exit_codes() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"));
+    }
+}

@@ -1,0 +1,552 @@
+//! Discover the deployments of an ostree sysroot: which exist, which is booted, staged,
+//! pending or rollback, their origins, kernels and kernel arguments.
+//!
+//! Parsing lives in the submodules and is pure; this module does the reading, always naming
+//! the path in errors. The rules follow libostree (`ostree_sysroot_load`):
+//! - deployments are the BLS entries under `boot/loader/entries` (highest `version` first),
+//!   each resolved through its `ostree=` bootlink; a staged deployment comes first;
+//! - the booted one is found by (dev, ino) of its directory against `/run/ostree-booted`'s
+//!   `backing-root-device-inode`, or `stat` of the root when that key is absent — never
+//!   from `/proc/cmdline`;
+//! - pending/rollback are the neighbours of the booted deployment in the same stateroot.
+
+pub mod bls;
+pub mod kernel;
+pub mod origin;
+pub mod state;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+pub use bls::BootEntry;
+pub use kernel::KernelFiles;
+pub use origin::Origin;
+pub use state::{BootedState, StagedState};
+
+/// Where to look. Every verb takes these, so tests can point at fixtures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostPaths {
+    /// The physical sysroot holding `ostree/` and `boot/` (`/sysroot` when booted).
+    pub sysroot: PathBuf,
+    /// The running system's root (`/`): where `/usr` and `/etc` are swapped and merged.
+    pub root: PathBuf,
+    /// The runtime state directory (`/run`).
+    pub run: PathBuf,
+}
+
+impl HostPaths {
+    /// Defaults: root `/`, run `/run`, sysroot `/sysroot` when `<run>/ostree-booted` exists,
+    /// else `/`.
+    pub fn resolve(sysroot: Option<PathBuf>, root: Option<PathBuf>, run: Option<PathBuf>) -> Self {
+        let root = root.unwrap_or_else(|| PathBuf::from("/"));
+        let run = run.unwrap_or_else(|| PathBuf::from("/run"));
+        let sysroot = sysroot.unwrap_or_else(|| {
+            if run.join("ostree-booted").exists() {
+                root.join("sysroot")
+            } else {
+                root.clone()
+            }
+        });
+        HostPaths { sysroot, root, run }
+    }
+
+    pub fn ostree_booted_file(&self) -> PathBuf {
+        self.run.join("ostree-booted")
+    }
+
+    pub fn staged_file(&self) -> PathBuf {
+        self.run.join("ostree/staged-deployment")
+    }
+}
+
+/// One deployment, with everything status and diff need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployment {
+    /// Position in ostree's order (staged first, then BLS order).
+    pub index: usize,
+    /// `<checksum>.<serial>`.
+    pub id: String,
+    pub stateroot: String,
+    pub checksum: String,
+    pub serial: u32,
+    /// Physical deployment directory `…/ostree/deploy/<stateroot>/deploy/<id>`.
+    pub path: PathBuf,
+    pub booted: bool,
+    pub staged: bool,
+    pub pending: bool,
+    pub rollback: bool,
+    pub pinned: bool,
+    pub origin: Option<Origin>,
+    pub kernel: Option<KernelFiles>,
+    /// The BLS entry, absent for a staged deployment (not finalized yet).
+    pub boot_entry: Option<BootEntry>,
+    /// Kernel arguments: the BLS `options`; for a staged deployment the override it was
+    /// staged with, else the ones it inherits from its merge deployment.
+    pub kargs: Vec<String>,
+    /// (st_dev, st_ino) of the deployment directory.
+    #[serde(skip)]
+    pub dev_ino: (u64, u64),
+}
+
+impl Deployment {
+    /// Kernel arguments without `ostree=`, which differs between any two deployments.
+    pub fn kargs_without_ostree(&self) -> Vec<String> {
+        self.kargs
+            .iter()
+            .filter(|a| !a.starts_with("ostree="))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Everything discovered about a sysroot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub paths: HostPaths,
+    /// `<run>/ostree-booted` exists.
+    pub ostree_booted: bool,
+    pub booted_state: Option<BootedState>,
+    pub staged_state: Option<StagedState>,
+    /// The current bootversion (`boot/loader` → `loader.N`), if any entries were written.
+    pub bootversion: Option<u8>,
+    pub deployments: Vec<Deployment>,
+}
+
+impl Host {
+    pub fn booted(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.booted)
+    }
+    pub fn staged(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.staged)
+    }
+    pub fn pending(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.pending)
+    }
+    pub fn rollback(&self) -> Option<&Deployment> {
+        self.deployments.iter().find(|d| d.rollback)
+    }
+
+    /// Resolve a user's deployment selector: `booted`, `staged`, `pending`, `rollback`, an index,
+    /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works).
+    pub fn select(&self, sel: &str) -> Result<&Deployment> {
+        let found = match sel {
+            "booted" => self.booted(),
+            "staged" => self.staged(),
+            "pending" => self.pending(),
+            "rollback" => self.rollback(),
+            s if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) => {
+                let i: usize = s.parse().context("deployment index")?;
+                self.deployments.get(i)
+            }
+            s => {
+                let matches: Vec<&Deployment> = self
+                    .deployments
+                    .iter()
+                    .filter(|d| d.id == s || (s.contains('.') && d.id.starts_with(s)))
+                    .collect();
+                if matches.len() > 1 {
+                    bail!(
+                        "deployment `{s}` is ambiguous: it matches {} deployments",
+                        matches.len()
+                    );
+                }
+                matches.into_iter().next()
+            }
+        };
+        found.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no `{sel}` deployment in {} (known: {}); see `fastswitch status`",
+                self.paths.sysroot.display(),
+                self.deployments
+                    .iter()
+                    .map(|d| format!("{}={}", d.index, d.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+}
+
+/// Check a deployment directory name: `<64 hex>.<serial>`. Returns (checksum, serial).
+pub fn parse_deploy_name(name: &str) -> Result<(String, u32)> {
+    let (csum, serial) = name
+        .rsplit_once('.')
+        .with_context(|| format!("deployment name {name:?} is not <checksum>.<serial>"))?;
+    if csum.len() != 64
+        || !csum
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        bail!("deployment name {name:?}: checksum is not 64 lower-case hex digits");
+    }
+    if serial.is_empty() || !serial.bytes().all(|c| c.is_ascii_digit()) {
+        bail!("deployment name {name:?}: serial is not a number");
+    }
+    Ok((
+        csum.to_owned(),
+        serial
+            .parse()
+            .with_context(|| format!("deployment name {name:?}: serial"))?,
+    ))
+}
+
+fn check_stateroot(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        bail!("stateroot name {name:?} is not a plain directory name");
+    }
+    Ok(())
+}
+
+fn dev_ino(p: &Path) -> Result<(u64, u64)> {
+    let m = std::fs::symlink_metadata(p).with_context(|| format!("stat {}", p.display()))?;
+    if !m.is_dir() {
+        bail!("{} is not a directory", p.display());
+    }
+    Ok((m.dev(), m.ino()))
+}
+
+/// Read the whole sysroot. Errors name the path that is missing or malformed.
+pub fn load(paths: &HostPaths) -> Result<Host> {
+    let deploy_root = paths.sysroot.join("ostree/deploy");
+    if !deploy_root.is_dir() {
+        bail!(
+            "{} is not an ostree sysroot: {} does not exist (use --sysroot to point at one)",
+            paths.sysroot.display(),
+            deploy_root.display()
+        );
+    }
+
+    let booted_file = paths.ostree_booted_file();
+    let ostree_booted = booted_file.exists();
+    let booted_state = if ostree_booted {
+        let bytes = std::fs::read(&booted_file)
+            .with_context(|| format!("reading {}", booted_file.display()))?;
+        Some(
+            state::parse_booted(&bytes)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", booted_file.display()))?,
+        )
+    } else {
+        None
+    };
+
+    let staged_file = paths.staged_file();
+    let staged_state = match std::fs::read(&staged_file) {
+        Ok(bytes) => Some(
+            state::parse_staged(&bytes)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", staged_file.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", staged_file.display())),
+    };
+
+    let (bootversion, entries) = read_boot_entries(&paths.sysroot)?;
+    let mut deployments: Vec<Deployment> = Vec::new();
+
+    if let Some(st) = &staged_state {
+        check_stateroot(&st.osname).with_context(|| format!("in {}", staged_file.display()))?;
+        let (checksum, serial) =
+            parse_deploy_name(&st.name).with_context(|| format!("in {}", staged_file.display()))?;
+        let path = deploy_root.join(&st.osname).join("deploy").join(&st.name);
+        if !path.is_dir() {
+            bail!(
+                "the staged deployment {} named in {} does not exist; re-stage it (e.g. `ostree admin deploy --stage`) or remove the stale state file",
+                path.display(),
+                staged_file.display()
+            );
+        }
+        deployments.push(make_deployment(&st.osname, &checksum, serial, path, None)?);
+        deployments[0].staged = true;
+    }
+
+    for entry in entries {
+        let ostree_arg = entry.ostree_karg().with_context(|| {
+            format!("boot entry {} has no `ostree=` kernel argument", entry.file)
+        })?;
+        let link = bls::parse_bootlink(&ostree_arg)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("boot entry {}", entry.file))?;
+        let name = resolve_bootlink(&paths.sysroot, &link).with_context(|| {
+            format!(
+                "resolving `ostree={ostree_arg}` of boot entry {}",
+                entry.file
+            )
+        })?;
+        let (checksum, serial) = parse_deploy_name(&name)?;
+        let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
+        let d = make_deployment(&link.stateroot, &checksum, serial, path, Some(entry))?;
+        if deployments
+            .iter()
+            .any(|o| o.id == d.id && o.stateroot == d.stateroot)
+        {
+            continue;
+        }
+        deployments.push(d);
+    }
+
+    for (i, d) in deployments.iter_mut().enumerate() {
+        d.index = i;
+    }
+
+    // Booted: (dev, ino) match; fallback: stat the root.
+    if let Some(bs) = &booted_state {
+        let key = match bs.backing_root_device_inode {
+            Some(k) => k,
+            None => {
+                let m = std::fs::metadata(&paths.root)
+                    .with_context(|| format!("stat {}", paths.root.display()))?;
+                (m.dev(), m.ino())
+            }
+        };
+        for d in deployments.iter_mut() {
+            if d.dev_ino == key {
+                d.booted = true;
+            }
+        }
+    }
+
+    // Staged kargs: the override, else inherited from the merge deployment (booted if the same
+    // stateroot, else the first written deployment of that stateroot).
+    if let (Some(st), Some(0)) = (&staged_state, deployments.iter().position(|d| d.staged)) {
+        let inherited = || -> Vec<String> {
+            let merge = st
+                .merge_deployment
+                .as_ref()
+                .and_then(|m| {
+                    deployments
+                        .iter()
+                        .find(|d| &d.id == m && d.stateroot == st.osname)
+                })
+                .or_else(|| {
+                    deployments
+                        .iter()
+                        .find(|d| d.booted && d.stateroot == st.osname)
+                })
+                .or_else(|| {
+                    deployments
+                        .iter()
+                        .find(|d| !d.staged && d.stateroot == st.osname)
+                });
+            merge.map(|m| m.kargs_without_ostree()).unwrap_or_default()
+        };
+        let kargs = st.kargs.clone().unwrap_or_else(inherited);
+        deployments[0].kargs = kargs;
+    }
+
+    // pending / rollback, exactly as ostree_sysroot_query_deployments_for().
+    if let Some(bi) = deployments.iter().position(|d| d.booted) {
+        let osname = deployments[bi].stateroot.clone();
+        let (mut pending, mut rollback) = (None, None);
+        for (i, d) in deployments.iter().enumerate() {
+            if d.stateroot != osname || i == bi {
+                continue;
+            }
+            if i < bi && pending.is_none() {
+                pending = Some(i);
+            } else if i > bi && rollback.is_none() {
+                rollback = Some(i);
+            }
+        }
+        if let Some(p) = pending {
+            deployments[p].pending = true;
+        }
+        if let Some(r) = rollback {
+            deployments[r].rollback = true;
+        }
+    }
+
+    Ok(Host {
+        paths: paths.clone(),
+        ostree_booted,
+        booted_state,
+        staged_state,
+        bootversion,
+        deployments,
+    })
+}
+
+fn make_deployment(
+    stateroot: &str,
+    checksum: &str,
+    serial: u32,
+    path: PathBuf,
+    entry: Option<BootEntry>,
+) -> Result<Deployment> {
+    check_stateroot(stateroot)?;
+    let id = format!("{checksum}.{serial}");
+    let dev_ino = dev_ino(&path)?;
+    let origin_path = path.with_file_name(format!("{id}.origin"));
+    let origin = match std::fs::read_to_string(&origin_path) {
+        Ok(text) => Some(
+            origin::parse_origin(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing origin file {}", origin_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", origin_path.display())),
+    };
+    let kernel =
+        kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?;
+    let kargs = entry.as_ref().map(|e| e.kargs()).unwrap_or_default();
+    Ok(Deployment {
+        index: 0,
+        id,
+        stateroot: stateroot.to_owned(),
+        checksum: checksum.to_owned(),
+        serial,
+        pinned: origin.as_ref().is_some_and(Origin::pinned),
+        path,
+        booted: false,
+        staged: false,
+        pending: false,
+        rollback: false,
+        origin,
+        kernel,
+        boot_entry: entry,
+        kargs,
+        dev_ino,
+    })
+}
+
+/// Read `boot/loader/entries/*.conf`, following `boot/loader` → `loader.N`.
+fn read_boot_entries(sysroot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
+    let loader = sysroot.join("boot/loader");
+    let target = match std::fs::read_link(&loader) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            bail!(
+                "{} is not a symlink to loader.0 or loader.1",
+                loader.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", loader.display())),
+    };
+    let bootversion = match target.to_str() {
+        Some("loader.0") => 0,
+        Some("loader.1") => 1,
+        _ => bail!(
+            "{} points to {}, expected loader.0 or loader.1",
+            loader.display(),
+            target.display()
+        ),
+    };
+    let dir = sysroot.join("boot").join(&target).join("entries");
+    let mut entries = Vec::new();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Some(bootversion), entries))
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for ent in rd {
+        let ent = ent.with_context(|| format!("reading {}", dir.display()))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".conf") {
+            continue;
+        }
+        let p = ent.path();
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        entries.push(
+            bls::parse_entry(&name, &text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", p.display()))?,
+        );
+    }
+    bls::sort_entries(&mut entries);
+    Ok((Some(bootversion), entries))
+}
+
+/// Resolve `/ostree/boot.N/<stateroot>/<bootcsum>/<serial>` inside the sysroot to a deployment
+/// name, without ever leaving the sysroot: `ostree/boot.N` must be a symlink to `boot.N.M`, and
+/// the bootlink a symlink to `../../../deploy/<stateroot>/deploy/<checksum>.<serial>`.
+pub fn resolve_bootlink(sysroot: &Path, link: &bls::Bootlink) -> Result<String> {
+    let bootn = sysroot.join(format!("ostree/boot.{}", link.bootversion));
+    let sub = std::fs::read_link(&bootn).with_context(|| {
+        format!(
+            "{} must be a symlink to boot.{}.<subbootversion>",
+            bootn.display(),
+            link.bootversion
+        )
+    })?;
+    let sub = sub.to_string_lossy().into_owned();
+    let ok_sub = sub
+        .strip_prefix(&format!("boot.{}.", link.bootversion))
+        .is_some_and(|s| s == "0" || s == "1");
+    if !ok_sub {
+        bail!(
+            "{} points to {sub:?}, expected boot.{}.0 or .1",
+            bootn.display(),
+            link.bootversion
+        );
+    }
+    let bl = sysroot
+        .join("ostree")
+        .join(&sub)
+        .join(&link.stateroot)
+        .join(&link.bootcsum)
+        .join(link.bootserial.to_string());
+    let meta =
+        std::fs::symlink_metadata(&bl).with_context(|| format!("bootlink {}", bl.display()))?;
+    if !meta.file_type().is_symlink() {
+        bail!(
+            "bootlink {} is not a symbolic link (ostree-prepare-root would refuse it too)",
+            bl.display()
+        );
+    }
+    let target =
+        std::fs::read_link(&bl).with_context(|| format!("reading bootlink {}", bl.display()))?;
+    let t = target.to_string_lossy();
+    let prefix = format!("../../../deploy/{}/deploy/", link.stateroot);
+    let name = t.strip_prefix(&prefix).with_context(|| {
+        format!(
+            "bootlink {} points to {t:?}, outside {}ostree/deploy/{}/deploy",
+            bl.display(),
+            sysroot
+                .display()
+                .to_string()
+                .trim_end_matches('/')
+                .to_owned()
+                + "/",
+            link.stateroot
+        )
+    })?;
+    parse_deploy_name(name).with_context(|| format!("bootlink {}", bl.display()))?;
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_names() {
+        let c = "a".repeat(64);
+        assert_eq!(parse_deploy_name(&format!("{c}.3")).unwrap().1, 3);
+        for bad in [
+            c.clone(),
+            format!("{c}.x"),
+            "../x.0".into(),
+            format!("{}/.0", "a".repeat(63)),
+            format!("{c}.0/.."),
+        ] {
+            assert!(parse_deploy_name(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let p = HostPaths::resolve(None, Some(d.path().into()), Some(d.path().join("run")));
+        assert_eq!(p.sysroot, d.path());
+        std::fs::create_dir_all(d.path().join("run")).unwrap();
+        std::fs::write(d.path().join("run/ostree-booted"), b"").unwrap();
+        let p = HostPaths::resolve(None, Some(d.path().into()), Some(d.path().join("run")));
+        assert_eq!(p.sysroot, d.path().join("sysroot"));
+    }
+}

@@ -1,0 +1,243 @@
+//! ostree's runtime state files, which are GVariant `a{sv}` dictionaries:
+//! `/run/ostree-booted` (written by ostree-prepare-root) and `/run/ostree/staged-deployment`
+//! (written when a deployment is staged). Decoding uses zvariant's GVariant format, the same
+//! wire format GLib writes (little-endian on the hosts we run on).
+
+use serde::Serialize;
+use std::collections::HashMap;
+use zvariant::serialized::{Context, Data};
+use zvariant::{OwnedValue, Value, LE};
+
+/// Decoded `/run/ostree-booted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct BootedState {
+    /// `backing-root-device-inode` `(tt)`: (st_dev, st_ino) of the booted deployment directory.
+    /// Absent on older ostree (2022.7 writes an empty file); then the root is stat'ed instead.
+    pub backing_root_device_inode: Option<(u64, u64)>,
+    /// Every key present, with its GVariant type signature, for diagnostics.
+    pub keys: Vec<(String, String)>,
+}
+
+/// Decoded `/run/ostree/staged-deployment`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StagedState {
+    /// `target.name`: `<checksum>.<serial>`.
+    pub name: String,
+    pub osname: String,
+    pub bootcsum: String,
+    /// `kargs` override, when the stager gave one (`ostree admin deploy --stage --karg…`).
+    pub kargs: Option<Vec<String>>,
+    /// `merge-deployment.name`, when present.
+    pub merge_deployment: Option<String>,
+    pub overlay_initrds: Vec<String>,
+    /// `locked`: finalization is locked (the staged deployment will not be finalized at shutdown).
+    pub locked: bool,
+}
+
+// zvariant 5 marks its GVariant format deprecated in favour of a future separate crate; it is
+// the real, tested GVariant encoding that ostree's files use, so keep it until that lands.
+#[allow(deprecated)]
+fn ctxt() -> Context {
+    Context::new_gvariant(LE, 0)
+}
+
+fn decode_dict(bytes: &[u8]) -> Result<HashMap<String, OwnedValue>, String> {
+    let data = Data::new(bytes, ctxt());
+    let (dict, used): (HashMap<String, OwnedValue>, usize) = data
+        .deserialize()
+        .map_err(|e| format!("not a GVariant a{{sv}} dictionary: {e}"))?;
+    if used != bytes.len() {
+        return Err(format!(
+            "not a GVariant a{{sv}} dictionary: {} trailing bytes",
+            bytes.len() - used
+        ));
+    }
+    Ok(dict)
+}
+
+fn signature(v: &Value<'_>) -> String {
+    v.value_signature().to_string()
+}
+
+/// Parse `/run/ostree-booted`. An empty file is a valid empty dictionary.
+pub fn parse_booted(bytes: &[u8]) -> Result<BootedState, String> {
+    let dict = decode_dict(bytes)?;
+    let mut keys: Vec<(String, String)> = dict
+        .iter()
+        .map(|(k, v)| (k.clone(), signature(v)))
+        .collect();
+    keys.sort();
+    let backing_root_device_inode = match dict.get("backing-root-device-inode") {
+        None => None,
+        Some(v) => {
+            let t: (u64, u64) = v
+                .try_clone()
+                .map_err(|e| e.to_string())?
+                .try_into()
+                .map_err(|_| {
+                    format!(
+                        "key backing-root-device-inode has type {}, expected (tt)",
+                        signature(v)
+                    )
+                })?;
+            Some(t)
+        }
+    };
+    Ok(BootedState {
+        backing_root_device_inode,
+        keys,
+    })
+}
+
+fn get_str(dict: &HashMap<String, OwnedValue>, key: &str, ctx: &str) -> Result<String, String> {
+    let v = dict
+        .get(key)
+        .ok_or_else(|| format!("{ctx}: missing key `{key}`"))?;
+    match &**v {
+        Value::Str(s) => Ok(s.to_string()),
+        other => Err(format!(
+            "{ctx}: key `{key}` has type {}, expected s",
+            signature(other)
+        )),
+    }
+}
+
+fn sub_dict(v: &OwnedValue, ctx: &str) -> Result<HashMap<String, OwnedValue>, String> {
+    let c = v.try_clone().map_err(|e| e.to_string())?;
+    HashMap::<String, OwnedValue>::try_from(c)
+        .map_err(|_| format!("{ctx}: has type {}, expected a{{sv}}", signature(v)))
+}
+
+fn strv(v: &OwnedValue, key: &str) -> Result<Vec<String>, String> {
+    let c = v.try_clone().map_err(|e| e.to_string())?;
+    Vec::<String>::try_from(c)
+        .map_err(|_| format!("key `{key}` has type {}, expected as", signature(v)))
+}
+
+/// Parse `/run/ostree/staged-deployment`.
+pub fn parse_staged(bytes: &[u8]) -> Result<StagedState, String> {
+    let dict = decode_dict(bytes)?;
+    let target = sub_dict(
+        dict.get("target").ok_or("missing key `target`")?,
+        "key `target`",
+    )?;
+    let name = get_str(&target, "name", "target")?;
+    let osname = get_str(&target, "osname", "target")?;
+    let bootcsum = get_str(&target, "bootcsum", "target")?;
+    let merge_deployment = match dict.get("merge-deployment") {
+        Some(v) => Some(get_str(
+            &sub_dict(v, "key `merge-deployment`")?,
+            "name",
+            "merge-deployment",
+        )?),
+        None => None,
+    };
+    let kargs = dict.get("kargs").map(|v| strv(v, "kargs")).transpose()?;
+    let overlay_initrds = dict
+        .get("overlay-initrds")
+        .map(|v| strv(v, "overlay-initrds"))
+        .transpose()?
+        .unwrap_or_default();
+    let locked = match dict.get("locked") {
+        None => false,
+        Some(v) => match &**v {
+            Value::Bool(b) => *b,
+            other => {
+                return Err(format!(
+                    "key `locked` has type {}, expected b",
+                    signature(other)
+                ))
+            }
+        },
+    };
+    Ok(StagedState {
+        name,
+        osname,
+        bootcsum,
+        kargs,
+        merge_deployment,
+        overlay_initrds,
+        locked,
+    })
+}
+
+/// Encoders, used by tests and fixtures to write state files exactly as ostree does.
+pub mod encode {
+    use super::*;
+
+    fn to_bytes(m: &HashMap<&str, Value<'_>>) -> Vec<u8> {
+        zvariant::to_bytes(ctxt(), m)
+            .expect("a{sv} of basic types always encodes")
+            .bytes()
+            .to_vec()
+    }
+
+    /// `/run/ostree-booted` with `backing-root-device-inode`.
+    pub fn booted(dev: u64, ino: u64) -> Vec<u8> {
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("backing-root-device-inode", Value::from((dev, ino)));
+        to_bytes(&m)
+    }
+
+    /// `/run/ostree/staged-deployment` for a target `<checksum>.<serial>`.
+    pub fn staged(
+        name: &str,
+        osname: &str,
+        bootcsum: &str,
+        kargs: Option<&[&str]>,
+        locked: bool,
+    ) -> Vec<u8> {
+        let mut target: HashMap<&str, Value<'_>> = HashMap::new();
+        target.insert("name", Value::from(name));
+        target.insert("osname", Value::from(osname));
+        target.insert("bootcsum", Value::from(bootcsum));
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("target", Value::from(target));
+        if let Some(k) = kargs {
+            m.insert("kargs", Value::from(k.to_vec()));
+        }
+        if locked {
+            m.insert("locked", Value::from(true));
+        }
+        to_bytes(&m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booted_roundtrip_and_empty() {
+        let b = parse_booted(&encode::booted(2049, 1234)).unwrap();
+        assert_eq!(b.backing_root_device_inode, Some((2049, 1234)));
+        assert_eq!(parse_booted(b"").unwrap().backing_root_device_inode, None);
+    }
+
+    #[test]
+    fn staged_roundtrip() {
+        let bytes = encode::staged("abc.0", "debian", "ff", Some(&["quiet", "x=1"]), true);
+        let s = parse_staged(&bytes).unwrap();
+        assert_eq!(s.name, "abc.0");
+        assert_eq!(s.osname, "debian");
+        assert_eq!(
+            s.kargs.as_deref(),
+            Some(&["quiet".to_owned(), "x=1".to_owned()][..])
+        );
+        assert!(s.locked);
+        let s = parse_staged(&encode::staged("abc.1", "d", "ff", None, false)).unwrap();
+        assert_eq!((s.kargs, s.locked), (None, false));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_booted(b"\xff\xfe garbage that is not gvariant \x01").is_err());
+        assert!(parse_staged(b"").unwrap_err().contains("target"));
+        assert!(parse_staged(b"\x00\x01\x02\x03\x04").is_err());
+        // a valid dictionary with the wrong type for backing-root-device-inode
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("backing-root-device-inode", Value::from("nope"));
+        let bytes = zvariant::to_bytes(ctxt(), &m).unwrap().bytes().to_vec();
+        assert!(parse_booted(&bytes).unwrap_err().contains("expected (tt)"));
+    }
+}

@@ -1,0 +1,147 @@
+//! `fastswitch status`: the deployments with their marks, as JSON (stable, versioned) or as
+//! text in the style of `ostree admin status`.
+
+use crate::discover::{Deployment, Host};
+use serde::Serialize;
+use std::io::Write;
+
+/// Bumped on any incompatible change of the JSON below.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    pub schema_version: u32,
+    pub sysroot: String,
+    pub ostree_booted: bool,
+    pub deployments: Vec<DeploymentJson>,
+    /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot.
+    pub live: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeploymentJson {
+    pub index: usize,
+    pub id: String,
+    pub stateroot: String,
+    pub checksum: String,
+    pub serial: u32,
+    pub booted: bool,
+    pub staged: bool,
+    pub pending: bool,
+    pub rollback: bool,
+    pub pinned: bool,
+    pub origin: Option<OriginJson>,
+    pub kernel: Option<KernelJson>,
+    pub kargs: Vec<String>,
+    /// The BLS entry file, absent for a staged deployment.
+    pub boot_entry: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OriginJson {
+    pub refspec: Option<String>,
+    pub container_image_reference: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelJson {
+    pub version: String,
+    pub boot_digest: String,
+    pub has_initramfs: bool,
+}
+
+fn deployment_json(d: &Deployment) -> DeploymentJson {
+    DeploymentJson {
+        index: d.index,
+        id: d.id.clone(),
+        stateroot: d.stateroot.clone(),
+        checksum: d.checksum.clone(),
+        serial: d.serial,
+        booted: d.booted,
+        staged: d.staged,
+        pending: d.pending,
+        rollback: d.rollback,
+        pinned: d.pinned,
+        origin: d.origin.as_ref().map(|o| OriginJson {
+            refspec: o.refspec.clone(),
+            container_image_reference: o.container_image_reference.clone(),
+        }),
+        kernel: d.kernel.as_ref().map(|k| KernelJson {
+            version: k.version.clone(),
+            boot_digest: k.boot_digest.clone(),
+            has_initramfs: k.initramfs.is_some(),
+        }),
+        kargs: d.kargs.clone(),
+        boot_entry: d.boot_entry.as_ref().map(|e| e.file.clone()),
+    }
+}
+
+pub fn to_json(host: &Host, live: Option<serde_json::Value>) -> StatusJson {
+    StatusJson {
+        schema_version: STATUS_SCHEMA_VERSION,
+        sysroot: host.paths.sysroot.display().to_string(),
+        ostree_booted: host.ostree_booted,
+        deployments: host.deployments.iter().map(deployment_json).collect(),
+        live,
+    }
+}
+
+/// Human output, modelled on `ostree admin status`.
+pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> std::io::Result<()> {
+    if host.deployments.is_empty() {
+        writeln!(out, "No deployments.")?;
+    }
+    for d in &host.deployments {
+        let mark = if d.booted { '*' } else { ' ' };
+        let tag = if d.staged {
+            " (staged)"
+        } else if d.pending {
+            " (pending)"
+        } else if d.rollback {
+            " (rollback)"
+        } else {
+            ""
+        };
+        writeln!(out, "{mark} {} {}{tag}", d.stateroot, d.id)?;
+        if let Some(o) = &d.origin {
+            if let Some(r) = &o.refspec {
+                writeln!(out, "    origin refspec: {r}")?;
+            } else if let Some(c) = &o.container_image_reference {
+                writeln!(out, "    origin: {c}")?;
+            }
+        } else {
+            writeln!(out, "    origin: <unknown origin type>")?;
+        }
+        if d.pinned {
+            writeln!(out, "    Pinned: yes")?;
+        }
+        match &d.kernel {
+            Some(k) => writeln!(
+                out,
+                "    kernel: {} (boot digest {}{})",
+                k.version,
+                &k.boot_digest[..12],
+                if k.initramfs.is_some() {
+                    ""
+                } else {
+                    ", no initramfs"
+                }
+            )?,
+            None => writeln!(out, "    kernel: none found under usr/lib/modules")?,
+        }
+        if !d.kargs.is_empty() {
+            writeln!(out, "    kargs: {}", d.kargs.join(" "))?;
+        }
+    }
+    for l in live_lines {
+        writeln!(out, "{l}")?;
+    }
+    if host.ostree_booted && host.booted().is_none() {
+        writeln!(
+            out,
+            "warning: {} exists but no deployment matches the booted root",
+            host.paths.ostree_booted_file().display()
+        )?;
+    }
+    Ok(())
+}
