@@ -1,1 +1,183 @@
-//! (being written)
+//! Compare two deployments and decide what it takes to switch: nothing, a live apply, or a
+//! kexec. Everything is computed on the two physical deployment directories, never through `/`.
+//!
+//! - [`usr`]: the `/usr` tree diff (equal to `ostree diff` restricted to `/usr`);
+//! - [`etc`]: ostree's 3-way `/etc` merge, as per-path actions on the live `/etc`;
+//! - [`crate::units::diff`]: unit files, drop-ins and enablement links;
+//! - [`kernel`]: boot digest, kernel version, kargs minus `ostree=`, SELinux policy.
+
+pub mod etc;
+pub mod kernel;
+pub mod usr;
+mod walk;
+
+use crate::discover::{Deployment, Host};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Bumped on any incompatible change of the diff JSON.
+pub const DIFF_SCHEMA_VERSION: u32 = 1;
+
+/// Which deployment, as shown in diff, plan and report JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRef {
+    pub index: usize,
+    pub id: String,
+    pub stateroot: String,
+    pub path: PathBuf,
+    pub booted: bool,
+    pub staged: bool,
+}
+
+impl From<&Deployment> for DeploymentRef {
+    fn from(d: &Deployment) -> Self {
+        DeploymentRef {
+            index: d.index,
+            id: d.id.clone(),
+            stateroot: d.stateroot.clone(),
+            path: d.path.clone(),
+            booted: d.booted,
+            staged: d.staged,
+        }
+    }
+}
+
+/// What it takes to make `to` the running system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// The trees are equal.
+    None,
+    /// Userspace only: bind `/usr`, merge `/etc`, restart services.
+    Live,
+    /// Something below userspace changed: boot the new kernel (kexec).
+    Kexec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub kind: DecisionKind,
+    /// Human-readable reasons; the typed ones are in `kernel.reasons`.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelDiff {
+    pub from: kernel::KernelIdentity,
+    pub to: kernel::KernelIdentity,
+    pub reasons: Vec<kernel::KernelReason>,
+}
+
+/// The full comparison of two deployments.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentDiff {
+    pub schema_version: u32,
+    pub from: DeploymentRef,
+    pub to: DeploymentRef,
+    pub decision: Decision,
+    pub kernel: KernelDiff,
+    pub usr: usr::UsrDiff,
+    pub etc: etc::EtcPlan,
+    pub units: Vec<crate::units::diff::UnitFileChange>,
+}
+
+/// Pure: the decision from the parts.
+pub fn decide(
+    usr: &usr::UsrDiff,
+    units_changed: usize,
+    etc_actions: usize,
+    kernel: &[kernel::KernelReason],
+) -> Decision {
+    if !kernel.is_empty() {
+        return Decision {
+            kind: DecisionKind::Kexec,
+            reasons: kernel.iter().map(|r| r.describe()).collect(),
+        };
+    }
+    if usr.entries.is_empty() {
+        return Decision {
+            kind: DecisionKind::None,
+            reasons: vec!["the two deployments have identical /usr and kernel".into()],
+        };
+    }
+    let c = &usr.counts;
+    let mut reasons = vec![format!(
+        "/usr: {} added, {} removed, {} modified; kernel unchanged",
+        c.added, c.removed, c.modified
+    )];
+    if units_changed > 0 {
+        reasons.push(format!("{units_changed} systemd unit change(s)"));
+    }
+    if etc_actions > 0 {
+        reasons.push(format!("{etc_actions} /etc merge action(s)"));
+    }
+    Decision {
+        kind: DecisionKind::Live,
+        reasons,
+    }
+}
+
+/// Pick `from`/`to` by the user's selectors: from = booted, to = staged else pending.
+pub fn select_pair<'h>(
+    host: &'h Host,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(&'h Deployment, &'h Deployment)> {
+    use crate::exit::{refuse, ExitCode};
+    let from = match from {
+        Some(sel) => host.select(sel)?,
+        None => host.booted().ok_or_else(|| {
+            refuse(
+                ExitCode::Refused,
+                format!(
+                    "no booted deployment in {} (not an ostree-booted host, or a sysroot mounted elsewhere): pass --from",
+                    host.paths.sysroot.display()
+                ),
+            )
+        })?,
+    };
+    let to = match to {
+        Some(sel) => host.select(sel)?,
+        None => host.staged().or_else(|| host.pending()).ok_or_else(|| {
+            refuse(
+                ExitCode::Refused,
+                "no staged or pending deployment to switch to: stage one first (e.g. `ostree admin deploy --stage`, `rpm-ostree install`, `bootc upgrade`), or pass --to",
+            )
+        })?,
+    };
+    Ok((from, to))
+}
+
+/// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
+/// deployment that is its own `etc` directory (the live /etc is a bind of it).
+pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+    let kfrom = kernel::identity(from)?;
+    let kto = kernel::identity(to)?;
+    let reasons = kernel::compare(&kfrom, &kto);
+    let usr = usr::diff_usr(&from.path, &to.path)
+        .with_context(|| format!("comparing /usr of {} and {}", from.id, to.id))?;
+    let etc = etc::plan_etc(
+        &from.path.join("usr/etc"),
+        &from.path.join("etc"),
+        &to.path.join("usr/etc"),
+    )
+    .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
+    let units = crate::units::diff::diff_units(&from.path, &to.path)
+        .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
+    let decision = decide(&usr, units.len(), etc.actions.len(), &reasons);
+    Ok(DeploymentDiff {
+        schema_version: DIFF_SCHEMA_VERSION,
+        from: from.into(),
+        to: to.into(),
+        decision,
+        kernel: KernelDiff {
+            from: kfrom,
+            to: kto,
+            reasons,
+        },
+        usr,
+        etc,
+        units,
+    })
+}

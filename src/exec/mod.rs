@@ -1,1 +1,7 @@
-//! (being written)
+//! The executor: walks a [`crate::plan::Plan`], journals every step under `<run>/fastswitch`,
+//! and returns a typed [`report::Report`]. All side effects go through [`crate::system`].
+
+pub mod etc_apply;
+pub mod journal;
+pub mod live;
+pub mod report;

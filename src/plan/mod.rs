@@ -1,1 +1,153 @@
-//! (being written)
+//! The Plan: a typed, serialisable list of what the executor will do, built purely from a
+//! [`DeploymentDiff`] (and, for services, the runtime facts gathered beforehand). `--dry-run`
+//! prints it; the executor walks the very same value, step by step, journaling each one.
+
+use crate::diff::{etc, Decision, DecisionKind, DeploymentDiff, DeploymentRef};
+use crate::services::ServiceAction;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Bumped on any incompatible change of the plan JSON.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+/// Which command the plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verb {
+    ApplyLive,
+    Kexec,
+    Switch,
+}
+
+/// One journaled step. Names are stable (`Step::name`) and used by the fault hook and reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Step {
+    /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
+    SwapUsr { source: PathBuf, target: PathBuf },
+    /// Carry out ostree's 3-way merge on the live `/etc`.
+    MergeEtc {
+        etc_dir: PathBuf,
+        new_defaults: PathBuf,
+        actions: Vec<etc::EtcAction>,
+    },
+    /// Create users/groups the target's new `sysusers.d` entries declare.
+    Sysusers { files: Vec<String> },
+    /// Create runtime dirs the target's new `tmpfiles.d` entries declare.
+    Tmpfiles { files: Vec<String> },
+    /// `Reload` systemd's unit files (daemon-reload).
+    DaemonReload,
+    /// Stop, reload, restart, start units, in that order.
+    Services { actions: Vec<ServiceAction> },
+    /// Finalize the staged deployment now (writes its BLS entry and bootlink).
+    FinalizeStaged,
+    /// Load the target kernel with `kexec_file_load`.
+    KexecLoad {
+        kernel: PathBuf,
+        initrds: Vec<PathBuf>,
+        /// Kernel arguments without `ostree=`; the bootlink is read from the BLS entry after
+        /// finalization.
+        kargs: Vec<String>,
+    },
+    /// Start `kexec.target` so systemd shuts down in order and boots the loaded kernel.
+    KexecReboot,
+}
+
+impl Step {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::SwapUsr { .. } => "swap_usr",
+            Step::MergeEtc { .. } => "merge_etc",
+            Step::Sysusers { .. } => "sysusers",
+            Step::Tmpfiles { .. } => "tmpfiles",
+            Step::DaemonReload => "daemon_reload",
+            Step::Services { .. } => "services",
+            Step::FinalizeStaged => "finalize_staged",
+            Step::KexecLoad { .. } => "kexec_load",
+            Step::KexecReboot => "kexec_reboot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub schema_version: u32,
+    pub verb: Verb,
+    pub from: DeploymentRef,
+    pub to: DeploymentRef,
+    pub decision: Decision,
+    /// Ordered steps; empty when the decision is `none` or the verb cannot do the decision.
+    pub steps: Vec<Step>,
+    /// /etc paths where the admin's edit is kept although the default changed.
+    pub etc_conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn step_names(&self) -> Vec<&'static str> {
+        self.steps.iter().map(Step::name).collect()
+    }
+}
+
+/// `/usr/lib/sysusers.d/*.conf` and `/usr/lib/tmpfiles.d/*.conf` files the target adds or
+/// changes (pure, from the /usr diff).
+fn config_snippets(diff: &DeploymentDiff, dir: &str) -> Vec<String> {
+    diff.usr
+        .entries
+        .iter()
+        .filter(|e| e.change != crate::diff::usr::Change::Removed)
+        .map(|e| e.path.clone())
+        .filter(|p| p.starts_with(dir) && p.ends_with(".conf"))
+        .collect()
+}
+
+/// Inputs the live plan needs besides the diff.
+#[derive(Debug, Clone)]
+pub struct LiveInputs {
+    /// The running system's root (`/`).
+    pub root: PathBuf,
+    /// Service actions decided by [`crate::services`].
+    pub services: Vec<ServiceAction>,
+}
+
+/// Pure: the live-apply plan. When the decision is not `live`, the plan has no steps.
+pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
+    let mut steps = Vec::new();
+    if diff.decision.kind == DecisionKind::Live {
+        steps.push(Step::SwapUsr {
+            source: diff.to.path.join("usr"),
+            target: inputs.root.join("usr"),
+        });
+        if !diff.etc.actions.is_empty() {
+            steps.push(Step::MergeEtc {
+                etc_dir: inputs.root.join("etc"),
+                new_defaults: diff.to.path.join("usr/etc"),
+                actions: diff.etc.actions.clone(),
+            });
+        }
+        let sysusers = config_snippets(diff, "/usr/lib/sysusers.d/");
+        if !sysusers.is_empty() {
+            steps.push(Step::Sysusers { files: sysusers });
+        }
+        let tmpfiles = config_snippets(diff, "/usr/lib/tmpfiles.d/");
+        if !tmpfiles.is_empty() {
+            steps.push(Step::Tmpfiles { files: tmpfiles });
+        }
+        if !diff.units.is_empty() {
+            steps.push(Step::DaemonReload);
+        }
+        if !inputs.services.is_empty() {
+            steps.push(Step::Services {
+                actions: inputs.services.clone(),
+            });
+        }
+    }
+    Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        verb: Verb::ApplyLive,
+        from: diff.from.clone(),
+        to: diff.to.clone(),
+        decision: diff.decision.clone(),
+        steps,
+        etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
+    }
+}

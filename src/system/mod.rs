@@ -1,1 +1,9 @@
-//! (being written)
+//! Every side effect fastswitch has, behind narrow interfaces: mounts, systemd over D-Bus,
+//! kexec, capabilities, the run lock. The pure modules never call into here; the executor is
+//! handed these explicitly.
+
+pub mod kexec;
+pub mod lock;
+pub mod mounts;
+pub mod privileges;
+pub mod systemd;

@@ -5,6 +5,8 @@
 use crate::discover::{self, HostPaths};
 use crate::exit::{ExitCode, EXIT_CODES_HELP};
 use crate::status;
+
+mod verbs;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -58,6 +60,55 @@ pub enum Command {
     /// List deployments with their marks (booted, staged, pending, rollback, pinned), origin,
     /// kernel and kernel arguments, and any live-apply state.
     Status,
+    /// Compare two deployments: /usr files, /etc merge actions, systemd units, kernel identity,
+    /// and the decision (none, live, kexec) with its reasons.
+    Diff(PairOpts),
+    /// Apply the staged (else pending) deployment to the running system without a reboot:
+    /// bind its /usr over /usr, merge /etc, daemon-reload, restart affected services.
+    /// Refuses when the kernel changed (use `fastswitch switch`).
+    ApplyLive(ApplyLiveOpts),
+    /// Undo a live apply: detach the /usr bind, restore /etc from the backups, daemon-reload and
+    /// restart what the apply restarted. Exit code 3 when there is nothing to undo.
+    Reset(ResetOpts),
+}
+
+/// Which two deployments. DEP: booted, staged, pending, rollback, an index, or <checksum>.<serial>.
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct PairOpts {
+    /// The running side [default: booted]
+    #[arg(long, value_name = "DEP")]
+    pub from: Option<String>,
+    /// The target side [default: staged, else pending]
+    #[arg(long, value_name = "DEP")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct ServiceOpts {
+    /// Do not talk to systemd: no daemon-reload, no unit jobs (the plan lists none)
+    #[arg(long)]
+    pub no_services: bool,
+    /// Handle this unit even though it is deferred by policy (dbus, logind, gettys, …); repeatable,
+    /// globs allowed
+    #[arg(long, value_name = "UNIT")]
+    pub include: Vec<String>,
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct ApplyLiveOpts {
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub pair: PairOpts,
+    #[command(flatten)]
+    pub services: ServiceOpts,
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct ResetOpts {
+    #[command(flatten)]
+    pub services: ServiceOpts,
 }
 
 /// Where verbs write. `--json` selects one JSON document on stdout.
@@ -85,13 +136,21 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     match cli.command {
         Command::Status => {
             let host = discover::load(&paths)?;
+            let live = verbs::live_state(&paths)?;
             if o.json {
-                o.json_value(&status::to_json(&host, None))?;
+                o.json_value(&status::to_json(
+                    &host,
+                    live.as_ref().map(|l| l.json.clone()),
+                ))?;
             } else {
-                status::write_human(o.out, &host, &[])?;
+                let lines = live.map(|l| l.lines).unwrap_or_default();
+                status::write_human(o.out, &host, &lines)?;
             }
             Ok(ExitCode::Ok)
         }
+        Command::Diff(pair) => verbs::diff(&paths, &pair, &mut o),
+        Command::ApplyLive(opts) => verbs::apply_live(&paths, &opts, &mut o),
+        Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
     }
 }
 

@@ -1,0 +1,359 @@
+//! The verbs behind the CLI: each one is discover → diff → plan → (execute) → report, with the
+//! side-effect implementations chosen here and passed down explicitly.
+
+use super::{ApplyLiveOpts, Output, PairOpts, ResetOpts, ServiceOpts};
+use crate::diff::{self, DecisionKind, DeploymentDiff};
+use crate::discover::{self, Host, HostPaths};
+use crate::exec::journal::Journal;
+use crate::exec::live::{self, LiveEnv};
+use crate::exit::{refuse, ExitCode};
+use crate::plan::{self, Plan, Step};
+use crate::services;
+use crate::system::{lock, mounts, privileges, systemd};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// Live-apply state for `status`: JSON and human lines.
+pub struct LiveStatus {
+    pub json: serde_json::Value,
+    pub lines: Vec<String>,
+}
+
+pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
+    let Some(st) = Journal::new(&paths.run).load()? else {
+        return Ok(None);
+    };
+    let mut lines = vec![format!(
+        "live: booted {} running {} since {} (unix time){}",
+        st.booted,
+        st.target,
+        st.started_at,
+        if st.is_complete() {
+            ""
+        } else {
+            " — INCOMPLETE"
+        }
+    )];
+    if let Some(s) = st.interrupted_step() {
+        lines.push(format!(
+            "live: interrupted at step {}; re-run `fastswitch apply-live` to finish, or `fastswitch reset`",
+            s.name
+        ));
+    }
+    let json = serde_json::json!({
+        "booted": st.booted,
+        "target": st.target,
+        "started_at": st.started_at,
+        "finished_at": st.finished_at,
+        "complete": st.is_complete(),
+        "interrupted_step": st.interrupted_step().map(|s| s.name.clone()),
+        "steps": st.steps,
+    });
+    Ok(Some(LiveStatus { json, lines }))
+}
+
+fn short(id: &str) -> String {
+    crate::exec::report::short(id)
+}
+
+fn write_diff_human(out: &mut dyn Write, d: &DeploymentDiff) -> std::io::Result<()> {
+    writeln!(out, "from {} ({})", short(&d.from.id), d.from.stateroot)?;
+    writeln!(
+        out,
+        "to   {} ({}){}",
+        short(&d.to.id),
+        d.to.stateroot,
+        if d.to.staged { " staged" } else { "" }
+    )?;
+    writeln!(out, "decision: {:?}", d.decision.kind)?;
+    for r in &d.decision.reasons {
+        writeln!(out, "  - {r}")?;
+    }
+    let c = &d.usr.counts;
+    writeln!(
+        out,
+        "/usr: {} added, {} removed, {} modified",
+        c.added, c.removed, c.modified
+    )?;
+    const MAX: usize = 40;
+    for e in d.usr.entries.iter().take(MAX) {
+        let letter = match e.change {
+            diff::usr::Change::Added => 'A',
+            diff::usr::Change::Removed => 'D',
+            diff::usr::Change::Modified => 'M',
+        };
+        writeln!(out, "  {letter} {}", e.path)?;
+    }
+    if d.usr.entries.len() > MAX {
+        writeln!(out, "  … {} more (see --json)", d.usr.entries.len() - MAX)?;
+    }
+    if !d.etc.actions.is_empty() {
+        writeln!(out, "/etc:")?;
+        for a in &d.etc.actions {
+            writeln!(out, "  {:<16} {}", format!("{:?}", a.action), a.path)?;
+        }
+    }
+    if !d.units.is_empty() {
+        writeln!(out, "units:")?;
+        for u in &d.units {
+            writeln!(
+                out,
+                "  {} {}",
+                u.unit,
+                serde_json::to_string(&u.change).unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    let host = discover::load(paths)?;
+    let (from, to) = diff::select_pair(&host, pair.from.as_deref(), pair.to.as_deref())?;
+    let d = diff::diff_deployments(from, to)?;
+    if o.json {
+        o.json_value(&d)?;
+    } else {
+        write_diff_human(o.out, &d)?;
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn progress(msg: &str) {
+    eprintln!("fastswitch: {msg}");
+}
+
+/// Facts from systemd and the /proc scan, then the pure decision.
+fn plan_services(
+    d: &DeploymentDiff,
+    host: &Host,
+    sopts: &ServiceOpts,
+    sd: Option<&dyn systemd::Systemd>,
+) -> Result<Vec<services::ServiceAction>> {
+    let Some(sd) = sd else {
+        return Ok(Vec::new());
+    };
+    let facts = sd
+        .list_units()
+        .context("reading unit states from systemd")?;
+    let mut cfg = services::ScanConfig::new(d.from.path.join("usr"), d.to.path.join("usr"));
+    cfg.proc_root = Path::new("/proc").to_path_buf();
+    let scan =
+        services::scan_stale(&cfg).context("scanning /proc for processes using replaced files")?;
+    let _ = host;
+    Ok(services::decide(
+        &d.units,
+        &scan.processes,
+        &facts,
+        &services::DecideOptions {
+            include: sopts.include.clone(),
+        },
+    ))
+}
+
+fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
+    if o.json {
+        return o.json_value(p);
+    }
+    writeln!(
+        o.out,
+        "plan: {:?} {} → {}",
+        p.verb,
+        short(&p.from.id),
+        short(&p.to.id)
+    )?;
+    writeln!(o.out, "decision: {:?}", p.decision.kind)?;
+    for r in &p.decision.reasons {
+        writeln!(o.out, "  - {r}")?;
+    }
+    for (i, s) in p.steps.iter().enumerate() {
+        match s {
+            Step::SwapUsr { source, target } => writeln!(
+                o.out,
+                "{}. bind {} read-only over {}",
+                i + 1,
+                source.display(),
+                target.display()
+            )?,
+            Step::MergeEtc { actions, .. } => {
+                writeln!(o.out, "{}. merge /etc ({} actions)", i + 1, actions.len())?;
+                for a in actions {
+                    writeln!(o.out, "     {:<16} {}", format!("{:?}", a.action), a.path)?;
+                }
+            }
+            Step::Services { actions } => {
+                writeln!(o.out, "{}. units", i + 1)?;
+                for a in actions {
+                    writeln!(o.out, "     {:<14} {}", format!("{:?}", a.action), a.unit)?;
+                }
+            }
+            other => writeln!(o.out, "{}. {}", i + 1, serde_json::to_string(other)?)?,
+        }
+    }
+    for c in &p.etc_conflicts {
+        writeln!(
+            o.out,
+            "note: your edit of {c} is kept although its default changed"
+        )?;
+    }
+    Ok(())
+}
+
+/// A real systemd connection unless services are not managed.
+fn connect_systemd(sopts: &ServiceOpts) -> Result<Option<systemd::SystemdDbus>> {
+    if sopts.no_services {
+        return Ok(None);
+    }
+    Ok(Some(systemd::SystemdDbus::connect().context(
+        "connecting to systemd on the system bus (use --no-services to apply without touching services)",
+    )?))
+}
+
+pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    let root_is_host = paths.root == Path::new("/");
+    if !opts.dry_run {
+        privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "bind-mount the new /usr")])?;
+        // Before any thread exists: the swap must happen in PID 1's namespace on a real host.
+        if root_is_host && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
+            progress("entered PID 1's mount namespace");
+        }
+    }
+    let host = discover::load(paths)?;
+    if !host.ostree_booted {
+        return Err(refuse(
+            ExitCode::Refused,
+            format!(
+                "this host is not ostree-booted ({} is missing); apply-live only works on the running system",
+                paths.ostree_booted_file().display()
+            ),
+        ));
+    }
+    let booted = host.booted().ok_or_else(|| {
+        refuse(
+            ExitCode::Refused,
+            format!(
+                "{} exists but no deployment matches the booted root",
+                paths.ostree_booted_file().display()
+            ),
+        )
+    })?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock::acquire(&Journal::new(&paths.run).dir)?)
+    };
+    let journal = Journal::new(&paths.run);
+    // After a completed live apply, the running userspace is that target: diff from there.
+    let live_from = match journal.load()? {
+        Some(st) if st.is_complete() => host.deployments.iter().find(|d| d.id == st.target),
+        _ => None,
+    };
+    let (_, to) = diff::select_pair(&host, opts.pair.from.as_deref(), opts.pair.to.as_deref())?;
+    let from = match (&opts.pair.from, live_from) {
+        (None, Some(l)) => l,
+        _ => diff::select_pair(&host, opts.pair.from.as_deref(), opts.pair.to.as_deref())?.0,
+    };
+    let t = std::time::Instant::now();
+    let d = diff::diff_deployments(from, to)?;
+    progress(&format!(
+        "diff {} → {} in {} ms: {:?}",
+        short(&from.id),
+        short(&to.id),
+        t.elapsed().as_millis(),
+        d.decision.kind
+    ));
+    match d.decision.kind {
+        DecisionKind::Kexec => {
+            return Err(refuse(
+                ExitCode::RebootNeeded,
+                format!(
+                    "the kernel changed ({}); a live apply cannot switch kernels: use `fastswitch switch` (kexec) or reboot",
+                    d.decision.reasons.join("; ")
+                ),
+            ))
+        }
+        DecisionKind::None => {
+            if !o.json {
+                writeln!(o.out, "nothing to do: {} and {} are identical", short(&from.id), short(&to.id))?;
+            } else {
+                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: vec![] }))?;
+            }
+            return Ok(ExitCode::NothingToDo);
+        }
+        DecisionKind::Live => {}
+    }
+    let sd = connect_systemd(&opts.services)?;
+    let sd_ref: Option<&dyn systemd::Systemd> = sd.as_ref().map(|s| s as &dyn systemd::Systemd);
+    let services = plan_services(&d, &host, &opts.services, sd_ref)?;
+    let mut plan = plan::live_plan(
+        &d,
+        &plan::LiveInputs {
+            root: paths.root.clone(),
+            services,
+        },
+    );
+    if sd_ref.is_none() {
+        plan.steps
+            .retain(|s| !matches!(s, Step::DaemonReload | Step::Services { .. }));
+    }
+    if opts.dry_run {
+        print_plan(o, &plan)?;
+        return Ok(ExitCode::Ok);
+    }
+    let real_mounts = mounts::RealMounts;
+    let mut prog = progress;
+    let mut env = LiveEnv {
+        paths,
+        journal,
+        mounts: &real_mounts,
+        systemd: sd_ref,
+        progress: &mut prog,
+    };
+    let report = live::apply_live(&plan, &booted.id, &mut env)?;
+    if o.json {
+        o.json_value(&report)?;
+    } else {
+        report.write_human(o.out)?;
+    }
+    Ok(report.outcome)
+}
+
+pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    let journal = Journal::new(&paths.run);
+    if journal.load()?.is_none() {
+        if o.json {
+            o.json_value(&serde_json::json!({"schema_version": 1, "outcome": "nothing_to_do", "exit_code": 3}))?;
+        } else {
+            writeln!(o.out, "nothing to reset: no live apply on this boot")?;
+        }
+        return Ok(ExitCode::NothingToDo);
+    }
+    privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "unmount the live /usr")])?;
+    if paths.root == Path::new("/") && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
+        progress("entered PID 1's mount namespace");
+    }
+    let _lock = lock::acquire(&journal.dir)?;
+    let host = discover::load(paths)?;
+    let booted = host
+        .booted()
+        .with_context(|| format!("no booted deployment found in {}", paths.sysroot.display()))?;
+    let sd = connect_systemd(&opts.services)?;
+    let sd_ref: Option<&dyn systemd::Systemd> = sd.as_ref().map(|s| s as &dyn systemd::Systemd);
+    let real_mounts = mounts::RealMounts;
+    let mut prog = progress;
+    let mut env = LiveEnv {
+        paths,
+        journal,
+        mounts: &real_mounts,
+        systemd: sd_ref,
+        progress: &mut prog,
+    };
+    let report = live::reset(&booted.into(), &mut env)?;
+    if o.json {
+        o.json_value(&report)?;
+    } else {
+        report.write_human(o.out)?;
+    }
+    Ok(report.outcome)
+}

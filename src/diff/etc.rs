@@ -1,0 +1,659 @@
+//! `/etc` 3-way merge decisions: what ostree's merge implies for the live `/etc`.
+//!
+//! Inputs are three trees: the booted deployment's `usr/etc` (*old defaults*, O), the live
+//! `/etc` (*local*, L) and the target deployment's `usr/etc` (*new defaults*, W). ostree's
+//! `merge_configuration_from` (research §3.7) computes `ostree_diff_dirs(O, L)` with xattrs
+//! ignored, then starts the new `/etc` as a copy of W, deletes what the admin deleted and
+//! copies every modified or added local path over it wholesale: a local change always wins,
+//! there is no line-level merge.
+//!
+//! [`plan_etc`] replays exactly that algorithm on an in-memory model of the three trees
+//! (including its corner cases: parent directories of copied paths take the local directory's
+//! mode and owner, a directory whose only change is its own mode reverts to the new default,
+//! an admin-added file inside a removed default directory keeps that directory alive), then
+//! lists, per path, what must happen to the live `/etc` so that it equals the merged result:
+//!
+//! | action | meaning |
+//! |---|---|
+//! | `add` | a new default, absent locally and in the old defaults: create it from W |
+//! | `take_new_default` | replace the live path (non-recursively for a directory: type, mode, owner) by W's |
+//! | `remove` | the default went away and the admin had not changed it: delete it |
+//! | `keep_local` | the admin changed it and so did the default: the local version stays (conflict) |
+//! | `keep_local_only` | an admin-added path that a new default now collides with: it stays (conflict) |
+//! | `keep_removed` | the admin deleted it and its default changed: it stays deleted (conflict) |
+//!
+//! Only paths needing an action, or in conflict, are listed. `remove` actions come first,
+//! children before parents; then every other action, parents before children. A conflict
+//! with reason `local_change_discarded` marks the rare cases where ostree's merge itself drops
+//! an admin change (e.g. a local `chmod` of a directory, or a local directory where the old
+//! default was a file and the new default is a directory).
+//!
+//! "Modified" is ostree's rule: type, content, permission bits, uid/gid, symlink target and
+//! device number; xattrs (SELinux labels) are ignored. Symlinks are compared as symlinks and
+//! never followed. A locally modified or added non-directory whose new default is a directory
+//! is refused with [`EtcMergeError::ModifiedConfigNewlyDirectory`], as ostree refuses it.
+
+pub use super::walk::FileType;
+use super::walk::{self, Meta};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What to do with one live `/etc` path (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EtcActionKind {
+    Add,
+    TakeNewDefault,
+    Remove,
+    KeepLocal,
+    KeepLocalOnly,
+    KeepRemoved,
+}
+
+/// One planned `/etc` action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcAction {
+    /// `/etc` or `/etc/…`.
+    pub path: String,
+    pub action: EtcActionKind,
+    /// Type of the live path now (`None`: absent).
+    pub from_type: Option<FileType>,
+    /// Type of the live path after the action (`None`: absent).
+    pub to_type: Option<FileType>,
+}
+
+/// Why a path is a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictReason {
+    /// The admin changed the path and its default changed (or was removed) too; local wins.
+    BothChanged,
+    /// The admin created the path and a different new default now exists there; local wins.
+    LocalOnlyCollides,
+    /// The admin deleted the path and its default changed; it stays deleted.
+    RemovedLocallyDefaultChanged,
+    /// ostree's merge drops the admin's change to this path (see the module docs).
+    LocalChangeDiscarded,
+}
+
+/// A path where the admin's change and the new defaults meet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcConflict {
+    pub path: String,
+    /// The action taken for it (also listed in [`EtcPlan::actions`]).
+    pub action: EtcActionKind,
+    pub reason: ConflictReason,
+}
+
+/// The `/etc` merge decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcPlan {
+    pub actions: Vec<EtcAction>,
+    /// Sorted by path, component-wise.
+    pub conflicts: Vec<EtcConflict>,
+}
+
+/// A merge ostree would refuse; the plan must not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcMergeError {
+    /// Same wording as ostree's error.
+    #[error("Modified config file newly defaults to directory '{path}', cannot merge")]
+    ModifiedConfigNewlyDirectory { path: String },
+    /// Local changes below `path`, whose new default is not a directory.
+    #[error("cannot merge /etc: '{path}' has local changes below it but its new default is not a directory")]
+    NewDefaultNotDirectory { path: String },
+    /// ostree does not copy devices, FIFOs or sockets.
+    #[error("cannot merge /etc: locally changed '{path}' is a device, FIFO or socket")]
+    UnsupportedFileType { path: String },
+}
+
+/// Decide the live `/etc` actions for moving from `old_defaults` (booted `usr/etc`) to
+/// `new_defaults` (target `usr/etc`) given the live `local` `/etc`. A refused merge is an
+/// [`EtcMergeError`] inside the `anyhow::Error` (use `downcast_ref`).
+pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Result<EtcPlan> {
+    let o = Tree::load(old_defaults)?;
+    let l = Tree::load(local)?;
+    let w = Tree::load(new_defaults)?;
+
+    // 1. ostree_diff_dirs(O, L), in ostree's pre-order.
+    let mut d = Diff::default();
+    ostree_diff(&o, &l, &o.top, &l.top, &PathBuf::new(), &mut d)?;
+
+    // 2. The merged tree: a copy of W, then removals, then local copies.
+    let mut n = NNode::from_tree(&w.top, Src::New);
+    for p in &d.removed {
+        n.remove(p);
+    }
+    for p in d.modified.iter().chain(&d.added) {
+        copy_modified(&l, &mut n, p)?;
+    }
+
+    // 3. What the live /etc needs to become the merged tree.
+    let mut paths = BTreeSet::new();
+    l.top.collect(&mut PathBuf::new(), &mut paths);
+    n.collect(&mut PathBuf::new(), &mut paths);
+
+    let mut removes = Vec::new();
+    let mut others = Vec::new();
+    let mut conflicts = Vec::new();
+    for p in &paths {
+        let (on, ln, wn, nn) = (o.get(p), l.get(p), w.get(p), n.get(p));
+        let admin_changed = match (on, ln) {
+            (Some(on), Some(ln)) => !same(&o, on, &l, ln, p)?,
+            (None, None) => false,
+            _ => true,
+        };
+        let mut push = |action, from: Option<&Node>, to: Option<FileType>, reason| -> Result<()> {
+            let a = EtcAction {
+                path: etc_path(p)?,
+                action,
+                from_type: from.map(Node::file_type),
+                to_type: to,
+            };
+            if let Some(reason) = reason {
+                conflicts.push(EtcConflict {
+                    path: a.path.clone(),
+                    action,
+                    reason,
+                });
+            }
+            if action == EtcActionKind::Remove {
+                removes.push(a);
+            } else {
+                others.push(a);
+            }
+            Ok(())
+        };
+        let discarded = admin_changed.then_some(ConflictReason::LocalChangeDiscarded);
+        match (ln, nn) {
+            (None, None) => {}
+            (None, Some(nn)) => {
+                let kind = if on.is_some() {
+                    EtcActionKind::TakeNewDefault
+                } else {
+                    EtcActionKind::Add
+                };
+                push(kind, None, Some(nn.ftype), discarded)?;
+            }
+            (Some(ln), None) => push(EtcActionKind::Remove, Some(ln), None, discarded)?,
+            (Some(ln), Some(nn)) => {
+                let equal = match nn.src {
+                    Src::Local => true,
+                    Src::New => {
+                        let wn = wn.expect("a node taken from the new defaults exists there");
+                        if nn.ftype == FileType::Dir && ln.file_type() == FileType::Dir {
+                            nn.attrs == Src::Local || same_attrs(&wn.meta, &ln.meta)
+                        } else {
+                            same(&w, wn, &l, ln, p)?
+                        }
+                    }
+                };
+                if !equal {
+                    push(
+                        EtcActionKind::TakeNewDefault,
+                        Some(ln),
+                        Some(nn.ftype),
+                        discarded,
+                    )?;
+                } else if admin_changed {
+                    let w_differs_from_local = match wn {
+                        Some(wn) => !same(&w, wn, &l, ln, p)?,
+                        None => true,
+                    };
+                    match on {
+                        Some(on) => {
+                            let default_changed = match wn {
+                                Some(wn) => !same(&o, on, &w, wn, p)?,
+                                None => true,
+                            };
+                            if default_changed && w_differs_from_local {
+                                push(
+                                    EtcActionKind::KeepLocal,
+                                    Some(ln),
+                                    Some(ln.file_type()),
+                                    Some(ConflictReason::BothChanged),
+                                )?;
+                            }
+                        }
+                        None => {
+                            if wn.is_some() && w_differs_from_local {
+                                push(
+                                    EtcActionKind::KeepLocalOnly,
+                                    Some(ln),
+                                    Some(ln.file_type()),
+                                    Some(ConflictReason::LocalOnlyCollides),
+                                )?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for p in &d.removed {
+        let (Some(on), Some(wn)) = (o.get(p), w.get(p)) else {
+            continue;
+        };
+        if subtree_differs(&o, on, &w, wn, p)? {
+            let path = etc_path(p)?;
+            conflicts.push(EtcConflict {
+                path: path.clone(),
+                action: EtcActionKind::KeepRemoved,
+                reason: ConflictReason::RemovedLocallyDefaultChanged,
+            });
+            others.push(EtcAction {
+                path,
+                action: EtcActionKind::KeepRemoved,
+                from_type: None,
+                to_type: None,
+            });
+        }
+    }
+    removes.sort_by(|a, b| Path::new(&b.path).cmp(Path::new(&a.path)));
+    others.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+    conflicts.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+    removes.extend(others);
+    Ok(EtcPlan {
+        actions: removes,
+        conflicts,
+    })
+}
+
+/// `/etc/<rel>` as a string; a non-UTF-8 name that needs an action is an error.
+fn etc_path(rel: &Path) -> Result<String> {
+    let s = rel.to_str().with_context(|| {
+        format!(
+            "/etc/{} is not valid UTF-8; refusing to plan an action for it",
+            rel.display()
+        )
+    })?;
+    Ok(if s.is_empty() {
+        "/etc".to_owned()
+    } else {
+        format!("/etc/{s}")
+    })
+}
+
+fn merge_err(e: EtcMergeError) -> anyhow::Error {
+    anyhow::Error::new(e)
+}
+
+/// One object of a loaded tree.
+struct Node {
+    meta: Meta,
+    target: Option<OsString>,
+    children: BTreeMap<OsString, Node>,
+}
+
+impl Node {
+    fn file_type(&self) -> FileType {
+        self.meta.file_type()
+    }
+
+    fn collect(&self, rel: &mut PathBuf, out: &mut BTreeSet<PathBuf>) {
+        out.insert(rel.clone());
+        for (name, c) in &self.children {
+            rel.push(name);
+            c.collect(rel, out);
+            rel.pop();
+        }
+    }
+}
+
+/// A loaded tree (metadata and symlink targets; contents are read on demand).
+struct Tree {
+    root: PathBuf,
+    top: Node,
+}
+
+fn meta_of(m: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: m.mode(),
+        uid: m.uid(),
+        gid: m.gid(),
+        size: m.size(),
+        rdev: m.rdev(),
+        dev: m.dev(),
+        ino: m.ino(),
+    }
+}
+
+impl Tree {
+    fn load(root: &Path) -> Result<Tree> {
+        let m =
+            std::fs::symlink_metadata(root).with_context(|| format!("stat {}", root.display()))?;
+        if !m.is_dir() {
+            anyhow::bail!("{} is not a directory", root.display());
+        }
+        let top = Self::load_node(root, meta_of(&m))?;
+        Ok(Tree {
+            root: root.to_path_buf(),
+            top,
+        })
+    }
+
+    fn load_node(path: &Path, meta: Meta) -> Result<Node> {
+        let mut node = Node {
+            meta,
+            target: None,
+            children: BTreeMap::new(),
+        };
+        match meta.file_type() {
+            FileType::Dir => {
+                let rd = std::fs::read_dir(path)
+                    .with_context(|| format!("reading directory {}", path.display()))?;
+                for e in rd {
+                    let e = e.with_context(|| format!("reading directory {}", path.display()))?;
+                    let cpath = e.path();
+                    // DirEntry::metadata does not follow symlinks.
+                    let m = e
+                        .metadata()
+                        .with_context(|| format!("stat {}", cpath.display()))?;
+                    node.children
+                        .insert(e.file_name(), Self::load_node(&cpath, meta_of(&m))?);
+                }
+            }
+            FileType::Symlink => {
+                node.target = Some(
+                    std::fs::read_link(path)
+                        .with_context(|| format!("readlink {}", path.display()))?
+                        .into_os_string(),
+                );
+            }
+            FileType::File | FileType::Other => {}
+        }
+        Ok(node)
+    }
+
+    fn get(&self, rel: &Path) -> Option<&Node> {
+        let mut n = &self.top;
+        for c in rel.iter() {
+            n = n.children.get(c)?;
+        }
+        Some(n)
+    }
+}
+
+/// Mode (with type bits), uid and gid: what ostree's dirmeta records, xattrs aside.
+fn same_attrs(a: &Meta, b: &Meta) -> bool {
+    a.mode == b.mode && a.uid == b.uid && a.gid == b.gid
+}
+
+/// ostree's equality of two objects at `rel` with xattrs ignored.
+fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
+    if !same_attrs(&a.meta, &b.meta) {
+        return Ok(false);
+    }
+    Ok(match a.file_type() {
+        FileType::Dir => true,
+        FileType::Symlink => a.target == b.target,
+        FileType::Other => a.meta.rdev == b.meta.rdev,
+        FileType::File => {
+            if a.meta.same_inode(&b.meta) {
+                true
+            } else if a.meta.size != b.meta.size {
+                false
+            } else {
+                let (pa, pb) = (ta.root.join(rel), tb.root.join(rel));
+                let mut fa =
+                    walk::open_file(&pa).with_context(|| format!("opening {}", pa.display()))?;
+                let mut fb =
+                    walk::open_file(&pb).with_context(|| format!("opening {}", pb.display()))?;
+                walk::same_bytes(&mut fa, &mut fb)
+                    .with_context(|| format!("comparing {} with {}", pa.display(), pb.display()))?
+            }
+        }
+    })
+}
+
+/// Whether anything at or below `rel` differs between two trees.
+fn subtree_differs(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
+    if a.file_type() != b.file_type() || !same(ta, a, tb, b, rel)? {
+        return Ok(true);
+    }
+    if a.children.len() != b.children.len() {
+        return Ok(true);
+    }
+    for ((na, ca), (nb, cb)) in a.children.iter().zip(&b.children) {
+        if na != nb || subtree_differs(ta, ca, tb, cb, &rel.join(na))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The three lists of `ostree_diff_dirs` (relative paths, pre-order).
+#[derive(Default)]
+struct Diff {
+    modified: Vec<PathBuf>,
+    removed: Vec<PathBuf>,
+    added: Vec<PathBuf>,
+}
+
+/// `ostree_diff_dirs(OSTREE_DIFF_FLAGS_IGNORE_XATTRS, a, b)`: a type change is modified and
+/// not descended into; a removed directory is listed alone; an added one with all descendants.
+fn ostree_diff(ta: &Tree, tb: &Tree, a: &Node, b: &Node, rel: &Path, d: &mut Diff) -> Result<()> {
+    for (name, ca) in &a.children {
+        let p = rel.join(name);
+        match b.children.get(name) {
+            None => d.removed.push(p),
+            Some(cb) => {
+                if ca.file_type() != cb.file_type() {
+                    d.modified.push(p);
+                } else {
+                    if !same(ta, ca, tb, cb, &p)? {
+                        d.modified.push(p.clone());
+                    }
+                    if ca.file_type() == FileType::Dir {
+                        ostree_diff(ta, tb, ca, cb, &p, d)?;
+                    }
+                }
+            }
+        }
+    }
+    for (name, cb) in &b.children {
+        if !a.children.contains_key(name) {
+            add_recurse(cb, rel.join(name), d);
+        }
+    }
+    Ok(())
+}
+
+fn add_recurse(n: &Node, p: PathBuf, d: &mut Diff) {
+    d.added.push(p.clone());
+    for (name, c) in &n.children {
+        add_recurse(c, p.join(name), d);
+    }
+}
+
+/// Where a merged-tree object comes from: the same path in W (`New`) or in L (`Local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    New,
+    Local,
+}
+
+/// One object of the simulated merged `/etc`.
+struct NNode {
+    ftype: FileType,
+    /// Source of the object (content, symlink target, and for non-directories everything).
+    src: Src,
+    /// Source of a directory's mode and owner (ostree re-applies the local directory's to the
+    /// parent of every path it copies).
+    attrs: Src,
+    children: BTreeMap<OsString, NNode>,
+}
+
+impl NNode {
+    fn from_tree(n: &Node, src: Src) -> NNode {
+        NNode {
+            ftype: n.file_type(),
+            src,
+            attrs: src,
+            children: n
+                .children
+                .iter()
+                .map(|(k, c)| (k.clone(), NNode::from_tree(c, src)))
+                .collect(),
+        }
+    }
+
+    fn get(&self, rel: &Path) -> Option<&NNode> {
+        let mut n = self;
+        for c in rel.iter() {
+            n = n.children.get(c)?;
+        }
+        Some(n)
+    }
+
+    fn get_mut(&mut self, rel: &Path) -> Option<&mut NNode> {
+        let mut n = self;
+        for c in rel.iter() {
+            n = n.children.get_mut(c)?;
+        }
+        Some(n)
+    }
+
+    fn remove(&mut self, rel: &Path) {
+        if let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) {
+            if let Some(p) = self.get_mut(parent) {
+                p.children.remove(name);
+            }
+        }
+    }
+
+    fn insert(&mut self, rel: &Path, node: NNode) {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().expect("non-root path");
+        self.get_mut(parent)
+            .expect("parent ensured before insert")
+            .children
+            .insert(name.to_owned(), node);
+    }
+
+    fn collect(&self, rel: &mut PathBuf, out: &mut BTreeSet<PathBuf>) {
+        out.insert(rel.clone());
+        for (name, c) in &self.children {
+            rel.push(name);
+            c.collect(rel, out);
+            rel.pop();
+        }
+    }
+}
+
+fn is_root(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// `ensure_directory_from_template`: make `rel` a directory in the merged tree (creating
+/// missing parents), with the local directory's mode and owner.
+fn ensure_dir(n: &mut NNode, rel: &Path) -> Result<()> {
+    if let Some(existing) = n.get_mut(rel) {
+        if existing.ftype != FileType::Dir {
+            return Err(merge_err(EtcMergeError::NewDefaultNotDirectory {
+                path: etc_path(rel)?,
+            }));
+        }
+        existing.attrs = Src::Local;
+        return Ok(());
+    }
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    if !is_root(parent) {
+        match n.get(parent) {
+            None => ensure_dir(n, parent)?,
+            Some(p) if p.ftype != FileType::Dir => {
+                return Err(merge_err(EtcMergeError::NewDefaultNotDirectory {
+                    path: etc_path(parent)?,
+                }))
+            }
+            Some(_) => {}
+        }
+    }
+    n.insert(
+        rel,
+        NNode {
+            ftype: FileType::Dir,
+            src: Src::Local,
+            attrs: Src::Local,
+            children: BTreeMap::new(),
+        },
+    );
+    Ok(())
+}
+
+/// A copy of the local subtree (`copy_dir_recurse`), refusing what ostree cannot copy.
+fn copy_local(n: &Node, rel: &Path) -> Result<NNode> {
+    if n.file_type() == FileType::Other {
+        return Err(merge_err(EtcMergeError::UnsupportedFileType {
+            path: etc_path(rel)?,
+        }));
+    }
+    let mut children = BTreeMap::new();
+    for (name, c) in &n.children {
+        children.insert(name.clone(), copy_local(c, &rel.join(name))?);
+    }
+    Ok(NNode {
+        ftype: n.file_type(),
+        src: Src::Local,
+        attrs: Src::Local,
+        children,
+    })
+}
+
+/// `copy_modified_config_file` for the local path `rel`.
+fn copy_modified(l: &Tree, n: &mut NNode, rel: &Path) -> Result<()> {
+    let ln = l.get(rel).expect("diffed local path exists");
+    if let Some(parent) = rel.parent().filter(|p| !is_root(p)) {
+        ensure_dir(n, parent)?;
+    }
+    if let Some(existing) = n.get(rel) {
+        if existing.ftype == FileType::Dir {
+            if ln.file_type() != FileType::Dir {
+                return Err(merge_err(EtcMergeError::ModifiedConfigNewlyDirectory {
+                    path: etc_path(rel)?,
+                }));
+            }
+            // ostree assumes the directory was handled with its parent: nothing to do.
+            return Ok(());
+        }
+        n.remove(rel);
+    }
+    let copy = copy_local(ln, rel)?;
+    n.insert(rel, copy);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn added_paths_are_pre_order() {
+        let t = tempfile::tempdir().unwrap();
+        let (o, l) = (t.path().join("o"), t.path().join("l"));
+        std::fs::create_dir_all(&o).unwrap();
+        std::fs::create_dir_all(l.join("a/b")).unwrap();
+        std::fs::write(l.join("a/b/c"), "").unwrap();
+        std::fs::write(l.join("a/d"), "").unwrap();
+        let (to, tl) = (Tree::load(&o).unwrap(), Tree::load(&l).unwrap());
+        let mut d = Diff::default();
+        ostree_diff(&to, &tl, &to.top, &tl.top, Path::new(""), &mut d).unwrap();
+        let got: Vec<&str> = d.added.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(got, ["a", "a/b", "a/b/c", "a/d"]);
+    }
+
+    #[test]
+    fn root_action_path_is_etc() {
+        assert_eq!(etc_path(Path::new("")).unwrap(), "/etc");
+        assert_eq!(etc_path(Path::new("a/b")).unwrap(), "/etc/a/b");
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let bad = Path::new(OsStr::from_bytes(b"a/\xff"));
+        let err = etc_path(bad).unwrap_err();
+        assert!(format!("{err:#}").contains("not valid UTF-8"), "{err:#}");
+    }
+}

@@ -1,0 +1,505 @@
+//! The `/usr` diff between two deployment checkouts, with the semantics of
+//! `ostree diff <from-commit> <to-commit>` restricted to `/usr`.
+//!
+//! It compares the *physical* deployment directories (`/sysroot/ostree/deploy/<os>/deploy/
+//! <csum>.<serial>/usr`), never a composefs or overlay view. ostree checks deployments out as
+//! hardlink farms into the repo, so an unchanged file is the same inode in both trees (research
+//! §3.1): when two same-named entries of a directory pair have the same `d_ino` on the same
+//! device, they are equal and are skipped without a single syscall. Only entries whose inodes
+//! differ are `lstat`ed, and only same-sized regular files are read. Directories are real
+//! directories in every checkout, so each directory pair is opened, `fstat`ed and listed (with
+//! `getdents`); subdirectories are walked in parallel with rayon.
+//!
+//! What is reported, exactly as `ostree diff` reports it:
+//! - **modified**: both sides exist and differ in type, content, permission bits, owner,
+//!   symlink target or xattrs. A directory is modified when its own mode, owner or xattrs
+//!   changed; its children are compared independently. A type change (file→dir, dir→symlink,
+//!   …) is one `modified` entry with kind `type` and nothing below it is listed.
+//! - **removed**: the path is gone; a removed directory is listed once, its children are not.
+//! - **added**: the path is new; an added directory is listed together with every descendant.
+//!
+//! `/usr` itself is reported (as `/usr`) if its own metadata changed. Entries are sorted by
+//! path, component-wise, so parents come before their children.
+
+pub use super::walk::FileType;
+use super::walk::{self, Listing, Meta, XattrSource};
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+/// How a path differs between the two trees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Added,
+    Removed,
+    Modified,
+}
+
+/// What differs about a modified path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// File bytes (or device number) differ.
+    Content,
+    /// Permission bits (including setuid/setgid/sticky) differ.
+    Mode,
+    /// uid or gid differs.
+    Owner,
+    /// Symlink target differs.
+    SymlinkTarget,
+    /// The object type differs; the entry then carries no other kind.
+    Type,
+    /// Extended attributes differ.
+    Xattrs,
+}
+
+/// One changed path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrEntry {
+    /// Absolute path as seen on the running system, `/usr/…`. (ostree only stores UTF-8
+    /// names, so a non-UTF-8 name is an error.)
+    pub path: String,
+    pub change: Change,
+    /// Sorted; empty for added and removed paths.
+    pub kinds: Vec<ChangeKind>,
+    /// Type in the `from` tree (`None` when added).
+    pub from_type: Option<FileType>,
+    /// Type in the `to` tree (`None` when removed).
+    pub to_type: Option<FileType>,
+}
+
+/// Number of entries per change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrCounts {
+    pub added: usize,
+    pub removed: usize,
+    pub modified: usize,
+}
+
+/// The `/usr` diff.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsrDiff {
+    /// Sorted by path, component-wise (as [`Path`] orders them): parents before children.
+    pub entries: Vec<UsrEntry>,
+    pub counts: UsrCounts,
+}
+
+impl UsrDiff {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry for an absolute path, if it changed.
+    pub fn get(&self, path: &str) -> Option<&UsrEntry> {
+        self.entries
+            .binary_search_by(|e| Path::new(&e.path).cmp(Path::new(path)))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+/// Diff `<from_deploy>/usr` against `<to_deploy>/usr` (see the module docs for the semantics).
+pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
+    let roots = [from_deploy.join("usr"), to_deploy.join("usr")];
+    let a = walk::open_dir(&roots[0])?;
+    let b = walk::open_dir(&roots[1])?;
+    let ma = walk::stat_fd(a.as_fd()).with_context(|| format!("stat {}", roots[0].display()))?;
+    let mb = walk::stat_fd(b.as_fd()).with_context(|| format!("stat {}", roots[1].display()))?;
+    let ctx = Ctx {
+        ino_fast_path: inode_numbers_trustworthy(&a) && inode_numbers_trustworthy(&b),
+        roots: roots.map(|r| r.into_os_string().into_vec()),
+    };
+    let mut entries = Vec::new();
+    if let Some(e) = ctx.compare_dirs(&a, &ma, &b, &mb, b"")? {
+        entries.push(e);
+    }
+    entries.extend(ctx.diff_pair(&a, &ma, &b, &mb, b"")?);
+    entries.sort_unstable_by(|x, y| Path::new(&x.path).cmp(Path::new(&y.path)));
+    let mut counts = UsrCounts::default();
+    for e in &entries {
+        match e.change {
+            Change::Added => counts.added += 1,
+            Change::Removed => counts.removed += 1,
+            Change::Modified => counts.modified += 1,
+        }
+    }
+    Ok(UsrDiff { entries, counts })
+}
+
+/// `d_ino` from `getdents` equals `st_ino` on ordinary filesystems; overlayfs and FUSE may
+/// report inode numbers that differ between the two or repeat across layers, so the
+/// same-inode shortcut is only taken when neither tree is on one of those.
+fn inode_numbers_trustworthy(fd: &OwnedFd) -> bool {
+    use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
+    match fstatfs(fd) {
+        Ok(s) => {
+            let t = s.filesystem_type();
+            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
+        }
+        Err(_) => false,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    From = 0,
+    To = 1,
+}
+
+struct Ctx {
+    /// `<deploy>/usr` of each side, as bytes.
+    roots: [Vec<u8>; 2],
+    ino_fast_path: bool,
+}
+
+fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(rel.len() + 1 + name.len());
+    v.extend_from_slice(rel);
+    v.push(b'/');
+    v.extend_from_slice(name);
+    v
+}
+
+fn concat(mut a: Vec<UsrEntry>, mut b: Vec<UsrEntry>) -> Result<Vec<UsrEntry>> {
+    if a.is_empty() {
+        Ok(b)
+    } else {
+        a.append(&mut b);
+        Ok(a)
+    }
+}
+
+impl Ctx {
+    /// Path on disk of `rel` (`""` or `/a/b`) on one side.
+    fn disk(&self, side: Side, rel: &[u8]) -> Vec<u8> {
+        let root = &self.roots[side as usize];
+        let mut v = Vec::with_capacity(root.len() + rel.len());
+        v.extend_from_slice(root);
+        v.extend_from_slice(rel);
+        v
+    }
+
+    fn show(&self, side: Side, rel: &[u8]) -> String {
+        Path::new(OsStr::from_bytes(&self.disk(side, rel)))
+            .display()
+            .to_string()
+    }
+
+    fn entry(
+        rel: &[u8],
+        change: Change,
+        kinds: Vec<ChangeKind>,
+        from_type: Option<FileType>,
+        to_type: Option<FileType>,
+    ) -> Result<UsrEntry> {
+        let name = std::str::from_utf8(rel).map_err(|_| {
+            anyhow::anyhow!(
+                "/usr{} is not valid UTF-8, which no ostree commit contains",
+                String::from_utf8_lossy(rel)
+            )
+        })?;
+        Ok(UsrEntry {
+            path: format!("/usr{name}"),
+            change,
+            kinds,
+            from_type,
+            to_type,
+        })
+    }
+
+    /// Compare the metadata of a directory pair (not its children).
+    fn compare_dirs(
+        &self,
+        a: &OwnedFd,
+        ma: &Meta,
+        b: &OwnedFd,
+        mb: &Meta,
+        rel: &[u8],
+    ) -> Result<Option<UsrEntry>> {
+        if ma.same_inode(mb) {
+            return Ok(None);
+        }
+        let mut kinds = Vec::new();
+        if ma.perm() != mb.perm() {
+            kinds.push(ChangeKind::Mode);
+        }
+        if (ma.uid, ma.gid) != (mb.uid, mb.gid) {
+            kinds.push(ChangeKind::Owner);
+        }
+        let (mut xa, mut xb) = (Vec::new(), Vec::new());
+        walk::xattr_snapshot(XattrSource::Fd(a.as_fd()), &mut xa)
+            .with_context(|| format!("reading xattrs of {}", self.show(Side::From, rel)))?;
+        walk::xattr_snapshot(XattrSource::Fd(b.as_fd()), &mut xb)
+            .with_context(|| format!("reading xattrs of {}", self.show(Side::To, rel)))?;
+        if xa != xb {
+            kinds.push(ChangeKind::Xattrs);
+        }
+        if kinds.is_empty() {
+            return Ok(None);
+        }
+        Self::entry(
+            rel,
+            Change::Modified,
+            kinds,
+            Some(FileType::Dir),
+            Some(FileType::Dir),
+        )
+        .map(Some)
+    }
+
+    /// Compare two non-directory (or differently typed) objects `name` in `a`/`b`.
+    #[allow(clippy::too_many_arguments)]
+    fn compare_objects(
+        &self,
+        a: &OwnedFd,
+        b: &OwnedFd,
+        name: &CStr,
+        ma: &Meta,
+        mb: &Meta,
+        rel: &[u8],
+    ) -> Result<Option<UsrEntry>> {
+        let (ta, tb) = (ma.file_type(), mb.file_type());
+        if ma.fmt() != mb.fmt() {
+            return Self::entry(
+                rel,
+                Change::Modified,
+                vec![ChangeKind::Type],
+                Some(ta),
+                Some(tb),
+            )
+            .map(Some);
+        }
+        if ma.same_inode(mb) {
+            return Ok(None);
+        }
+        let mut kinds = Vec::new();
+        match ta {
+            FileType::File => {
+                if ma.size != mb.size || !self.same_file_content(a, b, name, rel)? {
+                    kinds.push(ChangeKind::Content);
+                }
+            }
+            FileType::Other => {
+                if ma.rdev != mb.rdev {
+                    kinds.push(ChangeKind::Content);
+                }
+            }
+            FileType::Symlink | FileType::Dir => {}
+        }
+        if ma.perm() != mb.perm() {
+            kinds.push(ChangeKind::Mode);
+        }
+        if (ma.uid, ma.gid) != (mb.uid, mb.gid) {
+            kinds.push(ChangeKind::Owner);
+        }
+        if ta == FileType::Symlink {
+            let la = walk::readlink_at(a.as_fd(), name)
+                .with_context(|| format!("readlink {}", self.show(Side::From, rel)))?;
+            let lb = walk::readlink_at(b.as_fd(), name)
+                .with_context(|| format!("readlink {}", self.show(Side::To, rel)))?;
+            if la != lb {
+                kinds.push(ChangeKind::SymlinkTarget);
+            }
+        }
+        let (pa, pb) = (
+            walk::cpath(&self.disk(Side::From, rel))?,
+            walk::cpath(&self.disk(Side::To, rel))?,
+        );
+        let (mut xa, mut xb) = (Vec::new(), Vec::new());
+        walk::xattr_snapshot(XattrSource::Path(&pa), &mut xa)
+            .with_context(|| format!("reading xattrs of {}", self.show(Side::From, rel)))?;
+        walk::xattr_snapshot(XattrSource::Path(&pb), &mut xb)
+            .with_context(|| format!("reading xattrs of {}", self.show(Side::To, rel)))?;
+        if xa != xb {
+            kinds.push(ChangeKind::Xattrs);
+        }
+        kinds.sort_unstable();
+        if kinds.is_empty() {
+            return Ok(None);
+        }
+        Self::entry(rel, Change::Modified, kinds, Some(ta), Some(tb)).map(Some)
+    }
+
+    fn same_file_content(&self, a: &OwnedFd, b: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<bool> {
+        let mut fa = walk::open_file_at(a.as_fd(), name)
+            .with_context(|| format!("opening {}", self.show(Side::From, rel)))?;
+        let mut fb = walk::open_file_at(b.as_fd(), name)
+            .with_context(|| format!("opening {}", self.show(Side::To, rel)))?;
+        walk::same_bytes(&mut fa, &mut fb).with_context(|| {
+            format!(
+                "comparing {} with {}",
+                self.show(Side::From, rel),
+                self.show(Side::To, rel)
+            )
+        })
+    }
+
+    fn file_type_of(
+        &self,
+        side: Side,
+        dir: &OwnedFd,
+        l: &Listing,
+        i: usize,
+        rel: &[u8],
+    ) -> Result<FileType> {
+        match l.ent(i).dtype {
+            Some(t) => Ok(t),
+            None => Ok(walk::lstat_at(dir.as_fd(), l.cname(i))
+                .with_context(|| format!("stat {}", self.show(side, rel)))?
+                .file_type()),
+        }
+    }
+
+    fn list(&self, side: Side, fd: &OwnedFd, rel: &[u8]) -> Result<Listing> {
+        Listing::read(fd).with_context(|| format!("reading directory {}", self.show(side, rel)))
+    }
+
+    fn open_child(
+        &self,
+        side: Side,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+    ) -> Result<(OwnedFd, Meta)> {
+        let fd = walk::open_dir_at(dir.as_fd(), name)
+            .with_context(|| format!("opening directory {}", self.show(side, rel)))?;
+        let m =
+            walk::stat_fd(fd.as_fd()).with_context(|| format!("stat {}", self.show(side, rel)))?;
+        Ok((fd, m))
+    }
+
+    /// Diff the children of a directory pair whose own metadata the caller has compared.
+    fn diff_pair(
+        &self,
+        a: &OwnedFd,
+        ma: &Meta,
+        b: &OwnedFd,
+        mb: &Meta,
+        rel: &[u8],
+    ) -> Result<Vec<UsrEntry>> {
+        if ma.same_inode(mb) {
+            return Ok(Vec::new());
+        }
+        let la = self.list(Side::From, a, rel)?;
+        let lb = self.list(Side::To, b, rel)?;
+        let fast = self.ino_fast_path && ma.dev == mb.dev;
+        let mut out = Vec::new();
+        let mut both_dirs: Vec<(usize, usize)> = Vec::new();
+        let mut added_dirs: Vec<usize> = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < la.len() || j < lb.len() {
+            let ord = if i == la.len() {
+                std::cmp::Ordering::Greater
+            } else if j == lb.len() {
+                std::cmp::Ordering::Less
+            } else {
+                la.name(i).cmp(lb.name(j))
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    let crel = join(rel, la.name(i));
+                    let t = self.file_type_of(Side::From, a, &la, i, &crel)?;
+                    out.push(Self::entry(
+                        &crel,
+                        Change::Removed,
+                        Vec::new(),
+                        Some(t),
+                        None,
+                    )?);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let crel = join(rel, lb.name(j));
+                    let t = self.file_type_of(Side::To, b, &lb, j, &crel)?;
+                    out.push(Self::entry(
+                        &crel,
+                        Change::Added,
+                        Vec::new(),
+                        None,
+                        Some(t),
+                    )?);
+                    if t == FileType::Dir {
+                        added_dirs.push(j);
+                    }
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (ea, eb) = (la.ent(i), lb.ent(j));
+                    match (ea.dtype, eb.dtype) {
+                        // Same inode: the same repo object, identical in every respect.
+                        (Some(ta), Some(tb))
+                            if fast && ea.ino == eb.ino && ta == tb && ta != FileType::Dir => {}
+                        (Some(FileType::Dir), Some(FileType::Dir)) => both_dirs.push((i, j)),
+                        _ => {
+                            let crel = join(rel, la.name(i));
+                            let sa = walk::lstat_at(a.as_fd(), la.cname(i)).with_context(|| {
+                                format!("stat {}", self.show(Side::From, &crel))
+                            })?;
+                            let sb = walk::lstat_at(b.as_fd(), lb.cname(j))
+                                .with_context(|| format!("stat {}", self.show(Side::To, &crel)))?;
+                            if sa.file_type() == FileType::Dir && sb.file_type() == FileType::Dir {
+                                both_dirs.push((i, j));
+                            } else if let Some(e) =
+                                self.compare_objects(a, b, la.cname(i), &sa, &sb, &crel)?
+                            {
+                                out.push(e);
+                            }
+                        }
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        let sub = both_dirs
+            .par_iter()
+            .map(|&(i, j)| -> Result<Vec<UsrEntry>> {
+                let crel = join(rel, la.name(i));
+                let (ca, cma) = self.open_child(Side::From, a, la.cname(i), &crel)?;
+                let (cb, cmb) = self.open_child(Side::To, b, lb.cname(j), &crel)?;
+                let mut v = Vec::new();
+                if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
+                    v.push(e);
+                }
+                concat(v, self.diff_pair(&ca, &cma, &cb, &cmb, &crel)?)
+            })
+            .try_reduce(Vec::new, concat)?;
+        let added = added_dirs
+            .par_iter()
+            .map(|&j| self.list_added(b, lb.cname(j), &join(rel, lb.name(j))))
+            .try_reduce(Vec::new, concat)?;
+        concat(concat(out, sub)?, added)
+    }
+
+    /// Every descendant of the added directory `name` in `parent` (on the `to` side).
+    fn list_added(&self, parent: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<Vec<UsrEntry>> {
+        let (fd, _) = self.open_child(Side::To, parent, name, rel)?;
+        let l = self.list(Side::To, &fd, rel)?;
+        let mut out = Vec::with_capacity(l.len());
+        let mut dirs = Vec::new();
+        for i in 0..l.len() {
+            let crel = join(rel, l.name(i));
+            let t = self.file_type_of(Side::To, &fd, &l, i, &crel)?;
+            out.push(Self::entry(
+                &crel,
+                Change::Added,
+                Vec::new(),
+                None,
+                Some(t),
+            )?);
+            if t == FileType::Dir {
+                dirs.push(i);
+            }
+        }
+        let sub = dirs
+            .par_iter()
+            .map(|&i| self.list_added(&fd, l.cname(i), &join(rel, l.name(i))))
+            .try_reduce(Vec::new, concat)?;
+        concat(out, sub)
+    }
+}

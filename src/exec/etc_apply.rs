@@ -1,0 +1,260 @@
+//! Carry out the Plan's `/etc` actions on the live `/etc`.
+//!
+//! Every replaced or removed entry is backed up first under `<run>/fastswitch/etc-backup/`.
+//! New content is written to a temporary name in the same directory and renamed over the old
+//! one, with mode, owner and xattrs (the SELinux label among them) taken from the new default.
+//! Parent directories are opened one component at a time with `O_NOFOLLOW`, so a symlink inside
+//! `/etc` is never followed out of it.
+
+use crate::diff::etc::{EtcAction, EtcActionKind};
+use crate::exec::journal::EtcBackup;
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Relative path inside /etc for an action path like `/etc/a/b`.
+fn rel_of(path: &str) -> Result<PathBuf> {
+    let rel = path
+        .strip_prefix("/etc/")
+        .with_context(|| format!("{path} is not under /etc"))?;
+    let p = PathBuf::from(rel);
+    if p.components().any(|c| !matches!(c, Component::Normal(_))) || rel.is_empty() {
+        bail!("refusing /etc path {path:?}: it must be a plain relative path without `..`");
+    }
+    Ok(p)
+}
+
+/// Open `base/rel`'s parent directory without following any symlink on the way.
+fn open_parent_nofollow(base: &Path, rel: &Path) -> Result<OwnedFd> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    let mut fd: OwnedFd = std::fs::File::open(base)
+        .with_context(|| format!("opening {}", base.display()))?
+        .into();
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let mut walked = base.to_path_buf();
+    for comp in parent.components() {
+        walked.push(comp);
+        fd = openat(&fd, comp.as_os_str(), flags, Mode::empty()).with_context(|| {
+            format!(
+                "opening {} (a symlink or non-directory in /etc is not followed)",
+                walked.display()
+            )
+        })?;
+    }
+    Ok(fd)
+}
+
+fn fd_path(fd: &OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name)
+}
+
+fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
+    let names = match xattr::list(src) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", src.display())),
+    };
+    for name in names {
+        if let Some(v) =
+            xattr::get(src, &name).with_context(|| format!("reading xattr of {}", src.display()))?
+        {
+            // Best effort for namespaces the caller may not set (e.g. trusted.* without CAP_SYS_ADMIN
+            // is impossible here since we run as root); errors are reported.
+            xattr::set(dst, &name, &v)
+                .with_context(|| format!("setting xattr {:?} on {}", name, dst.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy `src` (file, dir or symlink; never followed) to `dst` with its metadata.
+fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
+    let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
+    let ft = m.file_type();
+    if ft.is_symlink() {
+        let t = std::fs::read_link(src).with_context(|| format!("readlink {}", src.display()))?;
+        std::os::unix::fs::symlink(&t, dst)
+            .with_context(|| format!("creating symlink {}", dst.display()))?;
+        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
+            .with_context(|| format!("chown {}", dst.display()))?;
+        return Ok(());
+    }
+    if ft.is_dir() {
+        std::fs::create_dir(dst).with_context(|| format!("mkdir {}", dst.display()))?;
+    } else if ft.is_file() {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        let mut out = opts
+            .open(dst)
+            .with_context(|| format!("creating {}", dst.display()))?;
+        let mut inp =
+            std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        std::io::copy(&mut inp, &mut out)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        out.sync_all()
+            .with_context(|| format!("fsync {}", dst.display()))?;
+    } else {
+        bail!(
+            "{} is neither a file, a directory nor a symlink; not copied",
+            src.display()
+        );
+    }
+    std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
+        .with_context(|| format!("chown {}", dst.display()))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+        .with_context(|| format!("chmod {}", dst.display()))?;
+    copy_xattrs(src, dst)
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    copy_entry(src, dst)?;
+    if std::fs::symlink_metadata(src)?.is_dir() {
+        for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))
+        }
+        Ok(_) => std::fs::remove_file(p).with_context(|| format!("removing {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("stat {}", p.display())),
+    }
+}
+
+/// Digest of what was written (file content hash, symlink target, or "dir").
+pub fn fingerprint(p: &Path) -> Option<String> {
+    let m = std::fs::symlink_metadata(p).ok()?;
+    if m.file_type().is_symlink() {
+        return Some(format!("symlink:{}", std::fs::read_link(p).ok()?.display()));
+    }
+    if m.is_dir() {
+        return Some("dir".into());
+    }
+    use sha2::Digest;
+    let data = std::fs::read(p).ok()?;
+    Some(format!(
+        "sha256:{}",
+        crate::discover::kernel::hex(&sha2::Sha256::digest(&data))
+    ))
+}
+
+/// Apply one action. Idempotent: re-running after a crash converges (a backup is taken only
+/// once, so the original survives).
+pub fn apply_action(
+    etc_dir: &Path,
+    new_defaults: &Path,
+    backup_dir: &Path,
+    action: &EtcAction,
+) -> Result<Option<EtcBackup>> {
+    let rel = rel_of(&action.path)?;
+    let name = rel.file_name().context("empty /etc path")?.to_owned();
+    let replace = match action.action {
+        EtcActionKind::Add | EtcActionKind::TakeNewDefault => true,
+        EtcActionKind::Remove => false,
+        _ => return Ok(None),
+    };
+    let parent = open_parent_nofollow(etc_dir, &rel).with_context(|| {
+        format!(
+            "{} for {}",
+            action.path,
+            if replace { "writing" } else { "removing" }
+        )
+    })?;
+    let live = fd_path(&parent, &name);
+    let existed = std::fs::symlink_metadata(&live).is_ok();
+    let backup_path = backup_dir.join(&rel);
+    let mut backup = None;
+    if existed {
+        if std::fs::symlink_metadata(&backup_path).is_err() {
+            std::fs::create_dir_all(backup_path.parent().unwrap())
+                .with_context(|| format!("creating {}", backup_path.parent().unwrap().display()))?;
+            copy_tree(&live, &backup_path)
+                .with_context(|| format!("backing up {}", action.path))?;
+        }
+        backup = Some(backup_path.clone());
+    }
+    if replace {
+        let src = new_defaults.join(&rel);
+        let tmp_name = format!(".fastswitch-tmp-{}", name.to_string_lossy());
+        let tmp = fd_path(&parent, std::ffi::OsStr::new(&tmp_name));
+        remove_any(&tmp)?;
+        let src_is_dir = std::fs::symlink_metadata(&src)
+            .with_context(|| format!("stat {}", src.display()))?
+            .is_dir();
+        if src_is_dir {
+            // A directory default: create it (children get their own actions).
+            let live_is_dir = std::fs::symlink_metadata(&live)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            if !live_is_dir {
+                copy_entry(&src, &tmp)?;
+                remove_any(&live)?;
+                std::fs::rename(&tmp, &live)
+                    .with_context(|| format!("renaming into {}", action.path))?;
+            }
+        } else {
+            copy_entry(&src, &tmp)
+                .with_context(|| format!("writing the new default of {}", action.path))?;
+            if std::fs::symlink_metadata(&live)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
+                remove_any(&live)?;
+            }
+            std::fs::rename(&tmp, &live)
+                .with_context(|| format!("renaming the new {} into place", action.path))?;
+        }
+    } else {
+        remove_any(&live)?;
+    }
+    Ok(Some(EtcBackup {
+        path: action.path.clone(),
+        backup: if existed { backup } else { None },
+        written: if replace { fingerprint(&live) } else { None },
+    }))
+}
+
+/// Undo one recorded change: restore the backup, or remove what the apply added. An entry the
+/// admin changed after the apply (fingerprint differs) is kept and returned as `Err(path)`.
+pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), String>> {
+    let rel = rel_of(&b.path)?;
+    let name = rel.file_name().context("empty /etc path")?.to_owned();
+    let parent = match open_parent_nofollow(etc_dir, &rel) {
+        Ok(p) => p,
+        Err(_) if b.backup.is_none() => return Ok(Ok(())),
+        Err(e) => return Err(e),
+    };
+    let live = fd_path(&parent, &name);
+    if b.written.is_some() && fingerprint(&live) != b.written {
+        return Ok(Err(b.path.clone()));
+    }
+    match &b.backup {
+        Some(src) => {
+            let tmp = fd_path(
+                &parent,
+                std::ffi::OsStr::new(&format!(".fastswitch-tmp-{}", name.to_string_lossy())),
+            );
+            remove_any(&tmp)?;
+            copy_tree(src, &tmp).with_context(|| format!("restoring {}", b.path))?;
+            if std::fs::symlink_metadata(&live)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
+                remove_any(&live)?;
+            }
+            std::fs::rename(&tmp, &live).with_context(|| format!("restoring {}", b.path))?;
+        }
+        None => remove_any(&live)?,
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,448 @@
+//! Run a live-apply [`Plan`] and undo it (`reset`). Every step is journaled before and after it
+//! runs, and every step is idempotent, so re-running after a crash converges to the same target.
+
+use super::etc_apply;
+use super::journal::{
+    fault_point, now_secs, EtcBackup, Journal, LiveState, StepRecord, StepStatus,
+    STATE_SCHEMA_VERSION,
+};
+use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use crate::diff::etc::EtcActionKind;
+use crate::discover::HostPaths;
+use crate::exit::{refuse, ExitCode};
+use crate::plan::{Plan, Step, Verb};
+use crate::services::{Action, ServiceAction};
+use crate::system::mounts::{MountEntry, Mounts};
+use crate::system::systemd::{self, Systemd};
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+/// What the executor is handed: where things are, and the side-effect interfaces.
+pub struct LiveEnv<'a> {
+    pub paths: &'a HostPaths,
+    pub journal: Journal,
+    pub mounts: &'a dyn Mounts,
+    /// `None` when the caller asked not to manage services (`--no-services`).
+    pub systemd: Option<&'a dyn Systemd>,
+    /// Progress lines for humans (stderr).
+    pub progress: &'a mut dyn FnMut(&str),
+}
+
+fn same_inode(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
+fn fresh_state(plan: &Plan) -> LiveState {
+    LiveState {
+        schema_version: STATE_SCHEMA_VERSION,
+        booted: plan.from.id.clone(),
+        target: plan.to.id.clone(),
+        target_path: plan.to.path.clone(),
+        started_at: now_secs(),
+        finished_at: None,
+        steps: Vec::new(),
+        usr_binds: 0,
+        etc_backups: Vec::new(),
+        touched_units: Vec::new(),
+    }
+}
+
+fn set_step(
+    st: &mut LiveState,
+    name: &str,
+    status: StepStatus,
+    ms: Option<u64>,
+    detail: Option<String>,
+) {
+    st.steps.retain(|s| s.name != name);
+    st.steps.push(StepRecord {
+        name: name.to_owned(),
+        status,
+        duration_ms: ms,
+        detail,
+    });
+}
+
+/// Execute a live plan. The caller holds the run lock and checked privileges.
+pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
+    let t0 = Instant::now();
+    let prior = env.journal.load()?;
+    let mut st = match prior {
+        Some(s) if s.target == plan.to.id && s.is_complete() => {
+            (env.progress)(&format!("{} is already live; nothing to do", plan.to.id));
+            return Ok(report(plan, Vec::new(), t0, ExitCode::NothingToDo, Vec::new()));
+        }
+        Some(s) if s.target == plan.to.id => {
+            let at = s.interrupted_step().map(|x| x.name.clone()).unwrap_or_default();
+            (env.progress)(&format!("resuming the interrupted live apply of {} (was at step {at})", plan.to.id));
+            s
+        }
+        Some(s) if !s.is_complete() => {
+            return Err(refuse(
+                ExitCode::Interrupted,
+                format!(
+                    "a live apply of {} was interrupted at step {}; run `fastswitch reset` first, then apply {}",
+                    s.target,
+                    s.interrupted_step().map(|x| x.name.as_str()).unwrap_or("?"),
+                    plan.to.id
+                ),
+            ))
+        }
+        Some(s) => {
+            // A newer target on top of a completed live apply: keep the original backups and
+            // the list of units to restart on reset.
+            let mut n = fresh_state(plan);
+            n.usr_binds = s.usr_binds;
+            n.etc_backups = s.etc_backups;
+            n.touched_units = s.touched_units;
+            n
+        }
+        None => fresh_state(plan),
+    };
+    if st.booted != booted_id {
+        bail!(
+            "{} records booted deployment {} but {} is booted; remove it (stale state)",
+            env.journal.state_path().display(),
+            st.booted,
+            booted_id
+        );
+    }
+    env.journal.save(&st)?;
+
+    let mut reports = Vec::new();
+    let mut failed_units = Vec::new();
+    for step in &plan.steps {
+        let name = step.name();
+        if st.step_done(name) {
+            reports.push(StepReport {
+                step: name,
+                outcome: StepOutcome::AlreadyDone,
+                duration_ms: 0,
+                detail: serde_json::Value::Null,
+            });
+            continue;
+        }
+        (env.progress)(&format!("{name}…"));
+        set_step(&mut st, name, StepStatus::Started, None, None);
+        env.journal.save(&st)?;
+        fault_point(name, "before");
+        let ts = Instant::now();
+        let result = run_step(step, &mut st, env, &mut failed_units);
+        let ms = ts.elapsed().as_millis() as u64;
+        match result {
+            Ok(detail) => {
+                fault_point(name, "after");
+                set_step(&mut st, name, StepStatus::Done, Some(ms), None);
+                env.journal.save(&st)?;
+                (env.progress)(&format!("{name} done in {ms} ms"));
+                reports.push(StepReport {
+                    step: name,
+                    outcome: StepOutcome::Done,
+                    duration_ms: ms,
+                    detail,
+                });
+            }
+            Err(e) => {
+                set_step(
+                    &mut st,
+                    name,
+                    StepStatus::Failed,
+                    Some(ms),
+                    Some(format!("{e:#}")),
+                );
+                env.journal.save(&st)?;
+                return Err(e.context(format!(
+                    "step {name} failed; the system is partly switched to {}: fix the cause and re-run, or run `fastswitch reset` to return to {}",
+                    plan.to.id, plan.from.id
+                )));
+            }
+        }
+    }
+    st.finished_at = Some(now_secs());
+    env.journal.save(&st)?;
+    let code = if failed_units.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::AppliedWithFailures
+    };
+    Ok(report(plan, reports, t0, code, failed_units))
+}
+
+fn report(
+    plan: &Plan,
+    steps: Vec<StepReport>,
+    t0: Instant,
+    code: ExitCode,
+    failed_units: Vec<String>,
+) -> Report {
+    Report {
+        schema_version: REPORT_SCHEMA_VERSION,
+        verb: plan.verb,
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        decision: plan.decision.clone(),
+        steps,
+        total_ms: t0.elapsed().as_millis() as u64,
+        outcome: code,
+        exit_code: code.code(),
+        etc_conflicts: plan.etc_conflicts.clone(),
+        failed_units,
+    }
+}
+
+fn run_tool(cmd: &mut std::process::Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_step(
+    step: &Step,
+    st: &mut LiveState,
+    env: &mut LiveEnv<'_>,
+    failed_units: &mut Vec<String>,
+) -> Result<serde_json::Value> {
+    match step {
+        Step::SwapUsr { source, target } => {
+            if same_inode(target, source) {
+                return Ok(serde_json::json!({"already_mounted": true}));
+            }
+            env.mounts.bind_usr(source, target).with_context(|| {
+                format!("binding {} over {}", source.display(), target.display())
+            })?;
+            st.usr_binds += 1;
+            if !same_inode(target, source) {
+                bail!(
+                    "after the bind, {} still does not show {}",
+                    target.display(),
+                    source.display()
+                );
+            }
+            Ok(serde_json::json!({"usr_binds": st.usr_binds}))
+        }
+        Step::MergeEtc {
+            etc_dir,
+            new_defaults,
+            actions,
+        } => {
+            let backup_dir = env.journal.backup_dir();
+            let mut written = 0;
+            for a in actions {
+                // Journal the entry before touching the file, so a crash in between is undone
+                // correctly: a path that did not exist is recorded as "added".
+                let changes = matches!(
+                    a.action,
+                    EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
+                );
+                if changes && !st.etc_backups.iter().any(|b| b.path == a.path) {
+                    let live = etc_dir.join(a.path.trim_start_matches("/etc/"));
+                    let existed = std::fs::symlink_metadata(&live).is_ok();
+                    {
+                        st.etc_backups.push(EtcBackup {
+                            path: a.path.clone(),
+                            backup: existed
+                                .then(|| backup_dir.join(a.path.trim_start_matches("/etc/"))),
+                            written: None,
+                        });
+                        env.journal.save(st)?;
+                    }
+                }
+                if let Some(rec) = etc_apply::apply_action(etc_dir, new_defaults, &backup_dir, a)? {
+                    written += 1;
+                    if let Some(b) = st.etc_backups.iter_mut().find(|b| b.path == a.path) {
+                        b.written = rec.written;
+                    }
+                }
+            }
+            Ok(serde_json::json!({"changed": written}))
+        }
+        Step::Sysusers { files } => {
+            let mut c = std::process::Command::new("systemd-sysusers");
+            if env.paths.root != Path::new("/") {
+                c.arg(format!("--root={}", env.paths.root.display()));
+            }
+            c.args(files);
+            run_tool(&mut c).context("creating users and groups for the new sysusers.d entries")?;
+            Ok(serde_json::json!({"files": files}))
+        }
+        Step::Tmpfiles { files } => {
+            let mut c = std::process::Command::new("systemd-tmpfiles");
+            c.arg("--create");
+            if env.paths.root != Path::new("/") {
+                c.arg(format!("--root={}", env.paths.root.display()));
+            }
+            c.args(files);
+            run_tool(&mut c)
+                .context("creating runtime directories for the new tmpfiles.d entries")?;
+            Ok(serde_json::json!({"files": files}))
+        }
+        Step::DaemonReload => {
+            let sd = env.systemd.context(
+                "daemon-reload needs systemd, but services are not managed (--no-services)",
+            )?;
+            sd.daemon_reload().context("systemd daemon-reload")?;
+            Ok(serde_json::Value::Null)
+        }
+        Step::Services { actions } => {
+            let sd = env.systemd.context(
+                "service actions need systemd, but services are not managed (--no-services)",
+            )?;
+            let outcomes = systemd::execute(actions, sd);
+            for o in &outcomes {
+                if o.is_failure() {
+                    failed_units.push(o.unit.clone());
+                }
+                if o.action.is_executed() && !o.is_failure() && !st.touched_units.contains(&o.unit)
+                {
+                    st.touched_units.push(o.unit.clone());
+                }
+            }
+            Ok(serde_json::to_value(&outcomes)?)
+        }
+        Step::FinalizeStaged | Step::KexecLoad { .. } | Step::KexecReboot => {
+            bail!("step {} does not belong in a live apply", step.name())
+        }
+    }
+}
+
+/// Is this mount one of ours (a deployment's usr other than the booted one)?
+fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
+    m.root.ends_with("/usr")
+        && m.root.contains("/deploy/")
+        && !m.root.ends_with(&format!("/deploy/{booted_id}/usr"))
+}
+
+/// Undo a live apply. Returns the report (outcome `nothing_to_do` when there is no live state).
+pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Result<Report> {
+    let t0 = Instant::now();
+    let Some(st) = env.journal.load()? else {
+        let plan = Plan {
+            schema_version: crate::plan::PLAN_SCHEMA_VERSION,
+            verb: Verb::ApplyLive,
+            from: booted.clone(),
+            to: booted.clone(),
+            decision: crate::diff::Decision {
+                kind: crate::diff::DecisionKind::None,
+                reasons: vec!["no live-apply state: the booted deployment is what runs".into()],
+            },
+            steps: vec![],
+            etc_conflicts: vec![],
+        };
+        return Ok(report(
+            &plan,
+            Vec::new(),
+            t0,
+            ExitCode::NothingToDo,
+            Vec::new(),
+        ));
+    };
+    let mut steps = Vec::new();
+
+    // 1. /usr: pop every fastswitch bind.
+    let ts = Instant::now();
+    let usr = env.paths.root.join("usr");
+    let mut popped = 0;
+    let mut lazy = false;
+    loop {
+        let stack = env.mounts.stack(&usr)?;
+        match stack.last() {
+            Some(top) if is_fastswitch_bind(top, &st.booted) => {
+                lazy |= env.mounts.unmount_top(&usr)?;
+                popped += 1;
+            }
+            _ => break,
+        }
+        if popped > 64 {
+            bail!(
+                "{} still has fastswitch binds after 64 unmounts",
+                usr.display()
+            );
+        }
+    }
+    if lazy {
+        (env.progress)("/usr was busy: detached lazily; processes started before keep the old files open until they exit");
+    }
+    steps.push(StepReport {
+        step: "unmount_usr",
+        outcome: StepOutcome::Done,
+        duration_ms: ts.elapsed().as_millis() as u64,
+        detail: serde_json::json!({"unmounted": popped, "lazy": lazy}),
+    });
+
+    // 2. /etc: restore in reverse order.
+    let ts = Instant::now();
+    let etc_dir = env.paths.root.join("etc");
+    let mut kept = Vec::new();
+    for b in st.etc_backups.iter().rev() {
+        if let Err(path) = etc_apply::restore(&etc_dir, b)? {
+            kept.push(path);
+        }
+    }
+    for k in &kept {
+        (env.progress)(&format!("kept {k}: it was changed after the live apply"));
+    }
+    steps.push(StepReport {
+        step: "restore_etc",
+        outcome: StepOutcome::Done,
+        duration_ms: ts.elapsed().as_millis() as u64,
+        detail: serde_json::json!({"restored": st.etc_backups.len() - kept.len(), "kept_admin_changes": kept}),
+    });
+
+    // 3. services: reload unit files and restart what the apply touched.
+    let mut failed = Vec::new();
+    if let Some(sd) = env.systemd {
+        let ts = Instant::now();
+        sd.daemon_reload().context("systemd daemon-reload")?;
+        let again: Vec<ServiceAction> = st
+            .touched_units
+            .iter()
+            .map(|u| ServiceAction {
+                unit: u.clone(),
+                action: Action::Restart,
+                reasons: vec![],
+            })
+            .collect();
+        let outcomes = systemd::execute(&again, sd);
+        failed = outcomes
+            .iter()
+            .filter(|o| o.is_failure())
+            .map(|o| o.unit.clone())
+            .collect();
+        steps.push(StepReport {
+            step: "services",
+            outcome: StepOutcome::Done,
+            duration_ms: ts.elapsed().as_millis() as u64,
+            detail: serde_json::to_value(&outcomes)?,
+        });
+    }
+    env.journal.clear()?;
+    let plan = Plan {
+        schema_version: crate::plan::PLAN_SCHEMA_VERSION,
+        verb: Verb::ApplyLive,
+        from: booted.clone(),
+        to: booted.clone(),
+        decision: crate::diff::Decision {
+            kind: crate::diff::DecisionKind::Live,
+            reasons: vec![format!("reset live apply of {}", st.target)],
+        },
+        steps: vec![],
+        etc_conflicts: kept,
+    };
+    let code = if failed.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::AppliedWithFailures
+    };
+    Ok(report(&plan, steps, t0, code, failed))
+}

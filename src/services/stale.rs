@@ -1,0 +1,1093 @@
+//! Find running processes that still execute or map files the switch replaces.
+//!
+//! Decides: which processes are *stale* with respect to a target `/usr` tree, and which unit
+//! owns each one. A process is stale when
+//! - its executable or an executable file-backed mapping under `/usr` is not the file now at
+//!   that path in the target tree (a different `(dev, ino)`; ostree hardlinks unchanged objects,
+//!   so an unchanged file is the same inode in both deployments), the file is gone from the
+//!   target, or the mapping is `(deleted)`;
+//! - it is a known interpreter (python, perl, shells, ruby, node, …) running a script under
+//!   `/usr` that differs between the running and the target tree.
+//!
+//! When the mapping's identity matches neither tree and its device is not the device of either
+//! tree (overlayfs/composefs report the backing file's identity in `maps` but the overlay's in
+//! `stat`), the check falls back to comparing the two trees' files (identity, size, bytes).
+//!
+//! Processes whose root directory is not ours (containers, chroots, portable services) are
+//! skipped and listed, because their paths are not our paths. Kernel threads are skipped;
+//! processes that exit during the scan are ignored. The scan reads `proc_root`, so tests can
+//! point it at a fake `/proc`; [`parse_maps_line`] and [`parse_cgroup`] are pure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsEntry {
+    pub start: u64,
+    pub end: u64,
+    /// `r-xp` and the like.
+    pub perms: String,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    /// The path or pseudo-name (`[heap]`), without the ` (deleted)` marker.
+    pub path: Option<String>,
+    pub deleted: bool,
+}
+
+impl MapsEntry {
+    pub fn executable(&self) -> bool {
+        self.perms.as_bytes().get(2) == Some(&b'x')
+    }
+
+    /// The mapped file, for file-backed mappings.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.path {
+            Some(p) if self.inode != 0 && p.starts_with('/') => Some(Path::new(p)),
+            _ => None,
+        }
+    }
+}
+
+/// Parse one `/proc/PID/maps` line; `None` for a malformed line.
+pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
+    let mut rest = line.trim_end_matches('\n');
+    let mut field = || -> Option<&str> {
+        let s = rest.trim_start_matches(' ');
+        let end = s.find(' ').unwrap_or(s.len());
+        let (f, r) = s.split_at(end);
+        rest = r;
+        (!f.is_empty()).then_some(f)
+    };
+    let range = field()?;
+    let perms = field()?;
+    let offset = field()?;
+    let dev = field()?;
+    let inode = field()?;
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    let path = rest.trim_start_matches(' ');
+    let (path, deleted) = match path.strip_suffix(" (deleted)") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    Some(MapsEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: perms.to_string(),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev_major: u32::from_str_radix(major, 16).ok()?,
+        dev_minor: u32::from_str_radix(minor, 16).ok()?,
+        inode: inode.parse().ok()?,
+        path: (!path.is_empty()).then(|| unescape_octal(path)),
+        deleted,
+    })
+}
+
+/// The kernel writes a newline in a mapped path as `\012`.
+fn unescape_octal(s: &str) -> String {
+    s.replace("\\012", "\n")
+}
+
+/// The cgroup path of a process from `/proc/PID/cgroup`: the unified (`0::`) line, else the
+/// `name=systemd` hierarchy of a hybrid setup.
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    let mut legacy = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            return Some(path.to_string());
+        }
+        if controllers == "name=systemd" {
+            legacy = Some(path.to_string());
+        }
+    }
+    legacy
+}
+
+/// Who a process belongs to, from the systemd point of view.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProcessOwner {
+    /// PID 1, the system manager itself.
+    Pid1,
+    /// A unit of the system manager (`foo.service`, also a `.scope`, `.mount`, …).
+    SystemUnit { unit: String },
+    /// A user's processes: `unit` is the `user@UID.service` manager or the `session-N.scope`.
+    User { unit: String },
+    /// Anything not attributable (root cgroup, a bare slice).
+    Other { cgroup: String },
+}
+
+/// Attribute a cgroup path to its owner. `pid` 1 is always [`ProcessOwner::Pid1`].
+pub fn owner_of(pid: u32, cgroup: &str) -> ProcessOwner {
+    if pid == 1 {
+        return ProcessOwner::Pid1;
+    }
+    let comps: Vec<&str> = cgroup.split('/').filter(|c| !c.is_empty()).collect();
+    let is_unit = |c: &&&str| !c.ends_with(".slice") && crate::units::parse::is_unit_name(c);
+    if comps.first() == Some(&"user.slice") {
+        let unit = comps
+            .iter()
+            .find(|c| c.starts_with("user@") && c.ends_with(".service"))
+            .or_else(|| comps.iter().find(is_unit))
+            .or(comps.last())
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        return ProcessOwner::User { unit };
+    }
+    match comps.iter().find(is_unit) {
+        Some(unit) => ProcessOwner::SystemUnit {
+            unit: unit.to_string(),
+        },
+        None => ProcessOwner::Other {
+            cgroup: cgroup.to_string(),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleKind {
+    /// `/proc/PID/exe`
+    Exe,
+    /// An executable file-backed mapping (a shared library, or a data file when enabled).
+    Mapping,
+    /// The script an interpreter runs.
+    Script,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleWhy {
+    /// The target tree has a different file at that path.
+    Replaced,
+    /// The mapping is marked `(deleted)`.
+    Deleted,
+    /// The target tree has no file at that path.
+    Removed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StaleFile {
+    pub kind: StaleKind,
+    /// The path as the process sees it (under `/usr`).
+    pub path: PathBuf,
+    pub why: StaleWhy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: String,
+    pub owner: ProcessOwner,
+    pub files: Vec<StaleFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedProcess {
+    pub pid: u32,
+    pub why: SkipWhy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SkipWhy {
+    /// Its root directory is not ours (container, chroot, `RootDirectory=`).
+    ForeignRoot,
+    /// Its `/proc` entries could not be read (other than because it exited).
+    Unreadable { error: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaleScan {
+    /// Stale processes, by pid.
+    pub processes: Vec<StaleProcess>,
+    pub skipped: Vec<SkippedProcess>,
+}
+
+/// Where to look and what to compare.
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    /// `/proc`, or a fake one in tests.
+    pub proc_root: PathBuf,
+    /// Mapped paths under this prefix are checked (`/usr`); the rest of the path is looked up
+    /// under `to_usr` and `from_usr`.
+    pub usr_prefix: PathBuf,
+    /// The target tree's usr: the new deployment's `…/deploy/<csum>.0/usr` before the swap, or
+    /// `/usr` after it.
+    pub to_usr: PathBuf,
+    /// The running tree's usr (the booted deployment), for scripts and the identity fallback.
+    pub from_usr: PathBuf,
+    /// Also check non-executable file mappings (locale archives, caches, fonts). Off by default:
+    /// a process holding old data open keeps working and restarting it is collateral.
+    pub include_data_mappings: bool,
+    /// Never report these (by default: this process).
+    pub exclude_pids: Vec<u32>,
+}
+
+impl ScanConfig {
+    pub fn new(from_usr: impl Into<PathBuf>, to_usr: impl Into<PathBuf>) -> ScanConfig {
+        ScanConfig {
+            proc_root: PathBuf::from("/proc"),
+            usr_prefix: PathBuf::from("/usr"),
+            to_usr: to_usr.into(),
+            from_usr: from_usr.into(),
+            include_data_mappings: false,
+            exclude_pids: vec![std::process::id()],
+        }
+    }
+}
+
+/// Interpreters whose first script argument is checked.
+fn is_interpreter(exe: &Path) -> bool {
+    let Some(name) = exe.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    matches!(
+        base,
+        "python" | "perl" | "ruby" | "node" | "nodejs" | "php" | "lua" | "tclsh"
+    ) || matches!(name, "bash" | "sh" | "dash" | "zsh" | "ksh" | "mksh")
+}
+
+/// The script path an interpreter runs, from its argv: the first argument after the
+/// interpreter's options. `None` for `-c`/`-m`/`-e` (code or a module, not a file).
+pub fn script_arg(argv: &[String]) -> Option<&str> {
+    const STOP: &[&str] = &[
+        "-c",
+        "-m",
+        "-e",
+        "-E",
+        "-p",
+        "--eval",
+        "--print",
+        "--command",
+    ];
+    const WITH_VALUE: &[&str] = &[
+        "-W",
+        "-X",
+        "-Q",
+        "-o",
+        "-O",
+        "+o",
+        "+O",
+        "-I",
+        "-r",
+        "--require",
+    ];
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--" {
+            return args.next().map(String::as_str);
+        }
+        if STOP.contains(&a.as_str()) {
+            return None;
+        }
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+            continue;
+        }
+        if a.starts_with('-') || a.starts_with('+') {
+            // Combined short flags such as `-Es` or `-u`; `-c` inside a group stops too.
+            if a.len() > 1 && !a.starts_with("--") && a[1..].contains(['c', 'm', 'e']) {
+                return None;
+            }
+            continue;
+        }
+        return Some(a);
+    }
+    None
+}
+
+/// What one process looks like, read from `/proc`.
+#[derive(Debug)]
+struct ProcInfo {
+    pid: u32,
+    comm: String,
+    cgroup: String,
+    exe: Option<(PathBuf, FileId, bool)>,
+    maps: Vec<MapsEntry>,
+    script: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileId {
+    major: u32,
+    minor: u32,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        FileId {
+            major: libc::major(m.dev()),
+            minor: libc::minor(m.dev()),
+            ino: m.ino(),
+        }
+    }
+    fn same_dev(&self, o: &FileId) -> bool {
+        (self.major, self.minor) == (o.major, o.minor)
+    }
+}
+
+enum Inspect {
+    Info(ProcInfo),
+    KernelThread,
+    Gone,
+    ForeignRoot,
+    Unreadable(String),
+}
+
+fn gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+}
+
+/// Read what the scan needs about `pid`.
+fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
+    let dir = proc_root.join(pid.to_string());
+    macro_rules! read {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) if gone(&e) => return Inspect::Gone,
+                Err(e) => return Inspect::Unreadable(format!("{e}")),
+            }
+        };
+    }
+    let stat = read!(std::fs::read_to_string(dir.join("stat")));
+    let (comm, flags) = match parse_stat_comm_flags(&stat) {
+        Some(v) => v,
+        None => return Inspect::Unreadable(format!("malformed {}/stat", dir.display())),
+    };
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if flags & PF_KTHREAD != 0 {
+        return Inspect::KernelThread;
+    }
+    if let Some(ours) = our_root {
+        let root = read!(std::fs::metadata(dir.join("root")));
+        if FileId::of(&root) != ours {
+            return Inspect::ForeignRoot;
+        }
+    }
+    let cgroup_text = read!(std::fs::read_to_string(dir.join("cgroup")));
+    let cgroup = parse_cgroup(&cgroup_text).unwrap_or_default();
+    let exe = match std::fs::read_link(dir.join("exe")) {
+        Ok(target) => {
+            let meta = read!(std::fs::metadata(dir.join("exe")));
+            let s = target.to_string_lossy();
+            let (path, deleted) = match s.strip_suffix(" (deleted)") {
+                Some(p) => (PathBuf::from(p), true),
+                None => (target.clone(), false),
+            };
+            Some((path, FileId::of(&meta), deleted))
+        }
+        // A zombie or a process whose main thread exited: no exe, but maybe maps.
+        Err(e) if gone(&e) => None,
+        Err(e) => return Inspect::Unreadable(format!("{}: {e}", dir.join("exe").display())),
+    };
+    let maps_text = read!(std::fs::read_to_string(dir.join("maps")));
+    let maps = maps_text.lines().filter_map(parse_maps_line).collect();
+    let mut script = None;
+    if let Some((exe_path, _, _)) = &exe {
+        if is_interpreter(exe_path) {
+            let raw = read!(read_all(&dir.join("cmdline")));
+            let argv: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if let Some(s) = script_arg(&argv).filter(|s| s.starts_with('/')) {
+                // `/bin/foo` on a merged-/usr system is `/usr/bin/foo`.
+                script = Some(std::fs::canonicalize(s).unwrap_or_else(|_| PathBuf::from(s)));
+            }
+        }
+    }
+    Inspect::Info(ProcInfo {
+        pid,
+        comm,
+        cgroup,
+        exe,
+        maps,
+        script,
+    })
+}
+
+fn read_all(p: &Path) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::fs::File::open(p)?.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// `comm` and `flags` (field 9) from `/proc/PID/stat`; comm may contain spaces and parens.
+fn parse_stat_comm_flags(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_string();
+    // After ") ": state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
+    let flags = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()?;
+    Some((comm, flags))
+}
+
+/// Scan every process under `config.proc_root`.
+pub fn scan_stale(config: &ScanConfig) -> Result<StaleScan> {
+    let mut pids: Vec<u32> = Vec::new();
+    for p in procfs::process::all_processes_with_root(&config.proc_root)
+        .with_context(|| format!("listing processes in {}", config.proc_root.display()))?
+    {
+        match p {
+            Ok(p) => pids.extend(u32::try_from(p.pid()).ok()),
+            Err(procfs::ProcError::NotFound(_)) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("listing processes in {}", config.proc_root.display())
+                })
+            }
+        }
+    }
+    pids.retain(|p| !config.exclude_pids.contains(p));
+    pids.sort_unstable();
+    let our_root = std::fs::metadata("/").ok().map(|m| FileId::of(&m));
+    let infos: Vec<Inspect> = pids
+        .par_iter()
+        .map(|&pid| inspect(&config.proc_root, pid, our_root))
+        .collect();
+
+    let mut judge = Judge::new(config);
+    let mut scan = StaleScan::default();
+    for (pid, info) in pids.iter().zip(infos) {
+        let info = match info {
+            Inspect::Info(i) => i,
+            Inspect::KernelThread | Inspect::Gone => continue,
+            Inspect::ForeignRoot => {
+                scan.skipped.push(SkippedProcess {
+                    pid: *pid,
+                    why: SkipWhy::ForeignRoot,
+                });
+                continue;
+            }
+            Inspect::Unreadable(error) => {
+                scan.skipped.push(SkippedProcess {
+                    pid: *pid,
+                    why: SkipWhy::Unreadable { error },
+                });
+                continue;
+            }
+        };
+        let files = judge.stale_files(&info)?;
+        if !files.is_empty() {
+            scan.processes.push(StaleProcess {
+                pid: info.pid,
+                comm: info.comm,
+                owner: owner_of(info.pid, &info.cgroup),
+                cgroup: info.cgroup,
+                files,
+            });
+        }
+    }
+    Ok(scan)
+}
+
+/// The staleness rules, with caches (many processes map the same libraries).
+struct Judge<'a> {
+    config: &'a ScanConfig,
+    ids: HashMap<PathBuf, Option<FileId>>,
+    identical: HashMap<PathBuf, bool>,
+}
+
+impl<'a> Judge<'a> {
+    fn new(config: &'a ScanConfig) -> Self {
+        Judge {
+            config,
+            ids: HashMap::new(),
+            identical: HashMap::new(),
+        }
+    }
+
+    fn id(&mut self, path: PathBuf) -> Result<Option<FileId>> {
+        if let Some(id) = self.ids.get(&path) {
+            return Ok(*id);
+        }
+        let id = match std::fs::metadata(&path) {
+            Ok(m) => Some(FileId::of(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => None,
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
+        };
+        self.ids.insert(path, id);
+        Ok(id)
+    }
+
+    /// Whether `rel` is the same file in both trees (identity, else size and bytes).
+    fn trees_identical(&mut self, rel: &Path) -> Result<bool> {
+        if let Some(v) = self.identical.get(rel) {
+            return Ok(*v);
+        }
+        let v = files_identical(
+            &self.config.from_usr.join(rel),
+            &self.config.to_usr.join(rel),
+        )?;
+        self.identical.insert(rel.to_path_buf(), v);
+        Ok(v)
+    }
+
+    /// Is a file the process maps (with identity `mapped`) stale?
+    fn mapped_file(&mut self, rel: &Path, mapped: FileId) -> Result<Option<StaleWhy>> {
+        let Some(new) = self.id(self.config.to_usr.join(rel))? else {
+            return Ok(Some(StaleWhy::Removed));
+        };
+        if new == mapped {
+            return Ok(None);
+        }
+        let old = self.id(self.config.from_usr.join(rel))?;
+        if old == Some(mapped) {
+            return Ok(Some(StaleWhy::Replaced));
+        }
+        // Neither tree's identity. If the device is comparable, it maps some third (older)
+        // version; otherwise (overlay-style identities) decide by the files themselves.
+        if mapped.same_dev(&new) || old.is_some_and(|o| mapped.same_dev(&o)) {
+            return Ok(Some(StaleWhy::Replaced));
+        }
+        Ok((!self.trees_identical(rel)?).then_some(StaleWhy::Replaced))
+    }
+
+    fn stale_files(&mut self, info: &ProcInfo) -> Result<Vec<StaleFile>> {
+        let prefix = self.config.usr_prefix.clone();
+        let mut out: BTreeMap<PathBuf, StaleFile> = BTreeMap::new();
+        if let Some((path, id, deleted)) = &info.exe {
+            if let Ok(rel) = path.strip_prefix(&prefix) {
+                let why = if *deleted {
+                    Some(StaleWhy::Deleted)
+                } else {
+                    self.mapped_file(rel, *id)?
+                };
+                if let Some(why) = why {
+                    out.insert(
+                        path.clone(),
+                        StaleFile {
+                            kind: StaleKind::Exe,
+                            path: path.clone(),
+                            why,
+                        },
+                    );
+                }
+            }
+        }
+        for m in &info.maps {
+            let Some(file) = m.file() else { continue };
+            if !(m.executable() || self.config.include_data_mappings) {
+                continue;
+            }
+            let Ok(rel) = file.strip_prefix(&prefix) else {
+                continue;
+            };
+            if out.contains_key(file) {
+                continue;
+            }
+            let why = if m.deleted {
+                Some(StaleWhy::Deleted)
+            } else {
+                let id = FileId {
+                    major: m.dev_major,
+                    minor: m.dev_minor,
+                    ino: m.inode,
+                };
+                self.mapped_file(rel, id)?
+            };
+            if let Some(why) = why {
+                out.insert(
+                    file.to_path_buf(),
+                    StaleFile {
+                        kind: StaleKind::Mapping,
+                        path: file.to_path_buf(),
+                        why,
+                    },
+                );
+            }
+        }
+        if let Some(script) = &info.script {
+            if let Ok(rel) = script.strip_prefix(&prefix) {
+                let why = if self.id(self.config.to_usr.join(rel))?.is_none() {
+                    Some(StaleWhy::Removed)
+                } else if self.trees_identical(rel)? {
+                    None
+                } else {
+                    Some(StaleWhy::Replaced)
+                };
+                if let Some(why) = why {
+                    out.entry(script.clone()).or_insert(StaleFile {
+                        kind: StaleKind::Script,
+                        path: script.clone(),
+                        why,
+                    });
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+}
+
+/// Same inode, or same size and bytes. A missing side is "different".
+pub fn files_identical(a: &Path, b: &Path) -> Result<bool> {
+    let meta = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting {}", p.display())),
+    };
+    let (Some(ma), Some(mb)) = (meta(a)?, meta(b)?) else {
+        return Ok(false);
+    };
+    if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+        return Ok(true);
+    }
+    if ma.len() != mb.len() || ma.file_type() != mb.file_type() || !ma.is_file() {
+        return Ok(false);
+    }
+    let open =
+        |p: &Path| std::fs::File::open(p).with_context(|| format!("reading {}", p.display()));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let mut ba = vec![0u8; 1 << 16];
+    let mut bb = vec![0u8; 1 << 16];
+    loop {
+        let n = read_full(&mut fa, &mut ba).with_context(|| format!("reading {}", a.display()))?;
+        let m = read_full(&mut fb, &mut bb).with_context(|| format!("reading {}", b.display()))?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn maps_lines() {
+        let e = parse_maps_line(
+            "7f1c2a000000-7f1c2a022000 r-xp 00028000 fd:01 1835032                    /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .unwrap();
+        assert_eq!(e.start, 0x7f1c2a000000);
+        assert_eq!(e.end, 0x7f1c2a022000);
+        assert_eq!(e.offset, 0x28000);
+        assert_eq!((e.dev_major, e.dev_minor, e.inode), (0xfd, 1, 1835032));
+        assert!(e.executable());
+        assert_eq!(
+            e.file(),
+            Some(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+        );
+        assert!(!e.deleted);
+
+        let d = parse_maps_line(
+            "55d4c1e00000-55d4c1e02000 r--p 00000000 103:02 42 /usr/bin/my prog (deleted)",
+        )
+        .unwrap();
+        assert_eq!((d.dev_major, d.dev_minor), (0x103, 2));
+        assert_eq!(d.path.as_deref(), Some("/usr/bin/my prog"));
+        assert!(d.deleted && !d.executable());
+
+        let anon = parse_maps_line(
+            "7ffd1a1f0000-7ffd1a211000 rw-p 00000000 00:00 0                          [stack]",
+        )
+        .unwrap();
+        assert_eq!(anon.file(), None);
+        let bare = parse_maps_line("7ffd1a1f0000-7ffd1a211000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(bare.path, None);
+        let nl = parse_maps_line("1-2 r-xp 0 08:01 5 /usr/lib/a\\012b.so").unwrap();
+        assert_eq!(nl.path.as_deref(), Some("/usr/lib/a\nb.so"));
+
+        assert_eq!(parse_maps_line(""), None);
+        assert_eq!(parse_maps_line("garbage"), None);
+        assert_eq!(parse_maps_line("1-2 r-xp zz 08:01 5 /x"), None);
+    }
+
+    #[test]
+    fn cgroups_and_owners() {
+        assert_eq!(
+            parse_cgroup("0::/system.slice/foo.service\n").as_deref(),
+            Some("/system.slice/foo.service")
+        );
+        let hybrid =
+            "12:cpu,cpuacct:/system.slice/x.service\n1:name=systemd:/system.slice/x.service\n";
+        assert_eq!(
+            parse_cgroup(hybrid).as_deref(),
+            Some("/system.slice/x.service")
+        );
+        let both = "1:name=systemd:/legacy\n0::/unified.service\n";
+        assert_eq!(parse_cgroup(both).as_deref(), Some("/unified.service"));
+        assert_eq!(parse_cgroup("garbage"), None);
+
+        let cases: &[(u32, &str, ProcessOwner)] = &[
+            (1, "/init.scope", ProcessOwner::Pid1),
+            (
+                5,
+                "/system.slice/foo.service",
+                ProcessOwner::SystemUnit {
+                    unit: "foo.service".into(),
+                },
+            ),
+            (
+                5,
+                "/system.slice/foo.service/worker/inner",
+                ProcessOwner::SystemUnit {
+                    unit: "foo.service".into(),
+                },
+            ),
+            (
+                5,
+                "/system.slice/system-getty.slice/getty@tty1.service",
+                ProcessOwner::SystemUnit {
+                    unit: "getty@tty1.service".into(),
+                },
+            ),
+            (
+                5,
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/foo.service",
+                ProcessOwner::User {
+                    unit: "user@1000.service".into(),
+                },
+            ),
+            (
+                5,
+                "/user.slice/user-1000.slice/session-3.scope",
+                ProcessOwner::User {
+                    unit: "session-3.scope".into(),
+                },
+            ),
+            (5, "/", ProcessOwner::Other { cgroup: "/".into() }),
+            (
+                5,
+                "/system.slice",
+                ProcessOwner::Other {
+                    cgroup: "/system.slice".into(),
+                },
+            ),
+        ];
+        for (pid, cg, want) in cases {
+            assert_eq!(&owner_of(*pid, cg), want, "{cg}");
+        }
+    }
+
+    #[test]
+    fn interpreter_scripts() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            script_arg(&v(&[
+                "/usr/bin/python3",
+                "-s",
+                "/usr/sbin/firewalld",
+                "--nofork"
+            ])),
+            Some("/usr/sbin/firewalld")
+        );
+        assert_eq!(
+            script_arg(&v(&["python3", "-W", "ignore", "/usr/lib/x.py"])),
+            Some("/usr/lib/x.py")
+        );
+        assert_eq!(script_arg(&v(&["python3", "-m", "http.server"])), None);
+        assert_eq!(script_arg(&v(&["bash", "-c", "echo hi"])), None);
+        assert_eq!(script_arg(&v(&["perl", "-e", "print 1"])), None);
+        assert_eq!(
+            script_arg(&v(&["sh", "--", "/usr/libexec/a.sh"])),
+            Some("/usr/libexec/a.sh")
+        );
+        assert_eq!(script_arg(&v(&["bash"])), None);
+        assert!(is_interpreter(Path::new("/usr/bin/python3.12")));
+        assert!(is_interpreter(Path::new("/usr/bin/perl5.36.0")));
+        assert!(is_interpreter(Path::new("/usr/bin/dash")));
+        assert!(!is_interpreter(Path::new("/usr/bin/sleep")));
+        assert!(!is_interpreter(Path::new("/usr/bin/pythonista")));
+    }
+
+    #[test]
+    fn stat_fields() {
+        let (comm, flags) =
+            parse_stat_comm_flags("42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0").unwrap();
+        assert_eq!(comm, "a (weird) name");
+        assert_eq!(flags, 4194560);
+        let (_, kflags) = parse_stat_comm_flags("2 (kthreadd) S 0 0 0 0 -1 2129984 0").unwrap();
+        assert_ne!(kflags & 0x0020_0000, 0);
+    }
+
+    /// A fake `/proc/PID` entry: stat, cgroup, exe link, maps, cmdline and a root link to `/`.
+    struct Fake<'a> {
+        pid: u32,
+        flags: u64,
+        cgroup: &'a str,
+        exe: Option<PathBuf>,
+        maps: String,
+        cmdline: Vec<String>,
+    }
+
+    impl Fake<'_> {
+        fn write(&self, proc_root: &Path) {
+            let d = proc_root.join(self.pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{0} (p{0}) S 1 {0} {0} 0 -1 {1} 0 0", self.pid, self.flags),
+            )
+            .unwrap();
+            std::fs::write(d.join("cgroup"), format!("0::{}\n", self.cgroup)).unwrap();
+            if let Some(exe) = &self.exe {
+                symlink(exe, d.join("exe")).unwrap();
+            }
+            std::fs::write(d.join("maps"), &self.maps).unwrap();
+            std::fs::write(d.join("cmdline"), self.cmdline.join("\0")).unwrap();
+            symlink("/", d.join("root")).unwrap();
+        }
+    }
+
+    fn fake<'a>(pid: u32, cgroup: &'a str, exe: Option<PathBuf>, maps: &str) -> Fake<'a> {
+        Fake {
+            pid,
+            flags: 0,
+            cgroup,
+            exe,
+            maps: maps.to_string(),
+            cmdline: vec![],
+        }
+    }
+
+    fn id_line(path: &Path, perms: &str) -> String {
+        let m = std::fs::metadata(path).unwrap();
+        format!(
+            "1000-2000 {perms} 00000000 {:02x}:{:02x} {} {}\n",
+            libc::major(m.dev()),
+            libc::minor(m.dev()),
+            m.ino(),
+            path.display()
+        )
+    }
+
+    /// The rules over a fake /proc and real trees: the "process-visible" /usr is a directory
+    /// `live/usr` whose files are hardlinks into the old tree, as on an ostree system.
+    #[test]
+    fn scan_over_fake_proc() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let from = root.join("old/usr");
+        let to = root.join("new/usr");
+        for d in [&from, &to] {
+            std::fs::create_dir_all(d.join("lib")).unwrap();
+            std::fs::create_dir_all(d.join("bin")).unwrap();
+        }
+        // unchanged: hardlinked into both trees.
+        std::fs::write(from.join("lib/libsame.so"), b"same").unwrap();
+        std::fs::hard_link(from.join("lib/libsame.so"), to.join("lib/libsame.so")).unwrap();
+        // changed library.
+        std::fs::write(from.join("lib/libchg.so"), b"old").unwrap();
+        std::fs::write(to.join("lib/libchg.so"), b"new").unwrap();
+        // changed binary.
+        std::fs::write(from.join("bin/daemon"), b"old daemon").unwrap();
+        std::fs::write(to.join("bin/daemon"), b"new daemon").unwrap();
+        // a library that the target drops.
+        std::fs::write(from.join("lib/libgone.so"), b"gone").unwrap();
+        // unchanged interpreter and a changed script.
+        std::fs::write(from.join("bin/python3"), b"py").unwrap();
+        std::fs::hard_link(from.join("bin/python3"), to.join("bin/python3")).unwrap();
+        std::fs::write(from.join("lib/tool.py"), b"print(1)").unwrap();
+        std::fs::write(to.join("lib/tool.py"), b"print(2)").unwrap();
+        // same content, different inode (e.g. a rebuilt but identical file): not stale for a
+        // script, since the trees are compared by content after identity.
+        std::fs::write(from.join("lib/same.py"), b"x").unwrap();
+        std::fs::write(to.join("lib/same.py"), b"x").unwrap();
+
+        let proc_root = root.join("proc");
+        let usr_prefix = from.clone(); // the processes "see" the old tree at its own path
+        let maps_same = id_line(&from.join("lib/libsame.so"), "r-xp");
+        let maps_chg = id_line(&from.join("lib/libchg.so"), "r-xp");
+        let maps_gone = id_line(&from.join("lib/libgone.so"), "r-xp");
+        let data_chg = id_line(&from.join("lib/libchg.so"), "r--p");
+
+        let py = |pid, cgroup, script: &Path, flags: &[&str]| Fake {
+            cmdline: std::iter::once("python3".to_string())
+                .chain(flags.iter().map(|f| f.to_string()))
+                .chain(std::iter::once(script.to_string_lossy().into_owned()))
+                .collect(),
+            ..fake(pid, cgroup, Some(from.join("bin/python3")), "")
+        };
+        let deleted = "1-2 r-xp 0 08:01 77 /usr/lib/libx.so (deleted)\n"
+            .replace("/usr", &from.to_string_lossy());
+        let fakes = [
+            fake(1, "/init.scope", None, &maps_chg),
+            fake(
+                10,
+                "/system.slice/fresh.service",
+                Some(from.join("lib/libsame.so")),
+                &maps_same,
+            ),
+            fake(
+                11,
+                "/system.slice/lib.service/sub",
+                None,
+                &format!("{maps_same}{maps_chg}{maps_chg}"),
+            ),
+            fake(
+                12,
+                "/system.slice/daemon.service",
+                Some(from.join("bin/daemon")),
+                &id_line(&from.join("bin/daemon"), "r-xp"),
+            ),
+            fake(
+                13,
+                "/user.slice/user-1000.slice/session-2.scope",
+                None,
+                &maps_gone,
+            ),
+            fake(14, "/system.slice/del.service", None, &deleted),
+            py(
+                15,
+                "/system.slice/tool.service",
+                &from.join("lib/tool.py"),
+                &["-u"],
+            ),
+            py(
+                16,
+                "/system.slice/same.service",
+                &from.join("lib/same.py"),
+                &[],
+            ),
+            // Only data mapped: ignored by default.
+            fake(17, "/system.slice/data.service", None, &data_chg),
+            // A kernel thread.
+            Fake {
+                flags: 0x0020_0040,
+                ..fake(2, "/", None, &maps_chg)
+            },
+            // A mapping outside /usr.
+            fake(
+                18,
+                "/system.slice/else.service",
+                None,
+                "1-2 r-xp 0 08:01 77 /opt/lib/libx.so\n",
+            ),
+            // Excluded pid.
+            fake(19, "/system.slice/me.service", None, &maps_chg),
+        ];
+        for f in &fakes {
+            f.write(&proc_root);
+        }
+
+        let config = ScanConfig {
+            proc_root: proc_root.clone(),
+            usr_prefix,
+            to_usr: to.clone(),
+            from_usr: from.clone(),
+            include_data_mappings: false,
+            exclude_pids: vec![19],
+        };
+        let scan = scan_stale(&config).unwrap();
+        assert_eq!(scan.skipped, []);
+        type Summary = Vec<(u32, Vec<(StaleKind, String, StaleWhy)>)>;
+        let got: Summary = scan
+            .processes
+            .iter()
+            .map(|p| {
+                (
+                    p.pid,
+                    p.files
+                        .iter()
+                        .map(|f| {
+                            let rel = f.path.strip_prefix(&from).unwrap();
+                            (f.kind, rel.display().to_string(), f.why)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        use StaleKind::*;
+        use StaleWhy::*;
+        assert_eq!(
+            got,
+            vec![
+                (1, vec![(Mapping, "lib/libchg.so".into(), Replaced)]),
+                (11, vec![(Mapping, "lib/libchg.so".into(), Replaced)]),
+                (12, vec![(Exe, "bin/daemon".into(), Replaced)]),
+                (13, vec![(Mapping, "lib/libgone.so".into(), Removed)]),
+                (14, vec![(Mapping, "lib/libx.so".into(), Deleted)]),
+                (15, vec![(Script, "lib/tool.py".into(), Replaced)]),
+            ]
+        );
+        assert_eq!(scan.processes[0].owner, ProcessOwner::Pid1);
+        assert_eq!(
+            scan.processes[1].owner,
+            ProcessOwner::SystemUnit {
+                unit: "lib.service".into()
+            }
+        );
+        assert_eq!(
+            scan.processes[3].owner,
+            ProcessOwner::User {
+                unit: "session-2.scope".into()
+            }
+        );
+
+        // With data mappings included, the data-only process shows up too.
+        let scan = scan_stale(&ScanConfig {
+            include_data_mappings: true,
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(scan.processes.iter().any(|p| p.pid == 17));
+
+        // After the swap: the target is what the processes' path now shows. Pointing `to_usr`
+        // at the old tree itself means nothing is stale except deleted and dropped files.
+        let scan = scan_stale(&ScanConfig {
+            to_usr: from.clone(),
+            ..config
+        })
+        .unwrap();
+        let pids: Vec<u32> = scan.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [14]);
+    }
+
+    #[test]
+    fn identical_files() {
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        let b = t.path().join("b");
+        let c = t.path().join("c");
+        std::fs::write(&a, vec![7u8; 200_000]).unwrap();
+        std::fs::write(&b, vec![7u8; 200_000]).unwrap();
+        let mut other = vec![7u8; 200_000];
+        other[150_000] = 8;
+        std::fs::write(&c, other).unwrap();
+        assert!(files_identical(&a, &b).unwrap());
+        assert!(!files_identical(&a, &c).unwrap());
+        assert!(!files_identical(&a, &t.path().join("missing")).unwrap());
+    }
+}

@@ -1,0 +1,271 @@
+//! Mount operations: the atomic read-only bind of a deployment's `usr` over `/usr`, its undo,
+//! entering PID 1's mount namespace, and reading mountinfo.
+//!
+//! The swap uses the new mount API: `open_tree(OPEN_TREE_CLONE)` makes a detached copy of the
+//! source mount, `mount_setattr(MOUNT_ATTR_RDONLY)` makes it read-only while still detached, and
+//! one `move_mount` attaches it over `/usr`. Nobody can observe a half-swapped or writable tree.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+// Kernel ABI constants (include/uapi/linux/mount.h, fcntl.h).
+const OPEN_TREE_CLONE: libc::c_uint = 0x1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .with_context(|| format!("path {} contains a NUL byte", p.display()))
+}
+
+fn last_err(what: &str, p: &Path) -> anyhow::Error {
+    anyhow::Error::new(std::io::Error::last_os_error()).context(format!("{what} {}", p.display()))
+}
+
+/// `open_tree(AT_FDCWD, source, OPEN_TREE_CLONE)`: a detached bind mount of `source`.
+#[allow(unsafe_code)]
+fn open_tree_clone(source: &Path) -> Result<OwnedFd> {
+    let c = cpath(source)?;
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call; the return value
+    // is checked and, when non-negative, is a new file descriptor we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err("open_tree(OPEN_TREE_CLONE)", source));
+    }
+    // SAFETY: fd was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set: MOUNT_ATTR_RDONLY})`.
+#[allow(unsafe_code)]
+fn set_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the empty path literal is NUL-terminated, attr lives across the call and its size
+    // is passed; fd is a valid descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_err(
+            "mount_setattr(MOUNT_ATTR_RDONLY) on the clone of",
+            what,
+        ));
+    }
+    Ok(())
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
+#[allow(unsafe_code)]
+fn move_mount_to(fd: &OwnedFd, target: &Path) -> Result<()> {
+    let c = cpath(target)?;
+    // SAFETY: both strings are NUL-terminated and live across the call; fd is valid.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(last_err("move_mount onto", target));
+    }
+    Ok(())
+}
+
+/// One line of mountinfo that matters to us.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountEntry {
+    pub mount_id: i32,
+    pub parent_id: i32,
+    /// Path of the mount's root inside its filesystem (e.g. `/ostree/deploy/x/deploy/<id>/usr`).
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub read_only: bool,
+    pub fs_type: String,
+}
+
+/// Parse `/proc/<pid>/mountinfo` text (pure).
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            if f.len() < 6 {
+                return None;
+            }
+            Some(MountEntry {
+                mount_id: f[0].parse().ok()?,
+                parent_id: f[1].parse().ok()?,
+                root: unescape_octal(f[3]),
+                mount_point: PathBuf::from(unescape_octal(f[4])),
+                read_only: f[5].split(',').any(|o| o == "ro"),
+                fs_type: post.split(' ').next().unwrap_or("").to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mounts stacked at `mount_point`, bottom first, in the caller's namespace.
+pub fn mounts_at(mount_point: &Path) -> Result<Vec<MountEntry>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let all = parse_mountinfo(&text);
+    Ok(stack_at(&all, mount_point))
+}
+
+/// Pure: the stack of mounts at a mount point, bottom first (each one's parent is the previous).
+pub fn stack_at(all: &[MountEntry], mount_point: &Path) -> Vec<MountEntry> {
+    let at: Vec<&MountEntry> = all
+        .iter()
+        .filter(|m| m.mount_point == mount_point)
+        .collect();
+    let mut stack: Vec<MountEntry> = Vec::new();
+    // bottom: the one whose parent is not itself mounted at the same point
+    let mut cur = at
+        .iter()
+        .find(|m| !at.iter().any(|p| p.mount_id == m.parent_id))
+        .copied();
+    while let Some(m) = cur {
+        stack.push(m.clone());
+        cur = at.iter().find(|c| c.parent_id == m.mount_id).copied();
+    }
+    stack
+}
+
+/// The narrow interface the executor uses for mounts.
+pub trait Mounts {
+    /// Atomically make `source` (a deployment's `usr`) visible read-only at `target` (`/usr`).
+    fn bind_usr(&self, source: &Path, target: &Path) -> Result<()>;
+    /// Detach the top mount at `target`; lazily (MNT_DETACH) when busy. Returns true if lazy.
+    fn unmount_top(&self, target: &Path) -> Result<bool>;
+    /// The mount stack at `target`, bottom first.
+    fn stack(&self, target: &Path) -> Result<Vec<MountEntry>>;
+}
+
+/// Real syscalls in the current mount namespace.
+#[derive(Debug, Default)]
+pub struct RealMounts;
+
+impl Mounts for RealMounts {
+    fn bind_usr(&self, source: &Path, target: &Path) -> Result<()> {
+        if !source.is_dir() {
+            bail!("{} is not a directory", source.display());
+        }
+        let fd = open_tree_clone(source)?;
+        set_readonly(&fd, source)?;
+        move_mount_to(&fd, target)
+    }
+
+    fn unmount_top(&self, target: &Path) -> Result<bool> {
+        use nix::mount::{umount2, MntFlags};
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => Ok(false),
+            Err(nix::errno::Errno::EBUSY) => {
+                umount2(target, MntFlags::MNT_DETACH)
+                    .with_context(|| format!("umount -l {}", target.display()))?;
+                Ok(true)
+            }
+            Err(e) => Err(e).with_context(|| format!("umount {}", target.display())),
+        }
+    }
+
+    fn stack(&self, target: &Path) -> Result<Vec<MountEntry>> {
+        mounts_at(target)
+    }
+}
+
+/// Enter PID 1's mount namespace if the caller is in another one (e.g. started from a unit with
+/// `PrivateMounts=`), so the swap is seen system-wide. Must run before any thread is spawned.
+/// Returns whether a switch happened.
+pub fn enter_pid1_mount_namespace(proc_root: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let own = proc_root.join("self/ns/mnt");
+    let init = proc_root.join("1/ns/mnt");
+    let a = std::fs::metadata(&own).with_context(|| format!("stat {}", own.display()))?;
+    let b = std::fs::metadata(&init).with_context(|| format!("stat {}", init.display()))?;
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        return Ok(false);
+    }
+    let f = std::fs::File::open(&init).with_context(|| format!("opening {}", init.display()))?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNS).context(
+        "setns into PID 1's mount namespace (needs CAP_SYS_ADMIN and a single-threaded process)",
+    )?;
+    std::env::set_current_dir("/").context("chdir / after setns")?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 254:0 /ostree/deploy/debian/deploy/aaa.0 / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 254:0 /ostree/deploy/debian/deploy/aaa.0/usr /usr ro,relatime shared:2 - ext4 /dev/vda rw
+90 23 254:0 /ostree/deploy/debian/deploy/bbb.0/usr /usr ro,relatime shared:40 - ext4 /dev/vda rw
+91 22 0:5 / /dev\\040x rw - devtmpfs udev rw";
+
+    #[test]
+    fn stack_bottom_first() {
+        let all = parse_mountinfo(SAMPLE);
+        assert_eq!(all[3].mount_point, PathBuf::from("/dev x"));
+        let s = stack_at(&all, Path::new("/usr"));
+        assert_eq!(s.iter().map(|m| m.mount_id).collect::<Vec<_>>(), [23, 90]);
+        assert!(s[1].read_only);
+        assert_eq!(s[1].root, "/ostree/deploy/debian/deploy/bbb.0/usr");
+    }
+}

@@ -1,0 +1,991 @@
+//! Talk to systemd (PID 1) over D-Bus, and carry out a list of service actions.
+//!
+//! Decides nothing about *which* units to touch (that is [`crate::services::decide`]); it
+//! decides *how* they are executed: stops, then `daemon-reexec`, then reloads, then restarts in
+//! small batches, then starts — each batch issued, then all its jobs awaited through systemd's
+//! `JobRemoved` signal, failures collected without aborting the rest.
+//!
+//! [`SystemdDbus`] is the real client (blocking zbus on the system bus, never `systemctl`
+//! text). It subscribes to `JobRemoved` before issuing any job, so no completion can be missed,
+//! and matches completions by job object path. `Reload()` returns only when the reload is done
+//! (systemd replies from `bus_send_pending_reload_message` after the reload finished), followed
+//! by a ping. `Reexecute()` never replies: the client waits for `org.freedesktop.systemd1` to
+//! change owner on the bus, then pings the new manager.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+use crate::services::{Action, ServiceAction, UnitFacts};
+
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
+const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+
+/// Restarts issued at once before waiting (a restart storm can trip start limits and starve the
+/// machine; needrestart#340).
+pub const RESTART_BATCH: usize = 4;
+/// Stops, reloads and starts issued at once.
+pub const OTHER_BATCH: usize = 16;
+
+/// How long to wait for one job by default: systemd's default start and stop timeouts (90 s
+/// each) for a restart, plus slack.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long `daemon-reload`/`daemon-reexec` may take.
+pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_async = false
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    #[allow(clippy::type_complexity)]
+    fn list_units(
+        &self,
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String);
+}
+
+/// A unit job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOp {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+}
+
+/// How a job (or an action) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    // systemd's JobRemoved results (org.freedesktop.systemd1(5)).
+    Done,
+    Skipped,
+    Canceled,
+    Timeout,
+    Failed,
+    Dependency,
+    Invalid,
+    Assert,
+    Unsupported,
+    Collected,
+    Once,
+    Frozen,
+    Concurrency,
+    /// A result string this version does not know.
+    Unknown,
+    // Ours.
+    /// systemd did not report the job's end within the wait timeout.
+    WaitExpired,
+    /// The D-Bus call issuing the job (or the reload/re-exec) failed.
+    CallFailed,
+    /// Recorded but not executed ([`Action::Deferred`], [`Action::NeedsRestart`]).
+    NotExecuted,
+}
+
+impl JobResult {
+    /// Map systemd's `JobRemoved` result string.
+    pub fn from_systemd(s: &str) -> JobResult {
+        match s {
+            "done" => JobResult::Done,
+            "skipped" => JobResult::Skipped,
+            "canceled" => JobResult::Canceled,
+            "timeout" => JobResult::Timeout,
+            "failed" => JobResult::Failed,
+            "dependency" => JobResult::Dependency,
+            "invalid" => JobResult::Invalid,
+            "assert" => JobResult::Assert,
+            "unsupported" => JobResult::Unsupported,
+            "collected" => JobResult::Collected,
+            "once" => JobResult::Once,
+            "frozen" => JobResult::Frozen,
+            "concurrency" => JobResult::Concurrency,
+            _ => JobResult::Unknown,
+        }
+    }
+
+    /// The job achieved its goal (`skipped`: nothing to do in the unit's current state).
+    pub fn is_success(self) -> bool {
+        matches!(self, JobResult::Done | JobResult::Skipped)
+    }
+}
+
+/// A job systemd accepted and that has not been awaited yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingJob {
+    pub op: JobOp,
+    pub unit: String,
+    /// The job's object path.
+    pub job: String,
+    pub issued: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub op: JobOp,
+    pub unit: String,
+    pub job: String,
+    pub result: JobResult,
+    /// From issuing the job to systemd reporting its end (or the wait giving up).
+    pub duration: Duration,
+}
+
+/// The narrow interface to the service manager.
+pub trait Systemd {
+    /// `daemon-reload`; returns once systemd finished reloading.
+    fn daemon_reload(&self) -> Result<()>;
+    /// `daemon-reexec`; returns once the re-executed manager answers again.
+    fn daemon_reexec(&self) -> Result<()>;
+    /// Issue a job with mode `replace` and return without waiting.
+    fn enqueue(&self, op: JobOp, unit: &str) -> Result<PendingJob>;
+    /// Wait for every job; the outcomes are in the order of `jobs`.
+    fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome>;
+    /// Facts about every loaded unit.
+    fn list_units(&self) -> Result<Vec<UnitFacts>>;
+    /// Facts about the named units (loading them if needed).
+    fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>>;
+    /// Queue a start job without waiting for it (the kexec handoff: `kexec.target`,
+    /// `replace-irreversibly`).
+    fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()>;
+
+    /// Issue one job and wait for it.
+    fn run_job(&self, op: JobOp, unit: &str) -> Result<JobOutcome> {
+        let job = self.enqueue(op, unit)?;
+        self.wait(vec![job])
+            .pop()
+            .context("the job wait returned no outcome")
+    }
+    fn start(&self, unit: &str) -> Result<JobOutcome> {
+        self.run_job(JobOp::Start, unit)
+    }
+    fn stop(&self, unit: &str) -> Result<JobOutcome> {
+        self.run_job(JobOp::Stop, unit)
+    }
+    fn restart(&self, unit: &str) -> Result<JobOutcome> {
+        self.run_job(JobOp::Restart, unit)
+    }
+    fn reload(&self, unit: &str) -> Result<JobOutcome> {
+        self.run_job(JobOp::Reload, unit)
+    }
+}
+
+/// What happened to one unit's action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOutcome {
+    pub unit: String,
+    pub action: Action,
+    pub result: JobResult,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+impl UnitOutcome {
+    pub fn is_failure(&self) -> bool {
+        !(self.result.is_success() || self.result == JobResult::NotExecuted)
+    }
+}
+
+/// Carry out `actions`: stops, then `daemon-reexec`, then reloads, then restarts (at most
+/// [`RESTART_BATCH`] at a time), then starts. Each batch is issued, then awaited. Failures are
+/// recorded and do not stop the rest; deferred and manual actions are recorded, not executed.
+pub fn execute(actions: &[ServiceAction], sd: &dyn Systemd) -> Vec<UnitOutcome> {
+    let of = |kind: Action| -> Vec<&ServiceAction> {
+        let mut v: Vec<&ServiceAction> = actions.iter().filter(|a| a.action == kind).collect();
+        v.sort_by(|a, b| a.unit.cmp(&b.unit));
+        v
+    };
+    let mut out = Vec::new();
+    run_batches(
+        sd,
+        JobOp::Stop,
+        Action::Stop,
+        &of(Action::Stop),
+        OTHER_BATCH,
+        &mut out,
+    );
+    // One re-exec serves every reason for it (decide emits a single `init.scope` entry).
+    if let Some(a) = of(Action::DaemonReexec).first() {
+        let started = Instant::now();
+        let res = sd.daemon_reexec();
+        out.push(UnitOutcome {
+            unit: a.unit.clone(),
+            action: Action::DaemonReexec,
+            result: if res.is_ok() {
+                JobResult::Done
+            } else {
+                JobResult::CallFailed
+            },
+            duration_ms: millis(started.elapsed()),
+            error: res.err().map(|e| format!("daemon-reexec: {e:#}")),
+        });
+    }
+    run_batches(
+        sd,
+        JobOp::Reload,
+        Action::Reload,
+        &of(Action::Reload),
+        OTHER_BATCH,
+        &mut out,
+    );
+    run_batches(
+        sd,
+        JobOp::Restart,
+        Action::Restart,
+        &of(Action::Restart),
+        RESTART_BATCH,
+        &mut out,
+    );
+    run_batches(
+        sd,
+        JobOp::Start,
+        Action::Start,
+        &of(Action::Start),
+        OTHER_BATCH,
+        &mut out,
+    );
+    for kind in [Action::Deferred, Action::NeedsRestart] {
+        for a in of(kind) {
+            out.push(UnitOutcome {
+                unit: a.unit.clone(),
+                action: kind,
+                result: JobResult::NotExecuted,
+                duration_ms: 0,
+                error: None,
+            });
+        }
+    }
+    out
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn run_batches(
+    sd: &dyn Systemd,
+    op: JobOp,
+    action: Action,
+    units: &[&ServiceAction],
+    batch: usize,
+    out: &mut Vec<UnitOutcome>,
+) {
+    for chunk in units.chunks(batch.max(1)) {
+        let mut slots: Vec<Option<UnitOutcome>> = vec![None; chunk.len()];
+        let mut pending = Vec::new();
+        let mut pending_slot = Vec::new();
+        for (i, a) in chunk.iter().enumerate() {
+            let issued = Instant::now();
+            match sd.enqueue(op, &a.unit) {
+                Ok(job) => {
+                    pending.push(job);
+                    pending_slot.push(i);
+                }
+                Err(e) => {
+                    slots[i] = Some(UnitOutcome {
+                        unit: a.unit.clone(),
+                        action,
+                        result: JobResult::CallFailed,
+                        duration_ms: millis(issued.elapsed()),
+                        error: Some(format!("{op:?} {}: {e:#}", a.unit).to_lowercase_first()),
+                    })
+                }
+            }
+        }
+        let outcomes = sd.wait(pending);
+        for (slot, o) in pending_slot.into_iter().zip(outcomes) {
+            slots[slot] = Some(UnitOutcome {
+                error: (!o.result.is_success()).then(|| {
+                    format!(
+                        "{op:?} job {} for {} ended with result {:?}",
+                        o.job, o.unit, o.result
+                    )
+                    .to_lowercase_first()
+                }),
+                unit: o.unit,
+                action,
+                result: o.result,
+                duration_ms: millis(o.duration),
+            });
+        }
+        out.extend(slots.into_iter().flatten());
+    }
+}
+
+trait LowercaseFirst {
+    fn to_lowercase_first(self) -> String;
+}
+
+impl LowercaseFirst for String {
+    fn to_lowercase_first(self) -> String {
+        let mut c = self.chars();
+        match c.next() {
+            Some(f) => f.to_lowercase().chain(c).collect(),
+            None => self,
+        }
+    }
+}
+
+/// A `JobRemoved` signal, as received.
+#[derive(Debug, Clone)]
+struct JobRemovedEvent {
+    job: String,
+    unit: String,
+    result: String,
+    at: Instant,
+}
+
+/// The real client: blocking zbus on the system bus.
+pub struct SystemdDbus {
+    conn: zbus::blocking::Connection,
+    manager: ManagerProxy<'static>,
+    events: Mutex<Receiver<JobRemovedEvent>>,
+    /// Completions received but not claimed yet, by job path.
+    seen: Mutex<HashMap<String, JobRemovedEvent>>,
+    job_timeout: Duration,
+    reload_timeout: Duration,
+}
+
+impl std::fmt::Debug for SystemdDbus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemdDbus")
+            .field("job_timeout", &self.job_timeout)
+            .field("reload_timeout", &self.reload_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SystemdDbus {
+    /// Connect to the system bus and subscribe to job completions.
+    pub fn connect() -> Result<SystemdDbus> {
+        let conn = zbus::blocking::connection::Builder::system()
+            .context("connecting to the D-Bus system bus")?
+            // Reload() replies only when the reload is finished, which can take long.
+            .method_timeout(DEFAULT_RELOAD_TIMEOUT)
+            .build()
+            .context("connecting to the D-Bus system bus")?;
+        SystemdDbus::with_connection(conn)
+    }
+
+    /// Use an existing connection (e.g. a peer-to-peer one to `/run/systemd/private`).
+    pub fn with_connection(conn: zbus::blocking::Connection) -> Result<SystemdDbus> {
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .context("creating the systemd manager proxy")?;
+        // Match rule first, then Subscribe, then (later) jobs: no completion can be missed.
+        let signals = manager
+            .receive_job_removed()
+            .context("subscribing to systemd's JobRemoved signal")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("systemd-jobs".into())
+            .spawn(move || {
+                for sig in signals {
+                    let Ok(args) = sig.args() else { continue };
+                    let ev = JobRemovedEvent {
+                        job: args.job.to_string(),
+                        unit: args.unit.clone(),
+                        result: args.result.clone(),
+                        at: Instant::now(),
+                    };
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+            })
+            .context("spawning the JobRemoved listener")?;
+        subscribe(&manager)?;
+        Ok(SystemdDbus {
+            conn,
+            manager,
+            events: Mutex::new(rx),
+            seen: Mutex::new(HashMap::new()),
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+            reload_timeout: DEFAULT_RELOAD_TIMEOUT,
+        })
+    }
+
+    pub fn with_job_timeout(mut self, timeout: Duration) -> SystemdDbus {
+        self.job_timeout = timeout;
+        self
+    }
+
+    pub fn with_reload_timeout(mut self, timeout: Duration) -> SystemdDbus {
+        self.reload_timeout = timeout;
+        self
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.conn
+            .call_method(
+                Some(SYSTEMD_NAME),
+                SYSTEMD_PATH,
+                Some("org.freedesktop.DBus.Peer"),
+                "Ping",
+                &(),
+            )
+            .context("pinging systemd")?;
+        Ok(())
+    }
+
+    fn get_all(&self, path: &OwnedObjectPath, iface: &str) -> Result<HashMap<String, OwnedValue>> {
+        let msg = self
+            .conn
+            .call_method(
+                Some(SYSTEMD_NAME),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(iface,),
+            )
+            .with_context(|| format!("reading {iface} properties of {}", path.as_str()))?;
+        msg.body()
+            .deserialize::<HashMap<String, OwnedValue>>()
+            .with_context(|| format!("decoding {iface} properties of {}", path.as_str()))
+    }
+
+    /// Active state of every loaded unit (one `ListUnits` call).
+    fn active_states(&self) -> Result<HashMap<String, String>> {
+        Ok(self
+            .manager
+            .list_units()
+            .context("listing systemd units")?
+            .into_iter()
+            .map(|u| (u.0, u.3))
+            .collect())
+    }
+
+    fn facts_at(
+        &self,
+        name: &str,
+        path: &OwnedObjectPath,
+        active: &HashMap<String, String>,
+    ) -> Result<UnitFacts> {
+        let unit = self
+            .get_all(path, UNIT_IFACE)
+            .with_context(|| format!("reading the state of {name}"))?;
+        let service = if name.ends_with(".service") {
+            Some(
+                self.get_all(path, SERVICE_IFACE)
+                    .with_context(|| format!("reading the state of {name}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(facts_from_properties(name, &unit, service.as_ref(), active))
+    }
+}
+
+fn subscribe(manager: &ManagerProxy<'_>) -> Result<()> {
+    match manager.subscribe() {
+        Ok(()) => Ok(()),
+        // After a re-exec the manager may remember us.
+        Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).context("subscribing to systemd signals"),
+    }
+}
+
+impl Systemd for SystemdDbus {
+    fn daemon_reload(&self) -> Result<()> {
+        // The reply is sent only after the reload finished.
+        self.manager.reload().context("systemd daemon-reload")?;
+        self.ping()
+            .context("systemd did not answer after daemon-reload")
+    }
+
+    fn daemon_reexec(&self) -> Result<()> {
+        let dbus = zbus::blocking::fdo::DBusProxy::new(&self.conn)
+            .context("creating the D-Bus daemon proxy")?;
+        let owners = dbus
+            .receive_name_owner_changed_with_args(&[(0, SYSTEMD_NAME)])
+            .context("watching the systemd bus name")?;
+        let old = dbus
+            .get_name_owner(SYSTEMD_NAME.try_into().context("systemd bus name")?)
+            .context("looking up systemd's bus connection")?
+            .to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("systemd-reexec".into())
+            .spawn(move || {
+                for sig in owners {
+                    let Ok(args) = sig.args() else { continue };
+                    if let Some(new) = args.new_owner().as_ref() {
+                        if new.as_str() != old {
+                            let _ = tx.send(new.to_string());
+                            break;
+                        }
+                    }
+                }
+            })
+            .context("spawning the re-exec watcher")?;
+        // Reexecute() never replies: systemd drops its bus connection and comes back.
+        self.manager
+            .inner()
+            .call_noreply("Reexecute", &())
+            .context("systemd daemon-reexec")?;
+        match rx.recv_timeout(self.reload_timeout) {
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "systemd did not come back on the bus within {:?} after daemon-reexec",
+                self.reload_timeout
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!("lost the bus while waiting for systemd to re-execute")
+            }
+        }
+        subscribe(&self.manager)?;
+        self.ping()
+            .context("systemd did not answer after daemon-reexec")
+    }
+
+    fn enqueue(&self, op: JobOp, unit: &str) -> Result<PendingJob> {
+        let issued = Instant::now();
+        let mode = "replace";
+        let job = match op {
+            JobOp::Start => self.manager.start_unit(unit, mode),
+            JobOp::Stop => self.manager.stop_unit(unit, mode),
+            JobOp::Restart => self.manager.restart_unit(unit, mode),
+            JobOp::Reload => self.manager.reload_unit(unit, mode),
+        }
+        .with_context(|| format!("queueing a {op:?} job for {unit}").to_lowercase_first())?;
+        Ok(PendingJob {
+            op,
+            unit: unit.to_string(),
+            job: job.to_string(),
+            issued,
+        })
+    }
+
+    fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome> {
+        let deadline = Instant::now() + self.job_timeout;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut done: HashMap<String, JobRemovedEvent> = HashMap::new();
+        let mut open: Vec<&str> = jobs.iter().map(|j| j.job.as_str()).collect();
+        loop {
+            open.retain(|j| match seen.remove(*j) {
+                Some(ev) => {
+                    done.insert(j.to_string(), ev);
+                    false
+                }
+                None => true,
+            });
+            if open.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(ev) => {
+                    seen.insert(ev.job.clone(), ev);
+                }
+                Err(_) => break,
+            }
+        }
+        jobs.into_iter()
+            .map(|j| match done.remove(&j.job) {
+                Some(ev) => JobOutcome {
+                    result: JobResult::from_systemd(&ev.result),
+                    duration: ev.at.saturating_duration_since(j.issued),
+                    unit: if ev.unit.is_empty() { j.unit } else { ev.unit },
+                    op: j.op,
+                    job: j.job,
+                },
+                None => JobOutcome {
+                    result: JobResult::WaitExpired,
+                    duration: j.issued.elapsed(),
+                    op: j.op,
+                    unit: j.unit,
+                    job: j.job,
+                },
+            })
+            .collect()
+    }
+
+    fn list_units(&self) -> Result<Vec<UnitFacts>> {
+        let units = self.manager.list_units().context("listing systemd units")?;
+        let active: HashMap<String, String> =
+            units.iter().map(|u| (u.0.clone(), u.3.clone())).collect();
+        units
+            .iter()
+            // Skip aliases that follow another unit and units that failed to load.
+            .filter(|u| u.5.is_empty() && u.2 != "not-found")
+            .map(|u| self.facts_at(&u.0, &u.6, &active))
+            .collect()
+    }
+
+    fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>> {
+        let active = self.active_states()?;
+        names
+            .iter()
+            .map(|name| {
+                let path = self
+                    .manager
+                    .load_unit(name)
+                    .with_context(|| format!("loading unit {name}"))?;
+                self.facts_at(name, &path, &active)
+            })
+            .collect()
+    }
+
+    fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()> {
+        self.manager
+            .start_unit(unit, mode)
+            .with_context(|| format!("starting {unit} (mode {mode})"))?;
+        Ok(())
+    }
+}
+
+/// Build [`UnitFacts`] from the `Unit` (and, for services, `Service`) properties. `active` maps
+/// loaded unit names to their ActiveState, to tell whether a unit wanting this one is active.
+pub fn facts_from_properties(
+    name: &str,
+    unit: &HashMap<String, OwnedValue>,
+    service: Option<&HashMap<String, OwnedValue>>,
+    active: &HashMap<String, String>,
+) -> UnitFacts {
+    let string = |m: &HashMap<String, OwnedValue>, k: &str| -> String {
+        m.get(k)
+            .and_then(|v| <&str>::try_from(v).ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let boolean = |k: &str| {
+        unit.get(k)
+            .and_then(|v| bool::try_from(v).ok())
+            .unwrap_or(false)
+    };
+    let strings = |k: &str| -> Vec<String> {
+        unit.get(k)
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| Vec::<String>::try_from(v).ok())
+            .unwrap_or_default()
+    };
+    let is_active = |u: &String| {
+        active.get(u).is_some_and(|s| {
+            matches!(
+                s.as_str(),
+                "active" | "activating" | "reloading" | "refreshing"
+            )
+        })
+    };
+    let wanted_by_active = ["WantedBy", "RequiredBy", "UpheldBy", "BoundBy"]
+        .iter()
+        .flat_map(|k| strings(k))
+        .any(|u| is_active(&u));
+    let main_pid = service
+        .and_then(|s| s.get("MainPID"))
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|p| *p != 0);
+    let started = service
+        .and_then(|s| s.get("ExecMainStartTimestamp"))
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|t| *t != 0);
+    UnitFacts {
+        name: name.to_string(),
+        active_state: string(unit, "ActiveState"),
+        sub_state: string(unit, "SubState"),
+        refuse_manual_start: boolean("RefuseManualStart"),
+        refuse_manual_stop: boolean("RefuseManualStop"),
+        can_reload: boolean("CanReload"),
+        triggered_by: strings("TriggeredBy"),
+        wanted_by_active_target: wanted_by_active,
+        main_pid,
+        exec_main_start_timestamp_us: started,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::Reason;
+    use std::cell::RefCell;
+    use zbus::zvariant::Value;
+
+    #[test]
+    fn job_results() {
+        assert_eq!(JobResult::from_systemd("done"), JobResult::Done);
+        assert_eq!(JobResult::from_systemd("failed"), JobResult::Failed);
+        assert_eq!(JobResult::from_systemd("timeout"), JobResult::Timeout);
+        assert_eq!(JobResult::from_systemd("dependency"), JobResult::Dependency);
+        assert_eq!(JobResult::from_systemd("canceled"), JobResult::Canceled);
+        assert_eq!(JobResult::from_systemd("skipped"), JobResult::Skipped);
+        assert_eq!(JobResult::from_systemd("weird"), JobResult::Unknown);
+        assert!(JobResult::Done.is_success() && JobResult::Skipped.is_success());
+        for r in [
+            "failed",
+            "timeout",
+            "dependency",
+            "canceled",
+            "invalid",
+            "weird",
+        ] {
+            assert!(!JobResult::from_systemd(r).is_success(), "{r}");
+        }
+        assert_eq!(
+            serde_json::to_string(&JobResult::WaitExpired).unwrap(),
+            "\"wait_expired\""
+        );
+    }
+
+    /// A recording stand-in for systemd: logs every call, "fails" the units named `fail*`.
+    #[derive(Default)]
+    struct Recorder {
+        log: RefCell<Vec<String>>,
+        unreachable: Vec<&'static str>,
+    }
+
+    impl Systemd for Recorder {
+        fn daemon_reload(&self) -> Result<()> {
+            self.log.borrow_mut().push("daemon-reload".into());
+            Ok(())
+        }
+        fn daemon_reexec(&self) -> Result<()> {
+            self.log.borrow_mut().push("daemon-reexec".into());
+            Ok(())
+        }
+        fn enqueue(&self, op: JobOp, unit: &str) -> Result<PendingJob> {
+            self.log.borrow_mut().push(format!("enqueue {op:?} {unit}"));
+            if self.unreachable.contains(&unit) {
+                bail!("no such unit {unit}");
+            }
+            Ok(PendingJob {
+                op,
+                unit: unit.into(),
+                job: format!("/job/{unit}"),
+                issued: Instant::now(),
+            })
+        }
+        fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome> {
+            self.log.borrow_mut().push(format!("wait {}", jobs.len()));
+            jobs.into_iter()
+                .map(|j| JobOutcome {
+                    result: if j.unit.starts_with("fail") {
+                        JobResult::Failed
+                    } else {
+                        JobResult::Done
+                    },
+                    duration: Duration::from_millis(3),
+                    op: j.op,
+                    unit: j.unit,
+                    job: j.job,
+                })
+                .collect()
+        }
+        fn list_units(&self) -> Result<Vec<UnitFacts>> {
+            Ok(vec![])
+        }
+        fn unit_facts(&self, _: &[String]) -> Result<Vec<UnitFacts>> {
+            Ok(vec![])
+        }
+        fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()> {
+            self.log
+                .borrow_mut()
+                .push(format!("start-no-wait {unit} {mode}"));
+            Ok(())
+        }
+    }
+
+    fn act(unit: &str, action: Action) -> ServiceAction {
+        ServiceAction {
+            unit: unit.into(),
+            action,
+            reasons: vec![Reason::NewlyEnabled { by: "x".into() }],
+        }
+    }
+
+    #[test]
+    fn execute_orders_batches_and_collects_failures() {
+        let sd = Recorder {
+            unreachable: vec!["gone.service"],
+            ..Default::default()
+        };
+        let mut actions = vec![
+            act("new.service", Action::Start),
+            act("dbus.service", Action::Deferred),
+            act("session-1.scope", Action::NeedsRestart),
+        ];
+        for i in (1..=6).rev() {
+            actions.push(act(&format!("r{i}.service"), Action::Restart));
+        }
+        actions.push(act("fail.service", Action::Restart));
+        actions.push(act("cfg.service", Action::Reload));
+        actions.push(act("old.service", Action::Stop));
+        actions.push(act("gone.service", Action::Stop));
+        actions.push(act("init.scope", Action::DaemonReexec));
+
+        let out = execute(&actions, &sd);
+        assert_eq!(
+            *sd.log.borrow(),
+            vec![
+                "enqueue Stop gone.service",
+                "enqueue Stop old.service",
+                "wait 1",
+                "daemon-reexec",
+                "enqueue Reload cfg.service",
+                "wait 1",
+                "enqueue Restart fail.service",
+                "enqueue Restart r1.service",
+                "enqueue Restart r2.service",
+                "enqueue Restart r3.service",
+                "wait 4",
+                "enqueue Restart r4.service",
+                "enqueue Restart r5.service",
+                "enqueue Restart r6.service",
+                "wait 3",
+                "enqueue Start new.service",
+                "wait 1",
+            ]
+        );
+        let summary: Vec<(&str, Action, JobResult)> = out
+            .iter()
+            .map(|o| (o.unit.as_str(), o.action, o.result))
+            .collect();
+        use Action::*;
+        assert_eq!(
+            summary,
+            vec![
+                ("gone.service", Stop, JobResult::CallFailed),
+                ("old.service", Stop, JobResult::Done),
+                ("init.scope", DaemonReexec, JobResult::Done),
+                ("cfg.service", Reload, JobResult::Done),
+                ("fail.service", Restart, JobResult::Failed),
+                ("r1.service", Restart, JobResult::Done),
+                ("r2.service", Restart, JobResult::Done),
+                ("r3.service", Restart, JobResult::Done),
+                ("r4.service", Restart, JobResult::Done),
+                ("r5.service", Restart, JobResult::Done),
+                ("r6.service", Restart, JobResult::Done),
+                ("new.service", Start, JobResult::Done),
+                ("dbus.service", Deferred, JobResult::NotExecuted),
+                ("session-1.scope", NeedsRestart, JobResult::NotExecuted),
+            ]
+        );
+        let gone = &out[0];
+        assert!(gone.is_failure());
+        assert!(
+            gone.error
+                .as_deref()
+                .unwrap()
+                .contains("no such unit gone.service"),
+            "{gone:?}"
+        );
+        let fail = &out[4];
+        assert!(
+            fail.error.as_deref().unwrap().contains("Failed"),
+            "{fail:?}"
+        );
+        assert_eq!(fail.duration_ms, 3);
+        assert!(!out[12].is_failure() && out[12].error.is_none());
+        let json = serde_json::to_value(&out[4]).unwrap();
+        assert_eq!(json["action"], "restart");
+        assert_eq!(json["result"], "failed");
+    }
+
+    #[test]
+    fn convenience_methods_wait_for_their_job() {
+        let sd = Recorder::default();
+        let o = sd.restart("a.service").unwrap();
+        assert_eq!((o.op, o.result), (JobOp::Restart, JobResult::Done));
+        let o = sd.stop("fail-x.service").unwrap();
+        assert_eq!(o.result, JobResult::Failed);
+        assert_eq!(
+            *sd.log.borrow(),
+            [
+                "enqueue Restart a.service",
+                "wait 1",
+                "enqueue Stop fail-x.service",
+                "wait 1"
+            ]
+        );
+    }
+
+    fn ov<'a>(v: impl Into<Value<'a>>) -> OwnedValue {
+        OwnedValue::try_from(v.into()).unwrap()
+    }
+
+    #[test]
+    fn facts_from_dbus_properties() {
+        let unit: HashMap<String, OwnedValue> = [
+            ("ActiveState", ov("active")),
+            ("SubState", ov("running")),
+            ("RefuseManualStop", ov(true)),
+            ("RefuseManualStart", ov(false)),
+            ("CanReload", ov(true)),
+            ("TriggeredBy", ov(vec!["cups.socket", "cups.path"])),
+            ("WantedBy", ov(vec!["printer.target", "multi-user.target"])),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let service: HashMap<String, OwnedValue> = [
+            ("MainPID", ov(4242u32)),
+            ("ExecMainStartTimestamp", ov(1_700_000_000_000_000u64)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let active: HashMap<String, String> = [
+            ("multi-user.target", "active"),
+            ("printer.target", "inactive"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let f = facts_from_properties("cups.service", &unit, Some(&service), &active);
+        assert_eq!(
+            f,
+            UnitFacts {
+                name: "cups.service".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                refuse_manual_start: false,
+                refuse_manual_stop: true,
+                can_reload: true,
+                triggered_by: vec!["cups.socket".into(), "cups.path".into()],
+                wanted_by_active_target: true,
+                main_pid: Some(4242),
+                exec_main_start_timestamp_us: Some(1_700_000_000_000_000),
+            }
+        );
+        let mut inactive = active.clone();
+        inactive.insert("multi-user.target".into(), "inactive".into());
+        let f = facts_from_properties("cups.service", &unit, None, &inactive);
+        assert!(!f.wanted_by_active_target);
+        assert_eq!(f.main_pid, None);
+    }
+}
