@@ -56,7 +56,6 @@ fn scenario() -> Scenario {
     let staged = s.stage("fx", &c2, "fx/v2", None);
     Scenario {
         s,
-        booted,
         staged,
         root,
     }
