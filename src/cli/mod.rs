@@ -70,6 +70,41 @@ pub enum Command {
     /// Undo a live apply: detach the /usr bind, restore /etc from the backups, daemon-reload and
     /// restart what the apply restarted. Exit code 3 when there is nothing to undo.
     Reset(ResetOpts),
+    /// Boot the staged (else pending) deployment's kernel with kexec: finalize the staged
+    /// deployment, check and load its kernel and initramfs, then start kexec.target so systemd
+    /// shuts down in order. No firmware, no bootloader.
+    Kexec(KexecOpts),
+    /// Make the system run the staged deployment as fast as possible: nothing to do, a live
+    /// apply (userspace only), or a kexec (kernel changed).
+    Switch(SwitchOpts),
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct KexecOpts {
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Finalize and load, but do not start the hand-off (run `systemctl kexec` later)
+    #[arg(long)]
+    pub load_only: bool,
+    /// The target deployment [default: staged, else pending]
+    #[arg(long, value_name = "DEP")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub struct SwitchOpts {
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// When kexec is impossible here (disabled, lockdown), do a full `reboot` instead of refusing
+    #[arg(long)]
+    pub reboot_fallback: bool,
+    /// The target deployment [default: staged, else pending]
+    #[arg(long, value_name = "DEP")]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub services: ServiceOpts,
 }
 
 /// Which two deployments. DEP: booted, staged, pending, rollback, an index, or <checksum>.<serial>.
@@ -151,6 +186,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Diff(pair) => verbs::diff(&paths, &pair, &mut o),
         Command::ApplyLive(opts) => verbs::apply_live(&paths, &opts, &mut o),
         Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
+        Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
+        Command::Switch(opts) => verbs::switch(&paths, &opts, &mut o),
     }
 }
 

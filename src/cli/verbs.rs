@@ -357,3 +357,234 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
     }
     Ok(report.outcome)
 }
+
+/// Kernel and initramfs of the target's tree, checked before anything irreversible.
+fn checked_tree_kernel(
+    to: &discover::Deployment,
+) -> Result<(std::path::PathBuf, Vec<std::path::PathBuf>)> {
+    let k = to.kernel.as_ref().ok_or_else(|| {
+        refuse(
+            ExitCode::Refused,
+            format!(
+                "deployment {} has no kernel under usr/lib/modules; nothing to kexec",
+                to.id
+            ),
+        )
+    })?;
+    let img = crate::kernel_image::inspect_file(&k.vmlinuz)
+        .map_err(|e| refuse(ExitCode::Refused, format!("{e}; nothing was loaded")))?;
+    if img.arch != std::env::consts::ARCH {
+        return Err(refuse(
+            ExitCode::Refused,
+            format!(
+                "{}: kernel is for {}, this machine is {}",
+                k.vmlinuz.display(),
+                img.arch,
+                std::env::consts::ARCH
+            ),
+        ));
+    }
+    let initrd = k.initramfs.as_ref().ok_or_else(|| {
+        refuse(
+            ExitCode::Refused,
+            format!(
+                "deployment {} has no initramfs ({}/initramfs.img); ostree-prepare-root must run from one, so it cannot be kexec'd",
+                to.id,
+                k.vmlinuz.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        )
+    })?;
+    crate::kernel_image::check_initramfs_file(initrd)
+        .map_err(|e| refuse(ExitCode::Refused, format!("{e}; nothing was loaded")))?;
+    Ok((k.vmlinuz.clone(), vec![initrd.clone()]))
+}
+
+/// The kexec path, shared by `kexec` and `switch`.
+/// How the kexec path runs.
+#[derive(Debug, Clone, Copy)]
+struct KexecMode {
+    dry_run: bool,
+    load_only: bool,
+    reboot_fallback: bool,
+}
+
+fn run_kexec(
+    paths: &HostPaths,
+    d: &DeploymentDiff,
+    to: &discover::Deployment,
+    mode: KexecMode,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
+    use crate::system::kexec::{KexecLoader, RealKexec};
+    use crate::system::systemd::Systemd;
+    let KexecMode {
+        dry_run,
+        load_only,
+        reboot_fallback,
+    } = mode;
+    let tree_kernel = checked_tree_kernel(to)?;
+    let loader = RealKexec::default();
+    let plan = plan::kexec_plan(d, Some(tree_kernel), load_only);
+    if dry_run {
+        print_plan(o, &plan)?;
+        return Ok(ExitCode::Ok);
+    }
+    let blocker = match loader.status() {
+        Ok(st) => st.blocker(),
+        Err(e) => Some(e),
+    };
+    let sd = systemd::SystemdDbus::connect().context("connecting to systemd on the system bus")?;
+    if let Some(b) = blocker {
+        if reboot_fallback {
+            progress(&format!("kexec is impossible here ({b}); rebooting through firmware as --reboot-fallback asks"));
+            sd.start_unit_no_wait("reboot.target", "replace-irreversibly")
+                .context("starting reboot.target")?;
+            return Ok(ExitCode::RebootNeeded);
+        }
+        return Err(refuse(
+            ExitCode::RebootNeeded,
+            format!("{b} (use --reboot-fallback to reboot through firmware instead)"),
+        ));
+    }
+    let _lock = lock::acquire(&Journal::new(&paths.run).dir)?;
+    let mut prog = progress;
+    let mut env = crate::exec::kexec::KexecEnv {
+        paths,
+        systemd: &sd,
+        loader: &loader as &dyn KexecLoader,
+        progress: &mut prog,
+    };
+    let (report, hand_off) = crate::exec::kexec::prepare(&plan, &mut env)?;
+    if o.json {
+        o.json_value(&report)?;
+    } else {
+        report.write_human(o.out)?;
+    }
+    o.out.flush()?;
+    if hand_off {
+        progress(
+            "starting kexec.target: systemd stops services in order, then boots the loaded kernel",
+        );
+        crate::exec::kexec::hand_off(&sd)?;
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn booted_host(paths: &HostPaths) -> Result<Host> {
+    let host = discover::load(paths)?;
+    if !host.ostree_booted || host.booted().is_none() {
+        return Err(refuse(
+            ExitCode::Refused,
+            format!(
+                "this host is not ostree-booted ({} is missing or matches no deployment)",
+                paths.ostree_booted_file().display()
+            ),
+        ));
+    }
+    Ok(host)
+}
+
+pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    if !opts.dry_run {
+        privileges::require(&[(
+            caps::Capability::CAP_SYS_BOOT,
+            "load a kernel with kexec_file_load",
+        )])?;
+    }
+    let host = booted_host(paths)?;
+    let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
+    let d = diff::diff_deployments(from, to)?;
+    if d.decision.kind == DecisionKind::None {
+        writeln!(
+            o.out,
+            "nothing to do: {} and {} are identical",
+            short(&from.id),
+            short(&to.id)
+        )?;
+        return Ok(ExitCode::NothingToDo);
+    }
+    run_kexec(
+        paths,
+        &d,
+        to,
+        KexecMode {
+            dry_run: opts.dry_run,
+            load_only: opts.load_only,
+            reboot_fallback: false,
+        },
+        o,
+    )
+}
+
+pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    // setns needs a single-threaded process: enter PID 1's namespace before the diff spawns
+    // worker threads (apply-live would otherwise try after them).
+    if !opts.dry_run
+        && paths.root == Path::new("/")
+        && nix::unistd::geteuid().is_root()
+        && mounts::enter_pid1_mount_namespace(Path::new("/proc"))?
+    {
+        progress("entered PID 1's mount namespace");
+    }
+    let host = booted_host(paths)?;
+    let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
+    let d = diff::diff_deployments(from, to)?;
+    progress(&format!(
+        "switch {} → {}: {:?}",
+        short(&from.id),
+        short(&to.id),
+        d.decision.kind
+    ));
+    match d.decision.kind {
+        DecisionKind::None => {
+            if o.json {
+                o.json_value(&plan::live_plan(
+                    &d,
+                    &plan::LiveInputs {
+                        root: paths.root.clone(),
+                        services: vec![],
+                    },
+                ))?;
+            } else {
+                writeln!(
+                    o.out,
+                    "nothing to do: {} and {} are identical",
+                    short(&from.id),
+                    short(&to.id)
+                )?;
+            }
+            Ok(ExitCode::NothingToDo)
+        }
+        DecisionKind::Live => {
+            drop(host);
+            let live = ApplyLiveOpts {
+                dry_run: opts.dry_run,
+                pair: PairOpts {
+                    from: None,
+                    to: opts.to.clone(),
+                },
+                services: opts.services.clone(),
+            };
+            apply_live(paths, &live, o)
+        }
+        DecisionKind::Kexec => {
+            if !opts.dry_run {
+                privileges::require(&[(
+                    caps::Capability::CAP_SYS_BOOT,
+                    "load a kernel with kexec_file_load",
+                )])?;
+            }
+            run_kexec(
+                paths,
+                &d,
+                to,
+                KexecMode {
+                    dry_run: opts.dry_run,
+                    load_only: false,
+                    reboot_fallback: opts.reboot_fallback,
+                },
+                o,
+            )
+        }
+    }
+}

@@ -3,5 +3,6 @@
 
 pub mod etc_apply;
 pub mod journal;
+pub mod kexec;
 pub mod live;
 pub mod report;

@@ -151,3 +151,38 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
     }
 }
+
+/// Pure: the kexec plan. `finalize` when the target is staged (it has no BLS entry and no
+/// bootlink until finalized); the kernel and initrd named here are the target tree's, checked
+/// before anything irreversible; the load itself uses the BLS entry written by finalization.
+pub fn kexec_plan(
+    diff: &DeploymentDiff,
+    kernel: Option<(PathBuf, Vec<PathBuf>)>,
+    load_only: bool,
+) -> Plan {
+    let mut steps = Vec::new();
+    if diff.decision.kind != DecisionKind::None {
+        if diff.to.staged {
+            steps.push(Step::FinalizeStaged);
+        }
+        if let Some((k, initrds)) = kernel {
+            steps.push(Step::KexecLoad {
+                kernel: k,
+                initrds,
+                kargs: diff.kernel.to.kargs.clone(),
+            });
+        }
+        if !load_only {
+            steps.push(Step::KexecReboot);
+        }
+    }
+    Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        verb: Verb::Kexec,
+        from: diff.from.clone(),
+        to: diff.to.clone(),
+        decision: diff.decision.clone(),
+        steps,
+        etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
+    }
+}

@@ -1,0 +1,165 @@
+//! Run a kexec [`Plan`]: finalize the staged deployment (so it has a BLS entry and an `ostree=`
+//! bootlink), load the kernel of its BLS entry with `kexec_file_load`, and hand off through
+//! systemd's `kexec.target` so services stop in order and filesystems are unmounted.
+
+use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use crate::discover::{self, Deployment, HostPaths};
+use crate::exit::{refuse, ExitCode};
+use crate::plan::{Plan, Step};
+use crate::system::kexec::KexecLoader;
+use crate::system::systemd::Systemd;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct KexecEnv<'a> {
+    pub paths: &'a HostPaths,
+    pub systemd: &'a dyn Systemd,
+    pub loader: &'a dyn KexecLoader,
+    pub progress: &'a mut dyn FnMut(&str),
+}
+
+/// A BLS path (`/ostree/…` relative to /boot, or `/boot/ostree/…`) inside the sysroot.
+pub fn boot_path(sysroot: &Path, bls_path: &str) -> PathBuf {
+    let rel = bls_path.trim_start_matches('/');
+    let rel = rel.strip_prefix("boot/").unwrap_or(rel);
+    sysroot.join("boot").join(rel)
+}
+
+/// Kernel, initrds and command line of a written (finalized) deployment, from its BLS entry.
+pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<PathBuf>, String)> {
+    let e = d.boot_entry.as_ref().with_context(|| {
+        format!(
+            "deployment {} has no boot entry (is it still staged and not finalized?)",
+            d.id
+        )
+    })?;
+    let linux = e
+        .linux
+        .as_deref()
+        .with_context(|| format!("boot entry {} has no `linux` line; cannot kexec", e.file))?;
+    let options = e
+        .options
+        .as_deref()
+        .with_context(|| format!("boot entry {} has no `options` line; cannot kexec", e.file))?;
+    if e.ostree_karg().is_none() {
+        bail!(
+            "boot entry {} has no ostree= argument; ostree-prepare-root would not find the root",
+            e.file
+        );
+    }
+    let kernel = boot_path(&paths.sysroot, linux);
+    let initrds = e
+        .initrd
+        .iter()
+        .map(|i| boot_path(&paths.sysroot, i))
+        .collect();
+    Ok((kernel, initrds, options.to_owned()))
+}
+
+fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {
+    StepReport {
+        step,
+        outcome: StepOutcome::Done,
+        duration_ms: t.elapsed().as_millis() as u64,
+        detail,
+    }
+}
+
+/// Execute the plan up to (not including) the hand-off; returns the report and whether a
+/// hand-off is due. The caller prints the report, then calls [`hand_off`].
+pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
+    let t0 = Instant::now();
+    let mut steps = Vec::new();
+    let mut hand_off_due = false;
+    for step in &plan.steps {
+        let t = Instant::now();
+        match step {
+            Step::FinalizeStaged => {
+                (env.progress)(
+                    "finalizing the staged deployment (ostree-finalize-staged.service)…",
+                );
+                // Start first: right after staging, the .path unit may not have started it yet,
+                // and stopping an inactive unit would silently do nothing.
+                let started = env.systemd.start("ostree-finalize-staged.service")?;
+                if !started.result.is_success() {
+                    bail!(
+                        "starting ostree-finalize-staged.service: job {:?}",
+                        started.result
+                    );
+                }
+                let stopped = env.systemd.stop("ostree-finalize-staged.service")?;
+                if !stopped.result.is_success() {
+                    bail!("stopping ostree-finalize-staged.service (which runs `ostree admin finalize-staged`): job {:?}", stopped.result);
+                }
+                let host = discover::load(env.paths)?;
+                let d = host
+                    .deployments
+                    .iter()
+                    .find(|d| d.id == plan.to.id)
+                    .with_context(|| {
+                        format!("after finalization, deployment {} is gone", plan.to.id)
+                    })?;
+                if d.staged || d.boot_entry.is_none() {
+                    bail!(
+                        "deployment {} is still staged after ostree-finalize-staged ran; see `journalctl -u ostree-finalize-staged`",
+                        plan.to.id
+                    );
+                }
+                steps.push(step_report("finalize_staged", t, serde_json::json!({"boot_entry": d.boot_entry.as_ref().map(|e| e.file.clone())})));
+            }
+            Step::KexecLoad { .. } => {
+                let host = discover::load(env.paths)?;
+                let d = host
+                    .deployments
+                    .iter()
+                    .find(|d| d.id == plan.to.id)
+                    .with_context(|| format!("deployment {} not found", plan.to.id))?;
+                let (kernel, initrds, cmdline) = boot_files(env.paths, d)?;
+                (env.progress)(&format!(
+                    "loading {} with kexec_file_load…",
+                    kernel.display()
+                ));
+                env.loader.load(&kernel, &initrds, &cmdline).map_err(|e| {
+                    let code = if e.needs_full_reboot() {
+                        ExitCode::RebootNeeded
+                    } else {
+                        ExitCode::Error
+                    };
+                    refuse(code, format!("{e}"))
+                })?;
+                if !env.loader.is_loaded().map_err(anyhow::Error::new)? {
+                    bail!("kexec_file_load succeeded but /sys/kernel/kexec_loaded is still 0");
+                }
+                steps.push(step_report(
+                    "kexec_load",
+                    t,
+                    serde_json::json!({"kernel": kernel, "initrds": initrds, "cmdline": cmdline}),
+                ));
+            }
+            Step::KexecReboot => hand_off_due = true,
+            other => bail!("step {} does not belong in a kexec plan", other.name()),
+        }
+    }
+    let report = Report {
+        schema_version: REPORT_SCHEMA_VERSION,
+        verb: plan.verb,
+        from: plan.from.clone(),
+        to: plan.to.clone(),
+        decision: plan.decision.clone(),
+        steps,
+        total_ms: t0.elapsed().as_millis() as u64,
+        outcome: ExitCode::Ok,
+        exit_code: 0,
+        etc_conflicts: plan.etc_conflicts.clone(),
+        failed_units: vec![],
+    };
+    Ok((report, hand_off_due))
+}
+
+/// Start `kexec.target` (like `systemctl kexec`): systemd stops services in order, unmounts,
+/// runs ostree's shutdown work, and boots the loaded kernel. Never `reboot(2)` directly.
+pub fn hand_off(sd: &dyn Systemd) -> Result<()> {
+    sd.start_unit_no_wait("kexec.target", "replace-irreversibly")
+        .context("starting kexec.target")
+}
