@@ -162,6 +162,14 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
         &from.path.join("etc"),
         &to.path.join("usr/etc"),
     )
+    .map_err(|e| match e.downcast_ref::<etc::EtcMergeError>() {
+        // ostree itself would refuse this merge: bad input, not a failure of ours.
+        Some(m) => crate::exit::refuse(
+            crate::exit::ExitCode::Refused,
+            format!("{m}; nothing was changed"),
+        ),
+        None => e,
+    })
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     let units = crate::units::diff::diff_units(&from.path, &to.path)
         .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;

@@ -253,7 +253,6 @@ impl Ctx {
     }
 
     /// Compare two non-directory (or differently typed) objects `name` in `a`/`b`.
-    #[allow(clippy::too_many_arguments)]
     fn compare_objects(
         &self,
         a: &OwnedFd,

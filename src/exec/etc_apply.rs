@@ -258,3 +258,39 @@ pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), 
     }
     Ok(Ok(()))
 }
+
+/// Before anything changes: every `/etc` action's parent directories must be real directories
+/// (or not exist yet, when an earlier action creates them), never symlinks. A symlink in the
+/// way — possibly pointing outside /etc — refuses the whole apply.
+pub fn preflight(etc_dir: &Path, actions: &[EtcAction]) -> Result<()> {
+    for a in actions {
+        if !matches!(
+            a.action,
+            EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
+        ) {
+            continue;
+        }
+        let rel = rel_of(&a.path)?;
+        let mut walked = etc_dir.to_path_buf();
+        for comp in rel.parent().unwrap_or(Path::new("")).components() {
+            walked.push(comp);
+            match std::fs::symlink_metadata(&walked) {
+                Ok(m) if m.file_type().is_symlink() => bail!(
+                    "{} is a symlink (to {}); fastswitch does not follow symlinks in /etc, so it cannot apply {} there. Replace the symlink by a directory, or drop the change",
+                    walked.display(),
+                    std::fs::read_link(&walked).map(|t| t.display().to_string()).unwrap_or_default(),
+                    a.path
+                ),
+                Ok(m) if !m.is_dir() => bail!(
+                    "{} is not a directory, so {} cannot be applied below it",
+                    walked.display(),
+                    a.path
+                ),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(e).with_context(|| format!("stat {}", walked.display())),
+            }
+        }
+    }
+    Ok(())
+}

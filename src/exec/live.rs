@@ -104,6 +104,15 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
         }
         None => fresh_state(plan),
     };
+    for step in &plan.steps {
+        if let Step::MergeEtc {
+            etc_dir, actions, ..
+        } = step
+        {
+            etc_apply::preflight(etc_dir, actions)
+                .map_err(|e| refuse(ExitCode::Refused, format!("{e:#}; nothing was changed")))?;
+        }
+    }
     if st.booted != booted_id {
         bail!(
             "{} records booted deployment {} but {} is booted; remove it (stale state)",

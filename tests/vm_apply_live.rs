@@ -1,0 +1,213 @@
+//! VM scenarios for `fastswitch apply-live` on a real ostree-booted guest:
+//! S1 a layered package (new binary, config default, enabled service, sysusers/tmpfiles) goes
+//! live without a reboot, and the next cold boot is the staged deployment with a consistent
+//! /etc; S2 a changed binary restarts exactly its service and nothing else.
+
+mod vm;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm};
+
+const DEMO_UNITS: [&str; 4] = ["demo-hello", "demo-lib", "demo-reload", "demo-other"];
+
+fn main_pids(vm: &Vm) -> BTreeMap<String, String> {
+    let out = vm.exec_ok(&format!(
+        "for u in {}; do echo \"$u $(systemctl show -P MainPID $u)\"; done",
+        DEMO_UNITS.join(" ")
+    ));
+    out.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .collect()
+}
+
+fn steps(v: &Value) -> Vec<String> {
+    v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn service_actions(plan: &Value) -> BTreeMap<String, String> {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == "services")
+        .flat_map(|s| s["actions"].as_array().unwrap().iter())
+        .map(|a| {
+            (
+                a["unit"].as_str().unwrap().to_owned(),
+                a["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s1_layered_package_goes_live_then_boots() {
+    let image = Image::get();
+    let mut vm = Vm::boot(&image, "s1-layered");
+    let boot_id = vm.boot_id();
+    ostree_stage(&vm, "test/layered", "");
+
+    // diff sees the layered package and decides "live".
+    let diff = fastswitch_json(&vm, "diff --json");
+    assert_eq!(diff["decision"]["kind"], "live", "{diff}");
+    let usr: Vec<(&str, &str)> = diff["usr"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["change"].as_str().unwrap()))
+        .collect();
+    assert!(usr.contains(&("/usr/bin/demo-extra", "added")), "{usr:?}");
+    assert!(
+        usr.contains(&("/usr/etc/demo/extra.conf", "added")),
+        "{usr:?}"
+    );
+    assert!(diff["kernel"]["reasons"].as_array().unwrap().is_empty());
+
+    // The dry run is the plan the executor will walk; nothing changes.
+    let plan = fastswitch_json(&vm, "apply-live --dry-run --json");
+    assert_eq!(plan["schema_version"], 1);
+    assert_eq!(
+        steps(&plan),
+        [
+            "swap_usr",
+            "merge_etc",
+            "sysusers",
+            "tmpfiles",
+            "daemon_reload",
+            "services"
+        ]
+    );
+    let actions = service_actions(&plan);
+    assert_eq!(
+        actions.get("demo-extra.service").map(String::as_str),
+        Some("start"),
+        "{plan}"
+    );
+    for u in DEMO_UNITS {
+        assert!(
+            !actions.contains_key(&format!("{u}.service")),
+            "collateral {u} in {actions:?}"
+        );
+    }
+    vm.exec_ok("test ! -e /usr/bin/demo-extra && test ! -e /etc/demo/extra.conf");
+
+    let before = main_pids(&vm);
+    let t = std::time::Instant::now();
+    let report = fastswitch_json(&vm, "apply-live --json");
+    eprintln!(
+        "[s1] apply-live took {:.1}s (report total {} ms)",
+        t.elapsed().as_secs_f64(),
+        report["total_ms"]
+    );
+    for s in report["steps"].as_array().unwrap() {
+        eprintln!(
+            "[s1]   {:<14} {:>6} ms",
+            s["step"].as_str().unwrap(),
+            s["duration_ms"]
+        );
+    }
+    assert_eq!(report["outcome"], "ok", "{report}");
+    assert_eq!(vm.boot_id(), boot_id, "no reboot");
+    // The new binary is there, its config is in /etc, its user exists, and it runs.
+    let facts = vm.exec_ok(
+        "set -e; test -x /usr/bin/demo-extra; cat /etc/demo/extra.conf; getent passwd demo-extra >/dev/null && echo user-ok; \
+         systemctl is-active demo-extra; for i in $(seq 50); do [ -e /run/demo-extra/extra.data ] && break; sleep 0.1; done; cat /run/demo-extra/extra.data",
+    );
+    let lines: Vec<&str> = facts.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "greeting=hello-from-layered",
+            "user-ok",
+            "active",
+            "greeting=hello-from-layered"
+        ],
+        "{facts}"
+    );
+    assert_eq!(main_pids(&vm), before, "no collateral restarts");
+    let status = fastswitch_json(&vm, "status --json");
+    assert_eq!(status["live"]["complete"], true);
+    assert_eq!(status["live"]["target"], plan["to"]["id"]);
+    // /usr is one read-only bind of the target's usr over the booted one.
+    let usr_src = vm.exec_ok("findmnt -no FSROOT,OPTIONS /usr | tail -1");
+    assert!(
+        usr_src.contains(&format!(
+            "/deploy/{}/usr",
+            plan["to"]["id"].as_str().unwrap()
+        )),
+        "{usr_src}"
+    );
+    assert!(usr_src.contains("ro"), "{usr_src}");
+
+    // A cold reboot through firmware boots the staged deployment with a consistent /etc.
+    let timings = vm.cold_reboot();
+    eprintln!("[s1] cold reboot: {timings:?}");
+    let deps = ostree_status(&vm);
+    let booted = deps.iter().find(|d| d.booted).expect("a booted deployment");
+    assert_eq!(booted.checksum, image.ref_checksum("test/layered"));
+    vm.exec_ok("grep -qx greeting=hello-from-layered /etc/demo/extra.conf && systemctl is-active demo-extra");
+    let status = fastswitch_json(&vm, "status --json");
+    assert_eq!(
+        status["live"],
+        Value::Null,
+        "live state is gone with the boot"
+    );
+    vm.shutdown();
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s2_changed_binary_restarts_exactly_its_service() {
+    let image = Image::get();
+    let mut vm = Vm::boot(&image, "s2-hello-v2");
+    ostree_stage(&vm, "test/hello-v2", "");
+    let plan = fastswitch_json(&vm, "apply-live --dry-run --json");
+    let actions = service_actions(&plan);
+    assert_eq!(
+        actions.get("demo-hello.service").map(String::as_str),
+        Some("restart"),
+        "{plan}"
+    );
+    let executed: Vec<_> = actions
+        .iter()
+        .filter(|(_, a)| *a != "deferred" && *a != "needs_restart")
+        .collect();
+    assert_eq!(executed.len(), 1, "only demo-hello restarts: {actions:?}");
+    let before = main_pids(&vm);
+    let report = fastswitch_json(&vm, "apply-live --json");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let after = main_pids(&vm);
+    assert_ne!(
+        after["demo-hello"], before["demo-hello"],
+        "demo-hello got a new PID"
+    );
+    for u in ["demo-lib", "demo-reload", "demo-other"] {
+        assert_eq!(after[u], before[u], "{u} kept its PID");
+    }
+    let v = vm.exec_ok("for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v2 ] && break; sleep 0.1; done; cat /run/demo/hello.version");
+    assert_eq!(v.trim(), "v2");
+    for s in report["steps"].as_array().unwrap() {
+        if s["step"] == "services" {
+            for o in s["detail"].as_array().unwrap() {
+                eprintln!(
+                    "[s2]   {} {} {} ms",
+                    o["unit"], o["action"], o["duration_ms"]
+                );
+            }
+        }
+    }
+    // reset goes back: old binary, restarted again.
+    let rep = fastswitch_json(&vm, "reset --json");
+    assert_eq!(rep["outcome"], "ok", "{rep}");
+    let v = vm.exec_ok("for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v1 ] && break; sleep 0.1; done; cat /run/demo/hello.version; findmnt -no FSROOT /usr | wc -l");
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v1", "1"], "{v}");
+    vm.shutdown();
+}

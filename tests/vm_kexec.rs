@@ -1,0 +1,131 @@
+//! VM scenario: the kernel side changed (new initramfs + a new karg) → `fastswitch switch`
+//! finalizes the staged deployment and kexecs into it through systemd's orderly shutdown. Then
+//! the same guest cold-reboots through firmware, so kexec and firmware reboot are measured side
+//! by side in one run.
+
+mod vm;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm, GUEST_FASTSWITCH};
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s3_kernel_change_kexecs_into_the_new_deployment() {
+    let image = Image::get();
+    let mut vm = Vm::boot(&image, "s3-kexec");
+    let old_boot = vm.boot_id();
+    ostree_stage(&vm, "test/kernel", "--karg-append=fastswitch.test=1");
+
+    let diff = fastswitch_json(&vm, "diff --json");
+    assert_eq!(diff["decision"]["kind"], "kexec", "{diff}");
+    let reasons: Vec<&str> = diff["kernel"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"boot_digest_changed"), "{reasons:?}");
+    assert!(reasons.contains(&"kargs_changed"), "{reasons:?}");
+
+    // apply-live refuses with "reboot needed" and changes nothing.
+    let refused = vm.exec(&format!("{GUEST_FASTSWITCH} apply-live --json"));
+    assert_eq!(refused.status, 5, "{refused:?}");
+    vm.exec_ok("test ! -e /run/fastswitch/state.json");
+
+    let plan = fastswitch_json(&vm, "switch --dry-run --json");
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["finalize_staged", "kexec_load", "kexec_reboot"],
+        "{plan}"
+    );
+    assert!(plan["steps"][1]["kargs"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("fastswitch.test=1")));
+
+    // The real thing. Its report goes to /var (kept across the switch); the agent connection
+    // drops when systemd stops it during the shutdown.
+    let t = Instant::now();
+    vm.exec_ok(&format!(
+        "nohup {GUEST_FASTSWITCH} switch --json > /var/tmp/switch.json 2> /var/tmp/switch.err < /dev/null &"
+    ));
+    let boot = vm.wait_for_new_boot(&old_boot, Duration::from_secs(420));
+    let kexec_total = t.elapsed();
+    eprintln!(
+        "[s3] switch → new kernel running: {:.1}s (agent after {:.1}s)",
+        boot.to_running.as_secs_f64(),
+        boot.to_agent.as_secs_f64()
+    );
+    assert_ne!(boot.boot_id, old_boot);
+
+    let report: Value = serde_json::from_str(&vm.exec_ok("cat /var/tmp/switch.json"))
+        .unwrap_or_else(|e| {
+            panic!(
+                "switch report: {e}; stderr: {}",
+                vm.exec_ok("cat /var/tmp/switch.err")
+            )
+        });
+    for s in report["steps"].as_array().unwrap() {
+        eprintln!(
+            "[s3]   {:<16} {:>6} ms",
+            s["step"].as_str().unwrap(),
+            s["duration_ms"]
+        );
+    }
+    assert_eq!(report["outcome"], "ok", "{report}");
+
+    // The new kernel command line carries the new karg and the target's bootlink; the booted
+    // deployment is the target, and the previous one is the rollback.
+    let cmdline = vm.exec_ok("cat /proc/cmdline");
+    assert!(
+        cmdline.split_whitespace().any(|a| a == "fastswitch.test=1"),
+        "{cmdline}"
+    );
+    let deps = ostree_status(&vm);
+    let booted = deps.iter().find(|d| d.booted).expect("booted deployment");
+    assert_eq!(booted.checksum, image.ref_checksum("test/kernel"));
+    let target_root = vm.exec_ok(
+        r#"for a in $(cat /proc/cmdline); do case $a in ostree=*) readlink -f "${a#ostree=}";; esac; done"#,
+    );
+    assert!(
+        target_root
+            .trim()
+            .ends_with(&format!("/deploy/{}", booted.id())),
+        "{target_root}"
+    );
+    // The new initramfs ran (it carries a marker file).
+    vm.exec_ok(
+        "journalctl -b -o cat | grep -q 'ostree-prepare-root' || true; test -e /run/ostree-booted",
+    );
+    let status = fastswitch_json(&vm, "status --json");
+    let b: Vec<&Value> = status["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["booted"] == true)
+        .collect();
+    assert_eq!(
+        b[0]["checksum"],
+        Value::from(image.ref_checksum("test/kernel"))
+    );
+
+    // The same guest through firmware, for comparison.
+    let cold = vm.cold_reboot();
+    eprintln!(
+        "[s3] kexec: command → running {:.1}s; cold reboot through firmware: {:.1}s (shutdown {:.1}s, bootloader {:.1}s, boot {:.1}s); ratio kexec/cold = {:.2}",
+        kexec_total.as_secs_f64(),
+        cold.total.as_secs_f64(),
+        cold.shutdown.as_secs_f64(),
+        cold.bootloader.as_secs_f64(),
+        cold.boot.to_running.as_secs_f64(),
+        kexec_total.as_secs_f64() / cold.total.as_secs_f64()
+    );
+    vm.shutdown();
+}
