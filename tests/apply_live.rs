@@ -54,11 +54,7 @@ fn scenario() -> Scenario {
     t2.chmod("usr/etc/demo/added.conf", 0o640);
     let c2 = s.commit("fx/v2", &t2);
     let staged = s.stage("fx", &c2, "fx/v2", None);
-    Scenario {
-        s,
-        staged,
-        root,
-    }
+    Scenario { s, staged, root }
 }
 
 /// Run `script` in a private mount namespace with FS=<fastswitch with fixture args>, ROOT, OUT.
