@@ -124,24 +124,79 @@ fn progress(msg: &str) {
     eprintln!("fastswitch: {msg}");
 }
 
+/// Runtime facts only for the units the decision can touch: the changed ones (templates and
+/// drop-in globs expanded against the loaded units), the enabling targets, the owners of stale
+/// processes, and the units that trigger any of those. Reading every loaded unit's properties
+/// costs tens of seconds on a slow machine.
+fn unit_facts_for(
+    d: &DeploymentDiff,
+    scan: &services::StaleScan,
+    sd: &dyn systemd::Systemd,
+) -> Result<Vec<services::UnitFacts>> {
+    use crate::units::diff::{unit_pattern_matches, UnitChange};
+    use std::collections::BTreeSet;
+    let active = sd.active_states().context("listing systemd units")?;
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    for ch in &d.units {
+        want.extend(
+            active
+                .keys()
+                .filter(|u| unit_pattern_matches(&ch.unit, u))
+                .cloned(),
+        );
+        let concrete = !ch.unit.contains('*') && !ch.unit.contains("@.");
+        if concrete {
+            want.insert(ch.unit.clone());
+        }
+        if let UnitChange::Enabled { by, .. } | UnitChange::Disabled { by, .. } = &ch.change {
+            want.insert(by.clone());
+        }
+    }
+    for p in &scan.processes {
+        match &p.owner {
+            services::ProcessOwner::SystemUnit { unit } => {
+                want.insert(unit.clone());
+            }
+            services::ProcessOwner::Pid1 => {
+                want.insert(services::PID1_UNIT.to_owned());
+            }
+            _ => {}
+        }
+    }
+    let names: Vec<String> = want.iter().cloned().collect();
+    let mut facts = sd
+        .unit_facts(&names)
+        .context("reading unit states from systemd")?;
+    let triggers: Vec<String> = facts
+        .iter()
+        .flat_map(|f| f.triggered_by.iter().cloned())
+        .filter(|t| !want.contains(t))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !triggers.is_empty() {
+        facts.extend(
+            sd.unit_facts(&triggers)
+                .context("reading trigger units from systemd")?,
+        );
+    }
+    Ok(facts)
+}
+
 /// Facts from systemd and the /proc scan, then the pure decision.
 fn plan_services(
     d: &DeploymentDiff,
-    host: &Host,
     sopts: &ServiceOpts,
     sd: Option<&dyn systemd::Systemd>,
 ) -> Result<Vec<services::ServiceAction>> {
     let Some(sd) = sd else {
         return Ok(Vec::new());
     };
-    let facts = sd
-        .list_units()
-        .context("reading unit states from systemd")?;
     let mut cfg = services::ScanConfig::new(d.from.path.join("usr"), d.to.path.join("usr"));
     cfg.proc_root = Path::new("/proc").to_path_buf();
     let scan =
         services::scan_stale(&cfg).context("scanning /proc for processes using replaced files")?;
-    let _ = host;
+    let facts = unit_facts_for(d, &scan, sd)?;
     Ok(services::decide(
         &d.units,
         &scan.processes,
@@ -285,7 +340,7 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
     }
     let sd = connect_systemd(&opts.services)?;
     let sd_ref: Option<&dyn systemd::Systemd> = sd.as_ref().map(|s| s as &dyn systemd::Systemd);
-    let services = plan_services(&d, &host, &opts.services, sd_ref)?;
+    let services = plan_services(&d, &opts.services, sd_ref)?;
     let mut plan = plan::live_plan(
         &d,
         &plan::LiveInputs {

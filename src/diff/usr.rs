@@ -111,7 +111,8 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
     let ma = walk::stat_fd(a.as_fd()).with_context(|| format!("stat {}", roots[0].display()))?;
     let mb = walk::stat_fd(b.as_fd()).with_context(|| format!("stat {}", roots[1].display()))?;
     let ctx = Ctx {
-        ino_fast_path: inode_numbers_trustworthy(&a) && inode_numbers_trustworthy(&b),
+        ino_fast_path: walk::dirent_inodes_trustworthy(a.as_fd())
+            && walk::dirent_inodes_trustworthy(b.as_fd()),
         roots: roots.map(|r| r.into_os_string().into_vec()),
     };
     let mut entries = Vec::new();
@@ -129,20 +130,6 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
         }
     }
     Ok(UsrDiff { entries, counts })
-}
-
-/// `d_ino` from `getdents` equals `st_ino` on ordinary filesystems; overlayfs and FUSE may
-/// report inode numbers that differ between the two or repeat across layers, so the
-/// same-inode shortcut is only taken when neither tree is on one of those.
-fn inode_numbers_trustworthy(fd: &OwnedFd) -> bool {
-    use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC};
-    match fstatfs(fd) {
-        Ok(s) => {
-            let t = s.filesystem_type();
-            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
-        }
-        Err(_) => false,
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -355,7 +342,8 @@ impl Ctx {
     }
 
     fn list(&self, side: Side, fd: &OwnedFd, rel: &[u8]) -> Result<Listing> {
-        Listing::read(fd).with_context(|| format!("reading directory {}", self.show(side, rel)))
+        Listing::read(fd.as_fd())
+            .with_context(|| format!("reading directory {}", self.show(side, rel)))
     }
 
     fn open_child(

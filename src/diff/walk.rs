@@ -3,18 +3,19 @@
 //! Everything here works relative to directory file descriptors and never follows a symlink:
 //! directories are opened with `O_NOFOLLOW | O_DIRECTORY`, metadata comes from `fstatat(…,
 //! AT_SYMLINK_NOFOLLOW)`, symlink targets from `readlinkat`, xattrs from `flistxattr` (for
-//! directory fds) or `llistxattr` (for paths). Listings keep every name of one directory in a
-//! single buffer, so reading a directory costs two allocations however many entries it has.
+//! directory fds) or `llistxattr` (for paths). Listings are read with raw `getdents64` into a
+//! per-thread buffer and keep every name of one directory in a single buffer, so reading a
+//! directory costs two syscalls and two allocations however many entries it has.
 
 use anyhow::{Context, Result};
-use nix::dir::{Dir, Type};
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, fstatat, FileStat, Mode};
+use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::ffi::{CStr, OsString};
 use std::io::Read;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -43,14 +44,14 @@ impl FileType {
         }
     }
 
-    fn from_dirent(t: Option<Type>) -> Option<FileType> {
-        Some(match t? {
-            Type::File => FileType::File,
-            Type::Directory => FileType::Dir,
-            Type::Symlink => FileType::Symlink,
-            Type::Fifo | Type::CharacterDevice | Type::BlockDevice | Type::Socket => {
-                FileType::Other
-            }
+    fn from_dirent(t: rustix::fs::FileType) -> Option<FileType> {
+        use rustix::fs::FileType as T;
+        Some(match t {
+            T::RegularFile => FileType::File,
+            T::Directory => FileType::Dir,
+            T::Symlink => FileType::Symlink,
+            T::Fifo | T::Socket | T::CharacterDevice | T::BlockDevice => FileType::Other,
+            T::Unknown => return None,
         })
     }
 }
@@ -68,7 +69,7 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    fn from_stat(st: &FileStat) -> Meta {
+    fn from_stat(st: &Stat) -> Meta {
         Meta {
             mode: st.st_mode,
             uid: st.st_uid,
@@ -99,39 +100,52 @@ impl Meta {
     }
 }
 
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 /// Open a directory without following a symlink at `path` itself.
 pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
-    nix::fcntl::open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("opening directory {}", path.display()))
+    rustix::fs::open(path, DIR_FLAGS, Mode::empty())
+        .with_context(|| format!("opening directory {}", path.display()))
 }
 
 /// Open the directory `name` inside `dir`, refusing symlinks.
-pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
-    openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
 }
 
 /// `fstat` of an open descriptor.
-pub(crate) fn stat_fd(fd: BorrowedFd<'_>) -> nix::Result<Meta> {
-    fstat(fd).map(|st| Meta::from_stat(&st))
+pub(crate) fn stat_fd(fd: BorrowedFd<'_>) -> rustix::io::Result<Meta> {
+    rustix::fs::fstat(fd).map(|st| Meta::from_stat(&st))
 }
 
 /// `lstat` of `name` inside `dir`.
-pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<Meta> {
-    fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).map(|st| Meta::from_stat(&st))
+pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<Meta> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map(|st| Meta::from_stat(&st))
 }
 
 /// The target of the symlink `name` inside `dir`.
-pub(crate) fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<OsString> {
-    nix::fcntl::readlinkat(dir, name)
+pub(crate) fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<OsString> {
+    rustix::fs::readlinkat(dir, name, Vec::new())
+        .map(|c| OsString::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
+}
+
+/// Whether the filesystem holding `fd` reports `getdents` inode numbers equal to `st_ino` and
+/// unique per device. overlayfs and FUSE may not, so callers must not trust `d_ino` there.
+pub(crate) fn dirent_inodes_trustworthy(fd: BorrowedFd<'_>) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    match rustix::fs::fstatfs(fd) {
+        Ok(s) => {
+            // `f_type`'s integer type differs between architectures.
+            #[allow(clippy::unnecessary_cast)]
+            let t = s.f_type as i64;
+            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
+        }
+        Err(_) => false,
+    }
 }
 
 /// One directory entry of a [`Listing`].
@@ -152,31 +166,41 @@ pub(crate) struct Listing {
     ents: Vec<Ent>,
 }
 
+thread_local! {
+    /// `getdents64` buffer, reused by every listing on this thread.
+    static DIRENT_BUF: RefCell<Vec<MaybeUninit<u8>>> =
+        RefCell::new(vec![MaybeUninit::uninit(); 32 * 1024]);
+}
+
 impl Listing {
-    /// Read all entries of the open directory `fd` (which stays open; the listing uses a dup).
-    pub fn read(fd: &OwnedFd) -> nix::Result<Listing> {
-        let mut dir = Dir::from_fd(nix::unistd::dup(fd)?)?;
-        let mut names = Vec::with_capacity(1024);
-        let mut ents = Vec::with_capacity(32);
-        for e in dir.iter() {
-            let e = e?;
-            let name = e.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
+    /// Read all entries of the freshly opened directory `fd` with raw `getdents64` calls (no
+    /// `fdopendir`, no dup); `fd` must be at offset 0, as a new descriptor is.
+    pub fn read(fd: BorrowedFd<'_>) -> rustix::io::Result<Listing> {
+        DIRENT_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut names = Vec::with_capacity(512);
+            let mut ents = Vec::with_capacity(32);
+            let mut dir = RawDir::new(fd, &mut buf[..]);
+            while let Some(e) = dir.next() {
+                let e = e?;
+                let name = e.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let off = u32::try_from(names.len()).map_err(|_| Errno::TOOBIG)?;
+                names.extend_from_slice(name);
+                names.push(0);
+                ents.push(Ent {
+                    off,
+                    len: name.len() as u32,
+                    ino: e.ino(),
+                    dtype: FileType::from_dirent(e.file_type()),
+                });
             }
-            let off = u32::try_from(names.len()).map_err(|_| nix::Error::E2BIG)?;
-            names.extend_from_slice(name);
-            names.push(0);
-            ents.push(Ent {
-                off,
-                len: name.len() as u32,
-                ino: e.ino(),
-                dtype: FileType::from_dirent(e.file_type()),
-            });
-        }
-        let buf = &names;
-        ents.sort_unstable_by(|a, b| name_of(buf, a).cmp(name_of(buf, b)));
-        Ok(Listing { names, ents })
+            let b = &names;
+            ents.sort_unstable_by(|x, y| name_of(b, x).cmp(name_of(b, y)));
+            Ok(Listing { names, ents })
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -246,24 +270,19 @@ pub(crate) fn same_bytes(a: &mut impl Read, b: &mut impl Read) -> std::io::Resul
     })
 }
 
+const FILE_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY);
+
 /// Open a regular file `name` inside `dir` for reading, refusing symlinks.
-pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> nix::Result<std::fs::File> {
-    openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )
-    .map(std::fs::File::from)
+pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<std::fs::File> {
+    rustix::fs::openat(dir, name, FILE_FLAGS, Mode::empty()).map(std::fs::File::from)
 }
 
 /// Open a regular file by path for reading, refusing a symlink as the last component.
-pub(crate) fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
+pub(crate) fn open_file(path: &Path) -> rustix::io::Result<std::fs::File> {
+    rustix::fs::open(path, FILE_FLAGS, Mode::empty()).map(std::fs::File::from)
 }
 
 /// Where to read extended attributes from.
@@ -275,55 +294,55 @@ pub(crate) enum XattrSource<'a> {
     Path(&'a CStr),
 }
 
-#[allow(unsafe_code)]
-fn sys_listxattr(src: XattrSource<'_>, buf: &mut [u8]) -> isize {
-    let ptr = buf.as_mut_ptr().cast::<libc::c_char>();
-    // SAFETY: `ptr` points to `buf.len()` writable bytes that outlive the call (a zero length
-    // only queries the size and writes nothing); the descriptor is borrowed, so it is open, and
-    // the path is a valid NUL-terminated string.
-    unsafe {
-        match src {
-            XattrSource::Fd(fd) => libc::flistxattr(fd.as_raw_fd(), ptr, buf.len()),
-            XattrSource::Path(p) => libc::llistxattr(p.as_ptr(), ptr, buf.len()),
+impl XattrSource<'_> {
+    fn list_len(self) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr_query(fd),
+            XattrSource::Path(p) => rustix::fs::llistxattr_query(p),
+        }
+    }
+
+    fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            XattrSource::Path(p) => rustix::fs::llistxattr(p, buf),
+        }
+    }
+
+    fn value_len(self, name: &CStr) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr_query(fd, name),
+            XattrSource::Path(p) => rustix::fs::lgetxattr_query(p, name),
+        }
+    }
+
+    fn value(self, name: &CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, name, buf),
+            XattrSource::Path(p) => rustix::fs::lgetxattr(p, name, buf),
         }
     }
 }
 
-#[allow(unsafe_code)]
-fn sys_getxattr(src: XattrSource<'_>, name: &CStr, buf: &mut [u8]) -> isize {
-    let ptr = buf.as_mut_ptr().cast::<libc::c_void>();
-    // SAFETY: as in `sys_listxattr`; `name` is a valid NUL-terminated string.
-    unsafe {
-        match src {
-            XattrSource::Fd(fd) => libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), ptr, buf.len()),
-            XattrSource::Path(p) => libc::lgetxattr(p.as_ptr(), name.as_ptr(), ptr, buf.len()),
-        }
-    }
-}
-
-fn last_errno() -> nix::Error {
-    nix::Error::last()
-}
-
-/// Call a size-query-then-fill xattr syscall into `out`, retrying when the value grows.
-fn fill(out: &mut Vec<u8>, mut call: impl FnMut(&mut [u8]) -> isize) -> nix::Result<()> {
+/// Size query, then fill `out`; retried when the data grew in between.
+fn fill(
+    out: &mut Vec<u8>,
+    mut len: impl FnMut() -> rustix::io::Result<usize>,
+    mut get: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<()> {
     loop {
-        let want = call(&mut []);
-        if want < 0 {
-            return Err(last_errno());
-        }
-        out.resize(want as usize, 0);
+        let want = len()?;
+        out.resize(want, 0);
         if want == 0 {
             return Ok(());
         }
-        let got = call(out);
-        if got >= 0 {
-            out.truncate(got as usize);
-            return Ok(());
-        }
-        let err = last_errno();
-        if err != nix::Error::ERANGE {
-            return Err(err);
+        match get(out) {
+            Ok(got) => {
+                out.truncate(got);
+                return Ok(());
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
         }
     }
 }
@@ -331,12 +350,12 @@ fn fill(out: &mut Vec<u8>, mut call: impl FnMut(&mut [u8]) -> isize) -> nix::Res
 /// A canonical snapshot of all extended attributes of an object: names sorted, each followed
 /// by its value length and value, so two snapshots are equal iff the xattr sets are equal.
 /// Filesystems without xattr support yield an empty snapshot.
-pub(crate) fn xattr_snapshot(src: XattrSource<'_>, out: &mut Vec<u8>) -> nix::Result<()> {
+pub(crate) fn xattr_snapshot(src: XattrSource<'_>, out: &mut Vec<u8>) -> rustix::io::Result<()> {
     out.clear();
     let mut names = Vec::new();
-    match fill(&mut names, |b| sys_listxattr(src, b)) {
+    match fill(&mut names, || src.list_len(), |b| src.list(b)) {
         Ok(()) => {}
-        Err(nix::Error::ENOTSUP) => return Ok(()),
+        Err(Errno::NOTSUP) => return Ok(()),
         Err(e) => return Err(e),
     }
     if names.is_empty() {
@@ -349,11 +368,11 @@ pub(crate) fn xattr_snapshot(src: XattrSource<'_>, out: &mut Vec<u8>) -> nix::Re
     list.sort_unstable();
     let mut value = Vec::new();
     for name in list {
-        let cname = CStr::from_bytes_with_nul(name).map_err(|_| nix::Error::EINVAL)?;
-        match fill(&mut value, |b| sys_getxattr(src, cname, b)) {
+        let cname = CStr::from_bytes_with_nul(name).map_err(|_| Errno::INVAL)?;
+        match fill(&mut value, || src.value_len(cname), |b| src.value(cname, b)) {
             Ok(()) => {}
             // Removed between list and get.
-            Err(nix::Error::ENODATA) => continue,
+            Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         }
         out.extend_from_slice(name);
@@ -386,7 +405,7 @@ mod tests {
         }
         std::fs::create_dir(t.path().join("dir")).unwrap();
         let fd = open_dir(t.path()).unwrap();
-        let l = Listing::read(&fd).unwrap();
+        let l = Listing::read(fd.as_fd()).unwrap();
         let names: Vec<&[u8]> = (0..l.len()).map(|i| l.name(i)).collect();
         assert_eq!(names, [&b"a"[..], b"a-b", b"b", b"c.d", b"dir"]);
         let i = names.iter().position(|n| *n == b"dir").unwrap();

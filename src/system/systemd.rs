@@ -173,6 +173,8 @@ pub trait Systemd {
     fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome>;
     /// Facts about every loaded unit.
     fn list_units(&self) -> Result<Vec<UnitFacts>>;
+    /// Name → ActiveState of every loaded unit (one cheap call).
+    fn active_states(&self) -> Result<HashMap<String, String>>;
     /// Facts about the named units (loading them if needed).
     fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>>;
     /// Queue a start job without waiting for it (the kexec handoff: `kexec.target`,
@@ -476,7 +478,7 @@ impl SystemdDbus {
     }
 
     /// Active state of every loaded unit (one `ListUnits` call).
-    fn active_states(&self) -> Result<HashMap<String, String>> {
+    fn list_active_states(&self) -> Result<HashMap<String, String>> {
         Ok(self
             .manager
             .list_units()
@@ -636,6 +638,10 @@ impl Systemd for SystemdDbus {
             .collect()
     }
 
+    fn active_states(&self) -> Result<HashMap<String, String>> {
+        self.list_active_states()
+    }
+
     fn list_units(&self) -> Result<Vec<UnitFacts>> {
         let units = self.manager.list_units().context("listing systemd units")?;
         let active: HashMap<String, String> =
@@ -649,7 +655,7 @@ impl Systemd for SystemdDbus {
     }
 
     fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>> {
-        let active = self.active_states()?;
+        let active = self.list_active_states()?;
         names
             .iter()
             .map(|name| {
@@ -808,6 +814,9 @@ mod tests {
         }
         fn list_units(&self) -> Result<Vec<UnitFacts>> {
             Ok(vec![])
+        }
+        fn active_states(&self) -> Result<HashMap<String, String>> {
+            Ok(HashMap::new())
         }
         fn unit_facts(&self, _: &[String]) -> Result<Vec<UnitFacts>> {
             Ok(vec![])
