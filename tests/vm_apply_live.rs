@@ -211,3 +211,93 @@ fn s2_changed_binary_restarts_exactly_its_service() {
     assert_eq!(v.lines().collect::<Vec<_>>(), ["v1", "1"], "{v}");
     vm.shutdown();
 }
+
+/// Stage `refspec`, check the plan's executed service actions are exactly `expect`, apply, and
+/// return (report, pids before, pids after). Leaves the system live on `refspec`.
+fn apply_expecting(
+    vm: &Vm,
+    refspec: &str,
+    expect: &[(&str, &str)],
+) -> (Value, BTreeMap<String, String>, BTreeMap<String, String>) {
+    ostree_stage(vm, refspec, "");
+    let plan = fastswitch_json(vm, "apply-live --dry-run --json");
+    let actions = service_actions(&plan);
+    let executed: BTreeMap<String, String> = actions
+        .iter()
+        .filter(|(_, a)| *a != "deferred" && *a != "needs_restart")
+        .map(|(u, a)| (u.clone(), a.clone()))
+        .collect();
+    let want: BTreeMap<String, String> = expect
+        .iter()
+        .map(|(u, a)| (u.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(
+        executed, want,
+        "{refspec}: planned unit actions {actions:?}"
+    );
+    let before = main_pids(vm);
+    let report = fastswitch_json(vm, "apply-live --json");
+    assert_eq!(report["outcome"], "ok", "{refspec}: {report}");
+    for s in report["steps"].as_array().unwrap() {
+        if s["step"] == "services" {
+            for o in s["detail"].as_array().unwrap() {
+                eprintln!(
+                    "[{refspec}]   {} {} {} ms",
+                    o["unit"], o["action"], o["duration_ms"]
+                );
+            }
+        }
+    }
+    let after = main_pids(vm);
+    (plan, before, after)
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s4_library_reload_only_and_dbus() {
+    let image = Image::get();
+    let mut vm = Vm::boot(&image, "s4-services");
+
+    // (b) a changed shared library restarts exactly the service that maps it.
+    let (plan, before, after) =
+        apply_expecting(&vm, "test/lib-v2", &[("demo-lib.service", "restart")]);
+    let reasons = plan.to_string();
+    assert!(
+        reasons.contains("/usr/lib/demo/libdemo.so"),
+        "the reason names the mapping: {reasons}"
+    );
+    assert_ne!(after["demo-lib"], before["demo-lib"]);
+    for u in ["demo-hello", "demo-reload", "demo-other"] {
+        assert_eq!(after[u], before[u], "{u} kept its PID");
+    }
+    let v = vm.exec_ok("for i in $(seq 50); do [ \"$(cat /run/demo/lib.version)\" = v2 ] && break; sleep 0.1; done; cat /run/demo/lib.version");
+    assert_eq!(v.trim(), "v2");
+    assert_eq!(fastswitch_json(&vm, "reset --json")["outcome"], "ok");
+
+    // (c) only ExecReload= changed: reload, same PID, the new ExecReload ran.
+    let (_, before, after) = apply_expecting(
+        &vm,
+        "test/reload-only",
+        &[("demo-reload.service", "reload")],
+    );
+    assert_eq!(after, before, "no PID changed");
+    assert_eq!(vm.exec_ok("cat /run/demo/reload.exec-reload").trim(), "v2");
+    assert_eq!(fastswitch_json(&vm, "reset --json")["outcome"], "ok");
+
+    // (d) dbus changed: deferred with its reason, not restarted.
+    let dbus_pid = vm.exec_ok("systemctl show -P MainPID dbus");
+    let (plan, before, after) = apply_expecting(&vm, "test/dbus-changed", &[]);
+    let actions = service_actions(&plan);
+    assert_eq!(
+        actions.get("dbus.service").map(String::as_str),
+        Some("deferred"),
+        "{plan}"
+    );
+    assert_eq!(after, before);
+    assert_eq!(
+        vm.exec_ok("systemctl show -P MainPID dbus"),
+        dbus_pid,
+        "dbus was not restarted"
+    );
+    vm.shutdown();
+}
