@@ -465,6 +465,7 @@ struct KexecMode {
 
 fn run_kexec(
     paths: &HostPaths,
+    host: &Host,
     d: &DeploymentDiff,
     to: &discover::Deployment,
     mode: KexecMode,
@@ -505,6 +506,7 @@ fn run_kexec(
     let mut prog = progress;
     let mut env = crate::exec::kexec::KexecEnv {
         paths,
+        host,
         systemd: &sd,
         loader: &loader as &dyn KexecLoader,
         progress: &mut prog,
@@ -560,6 +562,7 @@ pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> 
     }
     run_kexec(
         paths,
+        &host,
         &d,
         to,
         KexecMode {
@@ -631,6 +634,7 @@ pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -
             }
             run_kexec(
                 paths,
+                &host,
                 &d,
                 to,
                 KexecMode {

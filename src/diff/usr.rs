@@ -22,7 +22,7 @@
 //! path, component-wise, so parents come before their children.
 
 pub use super::walk::FileType;
-use super::walk::{self, Listing, Meta, XattrSource};
+use super::walk::{self, FsTraits, Listing, Meta, XattrSource};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -111,8 +111,7 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
     let ma = walk::stat_fd(a.as_fd()).with_context(|| format!("stat {}", roots[0].display()))?;
     let mb = walk::stat_fd(b.as_fd()).with_context(|| format!("stat {}", roots[1].display()))?;
     let ctx = Ctx {
-        ino_fast_path: walk::dirent_inodes_trustworthy(a.as_fd())
-            && walk::dirent_inodes_trustworthy(b.as_fd()),
+        fs: FsTraits::of(a.as_fd()).both(FsTraits::of(b.as_fd())),
         roots: roots.map(|r| r.into_os_string().into_vec()),
     };
     let mut entries = Vec::new();
@@ -141,7 +140,7 @@ enum Side {
 struct Ctx {
     /// `<deploy>/usr` of each side, as bytes.
     roots: [Vec<u8>; 2],
-    ino_fast_path: bool,
+    fs: FsTraits,
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
@@ -342,7 +341,7 @@ impl Ctx {
     }
 
     fn list(&self, side: Side, fd: &OwnedFd, rel: &[u8]) -> Result<Listing> {
-        Listing::read(fd.as_fd())
+        Listing::read(fd.as_fd(), self.fs)
             .with_context(|| format!("reading directory {}", self.show(side, rel)))
     }
 
@@ -374,7 +373,7 @@ impl Ctx {
         }
         let la = self.list(Side::From, a, rel)?;
         let lb = self.list(Side::To, b, rel)?;
-        let fast = self.ino_fast_path && ma.dev == mb.dev;
+        let fast = self.fs.dirent_inodes && ma.dev == mb.dev;
         let mut out = Vec::new();
         let mut both_dirs: Vec<(usize, usize)> = Vec::new();
         let mut added_dirs: Vec<usize> = Vec::new();

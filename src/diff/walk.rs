@@ -5,7 +5,8 @@
 //! AT_SYMLINK_NOFOLLOW)`, symlink targets from `readlinkat`, xattrs from `flistxattr` (for
 //! directory fds) or `llistxattr` (for paths). Listings are read with raw `getdents64` into a
 //! per-thread buffer and keep every name of one directory in a single buffer, so reading a
-//! directory costs two syscalls and two allocations however many entries it has.
+//! small directory costs one `getdents64` call (on filesystems known to fill the buffer
+//! greedily, see [`FsTraits`]) and two allocations however many entries it has.
 
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, RawDir, Stat};
@@ -132,21 +133,66 @@ pub(crate) fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Resul
         .map(|c| OsString::from(std::ffi::OsStr::from_bytes(c.as_bytes())))
 }
 
-/// Whether the filesystem holding `fd` reports `getdents` inode numbers equal to `st_ino` and
-/// unique per device. overlayfs and FUSE may not, so callers must not trust `d_ino` there.
-pub(crate) fn dirent_inodes_trustworthy(fd: BorrowedFd<'_>) -> bool {
-    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    match rustix::fs::fstatfs(fd) {
-        Ok(s) => {
-            // `f_type`'s integer type differs between architectures.
-            #[allow(clippy::unnecessary_cast)]
-            let t = s.f_type as i64;
-            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
+/// What the filesystem holding a tree guarantees about `getdents64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FsTraits {
+    /// `d_ino` equals `st_ino` and is unique per device. overlayfs and FUSE may break this,
+    /// so the same-inode shortcut is not taken there.
+    pub dirent_inodes: bool,
+    /// The filesystem fills the `getdents64` buffer until it is full or the directory ends
+    /// (ext2/3/4, XFS, btrfs, tmpfs all do), so a batch that left room for one more entry of
+    /// maximal size was the last one and the EOF call can be skipped.
+    pub greedy_getdents: bool,
+}
+
+impl FsTraits {
+    /// Nothing assumed: every listing reads to the end-of-directory call.
+    pub const CONSERVATIVE: FsTraits = FsTraits {
+        dirent_inodes: false,
+        greedy_getdents: false,
+    };
+
+    pub fn of(fd: BorrowedFd<'_>) -> FsTraits {
+        const EXT_SUPER_MAGIC: i64 = 0xEF53;
+        const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+        const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+        let Ok(s) = rustix::fs::fstatfs(fd) else {
+            return FsTraits::CONSERVATIVE;
+        };
+        // `f_type`'s integer type differs between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        let t = s.f_type as i64;
+        FsTraits {
+            dirent_inodes: t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC,
+            greedy_getdents: [
+                EXT_SUPER_MAGIC,
+                XFS_SUPER_MAGIC,
+                BTRFS_SUPER_MAGIC,
+                TMPFS_MAGIC,
+            ]
+            .contains(&t),
         }
-        Err(_) => false,
+    }
+
+    /// What holds for both of two trees.
+    pub fn both(self, other: FsTraits) -> FsTraits {
+        FsTraits {
+            dirent_inodes: self.dirent_inodes && other.dirent_inodes,
+            greedy_getdents: self.greedy_getdents && other.greedy_getdents,
+        }
     }
 }
+
+/// Size of a `linux_dirent64` record for a name of `len` bytes (as `filldir64` computes it).
+fn dirent_reclen(len: usize) -> usize {
+    (19 + len + 1 + 7) & !7
+}
+
+/// The largest possible record: a 255-byte name.
+const MAX_DIRENT: usize = (19 + 255 + 1 + 7) & !7;
 
 /// One directory entry of a [`Listing`].
 #[derive(Debug, Clone, Copy)]
@@ -174,16 +220,29 @@ thread_local! {
 
 impl Listing {
     /// Read all entries of the freshly opened directory `fd` with raw `getdents64` calls (no
-    /// `fdopendir`, no dup); `fd` must be at offset 0, as a new descriptor is.
-    pub fn read(fd: BorrowedFd<'_>) -> rustix::io::Result<Listing> {
+    /// `fdopendir`, no dup); `fd` must be at offset 0, as a new descriptor is. With
+    /// `greedy_getdents` (see [`FsTraits`]) a batch that left room for another entry ends the
+    /// listing without the extra empty call.
+    pub fn read(fd: BorrowedFd<'_>, traits: FsTraits) -> rustix::io::Result<Listing> {
         DIRENT_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
+            // RawDir may skip up to 7 bytes to align the buffer.
+            let room = buf.len() - 8;
             let mut names = Vec::with_capacity(512);
             let mut ents = Vec::with_capacity(32);
             let mut dir = RawDir::new(fd, &mut buf[..]);
-            while let Some(e) = dir.next() {
+            let mut batch = 0;
+            loop {
+                if dir.is_buffer_empty() {
+                    if traits.greedy_getdents && batch > 0 && batch + MAX_DIRENT <= room {
+                        break;
+                    }
+                    batch = 0;
+                }
+                let Some(e) = dir.next() else { break };
                 let e = e?;
                 let name = e.file_name().to_bytes();
+                batch += dirent_reclen(name.len());
                 if name == b"." || name == b".." {
                     continue;
                 }
@@ -405,7 +464,7 @@ mod tests {
         }
         std::fs::create_dir(t.path().join("dir")).unwrap();
         let fd = open_dir(t.path()).unwrap();
-        let l = Listing::read(fd.as_fd()).unwrap();
+        let l = Listing::read(fd.as_fd(), FsTraits::of(fd.as_fd())).unwrap();
         let names: Vec<&[u8]> = (0..l.len()).map(|i| l.name(i)).collect();
         assert_eq!(names, [&b"a"[..], b"a-b", b"b", b"c.d", b"dir"]);
         let i = names.iter().position(|n| *n == b"dir").unwrap();
@@ -415,6 +474,46 @@ mod tests {
         let m = lstat_at(fd.as_fd(), l.cname(0)).unwrap();
         assert_eq!(m.ino, l.ent(0).ino);
         assert_eq!(m.file_type(), FileType::File);
+    }
+
+    /// Directories larger than one `getdents64` batch are read completely, with and without
+    /// the greedy shortcut, on the filesystem under the temp dir and on tmpfs if present.
+    #[test]
+    fn large_directories_are_listed_completely() {
+        let mut roots = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            if let Ok(t) = tempfile::tempdir_in("/dev/shm") {
+                roots.push(t);
+            }
+        }
+        for t in &roots {
+            // 40 KiB of 200-byte names: two batches of the 32 KiB buffer, the second short.
+            let mut want: Vec<String> = (0..200)
+                .map(|i| format!("{i:04}{}", "n".repeat(196)))
+                .collect();
+            for n in &want {
+                std::fs::write(t.path().join(n), "").unwrap();
+            }
+            want.sort();
+            let fd = open_dir(t.path()).unwrap();
+            let traits = FsTraits::of(fd.as_fd());
+            for tr in [traits, FsTraits::CONSERVATIVE] {
+                let fd = open_dir(t.path()).unwrap();
+                let l = Listing::read(fd.as_fd(), tr).unwrap();
+                let got: Vec<String> = (0..l.len())
+                    .map(|i| String::from_utf8(l.name(i).to_vec()).unwrap())
+                    .collect();
+                assert_eq!(got, want, "{tr:?} on {}", t.path().display());
+            }
+        }
+    }
+
+    #[test]
+    fn reclen_matches_the_kernel() {
+        assert_eq!(dirent_reclen(1), 24);
+        assert_eq!(dirent_reclen(4), 24);
+        assert_eq!(dirent_reclen(5), 32);
+        assert_eq!(MAX_DIRENT, 280);
     }
 
     #[test]

@@ -209,6 +209,13 @@ fn dev_ino(p: &Path) -> Result<(u64, u64)> {
 
 /// Read the whole sysroot. Errors name the path that is missing or malformed.
 pub fn load(paths: &HostPaths) -> Result<Host> {
+    load_reusing(paths, None)
+}
+
+/// [`load`] again after a change (e.g. finalization), reusing the kernel digests of `prior`
+/// for deployment directories that are unchanged (same id and directory inode): their kernel
+/// files are immutable ostree objects, and hashing tens of MB per deployment is not free.
+pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     let deploy_root = paths.sysroot.join("ostree/deploy");
     if !deploy_root.is_dir() {
         bail!(
@@ -258,7 +265,9 @@ pub fn load(paths: &HostPaths) -> Result<Host> {
                 staged_file.display()
             );
         }
-        deployments.push(make_deployment(&st.osname, &checksum, serial, path, None)?);
+        deployments.push(make_deployment(
+            &st.osname, &checksum, serial, path, None, prior,
+        )?);
         deployments[0].staged = true;
     }
 
@@ -277,7 +286,7 @@ pub fn load(paths: &HostPaths) -> Result<Host> {
         })?;
         let (checksum, serial) = parse_deploy_name(&name)?;
         let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
-        let d = make_deployment(&link.stateroot, &checksum, serial, path, Some(entry))?;
+        let d = make_deployment(&link.stateroot, &checksum, serial, path, Some(entry), prior)?;
         if deployments
             .iter()
             .any(|o| o.id == d.id && o.stateroot == d.stateroot)
@@ -374,6 +383,7 @@ fn make_deployment(
     serial: u32,
     path: PathBuf,
     entry: Option<BootEntry>,
+    prior: Option<&Host>,
 ) -> Result<Deployment> {
     check_stateroot(stateroot)?;
     let id = format!("{checksum}.{serial}");
@@ -388,8 +398,15 @@ fn make_deployment(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("reading {}", origin_path.display())),
     };
-    let kernel =
-        kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?;
+    let known = prior.and_then(|h| {
+        h.deployments
+            .iter()
+            .find(|d| d.id == id && d.stateroot == stateroot && d.dev_ino == dev_ino)
+    });
+    let kernel = match known {
+        Some(d) => d.kernel.clone(),
+        None => kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?,
+    };
     let kargs = entry.as_ref().map(|e| e.kargs()).unwrap_or_default();
     Ok(Deployment {
         index: 0,

@@ -14,6 +14,8 @@ use std::time::Instant;
 
 pub struct KexecEnv<'a> {
     pub paths: &'a HostPaths,
+    /// The host the plan was made from; re-reads after finalization reuse its kernel digests.
+    pub host: &'a discover::Host,
     pub systemd: &'a dyn Systemd,
     pub loader: &'a dyn KexecLoader,
     pub progress: &'a mut dyn FnMut(&str),
@@ -72,6 +74,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
     let t0 = Instant::now();
     let mut steps = Vec::new();
     let mut hand_off_due = false;
+    let mut host = env.host.clone();
     for step in &plan.steps {
         let t = Instant::now();
         match step {
@@ -92,7 +95,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
                 if !stopped.result.is_success() {
                     bail!("stopping ostree-finalize-staged.service (which runs `ostree admin finalize-staged`): job {:?}", stopped.result);
                 }
-                let host = discover::load(env.paths)?;
+                host = discover::load_reusing(env.paths, Some(&host))?;
                 let d = host
                     .deployments
                     .iter()
@@ -109,7 +112,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
                 steps.push(step_report("finalize_staged", t, serde_json::json!({"boot_entry": d.boot_entry.as_ref().map(|e| e.file.clone())})));
             }
             Step::KexecLoad { .. } => {
-                let host = discover::load(env.paths)?;
+                host = discover::load_reusing(env.paths, Some(&host))?;
                 let d = host
                     .deployments
                     .iter()
