@@ -18,6 +18,9 @@ use fastswitch::services::stale::{scan_stale, ScanConfig, StaleKind, StaleWhy};
 const IN_NS: &str = "FASTSWITCH_STALE_SCAN_IN_NS";
 const TEST: &str = "stale_scan_sees_overmounted_usr";
 
+/// (what is stale, its path, why) for one stale file of a process.
+type StaleEntry = (StaleKind, PathBuf, StaleWhy);
+
 #[test]
 fn stale_scan_sees_overmounted_usr() {
     if std::env::var_os(IN_NS).is_some() {
@@ -197,7 +200,7 @@ fn in_private_namespace() {
 
     bind(&b, &a);
     let after = scan_stale(&config).unwrap();
-    let got: Vec<(u32, Vec<(StaleKind, PathBuf, StaleWhy)>)> = after
+    let got: Vec<(u32, Vec<StaleEntry>)> = after
         .processes
         .iter()
         .map(|p| {

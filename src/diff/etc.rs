@@ -19,7 +19,7 @@
 //! | `take_new_default` | replace the live path (non-recursively for a directory: type, mode, owner) by W's |
 //! | `remove` | the default went away and the admin had not changed it: delete it |
 //! | `keep_local` | the admin changed it and so did the default: the local version stays (conflict) |
-//! | `keep_local_only` | an admin-added path that a new default now collides with: it stays (conflict) |
+//! | `keep_local_only` | an admin-added path that a new, different default now collides with: it stays (conflict) |
 //! | `keep_removed` | the admin deleted it and its default changed: it stays deleted (conflict) |
 //!
 //! Only paths needing an action, or in conflict, are listed. `remove` actions come first,
@@ -31,7 +31,10 @@
 //! "Modified" is ostree's rule: type, content, permission bits, uid/gid, symlink target and
 //! device number; xattrs (SELinux labels) are ignored. Symlinks are compared as symlinks and
 //! never followed. A locally modified or added non-directory whose new default is a directory
-//! is refused with [`EtcMergeError::ModifiedConfigNewlyDirectory`], as ostree refuses it.
+//! is refused with [`EtcMergeError::ModifiedConfigNewlyDirectory`], as ostree refuses it. Local
+//! changes below a path whose new default is a symlink or file are refused too
+//! ([`EtcMergeError::NewDefaultNotDirectory`]): ostree would follow such a symlink.
+//! `etc/.updated`, which ostree deletes after its merge, is treated like any admin file.
 
 pub use super::walk::FileType;
 use super::walk::{self, Meta};

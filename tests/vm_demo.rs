@@ -1,0 +1,94 @@
+//! The VM part of `scripts/demo`: boots the test guest and walks through
+//! fastswitch step by step, printing what fastswitch prints and a timing table.
+//! Each step still asserts the facts it shows, so a broken demo fails.
+//!
+//! Run: scripts/demo (or `cargo test --release --test vm_demo -- --ignored --nocapture`).
+//! To add a step (diff, apply-live, kexec): write a `step_*` function and call
+//! it from `demo()` in order; `Demo::time` records its duration.
+
+mod vm;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use vm::{fastswitch_json, ostree_stage, Image, Vm, GUEST_FASTSWITCH};
+
+#[derive(Default)]
+struct Demo {
+    timings: Vec<(String, Duration)>,
+}
+
+impl Demo {
+    fn time<T>(&mut self, what: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        self.timings.push((what.to_string(), t.elapsed()));
+        r
+    }
+
+    fn heading(&self, text: &str) {
+        println!("\n=== {text}");
+    }
+
+    fn print_timings(&self) {
+        println!("\n=== timings");
+        for (what, d) in &self.timings {
+            println!("  {what:<40} {:>7.1} s", d.as_secs_f64());
+        }
+    }
+}
+
+/// `fastswitch status` (human) and `--json` in the guest; returns the JSON.
+fn step_status(demo: &mut Demo, vm: &Vm, label: &str) -> Value {
+    demo.heading(&format!("fastswitch status ({label})"));
+    let human = demo.time(&format!("fastswitch status ({label})"), || {
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} status"))
+    });
+    print!("{human}");
+    demo.heading(&format!("fastswitch status --json ({label})"));
+    let json = fastswitch_json(vm, "status --json");
+    println!("{}", serde_json::to_string_pretty(&json).expect("json"));
+    json
+}
+
+fn ids_with(status: &Value, key: &str) -> Vec<String> {
+    status["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .filter(|d| d[key] == Value::Bool(true))
+        .map(|d| d["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "demo: run by scripts/demo"]
+fn demo() {
+    let mut demo = Demo::default();
+    let image = demo.time("guest image (build or cache)", Image::get);
+    demo.heading(&format!("booting the test VM ({})", image.dir.display()));
+    let mut vm = demo.time("cold boot to running", || Vm::boot(&image, "demo"));
+
+    let before = step_status(&mut demo, &vm, "freshly booted");
+    let booted = ids_with(&before, "booted");
+    assert_eq!(booted.len(), 1, "{before}");
+    assert!(ids_with(&before, "staged").is_empty(), "{before}");
+
+    demo.heading("ostree admin deploy --stage test/layered");
+    demo.time("ostree admin deploy --stage test/layered", || {
+        ostree_stage(&vm, "test/layered", "")
+    });
+
+    let after = step_status(&mut demo, &vm, "test/layered staged");
+    assert_eq!(ids_with(&after, "booted"), booted, "{after}");
+    let staged = ids_with(&after, "staged");
+    assert_eq!(staged.len(), 1, "{after}");
+    assert!(
+        staged[0].starts_with(&image.ref_checksum("test/layered")),
+        "{after}"
+    );
+
+    // Next steps go here, in order: diff, apply-live, kexec.
+
+    demo.time("poweroff", || vm.shutdown());
+    demo.print_timings();
+}

@@ -1,0 +1,190 @@
+//! Scenario S0: the test VM is a real ostree-booted host, its demo fixtures
+//! behave as later scenarios expect, and `fastswitch status --json` agrees
+//! with `ostree admin status`, before and after staging `test/layered`.
+
+mod vm;
+
+use serde_json::Value;
+use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm, GUEST_FASTSWITCH};
+
+/// The deployment objects of `fastswitch status --json` with `key == true`.
+fn marked<'a>(status: &'a Value, key: &str) -> Vec<&'a Value> {
+    status["deployments"]
+        .as_array()
+        .expect("status: deployments is an array")
+        .iter()
+        .filter(|d| d[key] == Value::Bool(true))
+        .collect()
+}
+
+/// Check one deployment of `fastswitch status --json` against ostree's view.
+fn assert_same_deployment(json: &Value, ostree: &vm::ostree::Deployment) {
+    assert_eq!(json["id"], Value::from(ostree.id()), "{json}");
+    assert_eq!(
+        json["checksum"],
+        Value::from(ostree.checksum.clone()),
+        "{json}"
+    );
+    assert_eq!(json["serial"], Value::from(ostree.serial), "{json}");
+    assert_eq!(
+        json["stateroot"],
+        Value::from(ostree.stateroot.clone()),
+        "{json}"
+    );
+    for key in ["booted", "staged", "pending", "rollback", "pinned"] {
+        let want = match key {
+            "booted" => ostree.booted,
+            "staged" => ostree.staged,
+            // `ostree admin status` prints one tag, "(staged)" before
+            // "(pending)"; in ostree's API (query_deployments_for) a staged
+            // deployment is also the pending one.
+            "pending" => ostree.pending || ostree.staged,
+            "rollback" => ostree.rollback,
+            _ => ostree.pinned,
+        };
+        assert_eq!(json[key], Value::Bool(want), "{key} of {json}");
+    }
+    assert_eq!(
+        json["origin"]["refspec"].as_str(),
+        ostree.refspec.as_deref(),
+        "origin refspec of {json}"
+    );
+}
+
+fn assert_status_matches_ostree(status: &Value, ostree: &[vm::ostree::Deployment]) {
+    assert_eq!(status["schema_version"], Value::from(1), "{status}");
+    let deps = status["deployments"].as_array().expect("deployments");
+    assert_eq!(deps.len(), ostree.len(), "deployment count: {status}");
+    for o in ostree {
+        let j = deps
+            .iter()
+            .find(|d| d["id"] == o.id())
+            .unwrap_or_else(|| panic!("fastswitch status lacks deployment {}: {status}", o.id()));
+        assert_same_deployment(j, o);
+    }
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s0_ostree_guest_and_status() {
+    let image = Image::get();
+    let mut vm = Vm::boot(&image, "s0");
+
+    // --- the guest is ostree-booted from the image's base commit -------------
+    vm.exec_ok("test -e /run/ostree-booted");
+    let deployments = ostree_status(&vm);
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
+    let booted = deployments[0].clone();
+    assert!(booted.booted, "{booted:?}");
+    assert_eq!(booted.stateroot, image.os());
+    assert_eq!(booted.checksum, image.booted_checksum());
+    assert_eq!(
+        booted.refspec.as_deref(),
+        image.manifest["base_ref"].as_str()
+    );
+    // the ostree= karg (from the BLS entry the harness booted) resolves to it
+    let root = vm.exec_ok(
+        r#"for a in $(cat /proc/cmdline); do case $a in ostree=*) readlink -f "${a#ostree=}";; esac; done"#,
+    );
+    assert_eq!(
+        root.trim(),
+        format!(
+            "/sysroot/ostree/deploy/{}/deploy/{}",
+            booted.stateroot,
+            booted.id()
+        )
+    );
+    // /usr is a read-only mount, /sysroot is writable
+    let usr_opts = vm.exec_ok("findmnt -no OPTIONS /usr");
+    assert!(
+        usr_opts.trim().split(',').any(|o| o == "ro"),
+        "/usr options: {usr_opts}"
+    );
+    let touch = vm.exec("touch /usr/.fastswitch-probe");
+    assert!(!touch.success(), "writing to /usr must fail");
+    assert!(touch.stderr.contains("Read-only file system"), "{touch:?}");
+    vm.exec_ok("test ! -e /usr/.fastswitch-probe && touch /sysroot/.probe && rm /sysroot/.probe");
+    // every test ref is in the guest's repo
+    let refs = image.manifest["refs"].as_object().expect("refs");
+    let names: Vec<&str> = refs.keys().map(String::as_str).collect();
+    let got = vm.exec_ok(&format!(
+        "for r in {}; do ostree rev-parse $r; done",
+        names.join(" ")
+    ));
+    let want: Vec<&str> = refs.values().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want, "refs {names:?}");
+
+    // --- demo fixtures --------------------------------------------------------
+    let facts = vm.exec_ok(
+        r#"set -e
+cd /run/demo
+echo "$(cat hello.version) $(cat hello.data) $(cat lib.version) $(cat reload.version) $(cat other.version)"
+pid=$(systemctl show -P MainPID demo-hello); readlink /proc/$pid/exe
+pid=$(systemctl show -P MainPID demo-lib); grep -c ' /usr/lib/demo/libdemo.so$' /proc/$pid/maps"#,
+    );
+    let lines: Vec<&str> = facts.lines().collect();
+    assert_eq!(lines[0], "v1 v1 v1 v1 v1", "{facts}");
+    assert_eq!(lines[1], "/usr/bin/demo-hello", "{facts}");
+    assert!(lines[2].parse::<u32>().unwrap() >= 1, "{facts}");
+    // ExecReload of demo-reload runs and the process counts the SIGHUP
+    let reload = vm.exec_ok(
+        r#"set -e
+pid=$(systemctl show -P MainPID demo-reload)
+systemctl reload demo-reload
+for i in $(seq 50); do [ -e /run/demo/reload.reloads ] && break; sleep 0.1; done
+echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$pid" = "$(systemctl show -P MainPID demo-reload)" ] && echo same-pid)""#,
+    );
+    assert_eq!(reload.trim(), "v1 1 same-pid");
+
+    // --- fastswitch status --json agrees with ostree ----------------------------
+    vm.exec_ok(&format!("test -x {GUEST_FASTSWITCH}"));
+    let status = fastswitch_json(&vm, "status --json");
+    assert_status_matches_ostree(&status, &deployments);
+    let b = marked(&status, "booted");
+    assert_eq!(b.len(), 1, "{status}");
+    assert_eq!(
+        b[0]["kernel"]["version"].as_str(),
+        Some(image.kernel_version().as_str()),
+        "{status}"
+    );
+    let kargs: Vec<&str> = b[0]["kargs"]
+        .as_array()
+        .expect("kargs array")
+        .iter()
+        .map(|k| k.as_str().expect("karg string"))
+        .collect();
+    for k in image.manifest["kargs"].as_array().expect("image kargs") {
+        assert!(
+            kargs.contains(&k.as_str().unwrap()),
+            "karg {k} in {kargs:?}"
+        );
+    }
+
+    // --- stage test/layered -----------------------------------------------------
+    ostree_stage(&vm, "test/layered", "");
+    let deployments = ostree_status(&vm);
+    assert_eq!(deployments.len(), 2, "{deployments:?}");
+    let staged: Vec<_> = deployments.iter().filter(|d| d.staged).collect();
+    assert_eq!(staged.len(), 1, "{deployments:?}");
+    assert_eq!(staged[0].checksum, image.ref_checksum("test/layered"));
+    assert_eq!(staged[0].refspec.as_deref(), Some("test/layered"));
+    assert!(!staged[0].booted);
+    let still_booted: Vec<_> = deployments.iter().filter(|d| d.booted).collect();
+    assert_eq!(still_booted.len(), 1);
+    assert_eq!(still_booted[0].id(), booted.id());
+
+    let status = fastswitch_json(&vm, "status --json");
+    assert_status_matches_ostree(&status, &deployments);
+    let s = marked(&status, "staged");
+    assert_eq!(s.len(), 1, "{status}");
+    assert_eq!(s[0]["id"], Value::from(staged[0].id()));
+    assert_eq!(s[0]["booted"], Value::Bool(false));
+    assert_eq!(marked(&status, "booted")[0]["id"], Value::from(booted.id()));
+
+    // --- TODO(diff): when `fastswitch diff --json` lands, check here that it
+    // sees the booted -> staged change of test/layered: added /usr/bin/demo-extra,
+    // demo-extra.service (vendor-enabled), /usr/etc/demo/extra.conf,
+    // sysusers.d/tmpfiles.d snippets. (No assertion until the command exists.)
+
+    vm.shutdown();
+}
