@@ -87,7 +87,68 @@ fn demo() {
         "{after}"
     );
 
-    // Next steps go here, in order: diff, apply-live, kexec.
+    // diff: what changed and what it takes.
+    demo.heading("fastswitch diff (booted → staged)");
+    let diff = demo.time("fastswitch diff", || {
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} diff"))
+    });
+    print!("{diff}");
+    demo.heading("fastswitch apply-live --dry-run (the plan)");
+    let plan = demo.time("fastswitch apply-live --dry-run", || {
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} apply-live --dry-run"))
+    });
+    print!("{plan}");
+
+    // apply-live: the layered package runs without a reboot.
+    let boot_id = vm.boot_id();
+    demo.heading("fastswitch apply-live");
+    let report = demo.time("fastswitch apply-live", || {
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} apply-live"))
+    });
+    print!("{report}");
+    let live = vm.exec_ok("systemctl is-active demo-extra; cat /etc/demo/extra.conf");
+    println!("demo-extra: {}", live.replace('\n', " "));
+    assert!(live.starts_with("active"), "{live}");
+    assert_eq!(vm.boot_id(), boot_id, "apply-live must not reboot");
+    step_status(&mut demo, &vm, "live");
+
+    // reset: back to the booted deployment.
+    demo.heading("fastswitch reset");
+    let reset = demo.time("fastswitch reset", || {
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} reset"))
+    });
+    print!("{reset}");
+
+    // kernel change: switch kexecs into the new deployment.
+    demo.heading("ostree admin deploy --stage --karg-append=fastswitch.demo=1 test/kernel");
+    demo.time("ostree admin deploy --stage test/kernel", || {
+        ostree_stage(&vm, "test/kernel", "--karg-append=fastswitch.demo=1")
+    });
+    demo.heading("fastswitch switch --dry-run");
+    print!(
+        "{}",
+        vm.exec_ok(&format!("{GUEST_FASTSWITCH} switch --dry-run"))
+    );
+    demo.heading("fastswitch switch (kexec)");
+    let old = vm.boot_id();
+    let t = Instant::now();
+    vm.exec_ok(&format!(
+        "nohup {GUEST_FASTSWITCH} switch > /var/tmp/switch.txt 2>&1 < /dev/null &"
+    ));
+    let boot = vm.wait_for_new_boot(&old, Duration::from_secs(420));
+    demo.timings
+        .push(("fastswitch switch → new kernel running".into(), t.elapsed()));
+    print!("{}", vm.exec_ok("cat /var/tmp/switch.txt"));
+    println!(
+        "new boot {} (state {}), /proc/cmdline: {}",
+        boot.boot_id,
+        boot.state,
+        vm.exec_ok("cat /proc/cmdline").trim()
+    );
+    assert!(vm
+        .exec_ok("cat /proc/cmdline")
+        .contains("fastswitch.demo=1"));
+    step_status(&mut demo, &vm, "after kexec");
 
     demo.time("poweroff", || vm.shutdown());
     demo.print_timings();

@@ -181,10 +181,70 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
     assert_eq!(s[0]["booted"], Value::Bool(false));
     assert_eq!(marked(&status, "booted")[0]["id"], Value::from(booted.id()));
 
-    // --- TODO(diff): when `fastswitch diff --json` lands, check here that it
-    // sees the booted -> staged change of test/layered: added /usr/bin/demo-extra,
-    // demo-extra.service (vendor-enabled), /usr/etc/demo/extra.conf,
-    // sysusers.d/tmpfiles.d snippets. (No assertion until the command exists.)
+    // --- fastswitch diff --json sees the layered package --------------------------
+    let diff = fastswitch_json(&vm, "diff --json");
+    assert_eq!(diff["schema_version"], Value::from(1), "{diff}");
+    assert_eq!(diff["from"]["id"], Value::from(booted.id()), "{diff}");
+    assert_eq!(diff["to"]["id"], Value::from(staged[0].id()), "{diff}");
+    assert_eq!(diff["decision"]["kind"], "live", "{diff}");
+    let changed: Vec<(String, String)> = diff["usr"]["entries"]
+        .as_array()
+        .expect("usr entries")
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for path in [
+        "/usr/bin/demo-extra",
+        "/usr/lib/systemd/system/demo-extra.service",
+        "/usr/etc/demo/extra.conf",
+        "/usr/lib/sysusers.d/demo-extra.conf",
+        "/usr/lib/tmpfiles.d/demo-extra.conf",
+    ] {
+        assert!(
+            changed.contains(&(path.to_owned(), "added".to_owned())),
+            "{path} not added in {changed:?}"
+        );
+    }
+    let units: Vec<&str> = diff["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["unit"].as_str().unwrap())
+        .collect();
+    assert!(units.contains(&"demo-extra.service"), "{units:?}");
+    // The same trees through real ostree: `ostree diff` lists the same /usr paths.
+    let truth = vm.exec_ok(&format!(
+        "ostree diff {} {} | grep ' /usr/' | sort",
+        booted.checksum, staged[0].checksum
+    ));
+    let mut truth: Vec<String> = truth
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    truth.sort();
+    let ours: Vec<String> = {
+        let mut v: Vec<String> = changed
+            .iter()
+            .map(|(p, c)| {
+                format!(
+                    "{} {p}",
+                    match c.as_str() {
+                        "added" => "A",
+                        "removed" => "D",
+                        _ => "M",
+                    }
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ours, truth, "fastswitch diff vs ostree diff");
 
     vm.shutdown();
 }
