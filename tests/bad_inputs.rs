@@ -384,7 +384,7 @@ fn cases() -> Vec<Case> {
                     "schema_version": 1, "booted": f.booted, "target": "f".repeat(64) + ".0",
                     "target_path": "/nonexistent", "started_at": 1, "finished_at": null,
                     "steps": [{"name": "swap_usr", "status": "started", "duration_ms": null, "detail": null}],
-                    "usr_binds": 0, "etc_backups": [], "touched_units": []
+                    "usr_binds": 0, "etc_backups": [], "unit_actions": []
                 });
                 std::fs::write(dir.join("state.json"), st.to_string()).unwrap();
             },

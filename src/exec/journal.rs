@@ -43,8 +43,30 @@ pub struct LiveState {
     pub usr_binds: u32,
     /// Files in `/etc` that were replaced or removed, with their backup path, and files added.
     pub etc_backups: Vec<EtcBackup>,
-    /// Units the apply restarted or started, so reset can restart them again.
-    pub touched_units: Vec<String>,
+    /// What the apply did to units (first action per unit), so reset can undo it: a started
+    /// unit is stopped, a stopped one started, a restarted or reloaded one restarted.
+    #[serde(default)]
+    pub unit_actions: Vec<UnitTouch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitTouch {
+    pub unit: String,
+    pub action: crate::services::Action,
+}
+
+impl UnitTouch {
+    /// The action that undoes this one once the old /usr is back.
+    pub fn inverse(&self) -> Option<crate::services::Action> {
+        use crate::services::Action::*;
+        match self.action {
+            Start => Some(Stop),
+            Stop => Some(Start),
+            Restart | Reload => Some(Restart),
+            DaemonReexec => Some(DaemonReexec),
+            Deferred | NeedsRestart => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,7 +205,7 @@ mod tests {
             steps: vec![],
             usr_binds: 0,
             etc_backups: vec![],
-            touched_units: vec![],
+            unit_actions: vec![],
         };
         st.steps.push(StepRecord {
             name: "swap_usr".into(),

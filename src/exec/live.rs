@@ -3,7 +3,7 @@
 
 use super::etc_apply;
 use super::journal::{
-    fault_point, now_secs, EtcBackup, Journal, LiveState, StepRecord, StepStatus,
+    fault_point, now_secs, EtcBackup, Journal, LiveState, StepRecord, StepStatus, UnitTouch,
     STATE_SCHEMA_VERSION,
 };
 use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
@@ -11,7 +11,7 @@ use crate::diff::etc::EtcActionKind;
 use crate::discover::HostPaths;
 use crate::exit::{refuse, ExitCode};
 use crate::plan::{Plan, Step, Verb};
-use crate::services::{Action, ServiceAction};
+use crate::services::ServiceAction;
 use crate::system::mounts::{MountEntry, Mounts};
 use crate::system::systemd::{self, Systemd};
 use anyhow::{bail, Context, Result};
@@ -48,7 +48,7 @@ fn fresh_state(plan: &Plan) -> LiveState {
         steps: Vec::new(),
         usr_binds: 0,
         etc_backups: Vec::new(),
-        touched_units: Vec::new(),
+        unit_actions: Vec::new(),
     }
 }
 
@@ -99,7 +99,7 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
             let mut n = fresh_state(plan);
             n.usr_binds = s.usr_binds;
             n.etc_backups = s.etc_backups;
-            n.touched_units = s.touched_units;
+            n.unit_actions = s.unit_actions;
             n
         }
         None => fresh_state(plan),
@@ -312,9 +312,11 @@ fn run_step(
                 if o.is_failure() {
                     failed_units.push(o.unit.clone());
                 }
-                if o.action.is_executed() && !o.is_failure() && !st.touched_units.contains(&o.unit)
-                {
-                    st.touched_units.push(o.unit.clone());
+                if o.action.is_executed() && !st.unit_actions.iter().any(|t| t.unit == o.unit) {
+                    st.unit_actions.push(UnitTouch {
+                        unit: o.unit.clone(),
+                        action: o.action,
+                    });
                 }
             }
             Ok(serde_json::to_value(&outcomes)?)
@@ -414,12 +416,14 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         let ts = Instant::now();
         sd.daemon_reload().context("systemd daemon-reload")?;
         let again: Vec<ServiceAction> = st
-            .touched_units
+            .unit_actions
             .iter()
-            .map(|u| ServiceAction {
-                unit: u.clone(),
-                action: Action::Restart,
-                reasons: vec![],
+            .filter_map(|t| {
+                Some(ServiceAction {
+                    unit: t.unit.clone(),
+                    action: t.inverse()?,
+                    reasons: vec![],
+                })
             })
             .collect();
         let outcomes = systemd::execute(&again, sd);
