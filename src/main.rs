@@ -5,7 +5,13 @@ use fastswitch::{cli, exit};
 fn main() {
     let args = cli::Cli::parse();
     let json = args.global.json;
-    let code = match cli::run(args, &mut std::io::stdout().lock()) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = cli::run(args, &mut out);
+    if let Err(e) = std::io::Write::flush(&mut out) {
+        eprintln!("error: writing to stdout: {e}");
+    }
+    drop(out);
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             let code = exit::code_for(&err);

@@ -66,7 +66,14 @@ fn demo() {
     let mut demo = Demo::default();
     let image = demo.time("guest image (build or cache)", Image::get);
     demo.heading(&format!("booting the test VM ({})", image.dir.display()));
-    let mut vm = demo.time("cold boot to running", || Vm::boot(&image, "demo"));
+    let t = Instant::now();
+    let mut vm = Vm::boot(&image, "demo");
+    let how = if vm.was_restored() {
+        "start guest (restore of a saved boot)"
+    } else {
+        "cold boot to running"
+    };
+    demo.timings.push((how.to_string(), t.elapsed()));
 
     let before = step_status(&mut demo, &vm, "freshly booted");
     let booted = ids_with(&before, "booted");

@@ -173,7 +173,19 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     let units = crate::units::diff::diff_units(&from.path, &to.path)
         .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
-    let decision = decide(&usr, units.len(), etc.actions.len(), &reasons);
+    let etc_changes = etc
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.action,
+                etc::EtcActionKind::Add
+                    | etc::EtcActionKind::TakeNewDefault
+                    | etc::EtcActionKind::Remove
+            )
+        })
+        .count();
+    let decision = decide(&usr, units.len(), etc_changes, &reasons);
     Ok(DeploymentDiff {
         schema_version: DIFF_SCHEMA_VERSION,
         from: from.into(),

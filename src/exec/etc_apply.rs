@@ -131,6 +131,16 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
+/// Give directory `dst` the mode, owner and xattrs of `src`.
+fn copy_dir_metadata(src: &Path, dst: &Path) -> Result<()> {
+    let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
+    std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
+        .with_context(|| format!("chown {}", dst.display()))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+        .with_context(|| format!("chmod {}", dst.display()))?;
+    copy_xattrs(src, dst)
+}
+
 /// Digest of what was written (file content hash, symlink target, or "dir").
 pub fn fingerprint(p: &Path) -> Option<String> {
     let m = std::fs::symlink_metadata(p).ok()?;
@@ -156,6 +166,14 @@ pub fn apply_action(
     backup_dir: &Path,
     action: &EtcAction,
 ) -> Result<Option<EtcBackup>> {
+    if action.path == "/etc" {
+        // Only /etc's own metadata can change (ostree's merge never replaces the directory).
+        if matches!(action.action, EtcActionKind::TakeNewDefault) {
+            // Not journaled: reset leaves /etc's own mode and owner as the default set them.
+            copy_dir_metadata(new_defaults, etc_dir)?;
+        }
+        return Ok(None);
+    }
     let rel = rel_of(&action.path)?;
     let name = rel.file_name().context("empty /etc path")?.to_owned();
     let replace = match action.action {
@@ -196,7 +214,10 @@ pub fn apply_action(
             let live_is_dir = std::fs::symlink_metadata(&live)
                 .map(|m| m.is_dir())
                 .unwrap_or(false);
-            if !live_is_dir {
+            if live_is_dir {
+                // Same directory, new mode/owner/xattrs from the default.
+                copy_dir_metadata(&src, &live)?;
+            } else {
                 copy_entry(&src, &tmp)?;
                 remove_any(&live)?;
                 std::fs::rename(&tmp, &live)
@@ -268,6 +289,9 @@ pub fn preflight(etc_dir: &Path, actions: &[EtcAction]) -> Result<()> {
             a.action,
             EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
         ) {
+            continue;
+        }
+        if a.path == "/etc" {
             continue;
         }
         let rel = rel_of(&a.path)?;

@@ -254,7 +254,7 @@ fn run_step(
                     a.action,
                     EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
                 );
-                if changes && !st.etc_backups.iter().any(|b| b.path == a.path) {
+                if changes && a.path != "/etc" && !st.etc_backups.iter().any(|b| b.path == a.path) {
                     let live = etc_dir.join(a.path.trim_start_matches("/etc/"));
                     let existed = std::fs::symlink_metadata(&live).is_ok();
                     {

@@ -112,6 +112,18 @@ pub struct Sysroot {
     pub dir: tempfile::TempDir,
 }
 
+impl Drop for Sysroot {
+    /// ostree makes deployment roots immutable (`chattr +i`); clear that so the temp dir can go.
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("chattr -i \"$1\"/ostree/deploy/*/deploy/* 2>/dev/null; true")
+            .arg("sh")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 impl Sysroot {
     pub fn new() -> Sysroot {
         let s = Sysroot {

@@ -265,6 +265,7 @@ pub struct Vm {
     child: Option<Child>,
     agent: Option<Agent>,
     starts: u32,
+    restored: bool,
     boot_id: String,
     /// BLS entry of the last cold boot.
     entry: disk::BlsEntry,
@@ -354,6 +355,7 @@ impl Vm {
             child: None,
             agent: None,
             starts: 0,
+            restored: false,
             boot_id: String::new(),
             entry: disk::BlsEntry::default(),
             keep: std::env::var_os("FASTSWITCH_VM_KEEP").is_some(),
@@ -558,6 +560,7 @@ impl Vm {
             ));
         }
         self.mount_tools();
+        self.restored = true;
         timing(&self.name, "restore saved guest", t.elapsed());
     }
 
@@ -697,6 +700,11 @@ impl Vm {
     /// Boot id of the current boot.
     pub fn boot_id(&self) -> String {
         self.boot_id.clone()
+    }
+
+    /// Whether [`Vm::boot`] restored the saved guest (rather than a cold boot).
+    pub fn was_restored(&self) -> bool {
+        self.restored
     }
 
     /// BLS entry the harness booted last (for a restored guest: the one the
