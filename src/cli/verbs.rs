@@ -91,7 +91,15 @@ fn write_diff_human(out: &mut dyn Write, d: &DeploymentDiff) -> std::io::Result<
     if !d.etc.actions.is_empty() {
         writeln!(out, "/etc:")?;
         for a in &d.etc.actions {
-            writeln!(out, "  {:<16} {}", format!("{:?}", a.action), a.path)?;
+            writeln!(
+                out,
+                "  {:<16} {}",
+                serde_json::to_value(a.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                a.path
+            )?;
         }
     }
     if !d.units.is_empty() {
@@ -234,16 +242,38 @@ fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
             Step::MergeEtc { actions, .. } => {
                 writeln!(o.out, "{}. merge /etc ({} actions)", i + 1, actions.len())?;
                 for a in actions {
-                    writeln!(o.out, "     {:<16} {}", format!("{:?}", a.action), a.path)?;
+                    writeln!(o.out, "     {:<16} {}", serde_json::to_value(a.action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), a.path)?;
                 }
             }
             Step::Services { actions } => {
                 writeln!(o.out, "{}. units", i + 1)?;
                 for a in actions {
-                    writeln!(o.out, "     {:<14} {}", format!("{:?}", a.action), a.unit)?;
+                    writeln!(o.out, "     {:<14} {}", serde_json::to_value(a.action).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), a.unit)?;
                 }
             }
-            other => writeln!(o.out, "{}. {}", i + 1, serde_json::to_string(other)?)?,
+            Step::Sysusers { files } => writeln!(o.out, "{}. systemd-sysusers {}", i + 1, files.join(" "))?,
+            Step::Tmpfiles { files } => {
+                writeln!(o.out, "{}. systemd-tmpfiles --create {}", i + 1, files.join(" "))?
+            }
+            Step::DaemonReload => writeln!(o.out, "{}. systemd daemon-reload", i + 1)?,
+            Step::FinalizeStaged => writeln!(
+                o.out,
+                "{}. finalize the staged deployment (ostree-finalize-staged.service): writes its boot entry",
+                i + 1
+            )?,
+            Step::KexecLoad { kernel, initrds, kargs } => writeln!(
+                o.out,
+                "{}. kexec_file_load {} (initrd {}) with kargs `{}` + the ostree= bootlink of the new boot entry",
+                i + 1,
+                kernel.display(),
+                initrds.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                kargs.join(" ")
+            )?,
+            Step::KexecReboot => writeln!(
+                o.out,
+                "{}. start kexec.target: orderly shutdown, then the new kernel",
+                i + 1
+            )?,
         }
     }
     for c in &p.etc_conflicts {
