@@ -146,9 +146,12 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // The kernel escapes space, tab, newline and backslash as three octal digits (`\040` …);
+        // anything that is not a valid byte escape (first digit 0–3) is kept as it is.
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -266,6 +269,9 @@ mod tests {
         let s = stack_at(&all, Path::new("/usr"));
         assert_eq!(s.iter().map(|m| m.mount_id).collect::<Vec<_>>(), [23, 90]);
         assert!(s[1].read_only);
+        // Found by the fuzzer: `\\400` is not a byte; keep it literally instead of overflowing.
+        let odd = parse_mountinfo("1 1 0:1 \\400 / rw - x\n");
+        assert_eq!(odd[0].root, "\\400");
         assert_eq!(s[1].root, "/ostree/deploy/debian/deploy/bbb.0/usr");
     }
 }
