@@ -183,9 +183,17 @@ pub fn stack_at(all: &[MountEntry], mount_point: &Path) -> Vec<MountEntry> {
         .iter()
         .find(|m| !at.iter().any(|p| p.mount_id == m.parent_id))
         .copied();
+    // Real mountinfo has unique ids and no cycles; bound the walk anyway so malformed input
+    // (duplicate ids, a mount that is its own parent) cannot loop forever.
     while let Some(m) = cur {
+        if stack.len() >= at.len() {
+            break;
+        }
         stack.push(m.clone());
-        cur = at.iter().find(|c| c.parent_id == m.mount_id).copied();
+        cur = at
+            .iter()
+            .find(|c| c.parent_id == m.mount_id && c.mount_id != m.mount_id)
+            .copied();
     }
     stack
 }
@@ -272,6 +280,9 @@ mod tests {
         // Found by the fuzzer: `\\400` is not a byte; keep it literally instead of overflowing.
         let odd = parse_mountinfo("1 1 0:1 \\400 / rw - x\n");
         assert_eq!(odd[0].root, "\\400");
+        // Found by the fuzzer: duplicate ids and self-parents must not loop forever.
+        let dup = parse_mountinfo("5 5 0:1 / /m rw - x y rw\n5 5 0:1 / /m rw - x y rw\n");
+        assert!(stack_at(&dup, Path::new("/m")).len() <= 2);
         assert_eq!(s[1].root, "/ostree/deploy/debian/deploy/bbb.0/usr");
     }
 }
