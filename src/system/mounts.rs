@@ -280,9 +280,21 @@ mod tests {
         // Found by the fuzzer: `\\400` is not a byte; keep it literally instead of overflowing.
         let odd = parse_mountinfo("1 1 0:1 \\400 / rw - x\n");
         assert_eq!(odd[0].root, "\\400");
-        // Found by the fuzzer: duplicate ids and self-parents must not loop forever.
-        let dup = parse_mountinfo("5 5 0:1 / /m rw - x y rw\n5 5 0:1 / /m rw - x y rw\n");
-        assert!(stack_at(&dup, Path::new("/m")).len() <= 2);
         assert_eq!(s[1].root, "/ostree/deploy/debian/deploy/bbb.0/usr");
+    }
+
+    // Found by fuzzing (fuzz/regressions/mountinfo/stack-at-duplicate-mount-id): a repeated
+    // mount ID made the parent chain a cycle, and stack_at looped forever, growing its Vec.
+    #[test]
+    fn stack_at_terminates_on_duplicate_or_cyclic_mount_ids() {
+        for text in [
+            "1 0 0:1 / /x rw - x\n1 1 0:1 / /x rw - x\n",
+            "1 0 0:1 / /x rw - x\n2 1 0:1 / /x rw - x\n1 2 0:1 / /x rw - x\n",
+        ] {
+            let all = parse_mountinfo(text);
+            let s = stack_at(&all, Path::new("/x"));
+            assert!(!s.is_empty() && s.len() <= all.len(), "{text:?}: {s:?}");
+            assert_eq!(s[0].parent_id, 0);
+        }
     }
 }
