@@ -17,6 +17,13 @@ struct Scenario {
     root: PathBuf,
 }
 
+impl Scenario {
+    /// The stateroot's persistent /var (where /var/lib/fastswitch lives).
+    fn var(&self) -> PathBuf {
+        self.s.path().join("ostree/deploy/fx/var")
+    }
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -70,9 +77,12 @@ fn in_namespace(sc: &Scenario, out: &Path, script: &str) -> std::process::Output
         sc.s.run().display(),
         fake.display()
     );
+    // ...and bind the stateroot's /var over its var, as ostree-prepare-root does.
     let full = format!(
-        "set -u\nmount --bind {} {}\nFS=\"{fs}\"\nROOT={}\nOUT={}\n{script}",
+        "set -u\nmount --bind {} {}\nmount --bind {} {}/var\nFS=\"{fs}\"\nROOT={}\nOUT={}\n{script}",
         sc.root.display(),
+        fake.display(),
+        sc.var().display(),
         fake.display(),
         fake.display(),
         out.display()
@@ -280,71 +290,329 @@ fn merged_etc_is_what_the_plan_said() {
     assert_eq!(st["live"]["complete"], true);
 }
 
+/// Shell function `snap DIR`: the same listing as [`snapshot`], from inside a namespace.
+const SNAP_FN: &str = r#"snap() { (cd "$1" && find . -printf '%p %y %m %U:%G %l\n' | sort && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+"#;
+
+/// The result of one kill: what the script recorded.
+struct Killed {
+    rc: i32,
+    status: Value,
+    version_killed: String,
+    stderr: String,
+}
+
+fn read(out: &Path, name: &str) -> String {
+    std::fs::read_to_string(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// `status` tells the truth after a kill: whether /usr shows the target, and whether the run
+/// finished.
+fn check_status_truth(k: &Killed, point: &str) {
+    let live = &k.status["live"];
+    if live.is_null() {
+        assert_eq!(
+            k.version_killed, "1\n",
+            "{point}: no live state but /usr is not the booted one"
+        );
+        return;
+    }
+    assert_eq!(
+        live["usr_is_target"].as_bool().unwrap(),
+        k.version_killed == "2\n",
+        "{point}: status says usr_is_target={} but /usr shows version {}",
+        live["usr_is_target"],
+        k.version_killed.trim()
+    );
+}
+
+/// Kill apply-live at every fault point (each step before/after, each journal write
+/// before/after); then status must tell the truth, a re-run must converge to the target with
+/// the /etc a clean run gives, and reset must return /etc bit for bit.
 #[test]
-fn killed_at_every_step_converges() {
+fn killed_at_every_point_converges() {
     if !is_root() {
         eprintln!("skipped: needs root for mount namespaces (CI runs as root)");
         return;
     }
-    let mut points = 0;
+    let sc = scenario();
+    let etc_before = snapshot(&sc.root.join("etc"));
+    // The /etc a clean apply gives, for comparison.
+    let out = tempfile::tempdir().unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!("{SNAP_FN}$FS apply-live --no-services --json > $OUT/a.json || exit 1\nsnap $ROOT/etc > $OUT/etc.applied\n$FS reset --no-services --json > $OUT/r.json || exit 1"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let etc_applied = read(out.path(), "etc.applied");
+    assert_ne!(etc_applied, etc_before);
+    assert_eq!(snapshot(&sc.root.join("etc")), etc_before);
+
+    let mut points: Vec<String> = Vec::new();
     for step in ["swap_usr", "merge_etc"] {
         for when in ["before", "after"] {
-            let sc = scenario();
-            let etc_before = snapshot(&sc.root.join("etc"));
-            let out = tempfile::tempdir().unwrap();
-            let script = format!(
-                r#"FASTSWITCH_FAULT={step}:{when} $FS apply-live --no-services --json > $OUT/killed.json; echo $? > $OUT/killed.rc
-$FS status --json > $OUT/status.json
-$FS apply-live --no-services --json > $OUT/rerun.json; echo $? > $OUT/rerun.rc
-cat $ROOT/usr/share/demo/version > $OUT/version
-grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/usr_mounts || true
-cp -a $ROOT/etc $OUT/etc-applied
-$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
-"#
-            );
-            let o = in_namespace(&sc, out.path(), &script);
-            let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
-            assert_eq!(
-                rc(out.path(), "killed.rc"),
-                137,
-                "{step}:{when} should die by SIGKILL\n{stderr}"
-            );
-            let st = read_json(&out.path().join("status.json"));
-            assert_eq!(st["live"]["complete"], false, "{step}:{when}");
-            assert_eq!(st["live"]["interrupted_step"], step, "{step}:{when}");
-            assert_eq!(rc(out.path(), "rerun.rc"), 0, "{step}:{when}\n{stderr}");
-            assert_eq!(
-                std::fs::read_to_string(out.path().join("version")).unwrap(),
-                "2\n",
-                "{step}:{when}"
-            );
-            assert_eq!(
-                std::fs::read_to_string(out.path().join("usr_mounts"))
-                    .unwrap()
-                    .trim(),
-                "1",
-                "{step}:{when}: one bind, not two"
-            );
-            let applied = out.path().join("etc-applied/demo");
-            assert_eq!(
-                std::fs::read_to_string(applied.join("changed.conf")).unwrap(),
-                "default v2\n"
-            );
-            assert_eq!(
-                std::fs::read_to_string(applied.join("edited.conf")).unwrap(),
-                "admin edit\n"
-            );
-            assert!(!applied.join("removed.conf").exists());
-            assert_eq!(rc(out.path(), "reset.rc"), 0, "{step}:{when}\n{stderr}");
-            assert_eq!(
-                snapshot(&sc.root.join("etc")),
-                etc_before,
-                "{step}:{when}: reset restores /etc"
-            );
-            points += 1;
+            points.push(format!("{step}:{when}"));
         }
     }
-    eprintln!("kill points covered: {points}");
+    let mut covered = 0;
+    let mut n = 1;
+    let mut idx = 0;
+    loop {
+        // Step points first, then journal writes until a run survives its "before".
+        let point = if idx < points.len() {
+            points[idx].clone()
+        } else {
+            let w = if (idx - points.len()).is_multiple_of(2) {
+                "before"
+            } else {
+                "after"
+            };
+            format!("journal-write-{n}:{w}")
+        };
+        let out = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"{SNAP_FN}FASTSWITCH_FAULT={point} $FS apply-live --no-services --json > $OUT/killed.json; echo $? > $OUT/killed.rc
+cat $ROOT/usr/share/demo/version > $OUT/version.killed
+$FS status --json > $OUT/status.json
+$FS apply-live --no-services --json > $OUT/rerun.json; echo $? > $OUT/rerun.rc
+cat $ROOT/usr/share/demo/version > $OUT/version.rerun
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/usr_mounts || true
+snap $ROOT/etc > $OUT/etc.rerun
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+cat $ROOT/usr/share/demo/version > $OUT/version.reset
+"#
+        );
+        let o = in_namespace(&sc, out.path(), &script);
+        let k = Killed {
+            rc: rc(out.path(), "killed.rc"),
+            status: read_json(&out.path().join("status.json")),
+            version_killed: read(out.path(), "version.killed"),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        };
+        let stderr = &k.stderr;
+        if k.rc != 137 {
+            // Past the last journal write: the run finished.
+            assert!(
+                point.starts_with("journal-write-") && point.ends_with(":before"),
+                "{point} did not kill: rc {}\n{stderr}",
+                k.rc
+            );
+            assert_eq!(k.rc, 0, "{stderr}");
+            assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+            break;
+        }
+        check_status_truth(&k, &point);
+        // A run killed after its last journal write is complete: the re-run has nothing to do.
+        let want = if k.status["live"]["complete"] == true {
+            3
+        } else {
+            0
+        };
+        assert_eq!(
+            rc(out.path(), "rerun.rc"),
+            want,
+            "{point}: re-run\n{stderr}"
+        );
+        assert_eq!(read(out.path(), "version.rerun"), "2\n", "{point}");
+        assert_eq!(
+            read(out.path(), "usr_mounts").trim(),
+            "1",
+            "{point}: one bind, not two"
+        );
+        assert_eq!(
+            read(out.path(), "etc.rerun"),
+            etc_applied,
+            "{point}: /etc after the re-run"
+        );
+        assert_eq!(rc(out.path(), "reset.rc"), 0, "{point}: reset\n{stderr}");
+        assert_eq!(read(out.path(), "version.reset"), "1\n", "{point}");
+        assert_eq!(
+            snapshot(&sc.root.join("etc")),
+            etc_before,
+            "{point}: reset restores /etc"
+        );
+        assert!(
+            !sc.var().join("lib/fastswitch/state.json").exists()
+                && !sc.var().join("lib/fastswitch/etc-backup").exists(),
+            "{point}: reset leaves no persistent record"
+        );
+        covered += 1;
+        if idx >= points.len() && point.ends_with(":after") {
+            n += 1;
+        }
+        idx += 1;
+    }
+    assert!(n >= 9, "expected at least 8 journal writes, saw {}", n - 1);
+    eprintln!(
+        "apply-live kill points covered: {covered} ({} journal writes)",
+        n - 1
+    );
+}
+
+/// Kill reset at every point (each journal write, the unmount, each restored /etc entry, the
+/// final clear); status tells the truth, apply-live refuses until the reset is finished, and
+/// re-running reset returns /usr and /etc to the booted deployment.
+#[test]
+fn killed_reset_converges() {
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces (CI runs as root)");
+        return;
+    }
+    let sc = scenario();
+    let etc_before = snapshot(&sc.root.join("etc"));
+    let mut fixed: Vec<String> = vec!["unmount_usr:before".into(), "unmount_usr:after".into()];
+    for i in 1..=3 {
+        fixed.push(format!("etc-restore-{i}:before"));
+        fixed.push(format!("etc-restore-{i}:after"));
+    }
+    fixed.push("journal-clear:before".into());
+    let mut covered = 0;
+    let mut idx = 0;
+    let mut n = 1;
+    loop {
+        let point = if idx < fixed.len() {
+            fixed[idx].clone()
+        } else {
+            let w = if (idx - fixed.len()).is_multiple_of(2) {
+                "before"
+            } else {
+                "after"
+            };
+            format!("journal-write-{n}:{w}")
+        };
+        let out = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"$FS apply-live --no-services --json > $OUT/apply.json || exit 1
+FASTSWITCH_FAULT={point} $FS reset --no-services --json > $OUT/killed.json; echo $? > $OUT/killed.rc
+cat $ROOT/usr/share/demo/version > $OUT/version.killed
+$FS status --json > $OUT/status.json
+$FS apply-live --no-services --json > $OUT/apply2.json 2> $OUT/apply2.err; echo $? > $OUT/apply2.rc
+$FS reset --no-services --json > $OUT/rerun.json; echo $? > $OUT/rerun.rc
+cat $ROOT/usr/share/demo/version > $OUT/version.rerun
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/usr_mounts || true
+"#
+        );
+        let o = in_namespace(&sc, out.path(), &script);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{point}: apply-live failed\n{stderr}");
+        let k = Killed {
+            rc: rc(out.path(), "killed.rc"),
+            status: read_json(&out.path().join("status.json")),
+            version_killed: read(out.path(), "version.killed"),
+            stderr: stderr.clone(),
+        };
+        if k.rc != 137 {
+            assert!(
+                point.starts_with("journal-write-") && point.ends_with(":before"),
+                "{point} did not kill: rc {}\n{stderr}",
+                k.rc
+            );
+            assert_eq!(k.rc, 0, "{stderr}");
+            break;
+        }
+        check_status_truth(&k, &point);
+        let live = &k.status["live"];
+        if !live.is_null() && point != "journal-write-1:before" {
+            assert_eq!(live["resetting"], true, "{point}");
+            assert_eq!(live["interrupted_step"], "reset", "{point}");
+            assert_eq!(
+                rc(out.path(), "apply2.rc"),
+                8,
+                "{point}: apply-live must refuse mid-reset"
+            );
+            assert!(read(out.path(), "apply2.err").contains("run `fastswitch reset` again"));
+            assert_eq!(
+                rc(out.path(), "rerun.rc"),
+                0,
+                "{point}: reset re-run\n{stderr}"
+            );
+        }
+        assert_eq!(read(out.path(), "version.rerun"), "1\n", "{point}");
+        assert_eq!(read(out.path(), "usr_mounts").trim(), "0", "{point}");
+        assert_eq!(
+            snapshot(&sc.root.join("etc")),
+            etc_before,
+            "{point}: /etc restored"
+        );
+        assert!(
+            !sc.var().join("lib/fastswitch/state.json").exists(),
+            "{point}: no persistent record left"
+        );
+        covered += 1;
+        if idx >= fixed.len() && point.ends_with(":after") {
+            n += 1;
+        }
+        idx += 1;
+    }
+    assert!(
+        n >= 5,
+        "expected at least 4 reset journal writes, saw {}",
+        n - 1
+    );
+    eprintln!(
+        "reset kill points covered: {covered} ({} journal writes)",
+        n - 1
+    );
+}
+
+/// A power cut after a live apply, simulated in a namespace: the binds vanish with it, /run is
+/// emptied, and the next "boot" has another boot id (bound over /proc/sys/kernel/random/boot_id).
+/// The old deployment booted again, so `recover` restores /etc; apply-live refuses until then.
+#[test]
+fn recover_after_a_power_cut_restores_etc() {
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces (CI runs as root)");
+        return;
+    }
+    let sc = scenario();
+    let etc_before = snapshot(&sc.root.join("etc"));
+    for point in ["merge_etc:after", "journal-write-6:after", "none"] {
+        let out = tempfile::tempdir().unwrap();
+        let o = in_namespace(
+            &sc,
+            out.path(),
+            &format!("FASTSWITCH_FAULT={point} $FS apply-live --no-services --json > $OUT/a.json; echo $? > $OUT/a.rc"),
+        );
+        assert!(o.status.success());
+        let want_rc = if point == "none" { 0 } else { 137 };
+        assert_eq!(rc(out.path(), "a.rc"), want_rc, "{point}");
+        assert_ne!(
+            snapshot(&sc.root.join("etc")),
+            etc_before,
+            "{point}: /etc changed"
+        );
+        // The power cut: /run is a tmpfs, gone.
+        std::fs::remove_dir_all(sc.s.run().join("fastswitch")).unwrap();
+        let bid = out.path().join("boot_id");
+        std::fs::write(&bid, "0f0f0f0f-1111-2222-3333-444444444444\n").unwrap();
+        let script = format!(
+            r#"mount --bind {} /proc/sys/kernel/random/boot_id
+$FS status --json > $OUT/status.json
+$FS apply-live --no-services --json > $OUT/refused.json 2> $OUT/refused.err; echo $? > $OUT/refused.rc
+$FS recover --json > $OUT/recover.json; echo $? > $OUT/recover.rc
+$FS recover --json > $OUT/recover2.json; echo $? > $OUT/recover2.rc
+"#,
+            bid.display()
+        );
+        let o = in_namespace(&sc, out.path(), &script);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let st = read_json(&out.path().join("status.json"));
+        assert_eq!(st["live"]["recover_pending"], true, "{point}: {st}");
+        assert_eq!(rc(out.path(), "refused.rc"), 6, "{point}\n{stderr}");
+        assert!(read(out.path(), "refused.err").contains("fastswitch recover"));
+        assert_eq!(rc(out.path(), "recover.rc"), 0, "{point}\n{stderr}");
+        let rep = read_json(&out.path().join("recover.json"));
+        assert_eq!(rep["action"], "restored_etc", "{point}: {rep}");
+        assert_eq!(rep["kept_admin_changes"], serde_json::json!([]));
+        assert_eq!(rc(out.path(), "recover2.rc"), 3, "{point}: recover is done");
+        assert_eq!(
+            snapshot(&sc.root.join("etc")),
+            etc_before,
+            "{point}: recover restores /etc"
+        );
+        assert!(!sc.var().join("lib/fastswitch/state.json").exists());
+    }
 }
 
 #[test]

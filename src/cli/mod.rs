@@ -68,8 +68,16 @@ pub enum Command {
     /// Refuses when the kernel changed (use `fastswitch switch`).
     ApplyLive(ApplyLiveOpts),
     /// Undo a live apply: detach the /usr bind, restore /etc from the backups, daemon-reload and
-    /// restart what the apply restarted. Exit code 3 when there is nothing to undo.
+    /// restart what the apply restarted; also unload a kernel that `kexec --load-only` left
+    /// loaded. An interrupted reset is finished by running it again. Exit code 3 when there is
+    /// nothing to undo.
     Reset(ResetOpts),
+    /// Run at boot by fastswitch-recover.service: if a live apply of an earlier boot changed
+    /// /etc and the deployment it started from booted again (power cut or crash before the
+    /// staged deployment was finalized), restore /etc from the backups in
+    /// /var/lib/fastswitch; if its target booted, drop the record. Exit code 3 when there is
+    /// nothing to recover.
+    Recover,
     /// Boot the staged (else pending) deployment's kernel with kexec: finalize the staged
     /// deployment, check and load its kernel and initramfs, then start kexec.target so systemd
     /// shuts down in order. No firmware, no bootloader.
@@ -186,6 +194,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Diff(pair) => verbs::diff(&paths, &pair, &mut o),
         Command::ApplyLive(opts) => verbs::apply_live(&paths, &opts, &mut o),
         Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
+        Command::Recover => verbs::recover(&paths, &mut o),
         Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
         Command::Switch(opts) => verbs::switch(&paths, &opts, &mut o),
     }

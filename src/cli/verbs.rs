@@ -21,9 +21,24 @@ pub struct LiveStatus {
 }
 
 pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
-    let Some(st) = Journal::new(&paths.run).load()? else {
-        return Ok(None);
+    let journal = Journal::for_host(paths)?;
+    let Some(st) = journal.load()? else {
+        return Ok(journal.stale_persistent()?.map(|old| LiveStatus {
+            lines: vec![format!(
+                "live: a live apply of {} in an earlier boot ({}) left /etc changes; run `fastswitch recover`",
+                old.target, old.boot_id
+            )],
+            json: serde_json::json!({
+                "booted": old.booted,
+                "target": old.target,
+                "recover_pending": true,
+                "record_boot_id": old.boot_id,
+                "etc_changes": old.etc_backups.len(),
+            }),
+        }));
     };
+    // What /usr really shows, not just what the journal says.
+    let usr_is_target = live::same_inode(&paths.root.join("usr"), &st.target_path.join("usr"));
     let mut lines = vec![format!(
         "live: booted {} running {} since {} (unix time){}",
         st.booted,
@@ -35,19 +50,34 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
             " — INCOMPLETE"
         }
     )];
-    if let Some(s) = st.interrupted_step() {
+    if st.resetting {
+        lines.push("live: a reset was interrupted; re-run `fastswitch reset` to finish".into());
+    } else if let Some(s) = st.interrupted_step() {
         lines.push(format!(
             "live: interrupted at step {}; re-run `fastswitch apply-live` to finish, or `fastswitch reset`",
             s.name
         ));
     }
+    lines.push(format!(
+        "live: /usr shows {}; {} /etc change(s) recorded",
+        if usr_is_target {
+            "the target"
+        } else {
+            "the booted deployment"
+        },
+        st.etc_backups.len()
+    ));
     let json = serde_json::json!({
         "booted": st.booted,
         "target": st.target,
         "started_at": st.started_at,
         "finished_at": st.finished_at,
         "complete": st.is_complete(),
-        "interrupted_step": st.interrupted_step().map(|s| s.name.clone()),
+        "interrupted_step": st.interrupted_at(),
+        "resetting": st.resetting,
+        "usr_is_target": usr_is_target,
+        "etc_changes": st.etc_backups.len(),
+        "recover_pending": false,
         "steps": st.steps,
     });
     Ok(Some(LiveStatus { json, lines }))
@@ -326,9 +356,10 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(lock::acquire(&Journal::new(&paths.run).dir)?)
+        Some(lock::acquire(&Journal::for_host(paths)?.dir)?)
     };
-    let journal = Journal::new(&paths.run);
+    let journal = Journal::for_host(paths)?;
+    live::check_can_apply(&journal)?;
     // After a completed live apply, the running userspace is that target: diff from there.
     let live_from = match journal.load()? {
         Some(st) if st.is_complete() => host.deployments.iter().find(|d| d.id == st.target),
@@ -393,6 +424,7 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         journal,
         mounts: &real_mounts,
         systemd: sd_ref,
+        kexec: None,
         progress: &mut prog,
     };
     let report = live::apply_live(&plan, &booted.id, &mut env)?;
@@ -405,16 +437,28 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
 }
 
 pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<ExitCode> {
-    let journal = Journal::new(&paths.run);
-    if journal.load()?.is_none() {
+    let journal = Journal::for_host(paths)?;
+    // Only the running kernel's kexec state belongs to this host; with --root it does not.
+    let kexec = crate::system::kexec::RealKexec::default();
+    let kexec_loaded = paths.root == Path::new("/")
+        && crate::system::kexec::KexecLoader::is_loaded(&kexec).unwrap_or(false);
+    if journal.load()?.is_none() && !kexec_loaded {
         if o.json {
             o.json_value(&serde_json::json!({"schema_version": 1, "outcome": "nothing_to_do", "exit_code": 3}))?;
         } else {
-            writeln!(o.out, "nothing to reset: no live apply on this boot")?;
+            writeln!(
+                o.out,
+                "nothing to reset: no live apply on this boot and no kexec kernel loaded"
+            )?;
         }
         return Ok(ExitCode::NothingToDo);
     }
-    privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "unmount the live /usr")])?;
+    if kexec_loaded {
+        privileges::require(&[(caps::Capability::CAP_SYS_BOOT, "unload the kexec kernel")])?;
+    }
+    if journal.load()?.is_some() {
+        privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "unmount the live /usr")])?;
+    }
     if paths.root == Path::new("/") && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
         progress("entered PID 1's mount namespace");
     }
@@ -432,6 +476,7 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
         journal,
         mounts: &real_mounts,
         systemd: sd_ref,
+        kexec: kexec_loaded.then_some(&kexec as &dyn crate::system::kexec::KexecLoader),
         progress: &mut prog,
     };
     let report = live::reset(&booted.into(), &mut env)?;
@@ -441,6 +486,35 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
         report.write_human(o.out)?;
     }
     Ok(report.outcome)
+}
+
+pub fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
+    let journal = Journal::for_host(paths)?;
+    if journal.stale_persistent()?.is_none() {
+        let rep = crate::exec::recover::recover(&journal, &paths.root.join("etc"), "")?;
+        if o.json {
+            o.json_value(&rep)?;
+        } else {
+            rep.write_human(o.out)?;
+        }
+        return Ok(rep.outcome);
+    }
+    privileges::require(&[(
+        caps::Capability::CAP_DAC_OVERRIDE,
+        "restore files in /etc and /var/lib/fastswitch",
+    )])?;
+    let _lock = lock::acquire(&journal.dir)?;
+    let host = discover::load(paths)?;
+    let booted = host
+        .booted()
+        .with_context(|| format!("no booted deployment found in {}", paths.sysroot.display()))?;
+    let rep = crate::exec::recover::recover(&journal, &paths.root.join("etc"), &booted.id)?;
+    if o.json {
+        o.json_value(&rep)?;
+    } else {
+        rep.write_human(o.out)?;
+    }
+    Ok(rep.outcome)
 }
 
 /// Kernel and initramfs of the target's tree, checked before anything irreversible.
@@ -532,7 +606,7 @@ fn run_kexec(
             format!("{b} (use --reboot-fallback to reboot through firmware instead)"),
         ));
     }
-    let _lock = lock::acquire(&Journal::new(&paths.run).dir)?;
+    let _lock = lock::acquire(&Journal::for_host(paths)?.dir)?;
     let mut prog = progress;
     let mut env = crate::exec::kexec::KexecEnv {
         paths,

@@ -1,6 +1,7 @@
 //! Carry out the Plan's `/etc` actions on the live `/etc`.
 //!
-//! Every replaced or removed entry is backed up first under `<run>/fastswitch/etc-backup/`.
+//! Every replaced or removed entry is backed up first under `/var/lib/fastswitch/etc-backup/`
+//! (persistent, so `fastswitch recover` can undo the changes after a power cut).
 //! New content is written to a temporary name in the same directory and renamed over the old
 //! one, with mode, owner and xattrs (the SELinux label among them) taken from the new default.
 //! Parent directories are opened one component at a time with `O_NOFOLLOW`, so a symlink inside
@@ -158,6 +159,18 @@ pub fn fingerprint(p: &Path) -> Option<String> {
     ))
 }
 
+/// Copy `live` to `backup` unless a backup is already there (the first one is the original),
+/// durably.
+pub fn backup_once(live: &Path, backup: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(backup).is_ok() {
+        return Ok(());
+    }
+    let dir = backup.parent().context("backup path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    copy_tree(live, backup)?;
+    crate::exec::journal::sync_dir(dir)
+}
+
 /// Apply one action. Idempotent: re-running after a crash converges (a backup is taken only
 /// once, so the original survives).
 pub fn apply_action(
@@ -193,12 +206,7 @@ pub fn apply_action(
     let backup_path = backup_dir.join(&rel);
     let mut backup = None;
     if existed {
-        if std::fs::symlink_metadata(&backup_path).is_err() {
-            std::fs::create_dir_all(backup_path.parent().unwrap())
-                .with_context(|| format!("creating {}", backup_path.parent().unwrap().display()))?;
-            copy_tree(&live, &backup_path)
-                .with_context(|| format!("backing up {}", action.path))?;
-        }
+        backup_once(&live, &backup_path).with_context(|| format!("backing up {}", action.path))?;
         backup = Some(backup_path.clone());
     }
     if replace {
@@ -238,6 +246,9 @@ pub fn apply_action(
     } else {
         remove_any(&live)?;
     }
+    // Make the rename (or removal) durable before the journal says it happened.
+    nix::unistd::fsync(&parent)
+        .with_context(|| format!("fsync the directory of {}", action.path))?;
     Ok(Some(EtcBackup {
         path: action.path.clone(),
         backup: if existed { backup } else { None },
@@ -256,7 +267,23 @@ pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), 
         Err(e) => return Err(e),
     };
     let live = fd_path(&parent, &name);
-    if b.written.is_some() && fingerprint(&live) != b.written {
+    if let Some(src) = &b.backup {
+        if std::fs::symlink_metadata(src).is_err() {
+            // Journaled, but the run died before taking the backup, hence before touching
+            // the live entry (the backup always comes first): nothing to undo.
+            return Ok(Ok(()));
+        }
+    }
+    let now = fingerprint(&live);
+    let already_restored = match &b.backup {
+        Some(src) => now.is_some() && now == fingerprint(src),
+        None => now.is_none(),
+    };
+    if already_restored {
+        // A reset interrupted after this entry: nothing left to do.
+        return Ok(Ok(()));
+    }
+    if b.written.is_some() && now != b.written {
         return Ok(Err(b.path.clone()));
     }
     match &b.backup {
@@ -277,6 +304,7 @@ pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), 
         }
         None => remove_any(&live)?,
     }
+    nix::unistd::fsync(&parent).with_context(|| format!("fsync the directory of {}", b.path))?;
     Ok(Ok(()))
 }
 

@@ -1,6 +1,11 @@
 //! The live-apply journal: one JSON file, `<run>/fastswitch/state.json`, rewritten atomically
-//! (temp file + fsync + rename) before and after every step. It lives in `/run`, so it is gone
-//! after a reboot, exactly like the live `/usr` bind it describes.
+//! (temp file + fsync + rename + directory fsync) before and after every step. It lives in
+//! `/run`, so it is gone after a reboot, exactly like the live `/usr` bind it describes.
+//!
+//! `/etc` is different: it is persistent, so what a live apply changed there must survive a
+//! power cut. While `/etc` changes are recorded, a copy of the state (with the boot id) and the
+//! backups live in `<root>/var/lib/fastswitch/`; at the next boot `fastswitch recover`
+//! (`fastswitch-recover.service`) undoes them if the old deployment booted again.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -47,6 +52,12 @@ pub struct LiveState {
     /// unit is stopped, a stopped one started, a restarted or reloaded one restarted.
     #[serde(default)]
     pub unit_actions: Vec<UnitTouch>,
+    /// `/proc/sys/kernel/random/boot_id` of the boot that made these changes.
+    #[serde(default)]
+    pub boot_id: String,
+    /// A `reset` started (and, if the state is still here, did not finish).
+    #[serde(default)]
+    pub resetting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +99,14 @@ impl LiveState {
             .find(|s| s.status == StepStatus::Started)
     }
 
+    /// The step to name for an interrupted run: `reset` while resetting.
+    pub fn interrupted_at(&self) -> Option<String> {
+        if self.resetting {
+            return Some("reset".into());
+        }
+        self.interrupted_step().map(|s| s.name.clone())
+    }
+
     pub fn step_done(&self, name: &str) -> bool {
         self.steps
             .iter()
@@ -99,83 +118,181 @@ impl LiveState {
     }
 }
 
-/// Where the journal and backups live: `<run>/fastswitch`.
-#[derive(Debug, Clone)]
+/// Where the journal and backups live: `<run>/fastswitch` (this boot) and
+/// `<root>/var/lib/fastswitch` (what must survive a reboot: `/etc` backups).
+#[derive(Debug)]
 pub struct Journal {
     pub dir: PathBuf,
+    pub persist_dir: PathBuf,
+    /// The current boot's id, stamped into every saved state.
+    pub boot_id: String,
+    writes: std::cell::Cell<u32>,
+}
+
+/// The current boot id (`/proc/sys/kernel/random/boot_id`).
+pub fn current_boot_id() -> Result<String> {
+    let p = "/proc/sys/kernel/random/boot_id";
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("reading {p}"))?
+        .trim()
+        .to_owned())
+}
+
+/// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync of the
+/// directory (so the rename itself survives a power cut).
+fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().context("state path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("fsync {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(dir)
+}
+
+/// fsync a directory, making renames and creations in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    let r = if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+    }
+}
+
+fn load_json(p: &Path) -> Result<Option<LiveState>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{} is corrupt; inspect it, then remove it or run `fastswitch reset`",
+                p.display()
+            )
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
 }
 
 impl Journal {
-    pub fn new(run: &Path) -> Journal {
+    pub fn new(run: &Path, root: &Path, boot_id: &str) -> Journal {
         Journal {
             dir: run.join("fastswitch"),
+            persist_dir: root.join("var/lib/fastswitch"),
+            boot_id: boot_id.to_owned(),
+            writes: std::cell::Cell::new(0),
         }
+    }
+
+    /// The journal of this host, stamped with the current boot id.
+    pub fn for_host(paths: &crate::discover::HostPaths) -> Result<Journal> {
+        Ok(Journal::new(&paths.run, &paths.root, &current_boot_id()?))
     }
 
     pub fn state_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }
 
+    /// The persistent copy, present while `/etc` changes are recorded.
+    pub fn persistent_state_path(&self) -> PathBuf {
+        self.persist_dir.join("state.json")
+    }
+
     pub fn backup_dir(&self) -> PathBuf {
-        self.dir.join("etc-backup")
+        self.persist_dir.join("etc-backup")
     }
 
     pub fn load(&self) -> Result<Option<LiveState>> {
-        let p = self.state_path();
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "{} is corrupt; inspect it, then remove it or run `fastswitch reset`",
-                    p.display()
-                )
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        }
+        load_json(&self.state_path())
     }
 
-    /// Atomically replace the state file.
+    pub fn load_persistent(&self) -> Result<Option<LiveState>> {
+        load_json(&self.persistent_state_path())
+    }
+
+    /// A persistent record left by an earlier boot (its `/etc` changes were never undone).
+    pub fn stale_persistent(&self) -> Result<Option<LiveState>> {
+        Ok(self
+            .load_persistent()?
+            .filter(|st| st.boot_id != self.boot_id))
+    }
+
+    /// Atomically and durably replace the state file, and the persistent copy while `/etc`
+    /// changes are recorded. Each call is one numbered journal write for the fault hook.
     pub fn save(&self, st: &LiveState) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("creating {}", self.dir.display()))?;
-        let p = self.state_path();
-        let tmp = self.dir.join(".state.json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        serde_json::to_writer_pretty(&mut f, st)?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        std::fs::rename(&tmp, &p)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), p.display()))?;
+        let n = self.writes.get() + 1;
+        self.writes.set(n);
+        let point = format!("journal-write-{n}");
+        fault_point(&point, "before");
+        let mut st = st.clone();
+        st.boot_id = self.boot_id.clone();
+        let mut data = serde_json::to_vec_pretty(&st)?;
+        data.push(b'\n');
+        if st.etc_backups.is_empty() {
+            remove_if_exists(&self.persistent_state_path())?;
+        } else {
+            write_durably(&self.persistent_state_path(), &data)?;
+        }
+        write_durably(&self.state_path(), &data)?;
+        fault_point(&point, "after");
         Ok(())
     }
 
+    /// Forget everything: this boot's state, the persistent copy and the backups.
     pub fn clear(&self) -> Result<()> {
-        for p in [self.state_path(), self.backup_dir()] {
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
-            }
+        fault_point("journal-clear", "before");
+        self.clear_persistent()?;
+        remove_if_exists(&self.state_path())
+    }
+
+    /// Drop the persistent copy (first, so a crash never leaves a record without backups),
+    /// then the backups.
+    pub fn clear_persistent(&self) -> Result<()> {
+        remove_if_exists(&self.persistent_state_path())?;
+        if self.persist_dir.is_dir() {
+            sync_dir(&self.persist_dir)?;
         }
-        Ok(())
+        remove_if_exists(&self.backup_dir())
     }
 }
 
-/// Test-only fault hook: when `FASTSWITCH_FAULT` names `<step>:before` or `<step>:after`, the
-/// process kills itself with SIGKILL at that point, as a crash or power cut would.
-pub fn fault_point(step: &str, when: &str) {
-    if let Ok(v) = std::env::var("FASTSWITCH_FAULT") {
-        if v == format!("{step}:{when}") {
-            eprintln!("fastswitch: FASTSWITCH_FAULT={v}: killing myself");
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
+/// Test-only fault hook. `FASTSWITCH_FAULT=<point>:<when>` (`when` is `before` or `after`)
+/// makes the process kill itself with SIGKILL at that point, as a crash would;
+/// `<point>:<when>:stop` stops it with SIGSTOP instead, so a test can cut the power of a VM
+/// while fastswitch sits exactly there. Points: each plan step by name (`swap_usr`, …,
+/// `finalize_staged`, `kexec_load`), `journal-write-<n>` for the n-th journal write of the run,
+/// `etc-restore-<n>` for reset's n-th restored `/etc` entry, and `journal-clear`.
+pub fn fault_point(point: &str, when: &str) {
+    let Ok(v) = std::env::var("FASTSWITCH_FAULT") else {
+        return;
+    };
+    let here = format!("{point}:{when}");
+    if v == here {
+        eprintln!("fastswitch: FASTSWITCH_FAULT={v}: killing myself");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    } else if v == format!("{here}:stop") {
+        eprintln!(
+            "fastswitch: FASTSWITCH_FAULT={v}: stopped (pid {})",
+            std::process::id()
+        );
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }
 
@@ -193,7 +310,7 @@ mod tests {
     #[test]
     fn save_load_roundtrip_and_interrupted() {
         let d = tempfile::tempdir().unwrap();
-        let j = Journal::new(d.path());
+        let j = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-a");
         assert!(j.load().unwrap().is_none());
         let mut st = LiveState {
             schema_version: STATE_SCHEMA_VERSION,
@@ -206,6 +323,8 @@ mod tests {
             usr_binds: 0,
             etc_backups: vec![],
             unit_actions: vec![],
+            boot_id: String::new(),
+            resetting: false,
         };
         st.steps.push(StepRecord {
             name: "swap_usr".into(),
@@ -216,6 +335,24 @@ mod tests {
         j.save(&st).unwrap();
         let back = j.load().unwrap().unwrap();
         assert_eq!(back.interrupted_step().unwrap().name, "swap_usr");
+        assert_eq!(back.boot_id, "boot-a", "saved with the current boot id");
+        assert!(
+            !j.persistent_state_path().exists(),
+            "no persistent copy without /etc changes"
+        );
+        st.etc_backups.push(EtcBackup {
+            path: "/etc/a".into(),
+            backup: None,
+            written: None,
+        });
+        j.save(&st).unwrap();
+        assert_eq!(
+            j.load_persistent().unwrap().unwrap(),
+            j.load().unwrap().unwrap()
+        );
+        assert!(j.stale_persistent().unwrap().is_none(), "same boot");
+        let later = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-b");
+        assert_eq!(later.stale_persistent().unwrap().unwrap().boot_id, "boot-a");
         std::fs::write(j.state_path(), b"{ not json").unwrap();
         assert!(j.load().unwrap_err().to_string().contains("corrupt"));
         j.clear().unwrap();

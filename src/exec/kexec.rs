@@ -77,6 +77,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
     let mut host = env.host.clone();
     for step in &plan.steps {
         let t = Instant::now();
+        super::journal::fault_point(step.name(), "before");
         match step {
             Step::FinalizeStaged => {
                 (env.progress)(
@@ -143,6 +144,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
             Step::KexecReboot => hand_off_due = true,
             other => bail!("step {} does not belong in a kexec plan", other.name()),
         }
+        super::journal::fault_point(step.name(), "after");
     }
     let report = Report {
         schema_version: REPORT_SCHEMA_VERSION,

@@ -26,11 +26,15 @@ pub struct LiveEnv<'a> {
     pub mounts: &'a dyn Mounts,
     /// `None` when the caller asked not to manage services (`--no-services`).
     pub systemd: Option<&'a dyn Systemd>,
+    /// For `reset`: unload a kernel that `fastswitch kexec --load-only` (or an interrupted
+    /// switch) left loaded. `None` when the running kernel is not the host's (`--root`).
+    pub kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
     /// Progress lines for humans (stderr).
     pub progress: &'a mut dyn FnMut(&str),
 }
 
-fn same_inode(a: &Path, b: &Path) -> bool {
+/// Whether two paths are the same file (device and inode).
+pub fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
         _ => false,
@@ -49,6 +53,8 @@ fn fresh_state(plan: &Plan) -> LiveState {
         usr_binds: 0,
         etc_backups: Vec::new(),
         unit_actions: Vec::new(),
+        boot_id: String::new(),
+        resetting: false,
     }
 }
 
@@ -68,9 +74,36 @@ fn set_step(
     });
 }
 
+/// Refuse a live apply while an earlier boot's `/etc` changes wait for `recover`, or while a
+/// reset is unfinished. Nothing is changed either way.
+pub fn check_can_apply(journal: &Journal) -> Result<()> {
+    if let Some(old) = journal.stale_persistent()? {
+        return Err(refuse(
+            ExitCode::Refused,
+            format!(
+                "a live apply of {} in an earlier boot ({}) left /etc changes that were never undone ({}); run `fastswitch recover` (fastswitch-recover.service does at boot), then apply again; nothing was changed",
+                old.target,
+                old.boot_id,
+                journal.persistent_state_path().display()
+            ),
+        ));
+    }
+    if let Some(s) = journal.load()?.filter(|s| s.resetting) {
+        return Err(refuse(
+            ExitCode::Interrupted,
+            format!(
+                "a reset of the live apply of {} was interrupted; run `fastswitch reset` again first; nothing was changed",
+                s.target
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Execute a live plan. The caller holds the run lock and checked privileges.
 pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();
+    check_can_apply(&env.journal)?;
     let prior = env.journal.load()?;
     let mut st = match prior {
         Some(s) if s.target == plan.to.id && s.is_complete() => {
@@ -78,7 +111,7 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
             return Ok(report(plan, Vec::new(), t0, ExitCode::NothingToDo, Vec::new()));
         }
         Some(s) if s.target == plan.to.id => {
-            let at = s.interrupted_step().map(|x| x.name.clone()).unwrap_or_default();
+            let at = s.interrupted_at().unwrap_or_else(|| "start".into());
             (env.progress)(&format!("resuming the interrupted live apply of {} (was at step {at})", plan.to.id));
             s
         }
@@ -277,12 +310,42 @@ fn run_step(
             Ok(serde_json::json!({"changed": written}))
         }
         Step::Sysusers { files } => {
+            // systemd-sysusers edits the user and group databases in /etc: back them up and
+            // journal them like any merged file, so reset and recover undo new users too.
+            let etc_dir = env.paths.root.join("etc");
+            let backup_dir = env.journal.backup_dir();
+            for name in SYSUSERS_DATABASES {
+                let path = format!("/etc/{name}");
+                if st.etc_backups.iter().any(|b| b.path == path) {
+                    continue;
+                }
+                let live = etc_dir.join(name);
+                if std::fs::symlink_metadata(&live).is_err() {
+                    continue;
+                }
+                let backup = backup_dir.join(name);
+                st.etc_backups.push(EtcBackup {
+                    path: path.clone(),
+                    backup: Some(backup.clone()),
+                    written: None,
+                });
+                env.journal.save(st)?;
+                etc_apply::backup_once(&live, &backup)
+                    .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
+            }
             let mut c = std::process::Command::new("systemd-sysusers");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
             }
             c.args(files);
             run_tool(&mut c).context("creating users and groups for the new sysusers.d entries")?;
+            for b in st.etc_backups.iter_mut() {
+                if let Some(name) = b.path.strip_prefix("/etc/") {
+                    if SYSUSERS_DATABASES.contains(&name) {
+                        b.written = etc_apply::fingerprint(&etc_dir.join(name));
+                    }
+                }
+            }
             Ok(serde_json::json!({"files": files}))
         }
         Step::Tmpfiles { files } => {
@@ -327,6 +390,9 @@ fn run_step(
     }
 }
 
+/// The files `systemd-sysusers` may rewrite.
+const SYSUSERS_DATABASES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
+
 /// Is this mount one of ours (a deployment's usr other than the booted one)?
 fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
     m.root.ends_with("/usr")
@@ -337,6 +403,25 @@ fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
 /// Undo a live apply. Returns the report (outcome `nothing_to_do` when there is no live state).
 pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();
+    let mut steps = Vec::new();
+    let loaded = match env.kexec {
+        Some(k) => k.is_loaded().map_err(anyhow::Error::new)?,
+        None => false,
+    };
+    if let (true, Some(k)) = (loaded, env.kexec) {
+        let ts = Instant::now();
+        fault_point("kexec_unload", "before");
+        k.unload()
+            .map_err(anyhow::Error::new)
+            .context("unloading the kexec kernel")?;
+        (env.progress)("unloaded the kexec kernel: `systemctl kexec` will not switch deployments now (a finalized deployment stays the default for the next boot)");
+        steps.push(StepReport {
+            step: "kexec_unload",
+            outcome: StepOutcome::Done,
+            duration_ms: ts.elapsed().as_millis() as u64,
+            detail: serde_json::Value::Null,
+        });
+    }
     let Some(st) = env.journal.load()? else {
         let plan = Plan {
             schema_version: crate::plan::PLAN_SCHEMA_VERSION,
@@ -350,21 +435,24 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
             steps: vec![],
             etc_conflicts: vec![],
         };
-        return Ok(report(
-            &plan,
-            Vec::new(),
-            t0,
-            ExitCode::NothingToDo,
-            Vec::new(),
-        ));
+        let code = if steps.is_empty() {
+            ExitCode::NothingToDo
+        } else {
+            ExitCode::Ok
+        };
+        return Ok(report(&plan, steps, t0, code, Vec::new()));
     };
-    let mut steps = Vec::new();
+    let mut st = st;
+    // Journal that a reset is under way: an interrupted reset is re-run, not re-applied.
+    st.resetting = true;
+    env.journal.save(&st)?;
 
     // 1. /usr: pop every fastswitch bind.
     let ts = Instant::now();
     let usr = env.paths.root.join("usr");
     let mut popped = 0;
     let mut lazy = false;
+    fault_point("unmount_usr", "before");
     loop {
         let stack = env.mounts.stack(&usr)?;
         match stack.last() {
@@ -381,9 +469,13 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
             );
         }
     }
+    fault_point("unmount_usr", "after");
     if lazy {
         (env.progress)("/usr was busy: detached lazily; processes started before keep the old files open until they exit");
     }
+    st.usr_binds = 0;
+    set_step(&mut st, "unmount_usr", StepStatus::Done, None, None);
+    env.journal.save(&st)?;
     steps.push(StepReport {
         step: "unmount_usr",
         outcome: StepOutcome::Done,
@@ -391,14 +483,23 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         detail: serde_json::json!({"unmounted": popped, "lazy": lazy}),
     });
 
-    // 2. /etc: restore in reverse order.
+    // 2. /etc: restore in reverse order; each restored entry leaves the journal, so a re-run
+    // after a crash restores exactly what is left.
     let ts = Instant::now();
     let etc_dir = env.paths.root.join("etc");
     let mut kept = Vec::new();
-    for b in st.etc_backups.iter().rev() {
-        if let Err(path) = etc_apply::restore(&etc_dir, b)? {
-            kept.push(path);
+    let mut restored = 0;
+    let mut n = 0;
+    while let Some(b) = st.etc_backups.last().cloned() {
+        n += 1;
+        fault_point(&format!("etc-restore-{n}"), "before");
+        match etc_apply::restore(&etc_dir, &b)? {
+            Ok(()) => restored += 1,
+            Err(path) => kept.push(path),
         }
+        fault_point(&format!("etc-restore-{n}"), "after");
+        st.etc_backups.pop();
+        env.journal.save(&st)?;
     }
     for k in &kept {
         (env.progress)(&format!("kept {k}: it was changed after the live apply"));
@@ -407,7 +508,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         step: "restore_etc",
         outcome: StepOutcome::Done,
         duration_ms: ts.elapsed().as_millis() as u64,
-        detail: serde_json::json!({"restored": st.etc_backups.len() - kept.len(), "kept_admin_changes": kept}),
+        detail: serde_json::json!({"restored": restored, "kept_admin_changes": kept}),
     });
 
     // 3. services: reload unit files and restart what the apply touched.

@@ -5,4 +5,5 @@ pub mod etc_apply;
 pub mod journal;
 pub mod kexec;
 pub mod live;
+pub mod recover;
 pub mod report;

@@ -56,6 +56,8 @@ impl Tree {
         );
         t.write("usr/bin/hello", b"#!/bin/sh\necho hello v1\n");
         t.chmod("usr/bin/hello", 0o755);
+        // Like a real OS tree: an empty /var, the mount point of the stateroot's var.
+        std::fs::create_dir_all(t.dir.path().join("var")).unwrap();
         t
     }
 

@@ -1,0 +1,130 @@
+//! After a reboot: undo the `/etc` changes of a live apply that did not survive it.
+//!
+//! A live apply binds the new `/usr` (gone with the boot) and merges `/etc` (persistent). If the
+//! host then boots the *old* deployment again — a power cut or crash before the staged
+//! deployment was finalized, or an admin who dropped it — that `/etc` holds defaults of a
+//! `/usr` that no longer runs. `fastswitch-recover.service` runs [`recover`] early at boot: it
+//! reads the persistent record `/var/lib/fastswitch/state.json` and, when the booted
+//! deployment is the one the apply started from, restores the backups. When the new deployment
+//! booted, its `/etc` was merged from the live one at finalization, so the record is dropped.
+
+use super::etc_apply;
+use super::journal::Journal;
+use crate::exit::ExitCode;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+
+pub const RECOVER_SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverAction {
+    /// No record, or the record belongs to this boot (use `reset` for that).
+    None,
+    /// The old deployment booted: its `/etc` was restored from the backups.
+    RestoredEtc,
+    /// The live apply's target booted: nothing to undo.
+    TargetBooted,
+    /// Some third deployment booted: the record no longer applies to the running `/etc`.
+    OtherDeploymentBooted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverReport {
+    pub schema_version: u32,
+    pub action: RecoverAction,
+    /// Boot id of the boot that made the changes.
+    pub record_boot_id: Option<String>,
+    pub record_booted: Option<String>,
+    pub record_target: Option<String>,
+    pub booted: String,
+    pub restored: usize,
+    /// Entries changed after the live apply (by the admin); left as they are.
+    pub kept_admin_changes: Vec<String>,
+    pub duration_ms: u64,
+    pub outcome: ExitCode,
+    pub exit_code: i32,
+}
+
+/// Undo (or drop) a persistent record from an earlier boot. `etc_dir` is the live `/etc`,
+/// `booted_id` the booted deployment's `<checksum>.<serial>`.
+pub fn recover(journal: &Journal, etc_dir: &Path, booted_id: &str) -> Result<RecoverReport> {
+    let t0 = std::time::Instant::now();
+    let mut rep = RecoverReport {
+        schema_version: RECOVER_SCHEMA_VERSION,
+        action: RecoverAction::None,
+        record_boot_id: None,
+        record_booted: None,
+        record_target: None,
+        booted: booted_id.to_owned(),
+        restored: 0,
+        kept_admin_changes: vec![],
+        duration_ms: 0,
+        outcome: ExitCode::NothingToDo,
+        exit_code: ExitCode::NothingToDo.code(),
+    };
+    let Some(st) = journal.stale_persistent()? else {
+        return Ok(rep);
+    };
+    rep.record_boot_id = Some(st.boot_id.clone());
+    rep.record_booted = Some(st.booted.clone());
+    rep.record_target = Some(st.target.clone());
+    rep.action = if booted_id == st.booted {
+        for b in st.etc_backups.iter().rev() {
+            match etc_apply::restore(etc_dir, b)? {
+                Ok(()) => rep.restored += 1,
+                Err(path) => rep.kept_admin_changes.push(path),
+            }
+        }
+        RecoverAction::RestoredEtc
+    } else if booted_id == st.target {
+        RecoverAction::TargetBooted
+    } else {
+        RecoverAction::OtherDeploymentBooted
+    };
+    // Only the persistent record and backups: this boot's /run state is not touched.
+    journal.clear_persistent()?;
+    rep.outcome = ExitCode::Ok;
+    rep.exit_code = ExitCode::Ok.code();
+    rep.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(rep)
+}
+
+impl RecoverReport {
+    pub fn write_human(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let rec = format!(
+            "the live apply of {} (from {}, boot {})",
+            self.record_target.as_deref().unwrap_or("?"),
+            self.record_booted.as_deref().unwrap_or("?"),
+            self.record_boot_id.as_deref().unwrap_or("?"),
+        );
+        match self.action {
+            RecoverAction::None => writeln!(
+                out,
+                "nothing to recover: no /etc changes left by a live apply of an earlier boot"
+            )?,
+            RecoverAction::RestoredEtc => {
+                writeln!(
+                    out,
+                    "{} booted again: restored {} /etc entries changed by {rec}",
+                    self.booted, self.restored
+                )?;
+                for k in &self.kept_admin_changes {
+                    writeln!(out, "  kept {k}: it was changed after the live apply")?;
+                }
+            }
+            RecoverAction::TargetBooted => writeln!(
+                out,
+                "{} booted: {rec} became permanent; nothing to undo",
+                self.booted
+            )?,
+            RecoverAction::OtherDeploymentBooted => writeln!(
+                out,
+                "{} booted, neither side of {rec}; dropped its record, /etc left alone",
+                self.booted
+            )?,
+        }
+        writeln!(out, "total {} ms", self.duration_ms)
+    }
+}
