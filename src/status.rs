@@ -14,8 +14,18 @@ pub struct StatusJson {
     pub sysroot: String,
     pub ostree_booted: bool,
     pub deployments: Vec<DeploymentJson>,
-    /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot.
+    /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot (or a
+    /// record of an earlier boot waits for `fastswitch recover`).
     pub live: Option<serde_json::Value>,
+    /// The running kernel's kexec state; absent when `--root` names another system.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kexec: Option<KexecStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KexecStatus {
+    /// A kernel is loaded for `systemctl kexec` (`/sys/kernel/kexec_loaded`).
+    pub loaded: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,13 +86,18 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
     }
 }
 
-pub fn to_json(host: &Host, live: Option<serde_json::Value>) -> StatusJson {
+pub fn to_json(
+    host: &Host,
+    live: Option<serde_json::Value>,
+    kexec: Option<KexecStatus>,
+) -> StatusJson {
     StatusJson {
         schema_version: STATUS_SCHEMA_VERSION,
         sysroot: host.paths.sysroot.display().to_string(),
         ostree_booted: host.ostree_booted,
         deployments: host.deployments.iter().map(deployment_json).collect(),
         live,
+        kexec,
     }
 }
 

@@ -7,7 +7,7 @@ mod vm;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm};
+use vm::{fastswitch_json, install_fastswitch, ostree_stage, ostree_status, Image, Vm};
 
 const DEMO_UNITS: [&str; 4] = ["demo-hello", "demo-lib", "demo-reload", "demo-other"];
 
@@ -52,6 +52,7 @@ fn service_actions(plan: &Value) -> BTreeMap<String, String> {
 fn s1_layered_package_goes_live_then_boots() {
     let image = Image::get();
     let mut vm = Vm::boot(&image, "s1-layered");
+    install_fastswitch(&vm);
     let boot_id = vm.boot_id();
     ostree_stage(&vm, "test/layered", "");
 
@@ -154,6 +155,15 @@ fn s1_layered_package_goes_live_then_boots() {
     let booted = deps.iter().find(|d| d.booted).expect("a booted deployment");
     assert_eq!(booted.checksum, image.ref_checksum("test/layered"));
     vm.exec_ok("grep -qx greeting=hello-from-layered /etc/demo/extra.conf && systemctl is-active demo-extra");
+    // The live apply's persistent /etc record was dropped at boot, not undone: its target
+    // is what booted (extra.conf above is still there).
+    let unit = vm.exec_ok(
+        "systemctl show -P ExecMainStatus fastswitch-recover; test ! -e /var/lib/fastswitch/state.json && echo dropped",
+    );
+    assert_eq!(
+        unit.split_whitespace().collect::<Vec<_>>(),
+        ["0", "dropped"]
+    );
     let status = fastswitch_json(&vm, "status --json");
     assert_eq!(
         status["live"],

@@ -180,13 +180,18 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Status => {
             let host = discover::load(&paths)?;
             let live = verbs::live_state(&paths)?;
+            let kexec = verbs::kexec_status(&paths);
             if o.json {
                 o.json_value(&status::to_json(
                     &host,
                     live.as_ref().map(|l| l.json.clone()),
+                    kexec,
                 ))?;
             } else {
-                let lines = live.map(|l| l.lines).unwrap_or_default();
+                let mut lines = live.map(|l| l.lines).unwrap_or_default();
+                if kexec.is_some_and(|k| k.loaded) {
+                    lines.push("kexec: a kernel is loaded; `systemctl kexec` boots it, `fastswitch reset` unloads it".into());
+                }
                 status::write_human(o.out, &host, &lines)?;
             }
             Ok(ExitCode::Ok)

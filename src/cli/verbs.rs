@@ -83,6 +83,17 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
     Ok(Some(LiveStatus { json, lines }))
 }
 
+/// Whether the running kernel has a kexec kernel loaded; `None` with `--root` (another system).
+pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecStatus> {
+    if paths.root != Path::new("/") {
+        return None;
+    }
+    let k = crate::system::kexec::RealKexec::default();
+    crate::system::kexec::KexecLoader::is_loaded(&k)
+        .ok()
+        .map(|loaded| crate::status::KexecStatus { loaded })
+}
+
 fn short(id: &str) -> String {
     crate::exec::report::short(id)
 }

@@ -744,6 +744,20 @@ impl Vm {
         }
     }
 
+    /// Cut the power: kill QEMU (whatever the guest had not written to its disk is lost, as on
+    /// real hardware), then boot the newest BLS entry on the disk in a fresh QEMU.
+    pub fn power_cut(&mut self) -> BootInfo {
+        let t0 = Instant::now();
+        let old = self.boot_id.clone();
+        self.kill_qemu();
+        let (spec, bootloader) = self.bootloader();
+        timing(&self.name, "power cut: bootloader", bootloader);
+        self.launch(&spec, "boot after a power cut");
+        let boot = self.wait_boot(Some(&old), BOOT_TIMEOUT);
+        timing(&self.name, "power cut: total to running", t0.elapsed());
+        boot
+    }
+
     /// Power the guest off cleanly and wait for QEMU to exit.
     pub fn shutdown(&mut self) -> Duration {
         let t = Instant::now();
@@ -971,6 +985,24 @@ fn vm_lock(name: &str) -> File {
 
 // ---------------------------------------------------------------------------
 // Helpers shared by the scenarios
+
+/// Where [`install_fastswitch`] puts the binary (/usr is read-only; /var persists).
+pub const INSTALLED: &str = "/var/local/bin/fastswitch";
+
+/// Install fastswitch in the guest the way a host has it: the binary, and
+/// `dist/fastswitch-recover.service` enabled, so a boot after a power cut recovers /etc.
+pub fn install_fastswitch(vm: &Vm) {
+    let unit = include_str!("../../dist/fastswitch-recover.service")
+        .replace("/usr/bin/fastswitch", INSTALLED);
+    vm.put_file(
+        "/etc/systemd/system/fastswitch-recover.service",
+        unit.as_bytes(),
+        0o644,
+    );
+    vm.exec_ok(&format!(
+        "set -e; install -D -m 755 {GUEST_FASTSWITCH} {INSTALLED}; systemctl daemon-reload; systemctl enable fastswitch-recover.service; sync"
+    ));
+}
 
 /// `ostree admin status` in the guest, parsed.
 pub fn ostree_status(vm: &Vm) -> Vec<ostree::Deployment> {

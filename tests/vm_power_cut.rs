@@ -1,0 +1,218 @@
+//! VM scenarios for power cuts and crashes (issue: reliability). A real ostree-booted guest with
+//! fastswitch installed the way a host would have it (binary + fastswitch-recover.service):
+//!
+//! - the power is cut (QEMU killed) while `apply-live` sits at a fault point, or right after it
+//!   finished; the next boot must be the booted deployment again (the staged one was never
+//!   finalized), with /etc exactly as before the apply (restored by fastswitch-recover.service),
+//!   a cleanly running system, and no fastswitch state in /run;
+//! - `kexec --load-only` is killed before and after each preparation step; `status` tells the
+//!   truth, a re-run converges, `reset` unloads; a power cut after finalization boots the
+//!   finalized deployment.
+
+mod vm;
+
+use std::time::Duration;
+use vm::{
+    fastswitch_json, install_fastswitch as install, ostree_stage, ostree_status, Image, Vm,
+    INSTALLED,
+};
+
+/// Path, type, mode, owner, link target and content hash of everything in /etc.
+fn etc_snapshot(vm: &Vm) -> String {
+    vm.exec_ok(
+        "cd /etc && find . -xdev -printf '%p %y %m %U:%G %l\\n' | sort && find . -xdev -type f -print0 | sort -z | xargs -0 sha256sum",
+    )
+}
+
+fn diff_lines(a: &str, b: &str) -> String {
+    let sa: std::collections::BTreeSet<&str> = a.lines().collect();
+    let sb: std::collections::BTreeSet<&str> = b.lines().collect();
+    let mut out = String::new();
+    for l in sa.difference(&sb) {
+        out += &format!("- {l}\n");
+    }
+    for l in sb.difference(&sa) {
+        out += &format!("+ {l}\n");
+    }
+    out
+}
+
+fn booted_checksum(vm: &Vm) -> String {
+    ostree_status(vm)
+        .into_iter()
+        .find(|d| d.booted)
+        .expect("a booted deployment")
+        .checksum
+}
+
+/// Start `fastswitch <args>` with a `:stop` fault and wait until it has stopped there.
+fn run_until_stopped(vm: &Vm, fault: &str, args: &str) {
+    vm.exec_ok(&format!(
+        "rm -f /var/tmp/fs.err; setsid -f sh -c 'FASTSWITCH_FAULT={fault}:stop exec {INSTALLED} {args} > /var/tmp/fs.out 2> /var/tmp/fs.err' < /dev/null"
+    ));
+    let o = vm.exec_timeout(
+        "for i in $(seq 1800); do grep -q ': stopped (pid' /var/tmp/fs.err 2>/dev/null && exit 0; sleep 0.2; done; cat /var/tmp/fs.err; exit 1",
+        Duration::from_secs(400),
+    );
+    assert!(
+        o.success(),
+        "fastswitch never reached {fault}: {}",
+        o.stdout
+    );
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn power_cut_during_apply_live_boots_the_old_deployment_with_its_etc() {
+    let image = Image::get();
+    let base = image.booted_checksum();
+    let mut covered = 0;
+    // merge_etc:after — every /etc default written, not yet journaled as done;
+    // services:before — users created by sysusers, units reloaded, nothing restarted yet;
+    // complete — apply-live finished, the staged deployment still not finalized.
+    for point in ["merge_etc:after", "services:before", "complete"] {
+        let name = format!("cut-{}", point.replace(':', "-"));
+        let mut vm = Vm::boot(&image, &name);
+        install(&vm);
+        let etc_before = etc_snapshot(&vm);
+        ostree_stage(&vm, "test/layered", "");
+        if point == "complete" {
+            let rep = fastswitch_json(&vm, "apply-live --json");
+            assert_eq!(rep["outcome"], "ok", "{rep}");
+            vm.exec_ok("systemctl is-active demo-extra && getent passwd demo-extra");
+        } else {
+            run_until_stopped(&vm, point, "apply-live --json");
+        }
+        let st = fastswitch_json(&vm, "status --json");
+        assert_eq!(st["live"]["usr_is_target"], true, "{point}: {st}");
+        assert!(st["live"]["etc_changes"].as_u64().unwrap() > 0, "{st}");
+        vm.exec_ok("test -e /var/lib/fastswitch/state.json && test -e /etc/demo/extra.conf");
+
+        let boot = vm.power_cut();
+        assert_eq!(
+            boot.state, "running",
+            "{point}: failed units after the power cut:\n{}",
+            boot.failed_units
+        );
+        // The staged deployment was never finalized: the old one booted again.
+        assert_eq!(booted_checksum(&vm), base, "{point}");
+        // fastswitch-recover.service restored /etc before anything read it.
+        let unit = vm.exec_ok(
+            "systemctl show -P ActiveState fastswitch-recover; systemctl show -P ExecMainStatus fastswitch-recover",
+        );
+        assert_eq!(
+            unit.split_whitespace().collect::<Vec<_>>(),
+            ["active", "0"],
+            "{point}"
+        );
+        let etc_after = etc_snapshot(&vm);
+        assert!(
+            etc_after == etc_before,
+            "{point}: /etc differs from before the apply:\n{}",
+            diff_lines(&etc_before, &etc_after)
+        );
+        vm.exec_ok(
+            "set -e; ! getent passwd demo-extra; test ! -e /run/fastswitch/state.json; test ! -e /var/lib/fastswitch/state.json; test ! -e /var/lib/fastswitch/etc-backup",
+        );
+        let st = fastswitch_json(&vm, "status --json");
+        assert!(st["live"].is_null(), "{point}: {st}");
+        // Nothing is left to recover, and the host can apply again from scratch.
+        let again = vm.exec(&format!("{INSTALLED} recover --json"));
+        assert_eq!(again.status, 3, "{again:?}");
+        eprintln!("[power-cut] {point}: booted the old deployment, /etc restored");
+        covered += 1;
+        vm.shutdown();
+    }
+    eprintln!("[power-cut] apply-live power-cut points covered: {covered}");
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn kexec_preparation_killed_then_power_cut_boots_the_finalized_deployment() {
+    let image = Image::get();
+    let base = image.booted_checksum();
+    let mut vm = Vm::boot(&image, "cut-kexec");
+    install(&vm);
+    ostree_stage(&vm, "test/kernel", "");
+    let loaded = |vm: &Vm| vm.exec_ok("cat /sys/kernel/kexec_loaded").trim() == "1";
+    let mut covered = 0;
+    for point in [
+        "finalize_staged:before",
+        "finalize_staged:after",
+        "kexec_load:before",
+        "kexec_load:after",
+    ] {
+        let killed = vm.exec(&format!(
+            "FASTSWITCH_FAULT={point} {INSTALLED} kexec --load-only --json"
+        ));
+        assert_eq!(killed.status, 137, "{point}: {killed:?}");
+        // status agrees with ostree about staged/finalized, and with the kernel about kexec.
+        let st = fastswitch_json(&vm, "status --json");
+        let ours: Vec<(String, bool)> = st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["checksum"].as_str().unwrap().to_owned(),
+                    d["staged"] == true,
+                )
+            })
+            .collect();
+        let theirs: Vec<(String, bool)> = ostree_status(&vm)
+            .into_iter()
+            .map(|d| (d.checksum, d.staged))
+            .collect();
+        assert_eq!(ours, theirs, "{point}");
+        let staged_now = theirs.iter().any(|(_, s)| *s);
+        assert_eq!(
+            staged_now,
+            point == "finalize_staged:before",
+            "{point}: {theirs:?}"
+        );
+        assert_eq!(
+            st["kexec"]["loaded"].as_bool(),
+            Some(loaded(&vm)),
+            "{point}: {st}"
+        );
+        assert_eq!(loaded(&vm), point == "kexec_load:after", "{point}");
+        if point == "finalize_staged:before" {
+            // The re-run of the same command is the next kill point's run: it must get past
+            // the finalization this run never did.
+            covered += 1;
+            continue;
+        }
+        // The same command again converges: the target's kernel is loaded.
+        let rep = fastswitch_json(&vm, "kexec --load-only --json");
+        assert_eq!(rep["outcome"], "ok", "{point}: {rep}");
+        assert!(loaded(&vm), "{point}");
+        // reset unloads it; the booted deployment keeps running.
+        let r = fastswitch_json(&vm, "reset --json");
+        let steps: Vec<&str> = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["kexec_unload"], "{point}: {r}");
+        assert!(!loaded(&vm), "{point}");
+        assert_eq!(booted_checksum(&vm), base);
+        covered += 1;
+    }
+    eprintln!("[power-cut] kexec preparation kill points covered: {covered}");
+
+    // Power cut while kexec sits before the load: the deployment was finalized, so the next
+    // boot is the new one, with ostree's merged /etc and no fastswitch state in /run.
+    run_until_stopped(&vm, "kexec_load:before", "kexec --load-only --json");
+    let boot = vm.power_cut();
+    assert_eq!(boot.state, "running", "{}", boot.failed_units);
+    assert_eq!(booted_checksum(&vm), image.ref_checksum("test/kernel"));
+    vm.exec_ok("set -e; test ! -e /run/fastswitch/state.json; test -e /etc/systemd/system/fastswitch-recover.service; test ! -e /var/lib/fastswitch/state.json");
+    let unit = vm.exec_ok("systemctl show -P ActiveState fastswitch-recover");
+    assert_eq!(
+        unit.trim(),
+        "inactive",
+        "no record, so the unit's condition skipped it"
+    );
+    vm.shutdown();
+}
