@@ -39,6 +39,8 @@ fn scenario() -> Scenario {
     t1.write("usr/etc/demo/removed.conf", b"default v1\n");
     t1.write("usr/etc/demo/same.conf", b"same\n");
     t1.write("usr/share/demo/version", b"1\n");
+    t1.write("usr/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n");
+    t1.write("usr/etc/group", b"root:x:0:\n");
     s.commit("fx/v1", &t1);
     s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
     let v = s.json(&["status"]);
@@ -59,6 +61,11 @@ fn scenario() -> Scenario {
     t2.remove("usr/etc/demo/removed.conf");
     t2.write("usr/etc/demo/added.conf", b"added in v2\n");
     t2.chmod("usr/etc/demo/added.conf", 0o640);
+    // A new system user: systemd-sysusers rewrites the user databases in /etc.
+    t2.write(
+        "usr/lib/sysusers.d/demo.conf",
+        b"u demo-fx - \"fixture demo user\"\n",
+    );
     let c2 = s.commit("fx/v2", &t2);
     let staged = s.stage("fx", &c2, "fx/v2", None);
     Scenario { s, staged, root }
@@ -153,7 +160,7 @@ fn apply_live_then_reset_in_a_private_namespace() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["swap_usr", "merge_etc"]);
+    assert_eq!(steps, ["swap_usr", "merge_etc", "sysusers"]);
     let etc_actions: Vec<(String, String)> = plan["steps"][1]["actions"]
         .as_array()
         .unwrap()
@@ -350,7 +357,7 @@ fn killed_at_every_point_converges() {
     assert_eq!(snapshot(&sc.root.join("etc")), etc_before);
 
     let mut points: Vec<String> = Vec::new();
-    for step in ["swap_usr", "merge_etc"] {
+    for step in ["swap_usr", "merge_etc", "sysusers"] {
         for when in ["before", "after"] {
             points.push(format!("{step}:{when}"));
         }

@@ -237,6 +237,16 @@ fn report(
     }
 }
 
+/// A config file argument for systemd-sysusers/-tmpfiles: with `--root`, they read the named
+/// files as given (not below the root), so name them below it.
+fn under_root(root: &Path, file: &Path) -> std::path::PathBuf {
+    if root == Path::new("/") {
+        file.to_path_buf()
+    } else {
+        root.join(file.strip_prefix("/").unwrap_or(file))
+    }
+}
+
 fn run_tool(cmd: &mut std::process::Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -316,28 +326,39 @@ fn run_step(
             let backup_dir = env.journal.backup_dir();
             for name in SYSUSERS_DATABASES {
                 let path = format!("/etc/{name}");
-                if st.etc_backups.iter().any(|b| b.path == path) {
-                    continue;
-                }
                 let live = etc_dir.join(name);
-                if std::fs::symlink_metadata(&live).is_err() {
+                if let Some(b) = st.etc_backups.iter().find(|b| b.path == path) {
+                    // Journaled by an earlier run; finish its backup if that run died before
+                    // taking it (systemd-sysusers has not run since, so the file is original).
+                    if let Some(backup) = &b.backup {
+                        etc_apply::backup_once(&live, backup).with_context(|| {
+                            format!("backing up {path} before systemd-sysusers")
+                        })?;
+                    }
                     continue;
                 }
+                let existed = std::fs::symlink_metadata(&live).is_ok();
                 let backup = backup_dir.join(name);
                 st.etc_backups.push(EtcBackup {
                     path: path.clone(),
-                    backup: Some(backup.clone()),
+                    backup: existed.then(|| backup.clone()),
                     written: None,
                 });
                 env.journal.save(st)?;
-                etc_apply::backup_once(&live, &backup)
-                    .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
+                if existed {
+                    etc_apply::backup_once(&live, &backup)
+                        .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
+                }
             }
             let mut c = std::process::Command::new("systemd-sysusers");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
             }
-            c.args(files);
+            c.args(
+                files
+                    .iter()
+                    .map(|f| under_root(&env.paths.root, Path::new(f))),
+            );
             run_tool(&mut c).context("creating users and groups for the new sysusers.d entries")?;
             for b in st.etc_backups.iter_mut() {
                 if let Some(name) = b.path.strip_prefix("/etc/") {
@@ -354,7 +375,11 @@ fn run_step(
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
             }
-            c.args(files);
+            c.args(
+                files
+                    .iter()
+                    .map(|f| under_root(&env.paths.root, Path::new(f))),
+            );
             run_tool(&mut c)
                 .context("creating runtime directories for the new tmpfiles.d entries")?;
             Ok(serde_json::json!({"files": files}))
@@ -390,8 +415,19 @@ fn run_step(
     }
 }
 
-/// The files `systemd-sysusers` may rewrite.
-const SYSUSERS_DATABASES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
+/// The files `systemd-sysusers` may create or rewrite: the databases, the previous versions it
+/// keeps as `<name>-` (like the shadow tools), and the lock file.
+const SYSUSERS_DATABASES: [&str; 9] = [
+    "passwd",
+    "group",
+    "shadow",
+    "gshadow",
+    "passwd-",
+    "group-",
+    "shadow-",
+    "gshadow-",
+    ".pwd.lock",
+];
 
 /// Is this mount one of ours (a deployment's usr other than the booted one)?
 fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
