@@ -116,8 +116,48 @@ fn s3_kernel_change_kexecs_into_the_new_deployment() {
         Value::from(image.ref_checksum("test/kernel"))
     );
 
+    let kexec_phases = vm.boot_phases();
+    let prepare = Duration::from_millis(report["total_ms"].as_u64().unwrap());
+
     // The same guest through firmware, for comparison.
     let cold = vm.cold_reboot();
+    let cold_phases = vm.boot_phases();
+    let s = |d: Duration| d.as_secs_f64();
+    // What the new boot's own clock does not cover: for kexec, the orderly shutdown and the
+    // hand-over after the report was written; for the cold path, the shutdown, the harness's
+    // bootloader and QEMU's start.
+    let kexec_before_kernel = kexec_total.saturating_sub(prepare + kexec_phases.total);
+    let cold_before_kernel = cold.total.saturating_sub(cold_phases.total);
+    eprintln!("[s3] phase            kexec     cold");
+    eprintln!(
+        "[s3] prepare        {:>6.1}s        - (finalize + load, fastswitch's report)",
+        s(prepare)
+    );
+    eprintln!(
+        "[s3] to new kernel  {:>6.1}s  {:>6.1}s (shutdown + hand-over; cold: + bootloader + QEMU start)",
+        s(kexec_before_kernel),
+        s(cold_before_kernel)
+    );
+    eprintln!(
+        "[s3] kernel         {:>6.1}s  {:>6.1}s",
+        s(kexec_phases.kernel),
+        s(cold_phases.kernel)
+    );
+    eprintln!(
+        "[s3] initrd         {:>6.1}s  {:>6.1}s",
+        s(kexec_phases.initrd),
+        s(cold_phases.initrd)
+    );
+    eprintln!(
+        "[s3] userspace      {:>6.1}s  {:>6.1}s",
+        s(kexec_phases.userspace),
+        s(cold_phases.userspace)
+    );
+    eprintln!(
+        "[s3] total          {:>6.1}s  {:>6.1}s",
+        s(kexec_total),
+        s(cold.total)
+    );
     eprintln!(
         "[s3] kexec: command → running {:.1}s; cold reboot through firmware: {:.1}s (shutdown {:.1}s, bootloader {:.1}s, boot {:.1}s); ratio kexec/cold = {:.2}",
         kexec_total.as_secs_f64(),

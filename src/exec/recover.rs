@@ -128,3 +128,114 @@ impl RecoverReport {
         writeln!(out, "total {} ms", self.duration_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::journal::{EtcBackup, LiveState, STATE_SCHEMA_VERSION};
+
+    /// A record from boot "boot-a": /etc/new.conf added by the apply, /etc/old.conf replaced.
+    fn setup(d: &Path) -> std::path::PathBuf {
+        let etc = d.join("root/etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("new.conf"), "added\n").unwrap();
+        std::fs::write(etc.join("old.conf"), "new default\n").unwrap();
+        let j = Journal::new(&d.join("run"), &d.join("root"), "boot-a");
+        let backup = j.backup_dir().join("old.conf");
+        std::fs::create_dir_all(backup.parent().unwrap()).unwrap();
+        std::fs::write(&backup, "original\n").unwrap();
+        let st = LiveState {
+            schema_version: STATE_SCHEMA_VERSION,
+            booted: "old.0".into(),
+            target: "new.0".into(),
+            target_path: "/x".into(),
+            started_at: 1,
+            finished_at: Some(2),
+            steps: vec![],
+            usr_binds: 1,
+            etc_backups: vec![
+                EtcBackup {
+                    path: "/etc/new.conf".into(),
+                    backup: None,
+                    written: etc_apply::fingerprint(&etc.join("new.conf")),
+                },
+                EtcBackup {
+                    path: "/etc/old.conf".into(),
+                    backup: Some(backup),
+                    written: etc_apply::fingerprint(&etc.join("old.conf")),
+                },
+            ],
+            unit_actions: vec![],
+            boot_id: String::new(),
+            resetting: false,
+        };
+        j.save(&st).unwrap();
+        etc
+    }
+
+    fn next_boot(d: &Path, id: &str) -> Journal {
+        // /run is a tmpfs: gone with the boot.
+        let _ = std::fs::remove_dir_all(d.join("run"));
+        Journal::new(&d.join("run"), &d.join("root"), id)
+    }
+
+    #[test]
+    fn same_boot_is_not_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = setup(d.path());
+        let j = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-a");
+        let r = recover(&j, &etc, "old.0").unwrap();
+        assert_eq!(r.action, RecoverAction::None);
+        assert_eq!(r.exit_code, 3);
+        assert!(j.persistent_state_path().exists(), "record kept for reset");
+    }
+
+    #[test]
+    fn old_deployment_booted_restores_etc() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = setup(d.path());
+        let j = next_boot(d.path(), "boot-b");
+        let r = recover(&j, &etc, "old.0").unwrap();
+        assert_eq!(r.action, RecoverAction::RestoredEtc);
+        assert_eq!(r.restored, 2);
+        assert!(!etc.join("new.conf").exists());
+        assert_eq!(
+            std::fs::read_to_string(etc.join("old.conf")).unwrap(),
+            "original\n"
+        );
+        assert!(!j.persistent_state_path().exists());
+        assert!(!j.backup_dir().exists());
+        assert_eq!(recover(&j, &etc, "old.0").unwrap().exit_code, 3);
+    }
+
+    #[test]
+    fn admin_edit_after_the_apply_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = setup(d.path());
+        std::fs::write(etc.join("old.conf"), "admin edit\n").unwrap();
+        let j = next_boot(d.path(), "boot-b");
+        let r = recover(&j, &etc, "old.0").unwrap();
+        assert_eq!(r.kept_admin_changes, ["/etc/old.conf"]);
+        assert_eq!(
+            std::fs::read_to_string(etc.join("old.conf")).unwrap(),
+            "admin edit\n"
+        );
+    }
+
+    #[test]
+    fn target_or_other_booted_drops_the_record_and_keeps_etc() {
+        for (booted, want) in [
+            ("new.0", RecoverAction::TargetBooted),
+            ("third.0", RecoverAction::OtherDeploymentBooted),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let etc = setup(d.path());
+            let j = next_boot(d.path(), "boot-b");
+            let r = recover(&j, &etc, booted).unwrap();
+            assert_eq!(r.action, want);
+            assert_eq!(r.exit_code, 0);
+            assert!(etc.join("new.conf").exists(), "{booted}: /etc untouched");
+            assert!(!j.persistent_state_path().exists());
+        }
+    }
+}

@@ -231,6 +231,20 @@ pub struct BootInfo {
     pub to_running: Duration,
 }
 
+/// Phases of the current boot as systemd recorded them (monotonic clock, which starts when the
+/// kernel starts, whether by firmware or by kexec).
+#[derive(Debug, Clone, Copy)]
+pub struct BootPhases {
+    /// Kernel start → initrd's systemd started.
+    pub kernel: Duration,
+    /// initrd → switch-root into the real root's systemd.
+    pub initrd: Duration,
+    /// Real root's systemd → startup finished.
+    pub userspace: Duration,
+    /// Kernel start → startup finished.
+    pub total: Duration,
+}
+
 /// Phases of [`Vm::cold_reboot`].
 #[derive(Debug, Clone)]
 pub struct RebootTimings {
@@ -696,6 +710,32 @@ impl Vm {
     }
 
     // --- boots ------------------------------------------------------------
+
+    /// The current boot's kernel / initrd / userspace phases, from systemd's manager
+    /// timestamps (`systemctl show -P …TimestampMonotonic`, in µs since the kernel started).
+    pub fn boot_phases(&self) -> BootPhases {
+        let out = self.exec_ok(
+            "for p in InitRDTimestampMonotonic UserspaceTimestampMonotonic FinishTimestampMonotonic; do systemctl show -P $p; done",
+        );
+        let v: Vec<u64> = out
+            .split_whitespace()
+            .map(|x| {
+                x.parse()
+                    .unwrap_or_else(|e| self.fail(&format!("timestamp {x:?}: {e}")))
+            })
+            .collect();
+        let [initrd, userspace, finish] = v[..] else {
+            self.fail(&format!("manager timestamps: {out:?}"));
+        };
+        let us = Duration::from_micros;
+        let kernel_end = if initrd > 0 { initrd } else { userspace };
+        BootPhases {
+            kernel: us(kernel_end),
+            initrd: us(userspace.saturating_sub(kernel_end)),
+            userspace: us(finish.saturating_sub(userspace)),
+            total: us(finish),
+        }
+    }
 
     /// Boot id of the current boot.
     pub fn boot_id(&self) -> String {
