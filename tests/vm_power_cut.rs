@@ -94,6 +94,12 @@ fn power_cut_during_apply_live_boots_the_old_deployment_with_its_etc() {
             "{point}: failed units after the power cut:\n{}",
             boot.failed_units
         );
+        let serial = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
+        assert!(
+            !serial.contains("Ordering cycle"),
+            "{point}: systemd found an ordering cycle (see {})",
+            vm.serial_log().display()
+        );
         // The staged deployment was never finalized: the old one booted again.
         assert_eq!(booted_checksum(&vm), base, "{point}");
         // fastswitch-recover.service restored /etc before anything read it.
