@@ -394,6 +394,52 @@ fn cases() -> Vec<Case> {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("state.json"), b"{ half a json").unwrap();
         }),
+        case(
+            "corrupt persistent /etc record",
+            &["apply-live", "--no-services"],
+            1,
+            "var/lib/fastswitch/state.json is corrupt",
+            |f| {
+                let dir = booted_dir(f).join("var/lib/fastswitch");
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("state.json"), b"\0\0\0\0").unwrap();
+            },
+        ),
+        case(
+            "/etc changes of an earlier boot not recovered",
+            &["apply-live", "--no-services"],
+            6,
+            "run `fastswitch recover`",
+            |f| {
+                let dir = booted_dir(f).join("var/lib/fastswitch");
+                std::fs::create_dir_all(&dir).unwrap();
+                let st = serde_json::json!({
+                    "schema_version": 1, "booted": f.booted, "target": f.staged,
+                    "target_path": staged_dir(f), "started_at": 1, "finished_at": 2,
+                    "steps": [], "usr_binds": 1, "unit_actions": [],
+                    "etc_backups": [{"path": "/etc/demo/b.conf", "backup": null, "written": null}],
+                    "boot_id": "00000000-0000-0000-0000-000000000000", "resetting": false
+                });
+                std::fs::write(dir.join("state.json"), st.to_string()).unwrap();
+            },
+        ),
+        case(
+            "apply-live after an interrupted reset",
+            &["apply-live", "--no-services"],
+            8,
+            "run `fastswitch reset` again",
+            |f| {
+                let dir = f.s.run().join("fastswitch");
+                std::fs::create_dir_all(&dir).unwrap();
+                let st = serde_json::json!({
+                    "schema_version": 1, "booted": f.booted, "target": f.staged,
+                    "target_path": staged_dir(f), "started_at": 1, "finished_at": 2,
+                    "steps": [], "usr_binds": 0, "etc_backups": [], "unit_actions": [],
+                    "resetting": true
+                });
+                std::fs::write(dir.join("state.json"), st.to_string()).unwrap();
+            },
+        ),
         Case {
             unprivileged: true,
             ..case(
