@@ -349,3 +349,41 @@ fn errors_name_the_path() {
     let err = diff_usr(&tmp.path().join("a"), &tmp.path().join("b")).unwrap_err();
     assert!(format!("{err:#}").contains("a/usr"), "{err:#}");
 }
+
+/// The repo checksums the walk prunes with are the ones the real ostree CLI shows
+/// (`ostree ls -C -d`), so pruning is really active on ostree deployments.
+#[test]
+fn pruning_reads_the_checksums_ostree_shows() {
+    require_root!();
+    let (v1, v2) = trees();
+    let p = deploy_pair(&v1, &v2);
+    use fastswitch::diff::repo::Repo;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let (repo, c1) = Repo::of_deployment(&p.d1).expect("repo of the deployment");
+    assert_eq!(c1, p.c1);
+    for (commit, dir) in [(&p.c1, "/usr"), (&p.c2, "/usr")] {
+        let u = repo.usr(commit).expect("usr checksums from the commit");
+        let ls = run(ostree()
+            .arg(format!("--repo={}", p.s.repo().display()))
+            .args(["ls", "-C", "-d", commit, dir]));
+        assert!(
+            ls.contains(&hex(&u.tree)) && ls.contains(&hex(&u.meta)),
+            "{dir} of {commit}: {ls}"
+        );
+        // One level down: every subdirectory's checksums, by name.
+        let sub = repo.subdirs(&u.tree).expect("dirtree of /usr");
+        assert!(sub.contains_key(b"share".as_slice()), "{:?}", sub.keys());
+        let share = sub[b"share".as_slice()];
+        let ls = run(ostree()
+            .arg(format!("--repo={}", p.s.repo().display()))
+            .args(["ls", "-C", "-d", commit, "/usr/share"]));
+        assert!(ls.contains(&hex(&share.tree)), "{ls}");
+    }
+    // Unchanged subtrees have equal checksums (and are skipped), changed ones differ.
+    let s1 = repo.subdirs(&repo.usr(&p.c1).unwrap().tree).unwrap();
+    let s2 = repo.subdirs(&repo.usr(&p.c2).unwrap().tree).unwrap();
+    assert_ne!(s1[b"bin".as_slice()], s2[b"bin".as_slice()]);
+    let b1 = repo.subdirs(&s1[b"share".as_slice()].tree).unwrap();
+    let b2 = repo.subdirs(&s2[b"share".as_slice()].tree).unwrap();
+    assert_eq!(b1[b"bulk".as_slice()], b2[b"bulk".as_slice()]);
+}

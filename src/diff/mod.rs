@@ -8,6 +8,7 @@
 
 pub mod etc;
 pub mod kernel;
+pub mod repo;
 pub mod usr;
 mod walk;
 

@@ -18,9 +18,16 @@
 //! - **removed**: the path is gone; a removed directory is listed once, its children are not.
 //! - **added**: the path is new; an added directory is listed together with every descendant.
 //!
+//! When both deployments come from commits in the same repository, each directory pair also
+//! carries its two dirtree checksums (read from the repo, [`super::repo`]): equal checksums
+//! mean equal subtrees, so the pair is skipped without listing it; equal dirmeta checksums mean
+//! equal directory metadata. A 1 % change then touches only the changed directories and their
+//! ancestors. Without a readable repo the walk compares everything on disk, with the same result.
+//!
 //! `/usr` itself is reported (as `/usr`) if its own metadata changed. Entries are sorted by
 //! path, component-wise, so parents come before their children.
 
+use super::repo::{Csum, DirCsums, Repo};
 pub use super::walk::FileType;
 use super::walk::{self, FsTraits, Listing, Meta, XattrSource};
 use anyhow::{Context, Result};
@@ -110,15 +117,35 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
     let b = walk::open_dir(&roots[1])?;
     let ma = walk::stat_fd(a.as_fd()).with_context(|| format!("stat {}", roots[0].display()))?;
     let mb = walk::stat_fd(b.as_fd()).with_context(|| format!("stat {}", roots[1].display()))?;
+    // The two commits' /usr checksums, when both come from one readable repository.
+    let repo_usr = match (
+        Repo::of_deployment(from_deploy),
+        Repo::of_deployment(to_deploy),
+    ) {
+        (Some((repo, ca)), Some((_, cb))) => match (repo.usr(&ca), repo.usr(&cb)) {
+            (Some(ua), Some(ub)) => Some((repo, ua, ub)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (repo, usr_csums) = match repo_usr {
+        Some((r, ua, ub)) => (Some(r), Some((ua, ub))),
+        None => (None, None),
+    };
     let ctx = Ctx {
         fs: FsTraits::of(a.as_fd()).both(FsTraits::of(b.as_fd())),
         roots: roots.map(|r| r.into_os_string().into_vec()),
+        repo,
     };
     let mut entries = Vec::new();
-    if let Some(e) = ctx.compare_dirs(&a, &ma, &b, &mb, b"")? {
-        entries.push(e);
+    let same_meta = usr_csums.is_some_and(|(ua, ub)| ua.meta == ub.meta);
+    if !same_meta {
+        if let Some(e) = ctx.compare_dirs(&a, &ma, &b, &mb, b"")? {
+            entries.push(e);
+        }
     }
-    entries.extend(ctx.diff_pair(&a, &ma, &b, &mb, b"")?);
+    let trees = usr_csums.map(|(ua, ub)| (ua.tree, ub.tree));
+    entries.extend(ctx.diff_pair(&a, &ma, &b, &mb, b"", trees)?);
     entries.sort_unstable_by(|x, y| Path::new(&x.path).cmp(Path::new(&y.path)));
     let mut counts = UsrCounts::default();
     for e in &entries {
@@ -141,6 +168,8 @@ struct Ctx {
     /// `<deploy>/usr` of each side, as bytes.
     roots: [Vec<u8>; 2],
     fs: FsTraits,
+    /// The repository both commits are in, for dirtree checksums.
+    repo: Option<Repo>,
 }
 
 fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
@@ -360,6 +389,8 @@ impl Ctx {
     }
 
     /// Diff the children of a directory pair whose own metadata the caller has compared.
+    /// `trees`: the pair's dirtree checksums, when known.
+    #[allow(clippy::too_many_arguments)]
     fn diff_pair(
         &self,
         a: &OwnedFd,
@@ -367,10 +398,16 @@ impl Ctx {
         b: &OwnedFd,
         mb: &Meta,
         rel: &[u8],
+        trees: Option<(Csum, Csum)>,
     ) -> Result<Vec<UsrEntry>> {
-        if ma.same_inode(mb) {
+        if ma.same_inode(mb) || trees.is_some_and(|(ta, tb)| ta == tb) {
             return Ok(Vec::new());
         }
+        // The subdirectories' checksums on both sides, to prune below.
+        let subdirs = match (&self.repo, trees) {
+            (Some(repo), Some((ta, tb))) => repo.subdirs(&ta).zip(repo.subdirs(&tb)),
+            _ => None,
+        };
         let la = self.list(Side::From, a, rel)?;
         let lb = self.list(Side::To, b, rel)?;
         let fast = self.fs.dirent_inodes && ma.dev == mb.dev;
@@ -446,13 +483,22 @@ impl Ctx {
             .par_iter()
             .map(|&(i, j)| -> Result<Vec<UsrEntry>> {
                 let crel = join(rel, la.name(i));
+                let known: Option<(DirCsums, DirCsums)> = subdirs
+                    .as_ref()
+                    .and_then(|(sa, sb)| Some((*sa.get(la.name(i))?, *sb.get(lb.name(j))?)));
+                if known.is_some_and(|(x, y)| x == y) {
+                    return Ok(Vec::new());
+                }
                 let (ca, cma) = self.open_child(Side::From, a, la.cname(i), &crel)?;
                 let (cb, cmb) = self.open_child(Side::To, b, lb.cname(j), &crel)?;
                 let mut v = Vec::new();
-                if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
-                    v.push(e);
+                if known.is_none_or(|(x, y)| x.meta != y.meta) {
+                    if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
+                        v.push(e);
+                    }
                 }
-                concat(v, self.diff_pair(&ca, &cma, &cb, &cmb, &crel)?)
+                let child_trees = known.map(|(x, y)| (x.tree, y.tree));
+                concat(v, self.diff_pair(&ca, &cma, &cb, &cmb, &crel, child_trees)?)
             })
             .try_reduce(Vec::new, concat)?;
         let added = added_dirs
