@@ -53,6 +53,33 @@ type CommitVariant = (
 );
 type DirTreeVariant = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
 
+/// The root (dirtree, dirmeta) of a commit object, `(a{sv}aya(say)sstayay)`.
+pub fn parse_commit_root(bytes: &[u8]) -> Option<DirCsums> {
+    let (c, used): (CommitVariant, usize) = Data::new(bytes, ctxt()).deserialize().ok()?;
+    (used == bytes.len()).then_some(())?;
+    Some(DirCsums {
+        tree: csum(&c.6)?,
+        meta: csum(&c.7)?,
+    })
+}
+
+/// The subdirectories of a dirtree object, `(a(say)a(sayay))`.
+pub fn parse_subdirs(bytes: &[u8]) -> Option<SubDirs> {
+    let (t, used): (DirTreeVariant, usize) = Data::new(bytes, ctxt()).deserialize().ok()?;
+    (used == bytes.len()).then_some(())?;
+    t.1.into_iter()
+        .map(|(name, tree, meta)| {
+            Some((
+                name.into_bytes(),
+                DirCsums {
+                    tree: csum(&tree)?,
+                    meta: csum(&meta)?,
+                },
+            ))
+        })
+        .collect()
+}
+
 impl Repo {
     /// The repository and commit of a deployment directory
     /// `<sysroot>/ostree/deploy/<os>/deploy/<commit>.<serial>`.
@@ -80,32 +107,12 @@ impl Repo {
 
     /// The root directory of a commit.
     pub fn commit_root(&self, commit: &str) -> Option<DirCsums> {
-        let bytes = self.read(commit, "commit")?;
-        let (c, used): (CommitVariant, usize) = Data::new(&bytes[..], ctxt()).deserialize().ok()?;
-        (used == bytes.len()).then_some(())?;
-        Some(DirCsums {
-            tree: csum(&c.6)?,
-            meta: csum(&c.7)?,
-        })
+        parse_commit_root(&self.read(commit, "commit")?)
     }
 
     /// The subdirectories of the dirtree `tree`.
     pub fn subdirs(&self, tree: &Csum) -> Option<SubDirs> {
-        let bytes = self.read(&crate::discover::kernel::hex(tree), "dirtree")?;
-        let (t, used): (DirTreeVariant, usize) =
-            Data::new(&bytes[..], ctxt()).deserialize().ok()?;
-        (used == bytes.len()).then_some(())?;
-        t.1.into_iter()
-            .map(|(name, tree, meta)| {
-                Some((
-                    name.into_bytes(),
-                    DirCsums {
-                        tree: csum(&tree)?,
-                        meta: csum(&meta)?,
-                    },
-                ))
-            })
-            .collect()
+        parse_subdirs(&self.read(&crate::discover::kernel::hex(tree), "dirtree")?)
     }
 
     /// `/usr` of a commit.

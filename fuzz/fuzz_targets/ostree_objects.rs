@@ -1,0 +1,10 @@
+//! ostree commit and dirtree objects, read from the repo to prune the /usr diff.
+#![no_main]
+
+use fastswitch::diff::repo;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = repo::parse_commit_root(data);
+    let _ = repo::parse_subdirs(data);
+});
