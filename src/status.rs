@@ -12,7 +12,15 @@ pub const STATUS_SCHEMA_VERSION: u32 = 1;
 pub struct StatusJson {
     pub schema_version: u32,
     pub sysroot: String,
+    /// The boot directory read for boot entries: the mounted `/boot` on a booted host that
+    /// has the `loader` link there (a boot partition), else `<sysroot>/boot`.
+    pub boot_dir: String,
     pub ostree_booted: bool,
+    /// Finalization of the staged deployment is locked (it will not be applied at shutdown).
+    pub finalization_locked: bool,
+    /// `/run/ostree-booted`'s `root.transient` and `transient-etc` (`etc.transient`).
+    pub root_transient: bool,
+    pub transient_etc: Option<String>,
     pub deployments: Vec<DeploymentJson>,
     /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot (or a
     /// record of an earlier boot waits for `fastswitch recover`).
@@ -45,6 +53,10 @@ pub struct DeploymentJson {
     pub kargs: Vec<String>,
     /// The BLS entry file, absent for a staged deployment.
     pub boot_entry: Option<String>,
+    /// `ostree admin unlock` state (`development`, `transient`, `hotfix`), if unlocked.
+    pub unlocked: Option<String>,
+    /// rpm-ostree applied changes live to it this boot.
+    pub rpm_ostree_live: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +95,8 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
         }),
         kargs: d.kargs.clone(),
         boot_entry: d.boot_entry.as_ref().map(|e| e.file.clone()),
+        unlocked: d.unlocked.clone(),
+        rpm_ostree_live: d.rpm_ostree_live,
     }
 }
 
@@ -94,7 +108,14 @@ pub fn to_json(
     StatusJson {
         schema_version: STATUS_SCHEMA_VERSION,
         sysroot: host.paths.sysroot.display().to_string(),
+        boot_dir: host.paths.boot.display().to_string(),
         ostree_booted: host.ostree_booted,
+        finalization_locked: host.finalization_locked,
+        root_transient: host.booted_state.as_ref().is_some_and(|b| b.root_transient),
+        transient_etc: host
+            .booted_state
+            .as_ref()
+            .and_then(|b| b.transient_etc.clone()),
         deployments: host.deployments.iter().map(deployment_json).collect(),
         live,
         kexec,
@@ -117,7 +138,18 @@ pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> s
         } else {
             ""
         };
-        writeln!(out, "{mark} {} {}{tag}", d.stateroot, d.id)?;
+        let lock = if d.staged && host.finalization_locked {
+            " (finalization locked)"
+        } else {
+            ""
+        };
+        writeln!(out, "{mark} {} {}{tag}{lock}", d.stateroot, d.id)?;
+        if let Some(u) = &d.unlocked {
+            writeln!(out, "    Unlocked: {u}")?;
+        }
+        if d.rpm_ostree_live {
+            writeln!(out, "    rpm-ostree live changes applied")?;
+        }
         if let Some(o) = &d.origin {
             if let Some(r) = &o.refspec {
                 writeln!(out, "    origin refspec: {r}")?;
@@ -146,6 +178,14 @@ pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> s
         }
         if !d.kargs.is_empty() {
             writeln!(out, "    kargs: {}", d.kargs.join(" "))?;
+        }
+    }
+    if let Some(b) = &host.booted_state {
+        if b.root_transient {
+            writeln!(out, "root: transient (root.transient)")?;
+        }
+        if let Some(e) = &b.transient_etc {
+            writeln!(out, "/etc: transient (upper in {e})")?;
         }
     }
     for l in live_lines {

@@ -95,6 +95,11 @@ pub struct KexecOpts {
     /// Finalize and load, but do not start the hand-off (run `systemctl kexec` later)
     #[arg(long)]
     pub load_only: bool,
+    /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
+    /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
+    /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
+    #[arg(long)]
+    pub unlock: bool,
     /// The target deployment [default: staged, else pending]
     #[arg(long, value_name = "DEP")]
     pub to: Option<String>,
@@ -108,6 +113,11 @@ pub struct SwitchOpts {
     /// When kexec is impossible here (disabled, lockdown), do a full `reboot` instead of refusing
     #[arg(long)]
     pub reboot_fallback: bool,
+    /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
+    /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
+    /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
+    #[arg(long)]
+    pub unlock: bool,
     /// The target deployment [default: staged, else pending]
     #[arg(long, value_name = "DEP")]
     pub to: Option<String>,
@@ -142,6 +152,11 @@ pub struct ApplyLiveOpts {
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
+    /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
+    /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
+    #[arg(long)]
+    pub unlock: bool,
     #[command(flatten)]
     pub pair: PairOpts,
     #[command(flatten)]

@@ -7,6 +7,7 @@ use crate::discover::{self, Host, HostPaths};
 use crate::exec::journal::Journal;
 use crate::exec::live::{self, LiveEnv};
 use crate::exit::{refuse, ExitCode};
+use crate::plan::preconditions::{self, Rung};
 use crate::plan::{self, Plan, Step};
 use crate::services;
 use crate::system::{lock, mounts, privileges, systemd};
@@ -271,8 +272,16 @@ fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
     for r in &p.decision.reasons {
         writeln!(o.out, "  - {r}")?;
     }
+    for h in &p.host_states {
+        writeln!(o.out, "host state: {}", h.describe())?;
+    }
     for (i, s) in p.steps.iter().enumerate() {
         match s {
+            Step::UnlockFinalization => writeln!(
+                o.out,
+                "{}. unlock finalization of the staged deployment (--unlock)",
+                i + 1
+            )?,
             Step::SwapUsr { source, target } => writeln!(
                 o.out,
                 "{}. bind {} read-only over {}",
@@ -381,6 +390,14 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         (None, Some(l)) => l,
         _ => diff::select_pair(&host, opts.pair.from.as_deref(), opts.pair.to.as_deref())?.0,
     };
+    let host_states = preconditions::blockers(&host, from, to);
+    let blocking = preconditions::blocking(&host_states, Rung::Live, opts.unlock);
+    if !blocking.is_empty() {
+        return Err(refuse(
+            ExitCode::Refused,
+            preconditions::refusal_text("apply-live", &blocking),
+        ));
+    }
     let t = std::time::Instant::now();
     let d = diff::diff_deployments(from, to)?;
     progress(&format!(
@@ -404,7 +421,7 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
             if !o.json {
                 writeln!(o.out, "nothing to do: {} and {} are identical", short(&from.id), short(&to.id))?;
             } else {
-                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: vec![] }))?;
+                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: vec![], host_states, unlock_finalization: false }))?;
             }
             return Ok(ExitCode::NothingToDo);
         }
@@ -418,6 +435,8 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         &plan::LiveInputs {
             root: paths.root.clone(),
             services,
+            host_states,
+            unlock_finalization: opts.unlock,
         },
     );
     if sd_ref.is_none() {
@@ -576,6 +595,7 @@ struct KexecMode {
     dry_run: bool,
     load_only: bool,
     reboot_fallback: bool,
+    unlock: bool,
 }
 
 fn run_kexec(
@@ -592,10 +612,24 @@ fn run_kexec(
         dry_run,
         load_only,
         reboot_fallback,
+        unlock,
     } = mode;
+    let from = host
+        .deployments
+        .iter()
+        .find(|x| x.id == d.from.id && x.stateroot == d.from.stateroot)
+        .context("the diff's source deployment is gone from the host")?;
+    let host_states = preconditions::blockers(host, from, to);
+    let blocking = preconditions::blocking(&host_states, Rung::Kexec, unlock);
+    if !blocking.is_empty() {
+        return Err(refuse(
+            ExitCode::Refused,
+            preconditions::refusal_text("kexec", &blocking),
+        ));
+    }
     let tree_kernel = checked_tree_kernel(to)?;
     let loader = RealKexec::default();
-    let plan = plan::kexec_plan(d, Some(tree_kernel), load_only);
+    let plan = plan::kexec_plan(d, Some(tree_kernel), load_only, &host_states, unlock);
     if dry_run {
         print_plan(o, &plan)?;
         return Ok(ExitCode::Ok);
@@ -684,6 +718,7 @@ pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> 
             dry_run: opts.dry_run,
             load_only: opts.load_only,
             reboot_fallback: false,
+            unlock: opts.unlock,
         },
         o,
     )
@@ -701,7 +736,20 @@ pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -
     }
     let host = booted_host(paths)?;
     let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
-    let d = diff::diff_deployments(from, to)?;
+    let host_states = preconditions::blockers(&host, from, to);
+    let blocking = preconditions::blocking(&host_states, Rung::Kexec, opts.unlock);
+    if !blocking.is_empty() {
+        return Err(refuse(
+            ExitCode::Refused,
+            preconditions::refusal_text("switch", &blocking),
+        ));
+    }
+    let mut d = diff::diff_deployments(from, to)?;
+    // A host state that rules out the live rung sends a live decision one rung up.
+    d.decision = preconditions::escalate(
+        &d.decision,
+        &preconditions::blocking(&host_states, Rung::Live, opts.unlock),
+    );
     progress(&format!(
         "switch {} → {}: {:?}",
         short(&from.id),
@@ -716,6 +764,8 @@ pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -
                     &plan::LiveInputs {
                         root: paths.root.clone(),
                         services: vec![],
+                        host_states,
+                        unlock_finalization: false,
                     },
                 ))?;
             } else {
@@ -732,6 +782,7 @@ pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -
             drop(host);
             let live = ApplyLiveOpts {
                 dry_run: opts.dry_run,
+                unlock: opts.unlock,
                 pair: PairOpts {
                     from: None,
                     to: opts.to.clone(),
@@ -756,6 +807,7 @@ pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -
                     dry_run: opts.dry_run,
                     load_only: false,
                     reboot_fallback: opts.reboot_fallback,
+                    unlock: opts.unlock,
                 },
                 o,
             )

@@ -34,22 +34,46 @@ pub struct HostPaths {
     pub root: PathBuf,
     /// The runtime state directory (`/run`).
     pub run: PathBuf,
+    /// The boot directory holding `loader` → `loader.N` and the kernels the entries name. On a
+    /// booted host this is the mounted `/boot` when it holds the `loader` link (a boot partition,
+    /// or ostree-prepare-root's bind of `<sysroot>/boot`), else `<sysroot>/boot` — the directory
+    /// libostree reads, whose sysroot is `/` on a booted host (see [`HostPaths::resolve`]).
+    pub boot: PathBuf,
 }
 
 impl HostPaths {
     /// Defaults: root `/`, run `/run`, sysroot `/sysroot` when `<run>/ostree-booted` exists,
-    /// else `/`.
+    /// else `/`. The boot directory: on an ostree-booted host, `<root>/boot` when it holds the
+    /// `loader` symlink, else `<sysroot>/boot`. With a boot partition (Fedora CoreOS, most
+    /// installer-made hosts) `<sysroot>/boot` is an empty directory and only the mounted `/boot`
+    /// has the entries; with `/boot` on the root filesystem both show the same directory.
     pub fn resolve(sysroot: Option<PathBuf>, root: Option<PathBuf>, run: Option<PathBuf>) -> Self {
         let root = root.unwrap_or_else(|| PathBuf::from("/"));
         let run = run.unwrap_or_else(|| PathBuf::from("/run"));
+        let booted = run.join("ostree-booted").symlink_metadata().is_ok();
         let sysroot = sysroot.unwrap_or_else(|| {
-            if run.join("ostree-booted").exists() {
+            if booted {
                 root.join("sysroot")
             } else {
                 root.clone()
             }
         });
-        HostPaths { sysroot, root, run }
+        let mounted = root.join("boot");
+        let mounted_has_loader = mounted
+            .join("loader")
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        let boot = if booted && mounted_has_loader {
+            mounted
+        } else {
+            sysroot.join("boot")
+        };
+        HostPaths {
+            sysroot,
+            root,
+            run,
+            boot,
+        }
     }
 
     pub fn ostree_booted_file(&self) -> PathBuf {
@@ -58,6 +82,17 @@ impl HostPaths {
 
     pub fn staged_file(&self) -> PathBuf {
         self.run.join("ostree/staged-deployment")
+    }
+
+    /// The legacy finalization lock file ostree still writes next to the staged state.
+    pub fn staged_locked_file(&self) -> PathBuf {
+        self.run.join("ostree/staged-deployment-locked")
+    }
+
+    /// ostree's per-deployment runtime state directory (`unlocked-*` flags, rpm-ostree's
+    /// live stamp).
+    pub fn deployment_state_dir(&self, id: &str) -> PathBuf {
+        self.run.join("ostree/deployment-state").join(id)
     }
 }
 
@@ -85,6 +120,13 @@ pub struct Deployment {
     /// Kernel arguments: the BLS `options`; for a staged deployment the override it was
     /// staged with, else the ones it inherits from its merge deployment.
     pub kargs: Vec<String>,
+    /// `ostree admin unlock` state: `development` or `transient` (runtime flags under
+    /// `<run>/ostree/deployment-state/<id>/`), or `hotfix` (the origin's `unlocked=`). `/usr` is
+    /// then a writable overlay, not the deployment's tree.
+    pub unlocked: Option<String>,
+    /// rpm-ostree applied a change live to this deployment this boot
+    /// (`<run>/ostree/deployment-state/<id>/rpmostree-is-live.stamp`): `/usr` is an overlay.
+    pub rpm_ostree_live: bool,
     /// (st_dev, st_ino) of the deployment directory.
     #[serde(skip)]
     pub dev_ino: (u64, u64),
@@ -111,6 +153,11 @@ pub struct Host {
     pub staged_state: Option<StagedState>,
     /// The current bootversion (`boot/loader` → `loader.N`), if any entries were written.
     pub bootversion: Option<u8>,
+    /// The staged deployment must not be finalized until unlocked: `locked` in
+    /// `<run>/ostree/staged-deployment`, or the older `<run>/ostree/staged-deployment-locked`
+    /// file (bootc `--download-only`, rpm-ostree `--lock-finalization`,
+    /// `ostree admin deploy --lock-finalization`).
+    pub finalization_locked: bool,
     pub deployments: Vec<Deployment>,
 }
 
@@ -250,7 +297,7 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", staged_file.display())),
     };
 
-    let (bootversion, entries) = read_boot_entries(&paths.sysroot)?;
+    let (bootversion, entries) = read_boot_entries(&paths.boot)?;
     let mut deployments: Vec<Deployment> = Vec::new();
 
     if let Some(st) = &staged_state {
@@ -266,7 +313,7 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
             );
         }
         deployments.push(make_deployment(
-            &st.osname, &checksum, serial, path, None, prior,
+            paths, &st.osname, &checksum, serial, path, None, prior,
         )?);
         deployments[0].staged = true;
     }
@@ -286,7 +333,15 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
         })?;
         let (checksum, serial) = parse_deploy_name(&name)?;
         let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
-        let d = make_deployment(&link.stateroot, &checksum, serial, path, Some(entry), prior)?;
+        let d = make_deployment(
+            paths,
+            &link.stateroot,
+            &checksum,
+            serial,
+            path,
+            Some(entry),
+            prior,
+        )?;
         if deployments
             .iter()
             .any(|o| o.id == d.id && o.stateroot == d.stateroot)
@@ -367,17 +422,21 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
         }
     }
 
+    let finalization_locked = staged_state.as_ref().is_some_and(|s| s.locked)
+        || (staged_state.is_some() && paths.staged_locked_file().symlink_metadata().is_ok());
     Ok(Host {
         paths: paths.clone(),
         ostree_booted,
         booted_state,
         staged_state,
         bootversion,
+        finalization_locked,
         deployments,
     })
 }
 
 fn make_deployment(
+    paths: &HostPaths,
     stateroot: &str,
     checksum: &str,
     serial: u32,
@@ -408,6 +467,21 @@ fn make_deployment(
         None => kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?,
     };
     let kargs = entry.as_ref().map(|e| e.kargs()).unwrap_or_default();
+    // As ostree_sysroot_load: the runtime flags first, then the origin's `unlocked=hotfix`.
+    let run_state = paths.deployment_state_dir(&id);
+    let flag = |name: &str| run_state.join(name).symlink_metadata().is_ok();
+    let unlocked = if flag("unlocked-development") {
+        Some("development".to_owned())
+    } else if flag("unlocked-transient") {
+        Some("transient".to_owned())
+    } else {
+        origin
+            .as_ref()
+            .and_then(|o| o.unlocked())
+            .filter(|u| *u == "hotfix")
+            .map(str::to_owned)
+    };
+    let rpm_ostree_live = flag("rpmostree-is-live.stamp");
     Ok(Deployment {
         index: 0,
         id,
@@ -424,13 +498,15 @@ fn make_deployment(
         kernel,
         boot_entry: entry,
         kargs,
+        unlocked,
+        rpm_ostree_live,
         dev_ino,
     })
 }
 
-/// Read `boot/loader/entries/*.conf`, following `boot/loader` → `loader.N`.
-fn read_boot_entries(sysroot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
-    let loader = sysroot.join("boot/loader");
+/// Read `<boot>/loader/entries/*.conf`, following `loader` → `loader.N`.
+fn read_boot_entries(boot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
+    let loader = boot.join("loader");
     let target = match std::fs::read_link(&loader) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
@@ -451,7 +527,7 @@ fn read_boot_entries(sysroot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
             target.display()
         ),
     };
-    let dir = sysroot.join("boot").join(&target).join("entries");
+    let dir = boot.join(&target).join("entries");
     let mut entries = Vec::new();
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,

@@ -14,6 +14,12 @@ pub struct BootedState {
     /// `backing-root-device-inode` `(tt)`: (st_dev, st_ino) of the booted deployment directory.
     /// Absent on older ostree (2022.7 writes an empty file); then the root is stat'ed instead.
     pub backing_root_device_inode: Option<(u64, u64)>,
+    /// `root.transient`: `/` is an overlay with a tmpfs upper (prepare-root.conf `[root]
+    /// transient=true`); writes anywhere in the root, `/usr` included, vanish at reboot.
+    pub root_transient: bool,
+    /// `transient-etc`: `/etc` is an overlay of `usr/etc` with its upper in this directory
+    /// (prepare-root.conf `[etc] transient=true`); the admin's `/etc` vanishes at reboot.
+    pub transient_etc: Option<String>,
     /// Every key present, with its GVariant type signature, for diagnostics.
     pub keys: Vec<(String, String)>,
 }
@@ -83,10 +89,55 @@ pub fn parse_booted(bytes: &[u8]) -> Result<BootedState, String> {
             Some(t)
         }
     };
+    let root_transient = match dict.get("root.transient") {
+        None => false,
+        Some(v) => match &**v {
+            Value::Bool(b) => *b,
+            other => {
+                return Err(format!(
+                    "key root.transient has type {}, expected b",
+                    signature(other)
+                ))
+            }
+        },
+    };
+    let transient_etc = match dict.get("transient-etc") {
+        None => None,
+        Some(v) => match &**v {
+            Value::Str(s) => Some(s.to_string()),
+            other => {
+                return Err(format!(
+                    "key transient-etc has type {}, expected s",
+                    signature(other)
+                ))
+            }
+        },
+    };
     Ok(BootedState {
         backing_root_device_inode,
+        root_transient,
+        transient_etc,
         keys,
     })
+}
+
+/// `/run/ostree/staged-deployment` with `locked` set to `locked`, every other key kept as it
+/// was — what `ostree_sysroot_change_finalization()` (`ostree admin lock-finalization
+/// [--unlock]`) writes.
+pub fn with_locked(bytes: &[u8], locked: bool) -> Result<Vec<u8>, String> {
+    let dict = decode_dict(bytes)?;
+    parse_staged(bytes)?;
+    let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+    for (k, v) in &dict {
+        m.insert(
+            k.as_str(),
+            Value::from(v.try_clone().map_err(|e| e.to_string())?),
+        );
+    }
+    m.insert("locked", Value::from(locked));
+    zvariant::to_bytes(ctxt(), &m)
+        .map(|b| b.bytes().to_vec())
+        .map_err(|e| format!("encoding the staged-deployment dictionary: {e}"))
 }
 
 fn get_str(dict: &HashMap<String, OwnedValue>, key: &str, ctx: &str) -> Result<String, String> {
@@ -179,6 +230,25 @@ pub mod encode {
         to_bytes(&m)
     }
 
+    /// `/run/ostree-booted` as ostree-prepare-root writes it with `root.transient` and/or
+    /// `etc.transient` configured.
+    pub fn booted_transient(
+        dev: u64,
+        ino: u64,
+        root_transient: bool,
+        transient_etc: Option<&str>,
+    ) -> Vec<u8> {
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("backing-root-device-inode", Value::from((dev, ino)));
+        if root_transient {
+            m.insert("root.transient", Value::from(true));
+        }
+        if let Some(d) = transient_etc {
+            m.insert("transient-etc", Value::from(d));
+        }
+        to_bytes(&m)
+    }
+
     /// `/run/ostree/staged-deployment` for a target `<checksum>.<serial>`.
     pub fn staged(
         name: &str,
@@ -227,6 +297,43 @@ mod tests {
         assert!(s.locked);
         let s = parse_staged(&encode::staged("abc.1", "d", "ff", None, false)).unwrap();
         assert_eq!((s.kargs, s.locked), (None, false));
+    }
+
+    #[test]
+    fn transient_keys() {
+        let b = parse_booted(&encode::booted_transient(
+            1,
+            2,
+            true,
+            Some("/run/ostree/transient-etc.x"),
+        ))
+        .unwrap();
+        assert!(b.root_transient);
+        assert_eq!(
+            b.transient_etc.as_deref(),
+            Some("/run/ostree/transient-etc.x")
+        );
+        let b = parse_booted(&encode::booted(1, 2)).unwrap();
+        assert!(!b.root_transient && b.transient_etc.is_none());
+    }
+
+    #[test]
+    fn unlock_keeps_every_other_key() {
+        let locked = encode::staged("abc.0", "debian", "ff", Some(&["quiet"]), true);
+        let unlocked = with_locked(&locked, false).unwrap();
+        let s = parse_staged(&unlocked).unwrap();
+        assert!(!s.locked);
+        assert_eq!(
+            (s.name.as_str(), s.osname.as_str(), s.bootcsum.as_str()),
+            ("abc.0", "debian", "ff")
+        );
+        assert_eq!(s.kargs, Some(vec!["quiet".to_owned()]));
+        assert!(
+            parse_staged(&with_locked(&unlocked, true).unwrap())
+                .unwrap()
+                .locked
+        );
+        assert!(with_locked(b"garbage", false).is_err());
     }
 
     #[test]

@@ -21,11 +21,12 @@ pub struct KexecEnv<'a> {
     pub progress: &'a mut dyn FnMut(&str),
 }
 
-/// A BLS path (`/ostree/…` relative to /boot, or `/boot/ostree/…`) inside the sysroot.
-pub fn boot_path(sysroot: &Path, bls_path: &str) -> PathBuf {
+/// A BLS path (`/ostree/…` relative to the boot directory, or `/boot/ostree/…` when ostree
+/// wrote it for a `/boot` on the root filesystem) inside the host's boot directory.
+pub fn boot_path(boot: &Path, bls_path: &str) -> PathBuf {
     let rel = bls_path.trim_start_matches('/');
     let rel = rel.strip_prefix("boot/").unwrap_or(rel);
-    sysroot.join("boot").join(rel)
+    boot.join(rel)
 }
 
 /// Kernel, initrds and command line of a written (finalized) deployment, from its BLS entry.
@@ -50,12 +51,8 @@ pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<Pat
             e.file
         );
     }
-    let kernel = boot_path(&paths.sysroot, linux);
-    let initrds = e
-        .initrd
-        .iter()
-        .map(|i| boot_path(&paths.sysroot, i))
-        .collect();
+    let kernel = boot_path(&paths.boot, linux);
+    let initrds = e.initrd.iter().map(|i| boot_path(&paths.boot, i)).collect();
     Ok((kernel, initrds, options.to_owned()))
 }
 
@@ -79,6 +76,14 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
         let t = Instant::now();
         super::journal::fault_point(step.name(), "before");
         match step {
+            Step::UnlockFinalization => {
+                crate::system::ostree_state::unlock_finalization(env.paths)?;
+                steps.push(step_report(
+                    "unlock_finalization",
+                    t,
+                    serde_json::json!({"staged_deployment": env.paths.staged_file()}),
+                ));
+            }
             Step::FinalizeStaged => {
                 (env.progress)(
                     "finalizing the staged deployment (ostree-finalize-staged.service)…",

@@ -266,6 +266,10 @@ fn run_step(
     failed_units: &mut Vec<String>,
 ) -> Result<serde_json::Value> {
     match step {
+        Step::UnlockFinalization => {
+            crate::system::ostree_state::unlock_finalization(env.paths)?;
+            Ok(serde_json::json!({"staged_deployment": env.paths.staged_file()}))
+        }
         Step::SwapUsr { source, target } => {
             if same_inode(target, source) {
                 return Ok(serde_json::json!({"already_mounted": true}));
@@ -469,6 +473,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
                 reasons: vec!["no live-apply state: the booted deployment is what runs".into()],
             },
             steps: vec![],
+            host_states: vec![],
             etc_conflicts: vec![],
         };
         let code = if steps.is_empty() {
@@ -587,6 +592,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
             reasons: vec![format!("reset live apply of {}", st.target)],
         },
         steps: vec![],
+        host_states: vec![],
         etc_conflicts: kept,
     };
     let code = if failed.is_empty() {

@@ -2,8 +2,11 @@
 //! [`DeploymentDiff`] (and, for services, the runtime facts gathered beforehand). `--dry-run`
 //! prints it; the executor walks the very same value, step by step, journaling each one.
 
+pub mod preconditions;
+
 use crate::diff::{etc, Decision, DecisionKind, DeploymentDiff, DeploymentRef};
 use crate::services::ServiceAction;
+use preconditions::HostBlocker;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -23,6 +26,10 @@ pub enum Verb {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
+    /// Unlock finalization of the staged deployment (the admin passed `--unlock`): set
+    /// `locked` to false in `/run/ostree/staged-deployment` and remove the legacy lock file,
+    /// as `ostree admin lock-finalization --unlock` does, so it is finalized at shutdown.
+    UnlockFinalization,
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
     /// Carry out ostree's 3-way merge on the live `/etc`.
@@ -56,6 +63,7 @@ pub enum Step {
 impl Step {
     pub fn name(&self) -> &'static str {
         match self {
+            Step::UnlockFinalization => "unlock_finalization",
             Step::SwapUsr { .. } => "swap_usr",
             Step::MergeEtc { .. } => "merge_etc",
             Step::Sysusers { .. } => "sysusers",
@@ -80,6 +88,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// /etc paths where the admin's edit is kept although the default changed.
     pub etc_conflicts: Vec<String>,
+    /// Host states ostree, rpm-ostree or bootc left that matter for this switch
+    /// ([`preconditions`]); the verb refused if one of them rules out its rung.
+    #[serde(default)]
+    pub host_states: Vec<HostBlocker>,
 }
 
 impl Plan {
@@ -107,12 +119,19 @@ pub struct LiveInputs {
     pub root: PathBuf,
     /// Service actions decided by [`crate::services`].
     pub services: Vec<ServiceAction>,
+    /// Host states found by [`preconditions::blockers`].
+    pub host_states: Vec<HostBlocker>,
+    /// Unlock a locked finalization first (`--unlock`).
+    pub unlock_finalization: bool,
 }
 
 /// Pure: the live-apply plan. When the decision is not `live`, the plan has no steps.
 pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
     let mut steps = Vec::new();
     if diff.decision.kind == DecisionKind::Live {
+        if inputs.unlock_finalization && locked(&inputs.host_states) {
+            steps.push(Step::UnlockFinalization);
+        }
         steps.push(Step::SwapUsr {
             source: diff.to.path.join("usr"),
             target: inputs.root.join("usr"),
@@ -149,7 +168,14 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         decision: diff.decision.clone(),
         steps,
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
+        host_states: inputs.host_states.clone(),
     }
+}
+
+fn locked(states: &[HostBlocker]) -> bool {
+    states
+        .iter()
+        .any(|s| matches!(s, HostBlocker::FinalizationLocked { .. }))
 }
 
 /// Pure: the kexec plan. `finalize` when the target is staged (it has no BLS entry and no
@@ -159,9 +185,14 @@ pub fn kexec_plan(
     diff: &DeploymentDiff,
     kernel: Option<(PathBuf, Vec<PathBuf>)>,
     load_only: bool,
+    host_states: &[HostBlocker],
+    unlock_finalization: bool,
 ) -> Plan {
     let mut steps = Vec::new();
     if diff.decision.kind != DecisionKind::None {
+        if diff.to.staged && unlock_finalization && locked(host_states) {
+            steps.push(Step::UnlockFinalization);
+        }
         if diff.to.staged {
             steps.push(Step::FinalizeStaged);
         }
@@ -184,5 +215,6 @@ pub fn kexec_plan(
         decision: diff.decision.clone(),
         steps,
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
+        host_states: host_states.to_vec(),
     }
 }

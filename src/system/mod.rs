@@ -5,5 +5,6 @@
 pub mod kexec;
 pub mod lock;
 pub mod mounts;
+pub mod ostree_state;
 pub mod privileges;
 pub mod systemd;

@@ -1,0 +1,41 @@
+//! Changes to ostree's runtime state files that fastswitch makes on the admin's explicit request.
+
+use crate::discover::{state, HostPaths};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Unlock finalization of the staged deployment, as `ostree admin lock-finalization --unlock`
+/// (`ostree_sysroot_change_finalization()`) does: rewrite `<run>/ostree/staged-deployment` with
+/// `locked` false (every other key kept, GVariant re-encoded), replacing it atomically, then
+/// remove the legacy `staged-deployment-locked` file. `ostree-finalize-staged.service` then
+/// finalizes it at shutdown (or when fastswitch starts it for a kexec).
+pub fn unlock_finalization(paths: &HostPaths) -> Result<()> {
+    let staged = paths.staged_file();
+    let bytes = std::fs::read(&staged).with_context(|| format!("reading {}", staged.display()))?;
+    let new = state::with_locked(&bytes, false)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("rewriting {}", staged.display()))?;
+    let dir = staged
+        .parent()
+        .with_context(|| format!("{} has no parent directory", staged.display()))?;
+    let tmp = dir.join(".staged-deployment.fastswitch-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&new)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &staged)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), staged.display()))?;
+    let legacy = paths.staged_locked_file();
+    match std::fs::remove_file(&legacy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", legacy.display())),
+    }
+}

@@ -1,0 +1,318 @@
+//! Host layouts and states that real hosts have and the first test guest did not: a boot
+//! partition (the boot entries are under the mounted `/boot`, `<sysroot>/boot` is empty), and the
+//! states ostree, rpm-ostree and bootc leave behind (finalization locked, rpm-ostree live,
+//! `ostree admin unlock`, another stateroot, transient `/etc` or root). Each refusal exits 6,
+//! names the state and what ends it, and changes nothing.
+
+mod common;
+use common::*;
+use fastswitch::discover::state::encode;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Fx {
+    s: Sysroot,
+    booted: String,
+    staged: String,
+}
+
+/// A booted deployment and a staged userspace-only change, both by the real `ostree` CLI.
+fn fixture() -> Fx {
+    let s = Sysroot::new();
+    s.os_init("fx");
+    let t1 = Tree::minimal("6.1.0-test");
+    t1.write("usr/etc/demo/a.conf", b"a v1\n");
+    s.commit("fx/v1", &t1);
+    s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
+    let booted = s.json(&["status"])["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.mark_booted("fx", &booted);
+    let t2 = t1.fork();
+    t2.write("usr/bin/hello", b"#!/bin/sh\necho v2\n");
+    let c2 = s.commit("fx/v2", &t2);
+    let staged = s.stage("fx", &c2, "fx/v2", None);
+    Fx { s, booted, staged }
+}
+
+impl Fx {
+    fn booted_dir(&self) -> PathBuf {
+        self.s.deploy_dir("fx", &self.booted)
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.s
+            .run()
+            .join("ostree/deployment-state")
+            .join(&self.booted)
+    }
+    fn run_fs(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = self
+            .s
+            .fastswitch()
+            .arg("--root")
+            .arg(self.booted_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Every path under the fixture with type, mode, size, mtime and link target (directories
+/// without mtime: taking the run lock creates `run/fastswitch`, which is not a change of the
+/// system), and the mount table.
+fn snapshot(root: &Path) -> String {
+    let tree = run(Command::new("bash").arg("-c").arg(format!(
+        "cd {} && {{ find . -path ./run/fastswitch -prune -o ! -type d -printf '%p %y %m %s %T@ %l\\n'; \
+         find . -path ./run/fastswitch -prune -o -type d -printf '%p %y %m\\n'; }} | sort",
+        root.display()
+    )));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    format!("{tree}\n--- mounts\n{mounts}")
+}
+
+/// Run `args` on a fixture broken by `setup`; expect exit 6, `fragment` in stderr, no change.
+fn refused(name: &str, args: &[&str], fragment: &str, setup: impl Fn(&Fx)) {
+    let f = fixture();
+    setup(&f);
+    let before = snapshot(f.s.path());
+    let (code, _, stderr) = f.run_fs(args);
+    assert_eq!(code, Some(6), "{name}: {args:?}: {stderr}");
+    assert!(
+        stderr.contains(fragment),
+        "{name}: {args:?}: stderr lacks {fragment:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    let after = snapshot(f.s.path());
+    if after != before {
+        let b: std::collections::BTreeSet<&str> = before.lines().collect();
+        let a: std::collections::BTreeSet<&str> = after.lines().collect();
+        panic!(
+            "{name}: {args:?} changed something: gone {:?}, new {:?}",
+            b.difference(&a).collect::<Vec<_>>(),
+            a.difference(&b).collect::<Vec<_>>()
+        );
+    }
+}
+
+fn lock_staged(f: &Fx) {
+    let st = f.s.run().join("ostree/staged-deployment");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(
+        &st,
+        fastswitch::discover::state::with_locked(&bytes, true).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn boot_partition_entries_are_read_from_the_mounted_boot() {
+    let f = fixture();
+    // Move the boot directory out of the sysroot, as on a host with a boot partition: the
+    // running root's /boot holds `loader`, <sysroot>/boot is an empty mount point.
+    let root = tempfile::tempdir().unwrap();
+    let sys_boot = f.s.path().join("boot");
+    run(Command::new("mv")
+        .arg(&sys_boot)
+        .arg(root.path().join("boot")));
+    std::fs::create_dir(&sys_boot).unwrap();
+    let status = |with_root: bool| {
+        let mut c = f.s.fastswitch();
+        if with_root {
+            c.arg("--root").arg(root.path());
+        }
+        let out = run(c.args(["status", "--json"]));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let st = status(true);
+    assert_eq!(
+        st["boot_dir"].as_str().unwrap(),
+        root.path().join("boot").to_str().unwrap()
+    );
+    let deps = st["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 2, "{st}");
+    assert_eq!(deps[1]["id"], f.booted.as_str());
+    assert!(deps[1]["booted"].as_bool().unwrap());
+    assert!(deps[1]["boot_entry"].as_str().is_some());
+    // The same sysroot read through its own (empty) boot directory finds only the staged one:
+    // exactly what fastswitch did before it looked at the mounted /boot.
+    let st = status(false);
+    assert_eq!(st["boot_dir"].as_str().unwrap(), sys_boot.to_str().unwrap());
+    assert_eq!(st["deployments"].as_array().unwrap().len(), 1, "{st}");
+    // diff works through the mounted /boot too.
+    let out = run(f
+        .s
+        .fastswitch()
+        .arg("--root")
+        .arg(root.path())
+        .args(["diff", "--json"]));
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["decision"]["kind"], "live", "{d}");
+}
+
+#[test]
+fn finalization_locked_refuses_every_switching_verb() {
+    for args in [
+        &["apply-live", "--no-services"][..],
+        &["apply-live", "--dry-run", "--no-services"],
+        &["kexec", "--dry-run"],
+        &["kexec", "--load-only"],
+        &["switch", "--dry-run"],
+    ] {
+        refused(
+            "locked (staged-deployment key)",
+            args,
+            "finalization of the staged deployment",
+            lock_staged,
+        );
+    }
+    refused(
+        "locked (legacy file)",
+        &["apply-live", "--no-services"],
+        "pass --unlock",
+        |f| std::fs::write(f.s.run().join("ostree/staged-deployment-locked"), b"").unwrap(),
+    );
+}
+
+#[test]
+fn unlock_is_a_step_of_the_plan() {
+    let f = fixture();
+    lock_staged(&f);
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["finalization_locked"], true);
+    let (code, out, err) = f.run_fs(&[
+        "apply-live",
+        "--dry-run",
+        "--no-services",
+        "--unlock",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["steps"][0]["step"], "unlock_finalization", "{plan}");
+    assert_eq!(plan["host_states"][0]["state"], "finalization_locked");
+    // The unlock itself, as `ostree admin lock-finalization --unlock` does it.
+    std::fs::write(f.s.run().join("ostree/staged-deployment-locked"), b"").unwrap();
+    let paths = fastswitch::discover::HostPaths::resolve(
+        Some(f.s.path().into()),
+        Some(f.booted_dir()),
+        Some(f.s.run()),
+    );
+    fastswitch::system::ostree_state::unlock_finalization(&paths).unwrap();
+    assert!(!f.s.run().join("ostree/staged-deployment-locked").exists());
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["finalization_locked"], false);
+    assert_eq!(st["deployments"][0]["id"], f.staged.as_str());
+    assert_eq!(st["deployments"][0]["staged"], true);
+}
+
+#[test]
+fn overlays_on_usr_refuse_a_live_apply() {
+    refused(
+        "rpm-ostree live",
+        &["apply-live", "--no-services"],
+        "rpm-ostree apply-live --reset",
+        |f| {
+            std::fs::create_dir_all(f.state_dir()).unwrap();
+            std::fs::write(f.state_dir().join("rpmostree-is-live.stamp"), b"").unwrap();
+        },
+    );
+    for flag in ["unlocked-transient", "unlocked-development"] {
+        refused(
+            flag,
+            &["apply-live", "--no-services"],
+            "ostree admin unlock",
+            |f| {
+                std::fs::create_dir_all(f.state_dir()).unwrap();
+                std::fs::write(f.state_dir().join(flag), b"").unwrap();
+            },
+        );
+    }
+    refused(
+        "hotfix",
+        &["apply-live", "--dry-run", "--no-services"],
+        "unlocked (hotfix",
+        |f| {
+            let origin = f
+                .booted_dir()
+                .with_file_name(format!("{}.origin", f.booted));
+            let text = std::fs::read_to_string(&origin).unwrap();
+            std::fs::write(&origin, format!("{text}unlocked=hotfix\n")).unwrap();
+        },
+    );
+    // status shows them.
+    let f = fixture();
+    std::fs::create_dir_all(f.state_dir()).unwrap();
+    std::fs::write(f.state_dir().join("unlocked-transient"), b"").unwrap();
+    std::fs::write(f.state_dir().join("rpmostree-is-live.stamp"), b"").unwrap();
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["deployments"][1]["unlocked"], "transient", "{st}");
+    assert_eq!(st["deployments"][1]["rpm_ostree_live"], true, "{st}");
+}
+
+#[test]
+fn transient_etc_or_root_refuse_a_live_apply() {
+    let mark = |f: &Fx, root: bool, etc: Option<&str>| {
+        let m = std::fs::metadata(f.booted_dir()).unwrap();
+        std::fs::write(
+            f.s.run().join("ostree-booted"),
+            encode::booted_transient(m.dev(), m.ino(), root, etc),
+        )
+        .unwrap();
+    };
+    refused(
+        "etc.transient",
+        &["apply-live", "--no-services"],
+        "/etc is transient",
+        |f| mark(f, false, Some("/run/ostree/transient-etc.Ab12Cd")),
+    );
+    refused(
+        "root.transient",
+        &["apply-live", "--no-services"],
+        "root is transient",
+        |f| mark(f, true, None),
+    );
+    let f = fixture();
+    mark(&f, true, Some("/run/ostree/transient-etc.x"));
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["root_transient"], true);
+    assert_eq!(st["transient_etc"], "/run/ostree/transient-etc.x");
+    // A clean host: none of it.
+    let f = fixture();
+    let st = f.s.json(&["status"]);
+    assert_eq!(
+        (
+            &st["root_transient"],
+            &st["transient_etc"],
+            &st["finalization_locked"]
+        ),
+        (
+            &serde_json::json!(false),
+            &serde_json::Value::Null,
+            &serde_json::json!(false)
+        )
+    );
+}
+
+#[test]
+fn target_in_another_stateroot_is_not_applied_live() {
+    refused(
+        "other stateroot",
+        &["apply-live", "--no-services"],
+        "/var belongs to a stateroot",
+        |f| {
+            f.s.os_init("other");
+            std::fs::create_dir_all(f.s.path().join("ostree/deploy/other/deploy")).unwrap();
+            let t = Tree::minimal("6.1.0-test");
+            t.write("usr/bin/other", b"other\n");
+            let c = f.s.commit("other/v1", &t);
+            f.s.stage("other", &c, "other/v1", None);
+        },
+    );
+}
