@@ -244,6 +244,71 @@ fn apply_live_then_reset_in_a_private_namespace() {
     assert_eq!(snapshot(&sc.root.join("etc")), etc_before);
 }
 
+/// Linux ≥ 6.5 has `MOVE_MOUNT_BENEATH`, which lets a second apply-live replace the bind.
+fn kernel_has_move_mount_beneath() -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut it = rel.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = it.next().unwrap().parse().unwrap();
+    let minor: u32 = it.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 5)
+}
+
+#[test]
+fn second_apply_live_replaces_the_bind_where_the_kernel_can() {
+    if !is_root() {
+        panic!("needs root for mount namespaces (CI runs as root)");
+    }
+    let sc = scenario();
+    let usr_before = snapshot(&sc.root.join("usr"));
+    // A third deployment, v3: staged after v2 was applied live.
+    let t3 = Tree::minimal("6.1.0-test");
+    t3.write("usr/share/demo/version", b"3\n");
+    let c3 = sc.s.commit("fx/v3", &t3);
+    let staged_file = sc.s.run().join("ostree/staged-deployment");
+    let v2_state = std::fs::read(&staged_file).unwrap();
+    let v3 = sc.s.stage("fx", &c3, "fx/v3", None);
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(&staged_file, out.path().join("staged-v3")).unwrap();
+    std::fs::write(&staged_file, v2_state).unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            r#"
+$FS apply-live --no-services --json > $OUT/a1.json; echo $? > $OUT/a1.rc
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/m1 || true
+cp $OUT/staged-v3 {staged}
+$FS apply-live --no-services --json > $OUT/a2.json; echo $? > $OUT/a2.rc
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/m2 || true
+cat $ROOT/usr/share/demo/version > $OUT/version2
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/m3 || true
+cat $ROOT/usr/share/demo/version > $OUT/version3
+"#,
+            staged = staged_file.display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(rc(out.path(), "a1.rc"), 0, "{stderr}");
+    assert_eq!(rc(out.path(), "a2.rc"), 0, "{stderr}");
+    let a2 = read_json(&out.path().join("a2.json"));
+    assert_eq!(a2["to"]["id"], v3.as_str());
+    let n = |f: &str| read(out.path(), f).trim().to_owned();
+    assert_eq!(n("m1"), "1");
+    assert_eq!(n("version2"), "3");
+    if kernel_has_move_mount_beneath() {
+        assert_eq!(n("m2"), "1", "one bind after two apply-lives: {a2}");
+        assert_eq!(a2["steps"][0]["detail"]["replaced"], true, "{a2}");
+    } else {
+        assert_eq!(n("m2"), "2", "stacked binds on Linux < 6.5: {a2}");
+    }
+    assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+    assert_eq!(n("m3"), "0");
+    assert_eq!(n("version3"), "1");
+    assert_eq!(snapshot(&sc.root.join("usr")), usr_before);
+}
+
 #[test]
 fn merged_etc_is_what_the_plan_said() {
     if !is_root() {

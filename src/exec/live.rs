@@ -274,6 +274,35 @@ fn run_step(
             if same_inode(target, source) {
                 return Ok(serde_json::json!({"already_mounted": true}));
             }
+            // A newer target over an earlier live apply: replace that bind in place where the
+            // kernel can (Linux ≥ 6.5), so /usr keeps exactly one fastswitch bind.
+            let top_is_ours = env
+                .mounts
+                .stack(target)?
+                .last()
+                .is_some_and(|m| is_fastswitch_bind(m, &st.booted));
+            if top_is_ours {
+                let replaced = env.mounts.replace_usr(source, target).with_context(|| {
+                    format!(
+                        "replacing the bind over {} by {}",
+                        target.display(),
+                        source.display()
+                    )
+                })?;
+                if let Some(lazy) = replaced {
+                    if !same_inode(target, source) {
+                        bail!(
+                            "after replacing the bind, {} still does not show {}",
+                            target.display(),
+                            source.display()
+                        );
+                    }
+                    return Ok(
+                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy}),
+                    );
+                }
+                (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr bind over the previous one");
+            }
             env.mounts.bind_usr(source, target).with_context(|| {
                 format!("binding {} over {}", source.display(), target.display())
             })?;

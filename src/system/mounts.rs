@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// Linux ≥ 6.5: attach beneath the top mount of the target (include/uapi/linux/mount.h).
+const MOVE_MOUNT_BENEATH: libc::c_uint = 0x200;
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const AT_EMPTY_PATH: libc::c_uint = 0x1000;
 
@@ -88,9 +90,20 @@ fn set_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
 }
 
 /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
-#[allow(unsafe_code)]
 fn move_mount_to(fd: &OwnedFd, target: &Path) -> Result<()> {
-    let c = cpath(target)?;
+    move_mount_flags(fd, target, 0)
+        .map_err(|e| anyhow::Error::new(e).context(format!("move_mount onto {}", target.display())))
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH | extra)`; the raw errno.
+#[allow(unsafe_code)]
+fn move_mount_flags(
+    fd: &OwnedFd,
+    target: &Path,
+    extra: libc::c_uint,
+) -> std::result::Result<(), std::io::Error> {
+    let c = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: both strings are NUL-terminated and live across the call; fd is valid.
     let r = unsafe {
         libc::syscall(
@@ -99,11 +112,11 @@ fn move_mount_to(fd: &OwnedFd, target: &Path) -> Result<()> {
             c"".as_ptr(),
             libc::AT_FDCWD,
             c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+            MOVE_MOUNT_F_EMPTY_PATH | extra,
         )
     };
     if r < 0 {
-        return Err(last_err("move_mount onto", target));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -202,6 +215,12 @@ pub fn stack_at(all: &[MountEntry], mount_point: &Path) -> Vec<MountEntry> {
 pub trait Mounts {
     /// Atomically make `source` (a deployment's `usr`) visible read-only at `target` (`/usr`).
     fn bind_usr(&self, source: &Path, target: &Path) -> Result<()>;
+    /// Atomically make `source` visible read-only at `target` *in place of* the mount on top of
+    /// it (Linux ≥ 6.5, `MOVE_MOUNT_BENEATH`): the new tree is attached beneath the top mount,
+    /// then the top mount is detached, so the stack at `target` does not grow. `Ok(None)` when
+    /// the kernel cannot (older than 6.5: `EINVAL`): the caller stacks instead. `Ok(Some(lazy))`
+    /// when replaced; `lazy` when the old mount was busy and detached lazily.
+    fn replace_usr(&self, source: &Path, target: &Path) -> Result<Option<bool>>;
     /// Detach the top mount at `target`; lazily (MNT_DETACH) when busy. Returns true if lazy.
     fn unmount_top(&self, target: &Path) -> Result<bool>;
     /// The mount stack at `target`, bottom first.
@@ -220,6 +239,27 @@ impl Mounts for RealMounts {
         let fd = open_tree_clone(source)?;
         set_readonly(&fd, source)?;
         move_mount_to(&fd, target)
+    }
+
+    fn replace_usr(&self, source: &Path, target: &Path) -> Result<Option<bool>> {
+        if !source.is_dir() {
+            bail!("{} is not a directory", source.display());
+        }
+        let fd = open_tree_clone(source)?;
+        set_readonly(&fd, source)?;
+        match move_mount_flags(&fd, target, MOVE_MOUNT_BENEATH) {
+            Ok(()) => {}
+            // Unknown flag before Linux 6.5; also the answer when nothing is mounted on target.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "move_mount(MOVE_MOUNT_BENEATH) of {} beneath {}",
+                    source.display(),
+                    target.display()
+                )))
+            }
+        }
+        self.unmount_top(target).map(Some)
     }
 
     fn unmount_top(&self, target: &Path) -> Result<bool> {
