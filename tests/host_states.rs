@@ -316,3 +316,91 @@ fn target_in_another_stateroot_is_not_applied_live() {
         },
     );
 }
+
+/// A booted v1 and a staged v2 that differs from v1 by `change`.
+fn fixture_with(change: impl Fn(&Tree)) -> Fx {
+    let s = Sysroot::new();
+    s.os_init("fx");
+    let t1 = Tree::minimal("6.1.0-test");
+    t1.write("opt/vendor/app.conf", b"v1\n");
+    t1.symlink("usr/bin", "bin");
+    s.commit("fx/v1", &t1);
+    s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
+    let booted = s.json(&["status"])["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.mark_booted("fx", &booted);
+    let t2 = t1.fork();
+    t2.write("usr/bin/hello", b"#!/bin/sh\necho v2\n");
+    change(&t2);
+    let c2 = s.commit("fx/v2", &t2);
+    let staged = s.stage("fx", &c2, "fx/v2", None);
+    Fx { s, booted, staged }
+}
+
+#[test]
+fn content_outside_usr_or_boot_time_config_is_never_applied_live() {
+    type Change = Box<dyn Fn(&Tree)>;
+    let cases: Vec<(&str, Change, Option<&str>)> = vec![
+        ("only /usr changed", Box::new(|_| {}), None),
+        (
+            "a file under /opt changed",
+            Box::new(|t| t.write("opt/vendor/app.conf", b"v2\n")),
+            Some("content outside /usr changed (/opt)"),
+        ),
+        (
+            "a new top-level directory",
+            Box::new(|t| t.write("srv/www/index.html", b"hi\n")),
+            Some("content outside /usr changed (/srv)"),
+        ),
+        (
+            "a top-level symlink retargeted",
+            Box::new(|t| {
+                t.remove("bin");
+                t.symlink("usr/sbin", "bin");
+            }),
+            Some("content outside /usr changed (/bin)"),
+        ),
+        (
+            "prepare-root.conf changed",
+            Box::new(|t| {
+                t.write(
+                    "usr/lib/ostree/prepare-root.conf",
+                    b"[etc]\ntransient=true\n",
+                )
+            }),
+            Some("/usr/lib/ostree/prepare-root.conf changed"),
+        ),
+    ];
+    for (name, change, reason) in cases {
+        let f = fixture_with(change);
+        let d = f.s.json(&["diff"]);
+        let reasons = d["decision"]["reasons"].to_string();
+        match reason {
+            None => assert_eq!(d["decision"]["kind"], "live", "{name}: {d}"),
+            Some(r) => {
+                assert_eq!(d["decision"]["kind"], "kexec", "{name}: {reasons}");
+                assert!(reasons.contains(r), "{name}: {reasons}");
+                // apply-live refuses with the reason, exit 5, and changes nothing.
+                let before = snapshot(f.s.path());
+                let (code, _, err) = f.run_fs(&["apply-live", "--no-services"]);
+                assert_eq!(code, Some(5), "{name}: {err}");
+                assert!(err.contains(r), "{name}: {err}");
+                assert_eq!(snapshot(f.s.path()), before, "{name}");
+            }
+        }
+        let outside: Vec<&str> = d["outside_usr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            outside.is_empty(),
+            reason.is_none() || name.contains("prepare-root"),
+            "{name}: {outside:?}"
+        );
+        let _ = &f.staged;
+    }
+}

@@ -130,6 +130,17 @@ fn write_diff_human(out: &mut dyn Write, d: &DeploymentDiff) -> std::io::Result<
     if d.usr.entries.len() > MAX {
         writeln!(out, "  … {} more (see --json)", d.usr.entries.len() - MAX)?;
     }
+    if !d.outside_usr.is_empty() {
+        writeln!(out, "outside /usr:")?;
+        for c in &d.outside_usr {
+            let letter = match c.change {
+                diff::usr::Change::Added => 'A',
+                diff::usr::Change::Removed => 'D',
+                diff::usr::Change::Modified => 'M',
+            };
+            writeln!(out, "  {letter} {}", c.path)?;
+        }
+    }
     if !d.etc.actions.is_empty() {
         writeln!(out, "/etc:")?;
         for a in &d.etc.actions {

@@ -8,6 +8,7 @@
 
 pub mod etc;
 pub mod kernel;
+pub mod outside;
 pub mod repo;
 pub mod usr;
 mod walk;
@@ -79,27 +80,55 @@ pub struct DeploymentDiff {
     pub decision: Decision,
     pub kernel: KernelDiff,
     pub usr: usr::UsrDiff,
+    /// Top-level content outside `/usr` that differs ([`outside`]); a live apply cannot swap it.
+    pub outside_usr: Vec<outside::OutsideChange>,
     pub etc: etc::EtcPlan,
     pub units: Vec<crate::units::diff::UnitFileChange>,
 }
 
+/// Files under `/usr` that only the initramfs reads, at boot: a change to one of them takes a
+/// boot, like a kernel change. (ostree-prepare-root reads its configuration before the root is
+/// mounted; changing it live changes nothing until the next boot.)
+pub const BOOT_TIME_USR_FILES: [&str; 1] = ["/usr/lib/ostree/prepare-root.conf"];
+
 /// Pure: the decision from the parts.
 pub fn decide(
     usr: &usr::UsrDiff,
+    outside_usr: &[outside::OutsideChange],
     units_changed: usize,
     etc_actions: usize,
     kernel: &[kernel::KernelReason],
 ) -> Decision {
-    if !kernel.is_empty() {
+    let mut boot_reasons: Vec<String> = kernel.iter().map(|r| r.describe()).collect();
+    if !outside_usr.is_empty() {
+        boot_reasons.push(format!(
+            "content outside /usr changed ({}): a live apply swaps only /usr",
+            outside_usr
+                .iter()
+                .map(|c| c.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for f in BOOT_TIME_USR_FILES {
+        if usr.get(f).is_some() {
+            boot_reasons.push(format!(
+                "{f} changed: ostree-prepare-root reads it only at boot"
+            ));
+        }
+    }
+    if !boot_reasons.is_empty() {
         return Decision {
             kind: DecisionKind::Kexec,
-            reasons: kernel.iter().map(|r| r.describe()).collect(),
+            reasons: boot_reasons,
         };
     }
     if usr.entries.is_empty() {
         return Decision {
             kind: DecisionKind::None,
-            reasons: vec!["the two deployments have identical /usr and kernel".into()],
+            reasons: vec![
+                "the two deployments have identical /usr, content outside it, and kernel".into(),
+            ],
         };
     }
     let c = &usr.counts;
@@ -158,6 +187,12 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
     let reasons = kernel::compare(&kfrom, &kto);
     let usr = usr::diff_usr(&from.path, &to.path)
         .with_context(|| format!("comparing /usr of {} and {}", from.id, to.id))?;
+    let outside_usr = outside::diff_outside_usr(&from.path, &to.path).with_context(|| {
+        format!(
+            "comparing the content outside /usr of {} and {}",
+            from.id, to.id
+        )
+    })?;
     let etc = etc::plan_etc(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
@@ -186,7 +221,7 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
             )
         })
         .count();
-    let decision = decide(&usr, units.len(), etc_changes, &reasons);
+    let decision = decide(&usr, &outside_usr, units.len(), etc_changes, &reasons);
     Ok(DeploymentDiff {
         schema_version: DIFF_SCHEMA_VERSION,
         from: from.into(),
@@ -198,6 +233,7 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
             reasons,
         },
         usr,
+        outside_usr,
         etc,
         units,
     })

@@ -97,6 +97,11 @@ impl Repo {
             .then(|| (Repo { objects }, commit.to_owned()))
     }
 
+    /// The bytes of object `hex.ext` (`commit`, `dirtree`, `dirmeta`), if readable.
+    pub(crate) fn read_object(&self, hex: &str, ext: &str) -> Option<Vec<u8>> {
+        self.read(hex, ext)
+    }
+
     fn read(&self, hex: &str, ext: &str) -> Option<Vec<u8>> {
         let p = self
             .objects
