@@ -404,3 +404,59 @@ fn content_outside_usr_or_boot_time_config_is_never_applied_live() {
         let _ = &f.staged;
     }
 }
+
+/// `switch --dry-run` on fixtures: the ladder's verdict for every rung is in the plan JSON.
+/// (No system bus on a build machine: the soft-reboot rung is rejected as unreachable, and
+/// services are not examined; the VM scenarios check both with a real systemd.)
+#[test]
+fn switch_dry_run_explains_every_rung() {
+    let f = fixture();
+    let (code, out, err) = f.run_fs(&["switch", "--dry-run", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let l = &p["ladder"];
+    assert_eq!(l["chosen"], "live", "{l}");
+    assert_eq!(l["rungs"][0]["rung"], "none");
+    assert_eq!(
+        l["rungs"][0]["reasons"][0],
+        "the target differs from the running system"
+    );
+    assert_eq!(l["rungs"][1]["possible"], true);
+    assert_eq!(p["steps"][0]["step"], "swap_usr");
+
+    // Content outside /usr: not live; soft-reboot impossible without systemd; kexec above the
+    // bound: refused with every rung's reason, exit 5, nothing changed.
+    let f = fixture_with(|t| t.write("opt/vendor/app.conf", b"v2\n"));
+    let before = snapshot(f.s.path());
+    let (code, _, err) = f.run_fs(&["switch", "--dry-run", "--max-rung", "live"]);
+    assert_eq!(code, Some(5), "{err}");
+    for want in [
+        "live: content outside /usr changed (/opt)",
+        "soft-reboot: systemd is not reachable",
+        "kexec: above --max-rung live",
+        "reboot: above --max-rung live",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert_eq!(snapshot(f.s.path()), before);
+}
+
+#[test]
+fn tpm2_unlocked_volume_needs_an_explicit_kexec() {
+    let f = fixture_with(|t| t.write("usr/lib/modules/6.1.0-test/vmlinuz", b"kernel image v2\n"));
+    let ct = f.booted_dir().join("etc/crypttab");
+    std::fs::write(&ct, "luks-root UUID=abc none tpm2-device=auto,discard\n").unwrap();
+    let (code, _, err) = f.run_fs(&["switch", "--dry-run"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(
+        err.contains("luks-root unlock(s) through a TPM2 token"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-tpm-kexec"), "{err}");
+    assert!(err.contains("soft-reboot: kernel changed"), "{err}");
+    // Allowed: the kexec rung is taken (the fixture's fake kernel image then fails the image
+    // check, which is the next safety net, exit 6).
+    let (code, _, err) = f.run_fs(&["switch", "--dry-run", "--allow-tpm-kexec"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("switch") && err.contains(": kexec"), "{err}");
+}

@@ -6,6 +6,7 @@ use crate::discover::{self, HostPaths};
 use crate::exit::{ExitCode, EXIT_CODES_HELP};
 use crate::status;
 
+mod switch;
 mod verbs;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -110,9 +111,21 @@ pub struct SwitchOpts {
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// When kexec is impossible here (disabled, lockdown), do a full `reboot` instead of refusing
+    /// When no rung without firmware is possible (kexec disabled, lockdown, unsupported image),
+    /// reboot through firmware instead of refusing
     #[arg(long)]
     pub reboot_fallback: bool,
+    /// The lowest rung to consider: none, live, soft-reboot, kexec or reboot [default: none]
+    #[arg(long, value_name = "RUNG")]
+    pub min_rung: Option<crate::plan::ladder::Rung>,
+    /// The highest rung allowed: none, live, soft-reboot, kexec or reboot [default: reboot]; when
+    /// the change needs a higher one, switch refuses (exit 5) and says which
+    #[arg(long, value_name = "RUNG")]
+    pub max_rung: Option<crate::plan::ladder::Rung>,
+    /// Kexec although a volume in /etc/crypttab unlocks through a TPM2 token: the kexec'd
+    /// initrd may not unseal it (PCRs are not reset by kexec)
+    #[arg(long)]
+    pub allow_tpm_kexec: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
     /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
@@ -216,7 +229,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
         Command::Recover => verbs::recover(&paths, &mut o),
         Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
-        Command::Switch(opts) => verbs::switch(&paths, &opts, &mut o),
+        Command::Switch(opts) => switch::switch(&paths, &opts, &mut o),
     }
 }
 

@@ -7,7 +7,8 @@ use crate::discover::{self, Host, HostPaths};
 use crate::exec::journal::Journal;
 use crate::exec::live::{self, LiveEnv};
 use crate::exit::{refuse, ExitCode};
-use crate::plan::preconditions::{self, Rung};
+use crate::plan::ladder::Rung;
+use crate::plan::preconditions;
 use crate::plan::{self, Plan, Step};
 use crate::services;
 use crate::system::{lock, mounts, privileges, systemd};
@@ -95,7 +96,7 @@ pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecStatus> {
         .map(|loaded| crate::status::KexecStatus { loaded })
 }
 
-fn short(id: &str) -> String {
+pub(super) fn short(id: &str) -> String {
     crate::exec::report::short(id)
 }
 
@@ -181,7 +182,7 @@ pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<Ex
     Ok(ExitCode::Ok)
 }
 
-fn progress(msg: &str) {
+pub(super) fn progress(msg: &str) {
     eprintln!("fastswitch: {msg}");
 }
 
@@ -245,7 +246,7 @@ fn unit_facts_for(
 }
 
 /// Facts from systemd and the /proc scan, then the pure decision.
-fn plan_services(
+pub(super) fn plan_services(
     d: &DeploymentDiff,
     sopts: &ServiceOpts,
     sd: Option<&dyn systemd::Systemd>,
@@ -268,7 +269,7 @@ fn plan_services(
     ))
 }
 
-fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
+pub(super) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
     if o.json {
         return o.json_value(p);
     }
@@ -333,6 +334,20 @@ fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
             Step::KexecReboot => writeln!(
                 o.out,
                 "{}. start kexec.target: orderly shutdown, then the new kernel",
+                i + 1
+            )?,
+            Step::PrepareNextroot { nextroot } => writeln!(
+                o.out,
+                "{}. mount {} at {} (/usr read-only, /var {}, /sysroot{}), private, as ostree-prepare-root would",
+                i + 1,
+                nextroot.deployment.display(),
+                nextroot.dir.display(),
+                nextroot.var.display(),
+                if nextroot.boot.is_some() { ", /boot" } else { "" }
+            )?,
+            Step::SoftReboot => writeln!(
+                o.out,
+                "{}. point /run/ostree-booted at the new root, start soft-reboot.target: userspace restarts in the target, the kernel stays",
                 i + 1
             )?,
         }
@@ -601,15 +616,17 @@ fn checked_tree_kernel(
 
 /// The kexec path, shared by `kexec` and `switch`.
 /// How the kexec path runs.
-#[derive(Debug, Clone, Copy)]
-struct KexecMode {
-    dry_run: bool,
-    load_only: bool,
-    reboot_fallback: bool,
-    unlock: bool,
+#[derive(Debug, Clone)]
+pub(super) struct KexecMode {
+    pub dry_run: bool,
+    pub load_only: bool,
+    pub reboot_fallback: bool,
+    pub unlock: bool,
+    /// `switch`: the ladder that chose kexec, shown with the plan.
+    pub ladder: Option<crate::plan::ladder::Ladder>,
 }
 
-fn run_kexec(
+pub(super) fn run_kexec(
     paths: &HostPaths,
     host: &Host,
     d: &DeploymentDiff,
@@ -624,6 +641,7 @@ fn run_kexec(
         load_only,
         reboot_fallback,
         unlock,
+        ladder,
     } = mode;
     let from = host
         .deployments
@@ -640,7 +658,8 @@ fn run_kexec(
     }
     let tree_kernel = checked_tree_kernel(to)?;
     let loader = RealKexec::default();
-    let plan = plan::kexec_plan(d, Some(tree_kernel), load_only, &host_states, unlock);
+    let mut plan = plan::kexec_plan(d, Some(tree_kernel), load_only, &host_states, unlock);
+    plan.ladder = ladder;
     if dry_run {
         print_plan(o, &plan)?;
         return Ok(ExitCode::Ok);
@@ -664,8 +683,10 @@ fn run_kexec(
     }
     let _lock = lock::acquire(&Journal::for_host(paths)?.dir)?;
     let mut prog = progress;
+    let real_mounts = mounts::RealMounts;
     let mut env = crate::exec::kexec::KexecEnv {
         paths,
+        mounts: &real_mounts,
         host,
         systemd: &sd,
         loader: &loader as &dyn KexecLoader,
@@ -678,16 +699,16 @@ fn run_kexec(
         report.write_human(o.out)?;
     }
     o.out.flush()?;
-    if hand_off {
+    if let Some(how) = hand_off {
         progress(
             "starting kexec.target: systemd stops services in order, then boots the loaded kernel",
         );
-        crate::exec::kexec::hand_off(&sd)?;
+        crate::exec::kexec::hand_off(&sd, how, &plan, paths)?;
     }
     Ok(ExitCode::Ok)
 }
 
-fn booted_host(paths: &HostPaths) -> Result<Host> {
+pub(super) fn booted_host(paths: &HostPaths) -> Result<Host> {
     let host = discover::load(paths)?;
     if !host.ostree_booted || host.booted().is_none() {
         return Err(refuse(
@@ -730,98 +751,8 @@ pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> 
             load_only: opts.load_only,
             reboot_fallback: false,
             unlock: opts.unlock,
+            ladder: None,
         },
         o,
     )
-}
-
-pub fn switch(paths: &HostPaths, opts: &super::SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
-    // setns needs a single-threaded process: enter PID 1's namespace before the diff spawns
-    // worker threads (apply-live would otherwise try after them).
-    if !opts.dry_run
-        && paths.root == Path::new("/")
-        && nix::unistd::geteuid().is_root()
-        && mounts::enter_pid1_mount_namespace(Path::new("/proc"))?
-    {
-        progress("entered PID 1's mount namespace");
-    }
-    let host = booted_host(paths)?;
-    let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
-    let host_states = preconditions::blockers(&host, from, to);
-    let blocking = preconditions::blocking(&host_states, Rung::Kexec, opts.unlock);
-    if !blocking.is_empty() {
-        return Err(refuse(
-            ExitCode::Refused,
-            preconditions::refusal_text("switch", &blocking),
-        ));
-    }
-    let mut d = diff::diff_deployments(from, to)?;
-    // A host state that rules out the live rung sends a live decision one rung up.
-    d.decision = preconditions::escalate(
-        &d.decision,
-        &preconditions::blocking(&host_states, Rung::Live, opts.unlock),
-    );
-    progress(&format!(
-        "switch {} → {}: {:?}",
-        short(&from.id),
-        short(&to.id),
-        d.decision.kind
-    ));
-    match d.decision.kind {
-        DecisionKind::None => {
-            if o.json {
-                o.json_value(&plan::live_plan(
-                    &d,
-                    &plan::LiveInputs {
-                        root: paths.root.clone(),
-                        services: vec![],
-                        host_states,
-                        unlock_finalization: false,
-                    },
-                ))?;
-            } else {
-                writeln!(
-                    o.out,
-                    "nothing to do: {} and {} are identical",
-                    short(&from.id),
-                    short(&to.id)
-                )?;
-            }
-            Ok(ExitCode::NothingToDo)
-        }
-        DecisionKind::Live => {
-            drop(host);
-            let live = ApplyLiveOpts {
-                dry_run: opts.dry_run,
-                unlock: opts.unlock,
-                pair: PairOpts {
-                    from: None,
-                    to: opts.to.clone(),
-                },
-                services: opts.services.clone(),
-            };
-            apply_live(paths, &live, o)
-        }
-        DecisionKind::Kexec => {
-            if !opts.dry_run {
-                privileges::require(&[(
-                    caps::Capability::CAP_SYS_BOOT,
-                    "load a kernel with kexec_file_load",
-                )])?;
-            }
-            run_kexec(
-                paths,
-                &host,
-                &d,
-                to,
-                KexecMode {
-                    dry_run: opts.dry_run,
-                    load_only: false,
-                    reboot_fallback: opts.reboot_fallback,
-                    unlock: opts.unlock,
-                },
-                o,
-            )
-        }
-    }
 }

@@ -125,8 +125,21 @@ pub fn parse_booted(bytes: &[u8]) -> Result<BootedState, String> {
 /// was — what `ostree_sysroot_change_finalization()` (`ostree admin lock-finalization
 /// [--unlock]`) writes.
 pub fn with_locked(bytes: &[u8], locked: bool) -> Result<Vec<u8>, String> {
-    let dict = decode_dict(bytes)?;
     parse_staged(bytes)?;
+    with_key(bytes, "locked", Value::from(locked))
+}
+
+/// `/run/ostree-booted` pointing at another deployment directory: `backing-root-device-inode`
+/// set to its (st_dev, st_ino), every other key kept. ostree picks the booted deployment by this
+/// key, and `/run` survives a soft reboot, so it must name the new root before the switch.
+pub fn with_backing_root(bytes: &[u8], dev: u64, ino: u64) -> Result<Vec<u8>, String> {
+    parse_booted(bytes)?;
+    with_key(bytes, "backing-root-device-inode", Value::from((dev, ino)))
+}
+
+/// Re-encode an `a{sv}` dictionary with one key set.
+fn with_key(bytes: &[u8], key: &str, value: Value<'_>) -> Result<Vec<u8>, String> {
+    let dict = decode_dict(bytes)?;
     let mut m: HashMap<&str, Value<'_>> = HashMap::new();
     for (k, v) in &dict {
         m.insert(
@@ -134,10 +147,10 @@ pub fn with_locked(bytes: &[u8], locked: bool) -> Result<Vec<u8>, String> {
             Value::from(v.try_clone().map_err(|e| e.to_string())?),
         );
     }
-    m.insert("locked", Value::from(locked));
+    m.insert(key, value);
     zvariant::to_bytes(ctxt(), &m)
         .map(|b| b.bytes().to_vec())
-        .map_err(|e| format!("encoding the staged-deployment dictionary: {e}"))
+        .map_err(|e| format!("encoding the a{{sv}} dictionary: {e}"))
 }
 
 fn get_str(dict: &HashMap<String, OwnedValue>, key: &str, ctx: &str) -> Result<String, String> {
@@ -334,6 +347,18 @@ mod tests {
                 .locked
         );
         assert!(with_locked(b"garbage", false).is_err());
+    }
+
+    #[test]
+    fn backing_root_is_replaced_and_other_keys_kept() {
+        let b = encode::booted_transient(1, 2, true, Some("/run/x"));
+        let n = parse_booted(&with_backing_root(&b, 7, 9).unwrap()).unwrap();
+        assert_eq!(n.backing_root_device_inode, Some((7, 9)));
+        assert!(n.root_transient);
+        assert_eq!(n.transient_etc.as_deref(), Some("/run/x"));
+        // An empty file (ostree 2022.7) gains the key.
+        let n = parse_booted(&with_backing_root(b"", 3, 4).unwrap()).unwrap();
+        assert_eq!(n.backing_root_device_inode, Some((3, 4)));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::time::Instant;
 
 pub struct KexecEnv<'a> {
     pub paths: &'a HostPaths,
+    /// For the soft-reboot rung's `/run/nextroot`.
+    pub mounts: &'a dyn crate::system::mounts::Mounts,
     /// The host the plan was made from; re-reads after finalization reuse its kernel digests.
     pub host: &'a discover::Host,
     pub systemd: &'a dyn Systemd,
@@ -65,12 +67,21 @@ fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> Ste
     }
 }
 
-/// Execute the plan up to (not including) the hand-off; returns the report and whether a
-/// hand-off is due. The caller prints the report, then calls [`hand_off`].
-pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
+/// What ends the running userspace once the plan is prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOff {
+    /// `kexec.target`: the loaded kernel boots.
+    Kexec,
+    /// `soft-reboot.target`: userspace restarts from `/run/nextroot`.
+    SoftReboot,
+}
+
+/// Execute the plan up to (not including) the hand-off; returns the report and the hand-off
+/// that is due. The caller prints the report, then calls [`hand_off`].
+pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
     let t0 = Instant::now();
     let mut steps = Vec::new();
-    let mut hand_off_due = false;
+    let mut hand_off_due = None;
     let mut host = env.host.clone();
     for step in &plan.steps {
         let t = Instant::now();
@@ -146,7 +157,21 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
                     serde_json::json!({"kernel": kernel, "initrds": initrds, "cmdline": cmdline}),
                 ));
             }
-            Step::KexecReboot => hand_off_due = true,
+            Step::KexecReboot => hand_off_due = Some(HandOff::Kexec),
+            Step::PrepareNextroot { nextroot } => {
+                (env.progress)(&format!(
+                    "mounting {} at {}…",
+                    nextroot.deployment.display(),
+                    nextroot.dir.display()
+                ));
+                env.mounts.prepare_nextroot(nextroot)?;
+                steps.push(step_report(
+                    "prepare_nextroot",
+                    t,
+                    serde_json::json!({"nextroot": nextroot.dir, "deployment": nextroot.deployment}),
+                ));
+            }
+            Step::SoftReboot => hand_off_due = Some(HandOff::SoftReboot),
             other => bail!("step {} does not belong in a kexec plan", other.name()),
         }
         super::journal::fault_point(step.name(), "after");
@@ -169,7 +194,32 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, bool)> {
 
 /// Start `kexec.target` (like `systemctl kexec`): systemd stops services in order, unmounts,
 /// runs ostree's shutdown work, and boots the loaded kernel. Never `reboot(2)` directly.
-pub fn hand_off(sd: &dyn Systemd) -> Result<()> {
-    sd.start_unit_no_wait("kexec.target", "replace-irreversibly")
-        .context("starting kexec.target")
+///
+/// For a soft reboot, first point `/run/ostree-booted` at the new root (it survives in `/run`,
+/// and ostree picks the booted deployment by its `backing-root-device-inode`), then start
+/// `soft-reboot.target` (like `systemctl soft-reboot`). If systemd refuses the job, the old
+/// `/run/ostree-booted` is put back.
+pub fn hand_off(sd: &dyn Systemd, how: HandOff, plan: &Plan, paths: &HostPaths) -> Result<()> {
+    match how {
+        HandOff::Kexec => sd
+            .start_unit_no_wait("kexec.target", "replace-irreversibly")
+            .context("starting kexec.target"),
+        HandOff::SoftReboot => {
+            use std::os::unix::fs::MetadataExt;
+            let booted = paths.ostree_booted_file();
+            let old =
+                std::fs::read(&booted).with_context(|| format!("reading {}", booted.display()))?;
+            let m = std::fs::metadata(&plan.to.path)
+                .with_context(|| format!("stat {}", plan.to.path.display()))?;
+            let new = discover::state::with_backing_root(&old, m.dev(), m.ino())
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("rewriting {}", booted.display()))?;
+            crate::system::ostree_state::replace_run_file(&booted, &new)?;
+            if let Err(e) = sd.start_unit_no_wait("soft-reboot.target", "replace-irreversibly") {
+                crate::system::ostree_state::replace_run_file(&booted, &old)?;
+                return Err(e.context("starting soft-reboot.target"));
+            }
+            Ok(())
+        }
+    }
 }

@@ -442,7 +442,11 @@ fn run_step(
             }
             Ok(serde_json::to_value(&outcomes)?)
         }
-        Step::FinalizeStaged | Step::KexecLoad { .. } | Step::KexecReboot => {
+        Step::FinalizeStaged
+        | Step::KexecLoad { .. }
+        | Step::KexecReboot
+        | Step::PrepareNextroot { .. }
+        | Step::SoftReboot => {
             bail!("step {} does not belong in a live apply", step.name())
         }
     }
@@ -503,6 +507,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
             },
             steps: vec![],
             host_states: vec![],
+            ladder: None,
             etc_conflicts: vec![],
         };
         let code = if steps.is_empty() {
@@ -622,6 +627,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         },
         steps: vec![],
         host_states: vec![],
+        ladder: None,
         etc_conflicts: kept,
     };
     let code = if failed.is_empty() {

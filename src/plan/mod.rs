@@ -2,6 +2,7 @@
 //! [`DeploymentDiff`] (and, for services, the runtime facts gathered beforehand). `--dry-run`
 //! prints it; the executor walks the very same value, step by step, journaling each one.
 
+pub mod ladder;
 pub mod preconditions;
 
 use crate::diff::{etc, Decision, DecisionKind, DeploymentDiff, DeploymentRef};
@@ -19,6 +20,7 @@ pub const PLAN_SCHEMA_VERSION: u32 = 1;
 pub enum Verb {
     ApplyLive,
     Kexec,
+    SoftReboot,
     Switch,
 }
 
@@ -58,6 +60,14 @@ pub enum Step {
     },
     /// Start `kexec.target` so systemd shuts down in order and boots the loaded kernel.
     KexecReboot,
+    /// Mount the (finalized) target deployment at `/run/nextroot` as ostree-prepare-root would
+    /// mount it as `/`.
+    PrepareNextroot {
+        nextroot: crate::system::mounts::NextRoot,
+    },
+    /// Point `/run/ostree-booted` at the new root and start `soft-reboot.target`: systemd
+    /// stops userspace and starts it again from `/run/nextroot`; kernel and firmware stay.
+    SoftReboot,
 }
 
 impl Step {
@@ -73,6 +83,8 @@ impl Step {
             Step::FinalizeStaged => "finalize_staged",
             Step::KexecLoad { .. } => "kexec_load",
             Step::KexecReboot => "kexec_reboot",
+            Step::PrepareNextroot { .. } => "prepare_nextroot",
+            Step::SoftReboot => "soft_reboot",
         }
     }
 }
@@ -92,6 +104,9 @@ pub struct Plan {
     /// ([`preconditions`]); the verb refused if one of them rules out its rung.
     #[serde(default)]
     pub host_states: Vec<HostBlocker>,
+    /// `switch`: every rung's verdict, and why each lower rung was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<ladder::Ladder>,
 }
 
 impl Plan {
@@ -169,6 +184,7 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         steps,
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
         host_states: inputs.host_states.clone(),
+        ladder: None,
     }
 }
 
@@ -216,5 +232,38 @@ pub fn kexec_plan(
         steps,
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
         host_states: host_states.to_vec(),
+        ladder: None,
+    }
+}
+
+/// Pure: the soft-reboot plan: unlock finalization when asked, finalize the staged target, mount
+/// it at `/run/nextroot`, switch.
+pub fn soft_reboot_plan(
+    diff: &DeploymentDiff,
+    nextroot: crate::system::mounts::NextRoot,
+    host_states: &[HostBlocker],
+    unlock_finalization: bool,
+) -> Plan {
+    let mut steps = Vec::new();
+    if diff.decision.kind != DecisionKind::None {
+        if diff.to.staged && unlock_finalization && locked(host_states) {
+            steps.push(Step::UnlockFinalization);
+        }
+        if diff.to.staged {
+            steps.push(Step::FinalizeStaged);
+        }
+        steps.push(Step::PrepareNextroot { nextroot });
+        steps.push(Step::SoftReboot);
+    }
+    Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        verb: Verb::SoftReboot,
+        from: diff.from.clone(),
+        to: diff.to.clone(),
+        decision: diff.decision.clone(),
+        steps,
+        etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
+        host_states: host_states.to_vec(),
+        ladder: None,
     }
 }

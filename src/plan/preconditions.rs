@@ -10,10 +10,10 @@
 //! | transient `/etc` | `transient-etc` in `/run/ostree-booted` | refused | fine |
 //! | transient root | `root.transient` in `/run/ostree-booted` | refused | fine |
 //!
-//! A refused live apply is not the end of `switch`: it takes the next rung (kexec) and says
-//! why live was rejected.
+//! A refused live apply is not the end of `switch`: the ladder ([`super::ladder`]) takes the
+//! next rung and says why live was rejected.
 
-use crate::diff::{Decision, DecisionKind};
+use super::ladder::Rung;
 use crate::discover::{Deployment, Host};
 use serde::{Deserialize, Serialize};
 
@@ -40,18 +40,12 @@ pub enum HostBlocker {
     TransientRoot,
 }
 
-/// The ways of switching a blocker can rule out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rung {
-    Live,
-    Kexec,
-}
-
 impl HostBlocker {
     /// Does this state rule out `rung`? `unlock` is the admin's explicit `--unlock`.
     pub fn blocks(&self, rung: Rung, unlock: bool) -> bool {
         match self {
-            HostBlocker::FinalizationLocked { .. } => !unlock,
+            // Every rung that switches (all but none) uses the staged deployment.
+            HostBlocker::FinalizationLocked { .. } => !unlock && rung != Rung::None,
             _ => rung == Rung::Live,
         }
     }
@@ -140,23 +134,6 @@ pub fn refusal_text(what: &str, blocking: &[&HostBlocker]) -> String {
         s.push_str(&b.describe());
     }
     s
-}
-
-/// Pure: `switch`'s decision when host states rule out the live rung — the next rung up
-/// (kexec), with the reason live was rejected first. Any other decision is kept.
-pub fn escalate(decision: &Decision, live_blocking: &[&HostBlocker]) -> Decision {
-    if decision.kind != DecisionKind::Live || live_blocking.is_empty() {
-        return decision.clone();
-    }
-    let mut reasons: Vec<String> = live_blocking
-        .iter()
-        .map(|b| format!("live rejected: {}", b.describe()))
-        .collect();
-    reasons.extend(decision.reasons.iter().cloned());
-    Decision {
-        kind: DecisionKind::Kexec,
-        reasons,
-    }
 }
 
 #[cfg(test)]
@@ -281,27 +258,5 @@ mod tests {
         let text = refusal_text("apply-live", &blocking(&bl, Rung::Live, false));
         assert!(text.contains("rpm-ostree apply-live --reset"), "{text}");
         assert!(text.contains("/run/ostree/transient-etc.abc"), "{text}");
-    }
-
-    #[test]
-    fn switch_escalates_a_blocked_live_decision_to_kexec() {
-        let live = Decision {
-            kind: DecisionKind::Live,
-            reasons: vec!["/usr: 1 added".into()],
-        };
-        let other = HostBlocker::OtherStateroot {
-            from: "a".into(),
-            to: "b".into(),
-        };
-        let d = escalate(&live, &[&other]);
-        assert_eq!(d.kind, DecisionKind::Kexec);
-        assert!(d.reasons[0].starts_with("live rejected: the target is in stateroot"));
-        assert_eq!(d.reasons[1], "/usr: 1 added");
-        assert_eq!(escalate(&live, &[]), live);
-        let none = Decision {
-            kind: DecisionKind::None,
-            reasons: vec![],
-        };
-        assert_eq!(escalate(&none, &[&other]), none);
     }
 }

@@ -121,6 +121,62 @@ fn move_mount_flags(
     Ok(())
 }
 
+const MS_PRIVATE: u64 = 1 << 18;
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {propagation: MS_PRIVATE})` on a detached clone, so it
+/// joins no peer group when attached: submounts made below it never propagate back.
+#[allow(unsafe_code)]
+fn set_private(fd: &OwnedFd, what: &Path) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: as in set_readonly.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_err("mount_setattr(MS_PRIVATE) on the clone of", what));
+    }
+    Ok(())
+}
+
+/// A private, detached clone of `source` attached at `target`, read-only if asked.
+fn attach_private_clone(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    let fd = open_tree_clone(source)?;
+    set_private(&fd, source)?;
+    if read_only {
+        set_readonly(&fd, source)?;
+    }
+    move_mount_to(&fd, target)
+}
+
+/// The target deployment laid out at `/run/nextroot` the way ostree-prepare-root mounts a
+/// deployment as `/`, for systemd's soft-reboot to switch into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextRoot {
+    /// `/run/nextroot`.
+    pub dir: PathBuf,
+    /// The deployment directory (becomes `/`; its `etc` is the deployment's merged `/etc`).
+    pub deployment: PathBuf,
+    /// The stateroot's `var` (becomes `/var`).
+    pub var: PathBuf,
+    /// The physical sysroot (becomes `/sysroot`).
+    pub sysroot: PathBuf,
+    /// The boot directory, bound at `/boot` only when it lives on the root filesystem (as
+    /// ostree-prepare-root does); a boot partition is mounted by the new userspace from fstab.
+    pub boot: Option<PathBuf>,
+}
+
 /// One line of mountinfo that matters to us.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountEntry {
@@ -221,6 +277,11 @@ pub trait Mounts {
     /// the kernel cannot (older than 6.5: `EINVAL`): the caller stacks instead. `Ok(Some(lazy))`
     /// when replaced; `lazy` when the old mount was busy and detached lazily.
     fn replace_usr(&self, source: &Path, target: &Path) -> Result<Option<bool>>;
+    /// Mount the next root for a soft reboot (see [`NextRoot`]). Any earlier mount at
+    /// `next.dir` is detached first. Every mount is a private clone, `/usr` is read-only.
+    fn prepare_nextroot(&self, next: &NextRoot) -> Result<()>;
+    /// Detach everything mounted at and below `dir` (an abandoned next root).
+    fn detach_tree(&self, dir: &Path) -> Result<()>;
     /// Detach the top mount at `target`; lazily (MNT_DETACH) when busy. Returns true if lazy.
     fn unmount_top(&self, target: &Path) -> Result<bool>;
     /// The mount stack at `target`, bottom first.
@@ -260,6 +321,47 @@ impl Mounts for RealMounts {
             }
         }
         self.unmount_top(target).map(Some)
+    }
+
+    fn prepare_nextroot(&self, next: &NextRoot) -> Result<()> {
+        std::fs::create_dir_all(&next.dir)
+            .with_context(|| format!("creating {}", next.dir.display()))?;
+        self.detach_tree(&next.dir)?;
+        // The deployment lives inside the shared /sysroot mount: a plain bind would join its
+        // peer group, and systemd's unmount of /sysroot during the soft reboot would then
+        // propagate into /run/nextroot and tear its submounts down. Private clones cannot.
+        attach_private_clone(&next.deployment, &next.dir, false).with_context(|| {
+            format!(
+                "mounting {} at {}",
+                next.deployment.display(),
+                next.dir.display()
+            )
+        })?;
+        let sub = |src: &Path, name: &str, ro: bool| {
+            let dst = next.dir.join(name);
+            attach_private_clone(src, &dst, ro)
+                .with_context(|| format!("mounting {} at {}", src.display(), dst.display()))
+        };
+        sub(&next.deployment.join("usr"), "usr", true)?;
+        sub(&next.var, "var", false)?;
+        sub(&next.sysroot, "sysroot", false)?;
+        if let Some(b) = &next.boot {
+            sub(b, "boot", false)?;
+        }
+        Ok(())
+    }
+
+    fn detach_tree(&self, dir: &Path) -> Result<()> {
+        use nix::mount::{umount2, MntFlags};
+        // MNT_DETACH takes the whole subtree below the top mount with it.
+        for _ in 0..64 {
+            if mounts_at(dir)?.is_empty() {
+                return Ok(());
+            }
+            umount2(dir, MntFlags::MNT_DETACH)
+                .with_context(|| format!("umount -l {}", dir.display()))?;
+        }
+        bail!("{} still has mounts after 64 detaches", dir.display())
     }
 
     fn unmount_top(&self, target: &Path) -> Result<bool> {

@@ -16,10 +16,23 @@ pub fn unlock_finalization(paths: &HostPaths) -> Result<()> {
     let new = state::with_locked(&bytes, false)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("rewriting {}", staged.display()))?;
-    let dir = staged
+    replace_run_file(&staged, &new)?;
+    let legacy = paths.staged_locked_file();
+    match std::fs::remove_file(&legacy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", legacy.display())),
+    }
+}
+
+/// Replace a small runtime state file atomically (temp file in the same directory, fsync,
+/// rename), mode 0644 like ostree's own.
+pub fn replace_run_file(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    let dir = path
         .parent()
-        .with_context(|| format!("{} has no parent directory", staged.display()))?;
-    let tmp = dir.join(".staged-deployment.fastswitch-tmp");
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.fastswitch-tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -27,15 +40,9 @@ pub fn unlock_finalization(paths: &HostPaths) -> Result<()> {
         .mode(0o644)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&new)
+    f.write_all(data)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &staged)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), staged.display()))?;
-    let legacy = paths.staged_locked_file();
-    match std::fs::remove_file(&legacy) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", legacy.display())),
-    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

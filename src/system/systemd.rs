@@ -73,6 +73,8 @@ trait Manager {
     >;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String);
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
 }
 
 /// A unit job.
@@ -180,6 +182,8 @@ pub trait Systemd {
     /// Queue a start job without waiting for it (the kexec handoff: `kexec.target`,
     /// `replace-irreversibly`).
     fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()>;
+    /// The manager's `Version` property (e.g. `257.13-1~deb13u1`).
+    fn version(&self) -> Result<String>;
 
     /// Issue one job and wait for it.
     fn run_job(&self, op: JobOp, unit: &str) -> Result<JobOutcome> {
@@ -674,6 +678,12 @@ impl Systemd for SystemdDbus {
             .with_context(|| format!("starting {unit} (mode {mode})"))?;
         Ok(())
     }
+
+    fn version(&self) -> Result<String> {
+        self.manager
+            .version()
+            .context("reading systemd's Version property")
+    }
 }
 
 /// Build [`UnitFacts`] from the `Unit` (and, for services, `Service`) properties. `active` maps
@@ -826,6 +836,9 @@ mod tests {
                 .borrow_mut()
                 .push(format!("start-no-wait {unit} {mode}"));
             Ok(())
+        }
+        fn version(&self) -> Result<String> {
+            Ok("257".into())
         }
     }
 

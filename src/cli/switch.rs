@@ -1,0 +1,345 @@
+//! `fastswitch switch`: gather the facts the ladder needs, let [`ladder::choose`] pick the rung,
+//! and carry that rung out (or print its plan with `--dry-run`).
+
+use super::verbs::{booted_host, plan_services, print_plan, progress, run_kexec, short, KexecMode};
+use super::{ApplyLiveOpts, Output, PairOpts, ServiceOpts, SwitchOpts};
+use crate::diff::{self, DeploymentDiff};
+use crate::discover::{Host, HostPaths};
+use crate::exec::journal::Journal;
+use crate::exit::{refuse, ExitCode};
+use crate::plan::ladder::{self, Ladder, LadderBounds, LadderInputs, Rung};
+use crate::plan::preconditions::{self, HostBlocker};
+use crate::plan::{self, Plan};
+use crate::services::{Action, DeferWhy, Reason, ServiceAction};
+use crate::system::systemd::{self, Systemd};
+use crate::system::{lock, mounts, privileges};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    // setns needs a single-threaded process: enter PID 1's namespace before the diff spawns
+    // worker threads (apply-live and the soft reboot's /run/nextroot need it).
+    if !opts.dry_run
+        && paths.root == Path::new("/")
+        && nix::unistd::geteuid().is_root()
+        && mounts::enter_pid1_mount_namespace(Path::new("/proc"))?
+    {
+        progress("entered PID 1's mount namespace");
+    }
+    let host = booted_host(paths)?;
+    let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
+    let host_states = preconditions::blockers(&host, from, to);
+    let locked = preconditions::blocking(&host_states, Rung::Kexec, opts.unlock);
+    if !locked.is_empty() {
+        return Err(refuse(
+            ExitCode::Refused,
+            preconditions::refusal_text("switch", &locked),
+        ));
+    }
+    let d = diff::diff_deployments(from, to)?;
+    let sd = match systemd::SystemdDbus::connect() {
+        Ok(sd) => Some(sd),
+        Err(e) if opts.dry_run => {
+            progress(&format!("{e:#}: planning without systemd's facts"));
+            None
+        }
+        Err(e) => return Err(e.context("connecting to systemd on the system bus")),
+    };
+    let sd_ref: Option<&dyn Systemd> = sd.as_ref().map(|s| s as &dyn Systemd);
+    let (inputs, services) = ladder_inputs(paths, &d, &host_states, sd_ref, &opts.services)?;
+    let bounds = LadderBounds {
+        min: opts.min_rung.unwrap_or(Rung::None),
+        max: opts.max_rung.unwrap_or(Rung::Reboot),
+        allow_reboot: opts.reboot_fallback,
+        allow_tpm_kexec: opts.allow_tpm_kexec,
+    };
+    let ladder = ladder::choose(&inputs, &bounds);
+    let Some(rung) = ladder.chosen else {
+        let mut msg = format!(
+            "no way to switch {} → {} within the allowed rungs; nothing was changed:",
+            short(&from.id),
+            short(&to.id)
+        );
+        for v in &ladder.rungs {
+            for r in &v.reasons {
+                msg.push_str(&format!("\n  {}: {r}", v.rung.name()));
+            }
+        }
+        return Err(refuse(ExitCode::RebootNeeded, msg));
+    };
+    progress(&format!(
+        "switch {} → {}: {}",
+        short(&from.id),
+        short(&to.id),
+        rung.name()
+    ));
+    for r in ladder.rejections_below(rung) {
+        progress(&format!("  rejected {r}"));
+    }
+    match rung {
+        Rung::None => {
+            if o.json {
+                let mut p = plan::live_plan(&d, &live_inputs(paths, vec![], &host_states, false));
+                p.ladder = Some(ladder);
+                o.json_value(&p)?;
+            } else {
+                writeln!(
+                    o.out,
+                    "nothing to do: {} and {} are identical",
+                    short(&from.id),
+                    short(&to.id)
+                )?;
+            }
+            Ok(ExitCode::NothingToDo)
+        }
+        Rung::Live => {
+            if opts.dry_run {
+                let mut p =
+                    plan::live_plan(&d, &live_inputs(paths, services, &host_states, opts.unlock));
+                p.ladder = Some(ladder);
+                print_plan(o, &p)?;
+                return Ok(ExitCode::Ok);
+            }
+            drop(sd);
+            let live = ApplyLiveOpts {
+                dry_run: false,
+                unlock: opts.unlock,
+                pair: PairOpts {
+                    from: None,
+                    to: opts.to.clone(),
+                },
+                services: opts.services.clone(),
+            };
+            super::verbs::apply_live(paths, &live, o)
+        }
+        Rung::SoftReboot => {
+            let sd = sd.context("a soft reboot needs systemd on the system bus")?;
+            soft_reboot(paths, &host, &d, &host_states, ladder, &sd, opts, o)
+        }
+        Rung::Kexec => {
+            if !opts.dry_run {
+                privileges::require(&[(
+                    caps::Capability::CAP_SYS_BOOT,
+                    "load a kernel with kexec_file_load",
+                )])?;
+            }
+            run_kexec(
+                paths,
+                &host,
+                &d,
+                to,
+                KexecMode {
+                    dry_run: opts.dry_run,
+                    load_only: false,
+                    reboot_fallback: opts.reboot_fallback,
+                    unlock: opts.unlock,
+                    ladder: Some(ladder),
+                },
+                o,
+            )
+        }
+        Rung::Reboot => {
+            if opts.dry_run {
+                if o.json {
+                    o.json_value(&ladder)?;
+                } else {
+                    writeln!(o.out, "rung: reboot (through firmware, --reboot-fallback)")?;
+                    for r in ladder.rejections_below(Rung::Reboot) {
+                        writeln!(o.out, "  rejected {r}")?;
+                    }
+                }
+                return Ok(ExitCode::Ok);
+            }
+            let sd = sd.context("a reboot needs systemd on the system bus")?;
+            progress("rebooting through firmware, as --reboot-fallback allows");
+            sd.start_unit_no_wait("reboot.target", "replace-irreversibly")
+                .context("starting reboot.target")?;
+            Ok(ExitCode::RebootNeeded)
+        }
+    }
+}
+
+fn live_inputs(
+    paths: &HostPaths,
+    services: Vec<ServiceAction>,
+    host_states: &[HostBlocker],
+    unlock: bool,
+) -> plan::LiveInputs {
+    plan::LiveInputs {
+        root: paths.root.clone(),
+        services,
+        host_states: host_states.to_vec(),
+        unlock_finalization: unlock,
+    }
+}
+
+/// The facts: from the diff, the host states, systemd (version; the service decision when the
+/// live rung is otherwise possible), the running kernel's kexec state and `/etc/crypttab`.
+fn ladder_inputs(
+    paths: &HostPaths,
+    d: &DeploymentDiff,
+    host_states: &[HostBlocker],
+    sd: Option<&dyn Systemd>,
+    sopts: &ServiceOpts,
+) -> Result<(LadderInputs, Vec<ServiceAction>)> {
+    let mut i = LadderInputs {
+        identical: d.decision.kind == diff::DecisionKind::None,
+        kernel_changes: d.kernel.reasons.iter().map(|r| r.describe()).collect(),
+        boot_time_changes: diff::BOOT_TIME_USR_FILES
+            .iter()
+            .filter(|f| d.usr.get(f).is_some())
+            .map(|f| f.to_string())
+            .collect(),
+        outside_usr: d.outside_usr.iter().map(|c| c.path.clone()).collect(),
+        ..Default::default()
+    };
+    for s in preconditions::blocking(host_states, Rung::Live, true) {
+        i.live_host_states.push(s.describe());
+        match s {
+            HostBlocker::TransientEtc { .. } | HostBlocker::TransientRoot => i
+                .soft_reboot_host_states
+                .push(format!("{} (fastswitch does not rebuild prepare-root's transient overlays in /run/nextroot)", s.describe())),
+            HostBlocker::OtherStateroot { .. } => i.soft_reboot_host_states.push(
+                "the target is in another stateroot: after a soft reboot, ostree-system-generator would mount /var from the `ostree=` argument of the running kernel, which names the old stateroot".into(),
+            ),
+            _ => {}
+        }
+    }
+    if Journal::for_host(paths)?.load()?.is_some() {
+        i.soft_reboot_host_states.push(
+            "a live apply is active: run `fastswitch reset` first (its /etc backups belong to this root)"
+                .into(),
+        );
+    }
+    let live_otherwise_possible = !i.identical
+        && i.kernel_changes.is_empty()
+        && i.boot_time_changes.is_empty()
+        && i.outside_usr.is_empty()
+        && i.live_host_states.is_empty();
+    let mut services = Vec::new();
+    match sd {
+        Some(sd) if live_otherwise_possible && !sopts.no_services => {
+            services = plan_services(d, sopts, Some(sd))?;
+            for a in &services {
+                match a.action {
+                    Action::Deferred => i.deferred_units.push(deferred_text(a)),
+                    Action::NeedsRestart => i.unowned_stale.push(a.unit.clone()),
+                    _ => {}
+                }
+            }
+        }
+        _ => i.services_unchecked = true,
+    }
+    i.soft_reboot_unavailable = match sd {
+        None => Some("systemd is not reachable on the system bus".into()),
+        Some(sd) => {
+            let v = sd.version()?;
+            match ladder::systemd_major(&v) {
+                Some(n) if n >= ladder::SOFT_REBOOT_SYSTEMD => None,
+                _ => Some(format!(
+                    "systemd {v} has no soft-reboot (needs systemd ≥ {})",
+                    ladder::SOFT_REBOOT_SYSTEMD
+                )),
+            }
+        }
+    };
+    // Only the running kernel's kexec state belongs to this host; with --root it does not.
+    if paths.root == Path::new("/") {
+        let k = crate::system::kexec::RealKexec::default();
+        i.kexec_unavailable = match k.status() {
+            Ok(st) => st.blocker().map(|b| b.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+    }
+    let crypttab = paths.root.join("etc/crypttab");
+    match std::fs::read_to_string(&crypttab) {
+        Ok(text) => i.tpm2_volumes = ladder::tpm2_volumes(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", crypttab.display())),
+    }
+    Ok((i, services))
+}
+
+fn deferred_text(a: &ServiceAction) -> String {
+    let why = a.reasons.iter().find_map(|r| match r {
+        Reason::Deferred { why } => Some(match why {
+            DeferWhy::Protected { class } => format!("never restarted live: {class}"),
+            DeferWhy::RefuseManualStop => "RefuseManualStop=yes".into(),
+            DeferWhy::RefuseManualStart => "RefuseManualStart=yes".into(),
+            DeferWhy::RestartIfChangedOff => "X-RestartIfChanged=no".into(),
+            DeferWhy::OnlyManualStart => "X-OnlyManualStart=yes".into(),
+            DeferWhy::StopOnRemovalOff => "X-StopOnRemoval=no".into(),
+            DeferWhy::PerConnectionInstance => "a per-connection instance".into(),
+        }),
+        _ => None,
+    });
+    match why {
+        Some(w) => format!("{} ({w})", a.unit),
+        None => a.unit.clone(),
+    }
+}
+
+/// The soft-reboot rung: finalize the staged target, mount it at `/run/nextroot`, point
+/// `/run/ostree-booted` at it, start `soft-reboot.target`.
+#[allow(clippy::too_many_arguments)]
+fn soft_reboot(
+    paths: &HostPaths,
+    host: &Host,
+    d: &DeploymentDiff,
+    host_states: &[HostBlocker],
+    ladder: Ladder,
+    sd: &systemd::SystemdDbus,
+    opts: &SwitchOpts,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
+    let boot_on_root = paths
+        .sysroot
+        .join("boot/loader")
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
+    let nextroot = mounts::NextRoot {
+        dir: paths.run.join("nextroot"),
+        deployment: d.to.path.clone(),
+        var: paths
+            .sysroot
+            .join("ostree/deploy")
+            .join(&d.to.stateroot)
+            .join("var"),
+        sysroot: paths.sysroot.clone(),
+        boot: boot_on_root.then(|| paths.sysroot.join("boot")),
+    };
+    let mut plan: Plan = plan::soft_reboot_plan(d, nextroot, host_states, opts.unlock);
+    plan.ladder = Some(ladder);
+    if opts.dry_run {
+        print_plan(o, &plan)?;
+        return Ok(ExitCode::Ok);
+    }
+    privileges::require(&[(
+        caps::Capability::CAP_SYS_ADMIN,
+        "mount the target at /run/nextroot",
+    )])?;
+    let _lock = lock::acquire(&Journal::for_host(paths)?.dir)?;
+    let real_mounts = mounts::RealMounts;
+    let loader = crate::system::kexec::RealKexec::default();
+    let mut prog = progress;
+    let mut env = crate::exec::kexec::KexecEnv {
+        paths,
+        mounts: &real_mounts,
+        host,
+        systemd: sd,
+        loader: &loader as &dyn crate::system::kexec::KexecLoader,
+        progress: &mut prog,
+    };
+    let (report, hand_off) = crate::exec::kexec::prepare(&plan, &mut env)?;
+    if o.json {
+        o.json_value(&report)?;
+    } else {
+        report.write_human(o.out)?;
+    }
+    o.out.flush()?;
+    if let Some(how) = hand_off {
+        progress("starting soft-reboot.target: userspace stops and starts again in the target; the kernel stays");
+        crate::exec::kexec::hand_off(sd, how, &plan, paths)?;
+    }
+    Ok(ExitCode::Ok)
+}
