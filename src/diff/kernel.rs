@@ -119,7 +119,10 @@ pub fn selinux_policy_digest(deploy_dir: &Path) -> Result<Option<String>> {
     files.sort();
     let mut h = Sha256::new();
     for f in &files {
-        h.update(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+        h.update(crate::system::files::read(
+            f,
+            crate::system::files::Follow::Yes,
+        )?);
     }
     Ok(Some(hex(&h.finalize())))
 }

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod origin;
 pub mod state;
 
+use crate::system::files::{self, Follow};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
@@ -226,28 +227,25 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     }
 
     let booted_file = paths.ostree_booted_file();
-    let ostree_booted = booted_file.exists();
-    let booted_state = if ostree_booted {
-        let bytes = std::fs::read(&booted_file)
-            .with_context(|| format!("reading {}", booted_file.display()))?;
-        Some(
+    let booted_bytes = files::read_opt(&booted_file, Follow::Yes)?;
+    let ostree_booted = booted_bytes.is_some();
+    let booted_state = match booted_bytes {
+        Some(bytes) => Some(
             state::parse_booted(&bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing {}", booted_file.display()))?,
-        )
-    } else {
-        None
+        ),
+        None => None,
     };
 
     let staged_file = paths.staged_file();
-    let staged_state = match std::fs::read(&staged_file) {
-        Ok(bytes) => Some(
+    let staged_state = match files::read_opt(&staged_file, Follow::Yes)? {
+        Some(bytes) => Some(
             state::parse_staged(&bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing {}", staged_file.display()))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", staged_file.display())),
+        None => None,
     };
 
     let (bootversion, entries) = read_boot_entries(&paths.sysroot)?;
@@ -389,14 +387,13 @@ fn make_deployment(
     let id = format!("{checksum}.{serial}");
     let dev_ino = dev_ino(&path)?;
     let origin_path = path.with_file_name(format!("{id}.origin"));
-    let origin = match std::fs::read_to_string(&origin_path) {
-        Ok(text) => Some(
+    let origin = match files::read_to_string_opt(&origin_path, Follow::Yes)? {
+        Some(text) => Some(
             origin::parse_origin(&text)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing origin file {}", origin_path.display()))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", origin_path.display())),
+        None => None,
     };
     let known = prior.and_then(|h| {
         h.deployments
@@ -467,8 +464,7 @@ fn read_boot_entries(sysroot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
             continue;
         }
         let p = ent.path();
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text = files::read_to_string(&p, Follow::Yes)?;
         entries.push(
             bls::parse_entry(&name, &text)
                 .map_err(anyhow::Error::msg)
