@@ -319,14 +319,19 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
-            "two kernels in the target",
+            "legacy kernel and initramfs checksums differ in the target",
             &["diff"],
             1,
-            "more than one kernel",
+            "mismatched kernel checksum vs initrd",
             |f| {
-                let k = staged_dir(f).join("usr/lib/modules/6.2.0-other");
-                std::fs::create_dir_all(&k).unwrap();
-                std::fs::write(k.join("vmlinuz"), b"k").unwrap();
+                let b = staged_dir(f).join("usr/lib/ostree-boot");
+                std::fs::create_dir_all(&b).unwrap();
+                std::fs::write(b.join(format!("vmlinuz-6.2-{}", "a".repeat(64))), b"k").unwrap();
+                std::fs::write(
+                    b.join(format!("initramfs-6.2.img-{}", "b".repeat(64))),
+                    b"i",
+                )
+                .unwrap();
             },
         ),
         case(

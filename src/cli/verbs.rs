@@ -536,7 +536,7 @@ fn checked_tree_kernel(
         refuse(
             ExitCode::Refused,
             format!(
-                "deployment {} has no kernel under usr/lib/modules; nothing to kexec",
+                "deployment {} has no kernel (none in usr/lib/modules, usr/lib/ostree-boot or boot); nothing to kexec",
                 to.id
             ),
         )
@@ -558,9 +558,9 @@ fn checked_tree_kernel(
         refuse(
             ExitCode::Refused,
             format!(
-                "deployment {} has no initramfs ({}/initramfs.img); ostree-prepare-root must run from one, so it cannot be kexec'd",
+                "deployment {} has no initramfs next to {}; ostree-prepare-root must run from one, so it cannot be kexec'd",
                 to.id,
-                k.vmlinuz.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                k.vmlinuz.display()
             ),
         )
     })?;
