@@ -536,8 +536,9 @@ fn checked_tree_kernel(
         refuse(
             ExitCode::Refused,
             format!(
-                "deployment {} has no kernel (none in usr/lib/modules, usr/lib/ostree-boot or boot); nothing to kexec",
-                to.id
+                "deployment {} has no kernel (no regular usr/lib/modules/*/vmlinuz, nor a kernel in usr/lib/ostree-boot or boot, in {}); nothing to kexec",
+                to.id,
+                to.path.display()
             ),
         )
     })?;

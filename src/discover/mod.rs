@@ -129,8 +129,30 @@ impl Host {
         self.deployments.iter().find(|d| d.rollback)
     }
 
+    /// What a selector may be, with this host's deployments (for error messages).
+    fn accepted_selectors(&self) -> String {
+        let known = self
+            .deployments
+            .iter()
+            .map(|d| format!("{}={}", d.index, d.id))
+            .collect::<Vec<_>>();
+        let index = match self.deployments.len() {
+            0 => "an index (there are no deployments)".to_owned(),
+            n => format!("an index 0..={}", n - 1),
+        };
+        format!(
+            "accepted: booted, staged, pending, rollback, {index}, or <checksum>.<serial> (known: {}); see `fastswitch status`",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
     /// Resolve a user's deployment selector: `booted`, `staged`, `pending`, `rollback`, an index,
-    /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works).
+    /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works). Every
+    /// error names the value given and what is accepted.
     pub fn select(&self, sel: &str) -> Result<&Deployment> {
         let found = match sel {
             "booted" => self.booted(),
@@ -138,8 +160,15 @@ impl Host {
             "pending" => self.pending(),
             "rollback" => self.rollback(),
             s if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) => {
-                let i: usize = s.parse().context("deployment index")?;
-                self.deployments.get(i)
+                let i: Option<usize> = s.parse().ok();
+                match i.and_then(|i| self.deployments.get(i)) {
+                    Some(d) => Some(d),
+                    None => bail!(
+                        "deployment index `{s}` is out of range in {}; {}",
+                        self.paths.sysroot.display(),
+                        self.accepted_selectors()
+                    ),
+                }
             }
             s => {
                 let matches: Vec<&Deployment> = self
@@ -149,8 +178,14 @@ impl Host {
                     .collect();
                 if matches.len() > 1 {
                     bail!(
-                        "deployment `{s}` is ambiguous: it matches {} deployments",
-                        matches.len()
+                        "deployment `{s}` is ambiguous: it matches {} deployments ({}); {}",
+                        matches.len(),
+                        matches
+                            .iter()
+                            .map(|d| d.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        self.accepted_selectors()
                     );
                 }
                 matches.into_iter().next()
@@ -158,13 +193,9 @@ impl Host {
         };
         found.ok_or_else(|| {
             anyhow::anyhow!(
-                "no `{sel}` deployment in {} (known: {}); see `fastswitch status`",
+                "no `{sel}` deployment in {}; {}",
                 self.paths.sysroot.display(),
-                self.deployments
-                    .iter()
-                    .map(|d| format!("{}={}", d.index, d.id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.accepted_selectors()
             )
         })
     }
