@@ -338,7 +338,16 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
 /// `O_NONBLOCK` and a type check on the descriptor) anything swapped in that is not a regular
 /// file, so a FIFO can never block the walk.
 pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<std::fs::File> {
-    let fd = rustix::fs::openat(dir, name, FILE_FLAGS | OFlags::NONBLOCK, Mode::empty())?;
+    regular_only(rustix::fs::openat(
+        dir,
+        name,
+        FILE_FLAGS | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?)
+}
+
+/// Keep `fd` only if it is a regular file; clear the `O_NONBLOCK` it was opened with.
+fn regular_only(fd: OwnedFd) -> rustix::io::Result<std::fs::File> {
     let st = rustix::fs::fstat(&fd)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(Errno::INVAL);
@@ -350,7 +359,11 @@ pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Resu
 
 /// Open a regular file by path for reading, refusing a symlink as the last component.
 pub(crate) fn open_file(path: &Path) -> rustix::io::Result<std::fs::File> {
-    rustix::fs::open(path, FILE_FLAGS, Mode::empty()).map(std::fs::File::from)
+    regular_only(rustix::fs::open(
+        path,
+        FILE_FLAGS | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?)
 }
 
 /// Where to read extended attributes from.
