@@ -357,12 +357,21 @@ fn regular_only(fd: OwnedFd) -> rustix::io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Open a regular file by path for reading, refusing a symlink as the last component.
-pub(crate) fn open_file(path: &Path) -> rustix::io::Result<std::fs::File> {
-    regular_only(rustix::fs::open(
-        path,
-        FILE_FLAGS | OFlags::NONBLOCK,
-        Mode::empty(),
+/// Open the regular file `rel` below the directory `root`, one directory descriptor per
+/// component (never following a symlink), so `root` + `rel` may be longer than `PATH_MAX`.
+pub(crate) fn open_file_beneath(root: &Path, rel: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let mut dir = open_dir(root)?;
+    let comps: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let Some((last, parents)) = comps.split_last() else {
+        anyhow::bail!("{}: empty path below it", root.display());
+    };
+    for c in parents {
+        dir = open_dir_at(dir.as_fd(), &std::ffi::CString::new(c.as_bytes())?)?;
+    }
+    Ok(open_file_at(
+        dir.as_fd(),
+        &std::ffi::CString::new(last.as_bytes())?,
     )?)
 }
 
