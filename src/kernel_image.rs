@@ -947,7 +947,8 @@ impl FileCheckError {
 
 /// Read and [`inspect`] a kernel file.
 pub fn inspect_file(path: &Path) -> Result<KernelImage, FileCheckError> {
-    let bytes = std::fs::read(path).map_err(|e| FileCheckError::io(path, e))?;
+    let bytes = crate::system::files::read(path, crate::system::files::Follow::Yes)
+        .map_err(|e| FileCheckError::io(path, e.into()))?;
     inspect(&bytes).map_err(|e| FileCheckError::new(path, e))
 }
 
@@ -955,7 +956,8 @@ pub fn inspect_file(path: &Path) -> Result<KernelImage, FileCheckError> {
 pub fn check_initramfs_file(path: &Path) -> Result<InitramfsFormat, FileCheckError> {
     use std::io::Read;
     let mut head = Vec::with_capacity(8);
-    std::fs::File::open(path)
+    crate::system::files::open_regular(path, crate::system::files::Follow::Yes)
+        .map_err(std::io::Error::from)
         .and_then(|f| f.take(8).read_to_end(&mut head))
         .map_err(|e| FileCheckError::io(path, e))?;
     check_initramfs(&head).map_err(|e| FileCheckError::new(path, e))

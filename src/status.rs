@@ -174,7 +174,10 @@ pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> s
                     ", no initramfs"
                 }
             )?,
-            None => writeln!(out, "    kernel: none found under usr/lib/modules")?,
+            None => writeln!(
+                out,
+                "    kernel: none found (usr/lib/modules, usr/lib/ostree-boot, boot)"
+            )?,
         }
         if !d.kargs.is_empty() {
             writeln!(out, "    kargs: {}", d.kargs.join(" "))?;

@@ -135,6 +135,47 @@ fn pe_with_machine(machine: u16) -> Vec<u8> {
     b
 }
 
+/// Run a command, killing it (and failing the test) if it has not exited after `secs`
+/// seconds: a hang on some input must fail, not stall CI.
+fn output_within(cmd: &mut Command, secs: u64, what: &str) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out.read_to_end(&mut b).ok();
+        b
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        err.read_to_end(&mut b).ok();
+        b
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("{what}: fastswitch still running after {secs} s (hang); killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         case(
@@ -319,14 +360,19 @@ fn cases() -> Vec<Case> {
             },
         ),
         case(
-            "two kernels in the target",
+            "legacy kernel and initramfs checksums differ in the target",
             &["diff"],
             1,
-            "more than one kernel",
+            "mismatched kernel checksum vs initrd",
             |f| {
-                let k = staged_dir(f).join("usr/lib/modules/6.2.0-other");
-                std::fs::create_dir_all(&k).unwrap();
-                std::fs::write(k.join("vmlinuz"), b"k").unwrap();
+                let b = staged_dir(f).join("usr/lib/ostree-boot");
+                std::fs::create_dir_all(&b).unwrap();
+                std::fs::write(b.join(format!("vmlinuz-6.2-{}", "a".repeat(64))), b"k").unwrap();
+                std::fs::write(
+                    b.join(format!("initramfs-6.2.img-{}", "b".repeat(64))),
+                    b"i",
+                )
+                .unwrap();
             },
         ),
         case(
@@ -342,7 +388,21 @@ fn cases() -> Vec<Case> {
             "unknown deployment selector",
             &["diff", "--to", "nosuch"],
             1,
-            "no `nosuch` deployment",
+            "no `nosuch` deployment in",
+            |_| {},
+        ),
+        case(
+            "deployment index too large for any integer",
+            &["diff", "--from", "99999999999999999999999"],
+            1,
+            "`99999999999999999999999` is out of range",
+            |_| {},
+        ),
+        case(
+            "deployment index out of range lists what is accepted",
+            &["diff", "--to", "7"],
+            1,
+            "accepted: booted, staged, pending, rollback, an index 0..=1",
             |_| {},
         ),
         case(
@@ -491,7 +551,7 @@ fn bad_input_corpus() {
             .arg("--root")
             .arg(&root_dir);
         cmd.args(c.args);
-        let out = cmd.output().unwrap();
+        let out = output_within(&mut cmd, 20, c.name);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let after = state(&f.s);
         let mut problems = Vec::new();
@@ -554,4 +614,209 @@ fn second_run_while_locked_is_refused_with_the_pid() {
         assert_eq!(out.status.code(), Some(6), "{stderr}");
     }
     assert_eq!(state(&f.s), before);
+}
+
+/// The kinds of non-regular file that can sit where fastswitch expects a regular one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Special {
+    Fifo,
+    Socket,
+    CharDevice,
+    Directory,
+    DanglingSymlink,
+}
+
+const SPECIALS: [Special; 5] = [
+    Special::Fifo,
+    Special::Socket,
+    Special::CharDevice,
+    Special::Directory,
+    Special::DanglingSymlink,
+];
+
+/// Replace whatever is at `p` by a special file of kind `k`.
+fn make_special(p: &Path, k: Special) {
+    if p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        std::fs::remove_dir_all(p).unwrap();
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    match k {
+        Special::Fifo => nix::unistd::mkfifo(p, Mode::from_bits_truncate(0o644)).unwrap(),
+        // mknod makes the socket inode as bind(2) would, without bind's 108-byte path limit.
+        Special::Socket => mknod(p, SFlag::S_IFSOCK, Mode::from_bits_truncate(0o644), 0).unwrap(),
+        // The same device as /dev/null: reading it would succeed with nothing, which is also
+        // wrong; it must be refused like the others.
+        Special::CharDevice => mknod(
+            p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o644),
+            makedev(1, 3),
+        )
+        .unwrap(),
+        Special::Directory => {
+            std::fs::create_dir(p).unwrap();
+            std::fs::write(p.join("inside"), b"x").unwrap();
+        }
+        Special::DanglingSymlink => {
+            std::os::unix::fs::symlink("/nonexistent/fastswitch-test-target", p).unwrap()
+        }
+    }
+}
+
+/// Where fastswitch reads a file it does not control, and the command that reads it.
+struct Place {
+    name: &'static str,
+    path: fn(&Fx) -> std::path::PathBuf,
+    args: &'static [&'static str],
+}
+
+fn places() -> Vec<Place> {
+    vec![
+        Place {
+            name: "BLS entry",
+            path: |f| bls_entries(f)[0].clone(),
+            args: &["status"],
+        },
+        Place {
+            name: "origin file",
+            path: |f| booted_dir(f).with_file_name(format!("{}.origin", f.booted)),
+            args: &["status"],
+        },
+        Place {
+            name: "run/ostree-booted",
+            path: |f| f.s.run().join("ostree-booted"),
+            args: &["status"],
+        },
+        Place {
+            name: "run/ostree/staged-deployment",
+            path: staged_file,
+            args: &["diff"],
+        },
+        Place {
+            name: "live state run/fastswitch/state.json",
+            path: |f| f.s.run().join("fastswitch/state.json"),
+            args: &["status"],
+        },
+        Place {
+            name: "persistent state var/lib/fastswitch/state.json",
+            path: |f| booted_dir(f).join("var/lib/fastswitch/state.json"),
+            args: &["apply-live", "--no-services"],
+        },
+        Place {
+            name: "unit file in the target",
+            path: |f| staged_dir(f).join("usr/lib/systemd/system/demo.service"),
+            args: &["diff"],
+        },
+        Place {
+            name: "initramfs in the target",
+            path: staged_initramfs,
+            args: &["diff"],
+        },
+        Place {
+            name: "kernel in the target",
+            path: staged_kernel,
+            args: &["kexec", "--dry-run"],
+        },
+    ]
+}
+
+/// What must happen for a special file at a place: (exit code, fragment of stderr).
+/// `None`: the file's absence is legitimate there and is treated as absent (documented next to
+/// each), so the command must just not hang.
+fn expected(place: &str, k: Special, path: &Path) -> Option<(i32, String)> {
+    // The message names the path as read (the BLS entry through `loader.N`): match its name.
+    let shown = path.file_name().unwrap().to_string_lossy();
+    let kind = match k {
+        Special::Fifo => "is a FIFO",
+        Special::Socket => "is a socket",
+        Special::CharDevice => "is a character device",
+        Special::Directory => "is a directory",
+        Special::DanglingSymlink => "is a dangling symbolic link",
+    };
+    match (place, k) {
+        // A unit symlink pointing nowhere is a unit that does not exist (as systemd has it).
+        ("unit file in the target", Special::DanglingSymlink) => None,
+        // ostree skips an initramfs it cannot open (ENOENT): the tree has none (and
+        // `kexec` refuses it for that).
+        ("initramfs in the target", Special::DanglingSymlink) => None,
+        // fastswitch's own state files are never symlinks (O_NOFOLLOW).
+        (p, Special::DanglingSymlink) if p.contains("state.json") => {
+            Some((1, format!("{shown} is a symbolic link")))
+        }
+        // ostree only takes `usr/lib/modules/<kver>` whose `vmlinuz` is a regular file
+        // (following symlinks): anything else is no kernel, which kexec refuses naming the tree.
+        ("kernel in the target", _) => Some((6, "has no kernel".into())),
+        _ => Some((1, format!("{shown} {kind}"))),
+    }
+}
+
+#[test]
+fn special_files_everywhere_never_hang_and_name_the_path() {
+    let root = nix::unistd::geteuid().is_root();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for place in places() {
+        for k in SPECIALS {
+            if k == Special::CharDevice && !root {
+                eprintln!("skipped {} / {k:?}: mknod needs root", place.name);
+                continue;
+            }
+            let f = fixture();
+            let p = (place.path)(&f);
+            make_special(&p, k);
+            let before = state(&f.s);
+            let mut cmd = f.s.fastswitch();
+            cmd.arg("--root").arg(booted_dir(&f)).args(place.args);
+            let what = format!("{} / {k:?}", place.name);
+            let t = std::time::Instant::now();
+            let out = output_within(&mut cmd, 20, &what);
+            let secs = t.elapsed().as_secs_f64();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let mut problems = Vec::new();
+            match expected(place.name, k, &p) {
+                Some((code, fragment)) => {
+                    if out.status.code() != Some(code) {
+                        problems.push(format!("exit {:?}, expected {code}", out.status.code()));
+                    }
+                    if !stderr.contains(&fragment) {
+                        problems.push(format!("stderr lacks {fragment:?}"));
+                    }
+                }
+                None => {
+                    if out.status.code().is_none() {
+                        problems.push("killed by a signal".into());
+                    }
+                }
+            }
+            if stderr.contains("panicked") {
+                problems.push("panicked".into());
+            }
+            if state(&f.s) != before {
+                problems.push("something changed on disk or in the mount table".into());
+            }
+            eprintln!(
+                "{what}: exit {:?} in {secs:.2} s: {}",
+                out.status.code(),
+                stderr.lines().last().unwrap_or("")
+            );
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{what}: {}\n  stderr: {}",
+                    problems.join("; "),
+                    stderr.trim()
+                ));
+            }
+            ran += 1;
+        }
+    }
+    eprintln!("special-file cases run: {ran}");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

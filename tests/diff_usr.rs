@@ -387,3 +387,110 @@ fn pruning_reads_the_checksums_ostree_shows() {
     let b2 = repo.subdirs(&s2[b"share".as_slice()].tree).unwrap();
     assert_eq!(b1[b"bulk".as_slice()], b2[b"bulk".as_slice()]);
 }
+
+/// Open (creating with `mkdir`, when `create`) each component below `root` by directory
+/// descriptor: absolute paths beyond `PATH_MAX` cannot be used.
+fn open_deep(root: &Path, comps: &[String], create: bool) -> std::os::fd::OwnedFd {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::open(root, flags, Mode::empty()).unwrap();
+    for c in comps {
+        if create {
+            match rustix::fs::mkdirat(&fd, c.as_str(), Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => panic!("mkdirat {c}: {e}"),
+            }
+        }
+        fd = rustix::fs::openat(&fd, c.as_str(), flags, Mode::empty()).unwrap();
+    }
+    fd
+}
+
+fn write_at(dir: &std::os::fd::OwnedFd, name: &str, data: &[u8]) {
+    use rustix::fs::{Mode, OFlags};
+    let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut std::fs::File::from(fd), data).unwrap();
+}
+
+/// A `/usr` tree whose paths exceed 4096 bytes (25 levels of 200-byte names): `diff` must
+/// equal `ostree diff` on it, through the binary and the library.
+#[test]
+fn paths_longer_than_path_max_match_ostree_diff() {
+    require_root!();
+    let comps: Vec<String> = (0..25)
+        .map(|i| format!("{i:02}{}", "d".repeat(198)))
+        .collect();
+    let deep_rel = format!("/usr/share/deep/{}", comps.join("/"));
+    assert!(deep_rel.len() > 5000);
+    let mut share = vec!["usr".to_owned(), "share".to_owned(), "deep".to_owned()];
+    share.extend(comps.iter().cloned());
+
+    // Built twice from scratch: `cp -a` cannot copy such a tree.
+    let v1 = Tree::minimal("6.1.0");
+    let bottom = open_deep(v1.path(), &share, true);
+    write_at(&bottom, "same", b"same\n");
+    write_at(&bottom, "changed", b"v1\n");
+    write_at(&bottom, "removed", b"gone in v2\n");
+    rustix::fs::symlinkat("same", &bottom, "link").unwrap();
+    let v2 = Tree::minimal("6.1.0");
+    let bottom = open_deep(v2.path(), &share, true);
+    write_at(&bottom, "same", b"same\n");
+    write_at(&bottom, "changed", b"v2\n");
+    write_at(&bottom, "added", b"new\n");
+    rustix::fs::symlinkat("changed", &bottom, "link").unwrap();
+    let sub = open_deep(
+        v2.path(),
+        &[share.clone(), vec!["newdir".into()]].concat(),
+        true,
+    );
+    write_at(&sub, "f", b"f\n");
+    drop((bottom, sub));
+
+    let p = deploy_pair(&v1, &v2);
+    let truth = ostree_truth(&p);
+    for (letter, name) in [
+        ("M", "changed"),
+        ("D", "removed"),
+        ("A", "added"),
+        ("M", "link"),
+        ("A", "newdir"),
+    ] {
+        assert!(
+            truth.contains(&(letter.to_owned(), format!("{deep_rel}/{name}"))),
+            "ostree diff lacks {letter} …/{name}: {truth:?}"
+        );
+    }
+    let d = diff_usr(&p.d1, &p.d2).unwrap();
+    assert_eq!(ours(&d), truth);
+
+    // The binary, end to end (index 0 is v2, 1 is v1).
+    let out =
+        p.s.fastswitch()
+            .args(["diff", "--from", "1", "--to", "0", "--json"])
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fastswitch diff failed: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bin: BTreeSet<(String, String)> = v["usr"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let letter = match e["change"].as_str().unwrap() {
+                "added" => "A",
+                "removed" => "D",
+                _ => "M",
+            };
+            (letter.to_owned(), e["path"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(bin, truth);
+}

@@ -581,8 +581,9 @@ fn checked_tree_kernel(
         refuse(
             ExitCode::Refused,
             format!(
-                "deployment {} has no kernel under usr/lib/modules; nothing to kexec",
-                to.id
+                "deployment {} has no kernel (no regular usr/lib/modules/*/vmlinuz, nor a kernel in usr/lib/ostree-boot or boot, in {}); nothing to kexec",
+                to.id,
+                to.path.display()
             ),
         )
     })?;
@@ -603,9 +604,9 @@ fn checked_tree_kernel(
         refuse(
             ExitCode::Refused,
             format!(
-                "deployment {} has no initramfs ({}/initramfs.img); ostree-prepare-root must run from one, so it cannot be kexec'd",
+                "deployment {} has no initramfs next to {}; ostree-prepare-root must run from one, so it cannot be kexec'd",
                 to.id,
-                k.vmlinuz.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                k.vmlinuz.display()
             ),
         )
     })?;

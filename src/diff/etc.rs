@@ -41,7 +41,9 @@ use super::walk::{self, Meta};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -332,14 +334,22 @@ impl Tree {
         if !m.is_dir() {
             anyhow::bail!("{} is not a directory", root.display());
         }
-        let top = Self::load_node(root, meta_of(&m))?;
+        let mut top = Node {
+            meta: meta_of(&m),
+            target: None,
+            children: BTreeMap::new(),
+        };
+        let fd = walk::open_dir(root)?;
+        Self::load_children(&fd, root, &mut top)?;
         Ok(Tree {
             root: root.to_path_buf(),
             top,
         })
     }
 
-    fn load_node(path: &Path, meta: Meta) -> Result<Node> {
+    /// Load the object `name` in the directory `dir` (`shown` is its path, for errors only):
+    /// everything relative to directory descriptors, so paths may exceed `PATH_MAX`.
+    fn load_node_at(dir: BorrowedFd<'_>, name: &CStr, shown: &Path, meta: Meta) -> Result<Node> {
         let mut node = Node {
             meta,
             target: None,
@@ -347,29 +357,42 @@ impl Tree {
         };
         match meta.file_type() {
             FileType::Dir => {
-                let rd = std::fs::read_dir(path)
-                    .with_context(|| format!("reading directory {}", path.display()))?;
-                for e in rd {
-                    let e = e.with_context(|| format!("reading directory {}", path.display()))?;
-                    let cpath = e.path();
-                    // DirEntry::metadata does not follow symlinks.
-                    let m = e
-                        .metadata()
-                        .with_context(|| format!("stat {}", cpath.display()))?;
-                    node.children
-                        .insert(e.file_name(), Self::load_node(&cpath, meta_of(&m))?);
-                }
+                let fd = walk::open_dir_at(dir, name)
+                    .with_context(|| format!("opening directory {}", shown.display()))?;
+                Self::load_children(&fd, shown, &mut node)?;
             }
             FileType::Symlink => {
                 node.target = Some(
-                    std::fs::read_link(path)
-                        .with_context(|| format!("readlink {}", path.display()))?
-                        .into_os_string(),
+                    walk::readlink_at(dir, name)
+                        .with_context(|| format!("readlink {}", shown.display()))?,
                 );
             }
             FileType::File | FileType::Other => {}
         }
         Ok(node)
+    }
+
+    fn load_children(fd: &OwnedFd, shown: &Path, node: &mut Node) -> Result<()> {
+        let dupe = rustix::io::dup(fd).map_err(std::io::Error::from)?;
+        let mut d = rustix::fs::Dir::new(dupe)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("reading directory {}", shown.display()))?;
+        for e in &mut d {
+            let e = e
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("reading directory {}", shown.display()))?;
+            let name = e.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let os = OsStr::from_bytes(name.to_bytes()).to_owned();
+            let child = shown.join(&os);
+            let m = walk::lstat_at(fd.as_fd(), name)
+                .with_context(|| format!("stat {}", child.display()))?;
+            node.children
+                .insert(os, Self::load_node_at(fd.as_fd(), name, &child, m)?);
+        }
+        Ok(())
     }
 
     fn get(&self, rel: &Path) -> Option<&Node> {
@@ -402,10 +425,10 @@ fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
                 false
             } else {
                 let (pa, pb) = (ta.root.join(rel), tb.root.join(rel));
-                let mut fa =
-                    walk::open_file(&pa).with_context(|| format!("opening {}", pa.display()))?;
-                let mut fb =
-                    walk::open_file(&pb).with_context(|| format!("opening {}", pb.display()))?;
+                let mut fa = walk::open_file_beneath(&ta.root, rel)
+                    .with_context(|| format!("opening {}", pa.display()))?;
+                let mut fb = walk::open_file_beneath(&tb.root, rel)
+                    .with_context(|| format!("opening {}", pb.display()))?;
                 walk::same_bytes(&mut fa, &mut fb)
                     .with_context(|| format!("comparing {} with {}", pa.display(), pb.display()))?
             }
@@ -658,5 +681,55 @@ mod tests {
         let bad = Path::new(OsStr::from_bytes(b"a/\xff"));
         let err = etc_path(bad).unwrap_err();
         assert!(format!("{err:#}").contains("not valid UTF-8"), "{err:#}");
+    }
+
+    /// `dir/c0/c1/…` created through directory descriptors; returns the deepest one.
+    fn deep(root: &Path, comps: &[String]) -> OwnedFd {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        std::fs::create_dir_all(root).unwrap();
+        let mut fd = rustix::fs::open(root, flags, Mode::empty()).unwrap();
+        for c in comps {
+            let _ = rustix::fs::mkdirat(&fd, c.as_str(), Mode::from_raw_mode(0o755));
+            fd = rustix::fs::openat(&fd, c.as_str(), flags, Mode::empty()).unwrap();
+        }
+        fd
+    }
+
+    fn put(dir: &OwnedFd, name: &str, data: &[u8]) {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut std::fs::File::from(fd), data).unwrap();
+    }
+
+    #[test]
+    fn paths_beyond_path_max() {
+        let d = tempfile::tempdir().unwrap();
+        let comps: Vec<String> = (0..25)
+            .map(|i| format!("{i:02}{}", "e".repeat(198)))
+            .collect();
+        let (o, l, n) = (d.path().join("o"), d.path().join("l"), d.path().join("n"));
+        put(&deep(&o, &comps), "a.conf", b"v1\n");
+        let ld = deep(&l, &comps);
+        put(&ld, "a.conf", b"v1\n");
+        put(&ld, "local.conf", b"mine\n");
+        let nd = deep(&n, &comps);
+        put(&nd, "a.conf", b"v2 longer\n");
+        put(&nd, "b.conf", b"new\n");
+        let plan = plan_etc(&o, &l, &n).unwrap();
+        let text = serde_json::to_string(&plan).unwrap();
+        let leaf = &comps[24];
+        assert!(text.contains(&format!("{leaf}/a.conf")), "{text}");
+        assert!(text.contains(&format!("{leaf}/b.conf")), "{text}");
+        // Same size, different content: compared by content below PATH_MAX depth too.
+        put(&nd, "a.conf", b"v9\n");
+        let text = serde_json::to_string(&plan_etc(&o, &l, &n).unwrap()).unwrap();
+        assert!(text.contains(&format!("{leaf}/a.conf")), "{text}");
     }
 }

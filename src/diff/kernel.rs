@@ -13,9 +13,11 @@ use std::path::Path;
 /// What identifies the boot-level state of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelIdentity {
-    /// Kernel release (directory under `usr/lib/modules`), if the tree has a kernel.
+    /// Kernel release (directory under `usr/lib/modules`, or the `<kver>` of a legacy
+    /// `vmlinuz-<kver>-<bootcsum>`), if the tree has a kernel.
     pub version: Option<String>,
-    /// sha256 over vmlinuz, initramfs, devicetree (ostree's `bootcsum`).
+    /// ostree's `bootcsum`: sha256 over vmlinuz, initramfs, devicetree or `dtb/`, or the
+    /// checksum in a legacy kernel's file name.
     pub boot_digest: Option<String>,
     pub has_initramfs: bool,
     /// Kernel arguments without `ostree=`.
@@ -28,7 +30,8 @@ pub struct KernelIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum KernelReason {
-    /// vmlinuz, initramfs or devicetree content differs.
+    /// The bootcsum differs: vmlinuz, initramfs, devicetree or `dtb/` content (or a legacy
+    /// kernel's checksum name).
     BootDigestChanged {
         from: Option<String>,
         to: Option<String>,
@@ -59,7 +62,7 @@ impl KernelReason {
         match self {
             KernelReason::BootDigestChanged { from, to } => {
                 format!(
-                    "boot digest (vmlinuz+initramfs+devicetree) {} → {}",
+                    "boot digest (ostree bootcsum: vmlinuz+initramfs+device trees) {} → {}",
                     short(from),
                     short(to)
                 )
@@ -119,7 +122,10 @@ pub fn selinux_policy_digest(deploy_dir: &Path) -> Result<Option<String>> {
     files.sort();
     let mut h = Sha256::new();
     for f in &files {
-        h.update(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+        h.update(crate::system::files::read(
+            f,
+            crate::system::files::Follow::Yes,
+        )?);
     }
     Ok(Some(hex(&h.finalize())))
 }

@@ -107,7 +107,10 @@ impl Repo {
             .objects
             .join(&hex[..2])
             .join(format!("{}.{ext}", &hex[2..]));
-        std::fs::read(p).ok()
+        // A missing or odd object (e.g. a FIFO) only disables pruning; never block on it.
+        crate::system::files::read_opt(&p, crate::system::files::Follow::No)
+            .ok()
+            .flatten()
     }
 
     /// The root directory of a commit.

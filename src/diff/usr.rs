@@ -320,15 +320,9 @@ impl Ctx {
                 kinds.push(ChangeKind::SymlinkTarget);
             }
         }
-        let (pa, pb) = (
-            walk::cpath(&self.disk(Side::From, rel))?,
-            walk::cpath(&self.disk(Side::To, rel))?,
-        );
         let (mut xa, mut xb) = (Vec::new(), Vec::new());
-        walk::xattr_snapshot(XattrSource::Path(&pa), &mut xa)
-            .with_context(|| format!("reading xattrs of {}", self.show(Side::From, rel)))?;
-        walk::xattr_snapshot(XattrSource::Path(&pb), &mut xb)
-            .with_context(|| format!("reading xattrs of {}", self.show(Side::To, rel)))?;
+        self.xattrs_of(Side::From, a, name, rel, &mut xa)?;
+        self.xattrs_of(Side::To, b, name, rel, &mut xb)?;
         if xa != xb {
             kinds.push(ChangeKind::Xattrs);
         }
@@ -337,6 +331,26 @@ impl Ctx {
             return Ok(None);
         }
         Self::entry(rel, Change::Modified, kinds, Some(ta), Some(tb)).map(Some)
+    }
+
+    /// xattrs of the non-directory `name` in `dir`, relative to the directory descriptor
+    /// (paths may be longer than `PATH_MAX`); by path only when `/proc` is not mounted.
+    fn xattrs_of(
+        &self,
+        side: Side,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let done = walk::xattr_snapshot_at(dir.as_fd(), name, out)
+            .with_context(|| format!("reading xattrs of {}", self.show(side, rel)))?;
+        if !done {
+            let p = walk::cpath(&self.disk(side, rel))?;
+            walk::xattr_snapshot(XattrSource::Path(&p), out)
+                .with_context(|| format!("reading xattrs of {}", self.show(side, rel)))?;
+        }
+        Ok(())
     }
 
     fn same_file_content(&self, a: &OwnedFd, b: &OwnedFd, name: &CStr, rel: &[u8]) -> Result<bool> {

@@ -334,14 +334,45 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC)
     .union(OFlags::NOCTTY);
 
-/// Open a regular file `name` inside `dir` for reading, refusing symlinks.
+/// Open a regular file `name` inside `dir` for reading, refusing symlinks and (with
+/// `O_NONBLOCK` and a type check on the descriptor) anything swapped in that is not a regular
+/// file, so a FIFO can never block the walk.
 pub(crate) fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<std::fs::File> {
-    rustix::fs::openat(dir, name, FILE_FLAGS, Mode::empty()).map(std::fs::File::from)
+    regular_only(rustix::fs::openat(
+        dir,
+        name,
+        FILE_FLAGS | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?)
 }
 
-/// Open a regular file by path for reading, refusing a symlink as the last component.
-pub(crate) fn open_file(path: &Path) -> rustix::io::Result<std::fs::File> {
-    rustix::fs::open(path, FILE_FLAGS, Mode::empty()).map(std::fs::File::from)
+/// Keep `fd` only if it is a regular file; clear the `O_NONBLOCK` it was opened with.
+fn regular_only(fd: OwnedFd) -> rustix::io::Result<std::fs::File> {
+    let st = rustix::fs::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Errno::INVAL);
+    }
+    let fl = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, fl.difference(OFlags::NONBLOCK))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Open the regular file `rel` below the directory `root`, one directory descriptor per
+/// component (never following a symlink), so `root` + `rel` may be longer than `PATH_MAX`.
+pub(crate) fn open_file_beneath(root: &Path, rel: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let mut dir = open_dir(root)?;
+    let comps: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let Some((last, parents)) = comps.split_last() else {
+        anyhow::bail!("{}: empty path below it", root.display());
+    };
+    for c in parents {
+        dir = open_dir_at(dir.as_fd(), &std::ffi::CString::new(c.as_bytes())?)?;
+    }
+    Ok(open_file_at(
+        dir.as_fd(),
+        &std::ffi::CString::new(last.as_bytes())?,
+    )?)
 }
 
 /// Where to read extended attributes from.
@@ -351,6 +382,9 @@ pub(crate) enum XattrSource<'a> {
     Fd(BorrowedFd<'a>),
     /// A path; a symlink at the last component is not followed (`l*xattr`).
     Path(&'a CStr),
+    /// `/proc/self/fd/N` of an `O_PATH | O_NOFOLLOW` descriptor: the magic link is followed
+    /// to the object itself (also a symlink), whatever the length of its real path.
+    Proc(&'a CStr),
 }
 
 impl XattrSource<'_> {
@@ -358,6 +392,7 @@ impl XattrSource<'_> {
         match self {
             XattrSource::Fd(fd) => rustix::fs::flistxattr_query(fd),
             XattrSource::Path(p) => rustix::fs::llistxattr_query(p),
+            XattrSource::Proc(p) => rustix::fs::listxattr_query(p),
         }
     }
 
@@ -365,6 +400,7 @@ impl XattrSource<'_> {
         match self {
             XattrSource::Fd(fd) => rustix::fs::flistxattr(fd, buf),
             XattrSource::Path(p) => rustix::fs::llistxattr(p, buf),
+            XattrSource::Proc(p) => rustix::fs::listxattr(p, buf),
         }
     }
 
@@ -372,6 +408,7 @@ impl XattrSource<'_> {
         match self {
             XattrSource::Fd(fd) => rustix::fs::fgetxattr_query(fd, name),
             XattrSource::Path(p) => rustix::fs::lgetxattr_query(p, name),
+            XattrSource::Proc(p) => rustix::fs::getxattr_query(p, name),
         }
     }
 
@@ -379,6 +416,7 @@ impl XattrSource<'_> {
         match self {
             XattrSource::Fd(fd) => rustix::fs::fgetxattr(fd, name, buf),
             XattrSource::Path(p) => rustix::fs::lgetxattr(p, name, buf),
+            XattrSource::Proc(p) => rustix::fs::getxattr(p, name, buf),
         }
     }
 }
@@ -403,6 +441,31 @@ fn fill(
             Err(Errno::RANGE) => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// [`xattr_snapshot`] of `name` inside `dir` without following a symlink there and without
+/// building its full path (which may exceed `PATH_MAX`): through an `O_PATH | O_NOFOLLOW`
+/// descriptor and its `/proc/self/fd/N` link. `Err(NOENT)` from `/proc` itself (not mounted)
+/// is reported as `Ok(false)` so the caller can fall back to the path.
+pub(crate) fn xattr_snapshot_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    out: &mut Vec<u8>,
+) -> rustix::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| Errno::INVAL)?;
+    match xattr_snapshot(XattrSource::Proc(&link), out) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) if rustix::fs::stat("/proc/self/fd").is_err() => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

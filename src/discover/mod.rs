@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod origin;
 pub mod state;
 
+use crate::system::files::{self, Follow};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
@@ -175,8 +176,30 @@ impl Host {
         self.deployments.iter().find(|d| d.rollback)
     }
 
+    /// What a selector may be, with this host's deployments (for error messages).
+    fn accepted_selectors(&self) -> String {
+        let known = self
+            .deployments
+            .iter()
+            .map(|d| format!("{}={}", d.index, d.id))
+            .collect::<Vec<_>>();
+        let index = match self.deployments.len() {
+            0 => "an index (there are no deployments)".to_owned(),
+            n => format!("an index 0..={}", n - 1),
+        };
+        format!(
+            "accepted: booted, staged, pending, rollback, {index}, or <checksum>.<serial> (known: {}); see `fastswitch status`",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
     /// Resolve a user's deployment selector: `booted`, `staged`, `pending`, `rollback`, an index,
-    /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works).
+    /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works). Every
+    /// error names the value given and what is accepted.
     pub fn select(&self, sel: &str) -> Result<&Deployment> {
         let found = match sel {
             "booted" => self.booted(),
@@ -184,8 +207,15 @@ impl Host {
             "pending" => self.pending(),
             "rollback" => self.rollback(),
             s if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) => {
-                let i: usize = s.parse().context("deployment index")?;
-                self.deployments.get(i)
+                let i: Option<usize> = s.parse().ok();
+                match i.and_then(|i| self.deployments.get(i)) {
+                    Some(d) => Some(d),
+                    None => bail!(
+                        "deployment index `{s}` is out of range in {}; {}",
+                        self.paths.sysroot.display(),
+                        self.accepted_selectors()
+                    ),
+                }
             }
             s => {
                 let matches: Vec<&Deployment> = self
@@ -195,8 +225,14 @@ impl Host {
                     .collect();
                 if matches.len() > 1 {
                     bail!(
-                        "deployment `{s}` is ambiguous: it matches {} deployments",
-                        matches.len()
+                        "deployment `{s}` is ambiguous: it matches {} deployments ({}); {}",
+                        matches.len(),
+                        matches
+                            .iter()
+                            .map(|d| d.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        self.accepted_selectors()
                     );
                 }
                 matches.into_iter().next()
@@ -204,13 +240,9 @@ impl Host {
         };
         found.ok_or_else(|| {
             anyhow::anyhow!(
-                "no `{sel}` deployment in {} (known: {}); see `fastswitch status`",
+                "no `{sel}` deployment in {}; {}",
                 self.paths.sysroot.display(),
-                self.deployments
-                    .iter()
-                    .map(|d| format!("{}={}", d.index, d.id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.accepted_selectors()
             )
         })
     }
@@ -273,28 +305,25 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     }
 
     let booted_file = paths.ostree_booted_file();
-    let ostree_booted = booted_file.exists();
-    let booted_state = if ostree_booted {
-        let bytes = std::fs::read(&booted_file)
-            .with_context(|| format!("reading {}", booted_file.display()))?;
-        Some(
+    let booted_bytes = files::read_opt(&booted_file, Follow::Yes)?;
+    let ostree_booted = booted_bytes.is_some();
+    let booted_state = match booted_bytes {
+        Some(bytes) => Some(
             state::parse_booted(&bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing {}", booted_file.display()))?,
-        )
-    } else {
-        None
+        ),
+        None => None,
     };
 
     let staged_file = paths.staged_file();
-    let staged_state = match std::fs::read(&staged_file) {
-        Ok(bytes) => Some(
+    let staged_state = match files::read_opt(&staged_file, Follow::Yes)? {
+        Some(bytes) => Some(
             state::parse_staged(&bytes)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing {}", staged_file.display()))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", staged_file.display())),
+        None => None,
     };
 
     let (bootversion, entries) = read_boot_entries(&paths.boot)?;
@@ -448,14 +477,13 @@ fn make_deployment(
     let id = format!("{checksum}.{serial}");
     let dev_ino = dev_ino(&path)?;
     let origin_path = path.with_file_name(format!("{id}.origin"));
-    let origin = match std::fs::read_to_string(&origin_path) {
-        Ok(text) => Some(
+    let origin = match files::read_to_string_opt(&origin_path, Follow::Yes)? {
+        Some(text) => Some(
             origin::parse_origin(&text)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing origin file {}", origin_path.display()))?,
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", origin_path.display())),
+        None => None,
     };
     let known = prior.and_then(|h| {
         h.deployments
@@ -543,8 +571,7 @@ fn read_boot_entries(boot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
             continue;
         }
         let p = ent.path();
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text = files::read_to_string(&p, Follow::Yes)?;
         entries.push(
             bls::parse_entry(&name, &text)
                 .map_err(anyhow::Error::msg)

@@ -91,8 +91,7 @@ fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
         let mut out = opts
             .open(dst)
             .with_context(|| format!("creating {}", dst.display()))?;
-        let mut inp =
-            std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+        let mut inp = crate::system::files::open_regular(src, crate::system::files::Follow::No)?;
         std::io::copy(&mut inp, &mut out)
             .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
         out.sync_all()
@@ -151,8 +150,12 @@ pub fn fingerprint(p: &Path) -> Option<String> {
     if m.is_dir() {
         return Some("dir".into());
     }
+    if !m.is_file() {
+        // A FIFO, socket or device node: never opened (a FIFO would block the read).
+        return Some(format!("special:{:o}:{}", m.mode(), m.rdev()));
+    }
     use sha2::Digest;
-    let data = std::fs::read(p).ok()?;
+    let data = crate::system::files::read(p, crate::system::files::Follow::No).ok()?;
     Some(format!(
         "sha256:{}",
         crate::discover::kernel::hex(&sha2::Sha256::digest(&data))
@@ -345,4 +348,23 @@ pub fn preflight(etc_dir: &Path, actions: &[EtcAction]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+
+    #[test]
+    fn fingerprint_never_opens_special_files() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("initctl");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let t = std::time::Instant::now();
+        assert!(fingerprint(&fifo).unwrap().starts_with("special:10600:"));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        std::fs::write(d.path().join("f"), b"x").unwrap();
+        assert!(fingerprint(&d.path().join("f"))
+            .unwrap()
+            .starts_with("sha256:"));
+    }
 }

@@ -179,15 +179,14 @@ fn remove_if_exists(p: &Path) -> Result<()> {
 }
 
 fn load_json(p: &Path) -> Result<Option<LiveState>> {
-    match std::fs::read(p) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+    match crate::system::files::read_opt(p, crate::system::files::Follow::No)? {
+        Some(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
             format!(
                 "{} is corrupt; inspect it, then remove it or run `fastswitch reset`",
                 p.display()
             )
         })?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        None => Ok(None),
     }
 }
 

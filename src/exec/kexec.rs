@@ -58,6 +58,47 @@ pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<Pat
     Ok((kernel, initrds, options.to_owned()))
 }
 
+/// The bootcsum in a BLS `linux` path: the `<stateroot>-<bootcsum>` directory ostree copied
+/// the kernel to (`/ostree/<stateroot>-<bootcsum>/vmlinuz-…`, or with a `/boot` prefix).
+pub fn bootcsum_of_linux<'a>(linux: &'a str, stateroot: &str) -> Option<&'a str> {
+    let mut parts = linux.trim_start_matches('/').split('/');
+    let mut first = parts.next()?;
+    if first == "boot" {
+        first = parts.next()?;
+    }
+    if first != "ostree" {
+        return None;
+    }
+    parts
+        .next()?
+        .strip_prefix(stateroot)?
+        .strip_prefix('-')
+        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The kernel a finalized boot entry points at must be the one fastswitch found in the tree
+/// (and decided on): ostree names its directory after the same bootcsum.
+pub fn check_entry_matches_tree(d: &Deployment) -> Result<()> {
+    let Some(e) = d.boot_entry.as_ref() else {
+        return Ok(());
+    };
+    let linux = e.linux.as_deref().unwrap_or_default();
+    let entry_csum = bootcsum_of_linux(linux, &d.stateroot);
+    let tree_csum = d.kernel.as_ref().map(|k| k.boot_digest.as_str());
+    if entry_csum.is_none() || entry_csum != tree_csum {
+        return Err(refuse(
+            ExitCode::Refused,
+            format!(
+                "boot entry {} loads `{linux}`, but the kernel found in {} has bootcsum {}; not loading a kernel that differs from the one the decision was made on",
+                e.file,
+                d.path.display(),
+                tree_csum.unwrap_or("none")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {
     StepReport {
         step,
@@ -136,6 +177,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                     .find(|d| d.id == plan.to.id)
                     .with_context(|| format!("deployment {} not found", plan.to.id))?;
                 let (kernel, initrds, cmdline) = boot_files(env.paths, d)?;
+                check_entry_matches_tree(d)?;
                 (env.progress)(&format!(
                     "loading {} with kexec_file_load…",
                     kernel.display()
@@ -221,5 +263,28 @@ pub fn hand_off(sd: &dyn Systemd, how: HandOff, plan: &Plan, paths: &HostPaths) 
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod csum_tests {
+    use super::bootcsum_of_linux;
+
+    #[test]
+    fn bootcsum_from_linux_paths() {
+        let c = "a1".repeat(32);
+        for l in [
+            format!("/ostree/os-{c}/vmlinuz-6.1"),
+            format!("/boot/ostree/os-{c}/vmlinuz-6.1"),
+            format!("ostree/os-{c}/vmlinuz"),
+        ] {
+            assert_eq!(bootcsum_of_linux(&l, "os"), Some(c.as_str()), "{l}");
+        }
+        assert_eq!(
+            bootcsum_of_linux(&format!("/ostree/other-{c}/v"), "os"),
+            None
+        );
+        assert_eq!(bootcsum_of_linux("/vmlinuz", "os"), None);
+        assert_eq!(bootcsum_of_linux("/ostree/os-abc/vmlinuz", "os"), None);
     }
 }

@@ -528,7 +528,8 @@ impl RealKexec {
         initrds: &[PathBuf],
         cmdline: &str,
     ) -> Result<PreparedLoad, KexecError> {
-        let mut file = File::open(kernel).map_err(|e| io_error(kernel, "open the kernel", e))?;
+        let mut file = super::files::open_regular(kernel, super::files::Follow::Yes)
+            .map_err(|e| io_error(kernel, "open the kernel", e.into()))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .and_then(|_| file.rewind())
@@ -560,7 +561,8 @@ impl RealKexec {
         let initrd_fd = match pieces.as_slice() {
             [] => None,
             [InitrdPiece::File(path)] => Some(OwnedFd::from(
-                File::open(path).map_err(|e| io_error(path, "open the initrd", e))?,
+                super::files::open_regular(path, super::files::Follow::Yes)
+                    .map_err(|e| io_error(path, "open the initrd", e.into()))?,
             )),
             _ => Some(sealed_memfd("fastswitch-initrd", "initrd", &pieces)?),
         };
@@ -630,7 +632,8 @@ fn sealed_memfd(
                 b.len() as u64
             }
             InitrdPiece::File(path) => {
-                let mut f = File::open(path).map_err(|e| io_error(path, "open the initrd", e))?;
+                let mut f = super::files::open_regular(path, super::files::Follow::Yes)
+                    .map_err(|e| io_error(path, "open the initrd", e.into()))?;
                 io::copy(&mut f, &mut out).map_err(|e| io_error(path, "copy the initrd", e))?
             }
         };

@@ -474,7 +474,8 @@ fn same_entry(from_root: &Path, to_root: &Path, path: &Path, a: &Entry, b: &Entr
             } else {
                 let read = |root: &Path| {
                     let p = host_path(root, path);
-                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+                    crate::system::files::read(&p, crate::system::files::Follow::Yes)
+                        .map_err(anyhow::Error::new)
                 };
                 read(from_root)? == read(to_root)?
             }

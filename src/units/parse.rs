@@ -404,7 +404,8 @@ pub fn host_path(root: &Path, in_tree: &Path) -> PathBuf {
 
 fn read_in_root(root: &Path, in_tree: &Path) -> Result<String> {
     let host = host_path(root, in_tree);
-    std::fs::read_to_string(&host).with_context(|| format!("reading unit file {}", host.display()))
+    crate::system::files::read_to_string(&host, crate::system::files::Follow::Yes)
+        .with_context(|| format!("reading unit file {}", host.display()))
 }
 
 /// Follow symlinks of an absolute in-tree path component by component, keeping absolute link
