@@ -264,11 +264,11 @@ fn boot_digest_equals_ostree_bootcsum_for_every_layout() {
         }
         assert!(bootdir.is_dir(), "{}", l.name);
         // The kexec path's check: the finalized entry points at the tree's kernel.
-        let host = fastswitch::discover::load(&fastswitch::discover::HostPaths {
-            sysroot: s.path().to_owned(),
-            root: s.path().to_owned(),
-            run: s.run(),
-        })
+        let host = fastswitch::discover::load(&fastswitch::discover::HostPaths::resolve(
+            Some(s.path().to_owned()),
+            Some(s.path().to_owned()),
+            Some(s.run()),
+        ))
         .unwrap();
         if let Err(e) = fastswitch::exec::kexec::check_entry_matches_tree(&host.deployments[0]) {
             failures.push(format!("{}: {e}", l.name));

@@ -252,10 +252,11 @@ fn ladder_inputs(
         };
     }
     let crypttab = paths.root.join("etc/crypttab");
-    match std::fs::read_to_string(&crypttab) {
-        Ok(text) => i.tpm2_volumes = ladder::tpm2_volumes(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", crypttab.display())),
+    if let Some(text) =
+        crate::system::files::read_to_string_opt(&crypttab, crate::system::files::Follow::Yes)
+            .with_context(|| format!("reading {}", crypttab.display()))?
+    {
+        i.tpm2_volumes = ladder::tpm2_volumes(&text);
     }
     Ok((i, services))
 }

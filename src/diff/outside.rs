@@ -147,7 +147,10 @@ fn same_on_disk(a: &Path, b: &Path) -> Result<bool> {
         if ma.len() != mb.len() {
             return Ok(false);
         }
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let read = |p: &Path| {
+            crate::system::files::read(p, crate::system::files::Follow::No)
+                .with_context(|| format!("reading {}", p.display()))
+        };
         return Ok(read(a)? == read(b)?);
     }
     if ft.is_dir() {

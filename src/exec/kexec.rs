@@ -249,8 +249,8 @@ pub fn hand_off(sd: &dyn Systemd, how: HandOff, plan: &Plan, paths: &HostPaths) 
         HandOff::SoftReboot => {
             use std::os::unix::fs::MetadataExt;
             let booted = paths.ostree_booted_file();
-            let old =
-                std::fs::read(&booted).with_context(|| format!("reading {}", booted.display()))?;
+            let old = crate::system::files::read(&booted, crate::system::files::Follow::Yes)
+                .with_context(|| format!("reading {}", booted.display()))?;
             let m = std::fs::metadata(&plan.to.path)
                 .with_context(|| format!("stat {}", plan.to.path.display()))?;
             let new = discover::state::with_backing_root(&old, m.dev(), m.ino())

@@ -12,7 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 /// finalizes it at shutdown (or when fastswitch starts it for a kexec).
 pub fn unlock_finalization(paths: &HostPaths) -> Result<()> {
     let staged = paths.staged_file();
-    let bytes = std::fs::read(&staged).with_context(|| format!("reading {}", staged.display()))?;
+    let bytes = super::files::read(&staged, super::files::Follow::Yes)
+        .with_context(|| format!("reading {}", staged.display()))?;
     let new = state::with_locked(&bytes, false)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("rewriting {}", staged.display()))?;
