@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const STATE_SCHEMA_VERSION: u32 = 1;
@@ -138,24 +137,11 @@ pub fn current_boot_id() -> Result<String> {
         .to_owned())
 }
 
-/// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync of the
-/// directory (so the rename itself survives a power cut).
+/// Write `data` to `path` atomically and durably, mode 0600 in a 0700 directory (see
+/// [`crate::system::secure_write::write_private_file`]): anonymous temp file, fsync, link and
+/// rename, fsync of the directory (so the rename itself survives a power cut).
 fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().context("state path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    sync_dir(dir)
+    crate::system::secure_write::write_private_file(path, data)
 }
 
 /// fsync a directory, making renames and creations in it durable.

@@ -6,4 +6,5 @@ pub mod kexec;
 pub mod lock;
 pub mod mounts;
 pub mod privileges;
+pub mod secure_write;
 pub mod systemd;
