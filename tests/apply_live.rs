@@ -794,6 +794,11 @@ fn no_secret_is_ever_readable_by_another_user() {
         r#"set -e
 $FS apply-live --no-services --json > $OUT/a1.json
 test -e $ROOT/etc/private/token
+# Another user's `status` cannot read the journal, and says so instead of failing.
+NOBODY="setpriv --reuid=nobody --regid=nogroup --clear-groups"
+if $NOBODY test -x ${FS%% *}; then
+  $NOBODY $FS status --json > $OUT/nobody-status.json
+fi
 $FS reset --no-services --json > $OUT/r.json
 test ! -e $ROOT/etc/private/token
 $FS apply-live --no-services --json > $OUT/a2.json
@@ -822,6 +827,13 @@ $FS apply-live --no-services --json > $OUT/a2.json
     assert!(ok2, "recover failed:\n{stderr2}");
     let rep = read_json(&out.path().join("recover.json"));
     assert_eq!(rep["action"], "restored_etc", "{rep}");
+    let nobody_status = out.path().join("nobody-status.json");
+    if nobody_status.exists() {
+        let st = read_json(&nobody_status);
+        assert_eq!(st["live"]["readable"], false, "{st}");
+    } else {
+        eprintln!("the test binary is not executable by nobody: unprivileged status not checked");
+    }
 
     let summary = report.last().unwrap();
     let field = |name: &str| -> u64 {
