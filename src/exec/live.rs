@@ -247,6 +247,16 @@ fn under_root(root: &Path, file: &Path) -> std::path::PathBuf {
     }
 }
 
+/// A systemd tool by absolute path, with a clean environment: nothing from the caller's
+/// environment (`PATH`, `SYSTEMD_*`, …) chooses what runs as root or how.
+fn tool(name: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(Path::new("/usr/bin").join(name));
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C.UTF-8");
+    c
+}
+
 fn run_tool(cmd: &mut std::process::Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -350,7 +360,7 @@ fn run_step(
                         .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
                 }
             }
-            let mut c = std::process::Command::new("systemd-sysusers");
+            let mut c = tool("systemd-sysusers");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
             }
@@ -370,7 +380,7 @@ fn run_step(
             Ok(serde_json::json!({"files": files}))
         }
         Step::Tmpfiles { files } => {
-            let mut c = std::process::Command::new("systemd-tmpfiles");
+            let mut c = tool("systemd-tmpfiles");
             c.arg("--create");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
