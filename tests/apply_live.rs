@@ -859,3 +859,46 @@ $FS apply-live --no-services --json > $OUT/a2.json
         "nobody opened fastswitch state: {state:#?}"
     );
 }
+
+/// The shipped binary has no fault hook: `FASTSWITCH_FAULT` changes nothing, while the test
+/// build (which every kill-point test and the VM scenarios use) still dies at the point.
+/// scripts/test runs this after `cargo build --release`, with
+/// FASTSWITCH_RELEASE_BIN=target/release/fastswitch.
+#[test]
+fn release_binary_ignores_the_fault_hook() {
+    let Some(release) = std::env::var_os("FASTSWITCH_RELEASE_BIN") else {
+        eprintln!("skipped: set FASTSWITCH_RELEASE_BIN to a release build (scripts/test does)");
+        return;
+    };
+    assert!(is_root(), "needs root for mount namespaces");
+    let release = std::fs::canonicalize(release).unwrap();
+    let sc = scenario();
+    let out = tempfile::tempdir().unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            r#"FASTSWITCH_FAULT=swap_usr:before $FS apply-live --no-services --json > $OUT/test.json; echo $? > $OUT/test.rc
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+for p in swap_usr:before journal-write-1:before merge_etc:after:stop; do
+  FASTSWITCH_FAULT=$p timeout 60 {} $FSARGS apply-live --no-services --json > $OUT/release.json; echo $? >> $OUT/release.rc
+  {} $FSARGS reset --no-services --json > /dev/null
+done
+"#,
+            release.display(),
+            release.display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        rc(out.path(), "test.rc"),
+        137,
+        "test build honours the hook\n{stderr}"
+    );
+    assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+    assert_eq!(
+        read(out.path(), "release.rc"),
+        "0\n0\n0\n",
+        "the release build ignores FASTSWITCH_FAULT\n{stderr}"
+    );
+}

@@ -259,12 +259,14 @@ impl Journal {
     }
 }
 
-/// Test-only fault hook. `FASTSWITCH_FAULT=<point>:<when>` (`when` is `before` or `after`)
+/// Test-only fault hook, compiled only with the `fault-injection` feature (tests; never the
+/// release build). `FASTSWITCH_FAULT=<point>:<when>` (`when` is `before` or `after`)
 /// makes the process kill itself with SIGKILL at that point, as a crash would;
 /// `<point>:<when>:stop` stops it with SIGSTOP instead, so a test can cut the power of a VM
 /// while fastswitch sits exactly there. Points: each plan step by name (`swap_usr`, …,
 /// `finalize_staged`, `kexec_load`), `journal-write-<n>` for the n-th journal write of the run,
 /// `etc-restore-<n>` for reset's n-th restored `/etc` entry, and `journal-clear`.
+#[cfg(feature = "fault-injection")]
 pub fn fault_point(point: &str, when: &str) {
     let Ok(v) = std::env::var("FASTSWITCH_FAULT") else {
         return;
@@ -281,6 +283,11 @@ pub fn fault_point(point: &str, when: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }
+
+/// Without the `fault-injection` feature the hook is not there: the environment is not read.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fault_point(_point: &str, _when: &str) {}
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
