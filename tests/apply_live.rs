@@ -827,13 +827,6 @@ $FS apply-live --no-services --json > $OUT/a2.json
     assert!(ok2, "recover failed:\n{stderr2}");
     let rep = read_json(&out.path().join("recover.json"));
     assert_eq!(rep["action"], "restored_etc", "{rep}");
-    let nobody_status = out.path().join("nobody-status.json");
-    if nobody_status.exists() {
-        let st = read_json(&nobody_status);
-        assert_eq!(st["live"]["readable"], false, "{st}");
-    } else {
-        eprintln!("the test binary is not executable by nobody: unprivileged status not checked");
-    }
 
     let summary = report.last().unwrap();
     let field = |name: &str| -> u64 {
@@ -858,6 +851,13 @@ $FS apply-live --no-services --json > $OUT/a2.json
         state.is_empty(),
         "nobody opened fastswitch state: {state:#?}"
     );
+    let nobody_status = out.path().join("nobody-status.json");
+    if nobody_status.exists() {
+        let st = read_json(&nobody_status);
+        assert_eq!(st["live"]["readable"], false, "{st}");
+    } else {
+        eprintln!("the test binary is not executable by nobody: unprivileged status not checked");
+    }
 }
 
 /// The shipped binary has no fault hook: `FASTSWITCH_FAULT` changes nothing, while the test
