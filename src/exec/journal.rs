@@ -213,6 +213,29 @@ impl Journal {
         load_json(&self.persistent_state_path())
     }
 
+    /// Before reset or recover copy a record's backups into /etc as root: every backup must lie
+    /// in [`Journal::backup_dir`], so a record naming another file is refused.
+    pub fn check_backups(&self, st: &LiveState) -> Result<()> {
+        let dir = self.backup_dir();
+        for b in &st.etc_backups {
+            if let Some(backup) = &b.backup {
+                let inside = backup.starts_with(&dir)
+                    && backup
+                        .components()
+                        .all(|c| !matches!(c, std::path::Component::ParentDir));
+                anyhow::ensure!(
+                    inside,
+                    "the live-apply record names the backup of {} at {}, outside {}; refusing to restore from it (inspect {}, then remove it)",
+                    b.path,
+                    backup.display(),
+                    dir.display(),
+                    self.dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A persistent record left by an earlier boot (its `/etc` changes were never undone).
     pub fn stale_persistent(&self) -> Result<Option<LiveState>> {
         Ok(self
@@ -346,6 +369,21 @@ mod tests {
         assert!(j.stale_persistent().unwrap().is_none(), "same boot");
         let later = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-b");
         assert_eq!(later.stale_persistent().unwrap().unwrap().boot_id, "boot-a");
+        j.check_backups(&st).unwrap();
+        st.etc_backups[0].backup = Some(j.backup_dir().join("a"));
+        j.check_backups(&st).unwrap();
+        st.etc_backups[0].backup = Some("/etc/shadow".into());
+        assert!(j
+            .check_backups(&st)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        st.etc_backups[0].backup = Some(j.backup_dir().join("../../../etc/shadow"));
+        assert!(j
+            .check_backups(&st)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         std::fs::write(j.state_path(), b"{ not json").unwrap();
         assert!(j.load().unwrap_err().to_string().contains("corrupt"));
         j.clear().unwrap();

@@ -488,6 +488,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         };
         return Ok(report(&plan, steps, t0, code, Vec::new()));
     };
+    env.journal.check_backups(&st)?;
     let mut st = st;
     // Journal that a reset is under way: an interrupted reset is re-run, not re-applied.
     st.resetting = true;
