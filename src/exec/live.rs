@@ -247,10 +247,16 @@ fn under_root(root: &Path, file: &Path) -> std::path::PathBuf {
     }
 }
 
-/// A systemd tool by absolute path, with a clean environment: nothing from the caller's
-/// environment (`PATH`, `SYSTEMD_*`, …) chooses what runs as root or how.
+/// A systemd tool by absolute path (`/usr/bin`, or `/bin` on a system without merged `/usr`),
+/// with a clean environment: nothing from the caller's environment (`PATH`, `SYSTEMD_*`, …)
+/// chooses what runs as root or how.
 fn tool(name: &str) -> std::process::Command {
-    let mut c = std::process::Command::new(Path::new("/usr/bin").join(name));
+    let path = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/usr/bin").join(name));
+    let mut c = std::process::Command::new(path);
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C.UTF-8");
