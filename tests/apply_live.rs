@@ -31,6 +31,12 @@ fn is_root() -> bool {
 /// v1 booted, v2 staged: a changed binary, a new library dir, and /etc defaults that exercise
 /// every merge action; the admin has edited the booted /etc.
 fn scenario() -> Scenario {
+    scenario_with(|_, _| {})
+}
+
+/// [`scenario`], with `edit` called on v1 (`(Some(v1), None)`) before it is committed, and on v2
+/// (`(None, Some(v2))`, a fork of the edited v1) before it is committed.
+fn scenario_with(edit: impl Fn(Option<&Tree>, Option<&Tree>)) -> Scenario {
     let s = Sysroot::new();
     s.os_init("fx");
     let t1 = Tree::minimal("6.1.0-test");
@@ -41,6 +47,7 @@ fn scenario() -> Scenario {
     t1.write("usr/share/demo/version", b"1\n");
     t1.write("usr/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n");
     t1.write("usr/etc/group", b"root:x:0:\n");
+    edit(Some(&t1), None);
     s.commit("fx/v1", &t1);
     s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
     let v = s.json(&["status"]);
@@ -66,27 +73,29 @@ fn scenario() -> Scenario {
         "usr/lib/sysusers.d/demo.conf",
         b"u demo-fx - \"fixture demo user\"\n",
     );
+    edit(None, Some(&t2));
     let c2 = s.commit("fx/v2", &t2);
     let staged = s.stage("fx", &c2, "fx/v2", None);
     Scenario { s, staged, root }
 }
 
-/// Run `script` in a private mount namespace with FS=<fastswitch with fixture args>, ROOT, OUT.
+/// Run `script` in a private mount namespace with FS=<fastswitch with fixture args>, FSARGS=<the
+/// fixture args alone>, ROOT, OUT.
 fn in_namespace(sc: &Scenario, out: &Path, script: &str) -> std::process::Output {
     // Like ostree-prepare-root, make the running root a bind of the booted deployment, so
     // binding over <root>/usr leaves the physical deployment directory untouched.
     let fake = out.join("fake-root");
     std::fs::create_dir_all(&fake).unwrap();
-    let fs = format!(
-        "{} --sysroot {} --run-dir {} --root {}",
-        env!("CARGO_BIN_EXE_fastswitch"),
+    let fsargs = format!(
+        "--sysroot {} --run-dir {} --root {}",
         sc.s.path().display(),
         sc.s.run().display(),
         fake.display()
     );
+    let fs = format!("{} {fsargs}", env!("CARGO_BIN_EXE_fastswitch"));
     // ...and bind the stateroot's /var over its var, as ostree-prepare-root does.
     let full = format!(
-        "set -u\nmount --bind {} {}\nmount --bind {} {}/var\nFS=\"{fs}\"\nROOT={}\nOUT={}\n{script}",
+        "set -u\nmount --bind {} {}\nmount --bind {} {}/var\nFS=\"{fs}\"\nFSARGS=\"{fsargs}\"\nROOT={}\nOUT={}\n{script}",
         sc.root.display(),
         fake.display(),
         sc.var().display(),
@@ -723,4 +732,238 @@ fn refusals_change_nothing() {
     assert_eq!(o.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not ostree-booted"));
     assert_eq!(snapshot(&sc.root.join("etc")), etc_before);
+}
+
+/// The unprivileged watcher: as `nobody`, it lists the given directories recursively as fast as
+/// it can, opens every regular file it finds (retrying the ones it may not open), keeps each
+/// open descriptor and re-reads it from the start on every round, so a file that was readable
+/// for a moment is read in full later. It stops when the stop file appears or after the given
+/// number of seconds, and prints what it saw.
+const WATCHER: &str = r#"
+use strict; use warnings; use Fcntl;
+$| = 1;
+my ($stop, $secs, @roots) = @ARGV;
+my (%held, %best);
+my ($rounds, $attempts, $opens) = (0, 0, 0);
+my $end = time + $secs;
+sub scan {
+    my ($d) = @_;
+    opendir(my $dh, $d) or return;
+    my @e = readdir($dh);
+    closedir($dh);
+    for my $n (@e) {
+        next if $n eq '.' || $n eq '..';
+        my $p = "$d/$n";
+        my @st = lstat($p) or next;
+        if (-d _) { scan($p); next; }
+        next unless -f _;
+        my $key = "$p\t$st[1]";
+        next if $held{$key};
+        $attempts++;
+        if (sysopen(my $fh, $p, O_RDONLY | O_NONBLOCK | O_NOFOLLOW)) {
+            $held{$key} = $fh; $opens++;
+        }
+    }
+}
+print "ready\n";
+while (!-e $stop && time < $end) {
+    $rounds++;
+    scan($_) for @roots;
+    for my $k (keys %held) {
+        my $buf = '';
+        sysseek($held{$k}, 0, 0);
+        sysread($held{$k}, $buf, 65536);
+        $best{$k} = $buf if length($buf) > length($best{$k} // '');
+    }
+}
+my ($bytes, $secret) = (0, 0);
+for my $k (sort keys %held) {
+    my $c = $best{$k} // '';
+    $bytes += length($c);
+    $secret += length($c) if $c =~ /SECRET/;
+    my ($p) = split /\t/, $k;
+    print "opened\t$p\t", length($c), "\t", ($c =~ /SECRET/ ? "secret" : "public"), "\n";
+}
+print "rounds=$rounds attempts=$attempts opens=$opens bytes=$bytes secret_bytes=$secret\n";
+"#;
+
+/// Secrets in the fixture /etc: replaced, removed, added (also in a new 0700 directory), and the
+/// shadow databases that systemd-sysusers rewrites; fastswitch backs them up, writes them,
+/// restores them on reset and on recover. No byte of them may ever be readable by `nobody`,
+/// and nothing of fastswitch's state may even be opened by it.
+#[test]
+fn no_secret_is_ever_readable_by_another_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root for mount namespaces and setpriv (CI runs as root)");
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let secret = |t: &Tree, rel: &str, content: &[u8], mode: u32| {
+        t.write(rel, content);
+        t.chmod(rel, mode);
+    };
+    let sc = scenario_with(|v1, v2| {
+        if let Some(t) = v1 {
+            secret(t, "usr/etc/demo/changed.key", b"SECRET changed v1\n", 0o600);
+            secret(t, "usr/etc/demo/removed.key", b"SECRET removed v1\n", 0o640);
+            secret(
+                t,
+                "usr/etc/shadow",
+                b"root:SECRET-root-hash:19000:0:99999:7:::\n",
+                0o640,
+            );
+            secret(t, "usr/etc/gshadow", b"root:SECRET-group-hash::\n", 0o600);
+        }
+        if let Some(t) = v2 {
+            secret(t, "usr/etc/demo/changed.key", b"SECRET changed v2\n", 0o600);
+            t.remove("usr/etc/demo/removed.key");
+            secret(t, "usr/etc/demo/added.key", b"SECRET added v2\n", 0o600);
+            secret(t, "usr/etc/private/token", b"SECRET token v2\n", 0o600);
+            t.chmod("usr/etc/private", 0o700);
+        }
+    });
+    // Everything on the way must be traversable by nobody, or the test could not fail.
+    for d in [sc.s.path().to_path_buf(), sc.s.run()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let watch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(watch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = watch.path().join("watch.pl");
+    std::fs::write(&script, WATCHER).unwrap();
+    let stop = watch.path().join("stop");
+    let mut watcher = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "perl",
+        ])
+        .arg(&script)
+        .arg(&stop)
+        .arg("300")
+        .arg(sc.root.join("etc"))
+        .arg(sc.var().join("lib"))
+        .arg(sc.s.run())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+
+    // apply-live, reset, apply-live again, then a power cut and recover at the next "boot".
+    let out = tempfile::tempdir().unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        r#"set -e
+$FS apply-live --no-services --json > $OUT/a1.json
+test -e $ROOT/etc/private/token
+# Another user's `status` cannot read the journal, and says so instead of failing.
+NOBODY="setpriv --reuid=nobody --regid=nogroup --clear-groups"
+if $NOBODY test -x ${FS%% *}; then
+  $NOBODY $FS status --json > $OUT/nobody-status.json
+fi
+$FS reset --no-services --json > $OUT/r.json
+test ! -e $ROOT/etc/private/token
+$FS apply-live --no-services --json > $OUT/a2.json
+"#,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let ok1 = o.status.success();
+    std::fs::remove_dir_all(sc.s.run().join("fastswitch")).unwrap();
+    let bid = out.path().join("boot_id");
+    std::fs::write(&bid, "0f0f0f0f-1111-2222-3333-444444444444\n").unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            "set -e\nmount --bind {} /proc/sys/kernel/random/boot_id\n$FS recover --json > $OUT/recover.json\ntest ! -e $ROOT/etc/private/token\n",
+            bid.display()
+        ),
+    );
+    let stderr2 = String::from_utf8_lossy(&o.stderr).into_owned();
+    let ok2 = o.status.success();
+    std::fs::write(&stop, b"").unwrap();
+    let report: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(watcher.wait().unwrap().success());
+    eprintln!("watcher:\n{}", report.join("\n"));
+    assert!(ok1, "apply-live/reset/apply-live failed:\n{stderr}");
+    assert!(ok2, "recover failed:\n{stderr2}");
+    let rep = read_json(&out.path().join("recover.json"));
+    assert_eq!(rep["action"], "restored_etc", "{rep}");
+
+    let summary = report.last().unwrap();
+    let field = |name: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("rounds") > 10, "the watcher barely ran: {summary}");
+    let leaks: Vec<&String> = report.iter().filter(|l| l.ends_with("\tsecret")).collect();
+    assert!(
+        leaks.is_empty() && field("secret_bytes") == 0,
+        "nobody read secrets: {summary}\n{leaks:#?}"
+    );
+    let state: Vec<&String> = report
+        .iter()
+        .filter(|l| l.contains("/lib/fastswitch/") || l.contains("/run/fastswitch/"))
+        .collect();
+    assert!(
+        state.is_empty(),
+        "nobody opened fastswitch state: {state:#?}"
+    );
+    let nobody_status = out.path().join("nobody-status.json");
+    if nobody_status.exists() {
+        let st = read_json(&nobody_status);
+        assert_eq!(st["live"]["readable"], false, "{st}");
+    } else {
+        eprintln!("the test binary is not executable by nobody: unprivileged status not checked");
+    }
+}
+
+/// The shipped binary has no fault hook: `FASTSWITCH_FAULT` changes nothing, while the test
+/// build (which every kill-point test and the VM scenarios use) still dies at the point.
+/// scripts/test runs this after `cargo build --release`, with
+/// FASTSWITCH_RELEASE_BIN=target/release/fastswitch.
+#[test]
+fn release_binary_ignores_the_fault_hook() {
+    let Some(release) = std::env::var_os("FASTSWITCH_RELEASE_BIN") else {
+        eprintln!("skipped: set FASTSWITCH_RELEASE_BIN to a release build (scripts/test does)");
+        return;
+    };
+    assert!(is_root(), "needs root for mount namespaces");
+    let release = std::fs::canonicalize(release).unwrap();
+    let sc = scenario();
+    let out = tempfile::tempdir().unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            r#"FASTSWITCH_FAULT=swap_usr:before $FS apply-live --no-services --json > $OUT/test.json; echo $? > $OUT/test.rc
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+for p in swap_usr:before journal-write-1:before merge_etc:after:stop; do
+  FASTSWITCH_FAULT=$p timeout 60 {} $FSARGS apply-live --no-services --json > $OUT/release.json; echo $? >> $OUT/release.rc
+  {} $FSARGS reset --no-services --json > /dev/null
+done
+"#,
+            release.display(),
+            release.display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        rc(out.path(), "test.rc"),
+        137,
+        "test build honours the hook\n{stderr}"
+    );
+    assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+    assert_eq!(
+        read(out.path(), "release.rc"),
+        "0\n0\n0\n",
+        "the release build ignores FASTSWITCH_FAULT\n{stderr}"
+    );
 }

@@ -24,8 +24,30 @@ pub struct LiveStatus {
 
 pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
     let journal = Journal::for_host(paths)?;
-    let Some(st) = journal.load()? else {
-        return Ok(journal.stale_persistent()?.map(|old| LiveStatus {
+    // The journal is private to root (0700 directories): another user sees that it cannot tell.
+    let denied = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        })
+    };
+    let unreadable = || LiveStatus {
+        lines: vec![format!(
+            "live: unknown (the live-apply journal in {} is readable by root only)",
+            journal.dir.display()
+        )],
+        json: serde_json::json!({"readable": false}),
+    };
+    let loaded = match journal.load() {
+        Err(e) if denied(&e) => return Ok(Some(unreadable())),
+        other => other?,
+    };
+    let Some(st) = loaded else {
+        let stale = match journal.stale_persistent() {
+            Err(e) if denied(&e) => return Ok(Some(unreadable())),
+            other => other?,
+        };
+        return Ok(stale.map(|old| LiveStatus {
             lines: vec![format!(
                 "live: a live apply of {} in an earlier boot ({}) left /etc changes; run `fastswitch recover`",
                 old.target, old.boot_id

@@ -9,11 +9,12 @@
 
 use crate::diff::etc::{EtcAction, EtcActionKind};
 use crate::exec::journal::EtcBackup;
+use crate::system::secure_write::{self, EntryMeta};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Relative path inside /etc for an action path like `/etc/a/b`.
@@ -52,61 +53,36 @@ fn fd_path(fd: &OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name)
 }
 
-fn copy_xattrs(src: &Path, dst: &Path) -> Result<()> {
-    let names = match xattr::list(src) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing xattrs of {}", src.display())),
-    };
-    for name in names {
-        if let Some(v) =
-            xattr::get(src, &name).with_context(|| format!("reading xattr of {}", src.display()))?
-        {
-            // Best effort for namespaces the caller may not set (e.g. trusted.* without CAP_SYS_ADMIN
-            // is impossible here since we run as root); errors are reported.
-            xattr::set(dst, &name, &v)
-                .with_context(|| format!("setting xattr {:?} on {}", name, dst.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Copy `src` (file, dir or symlink; never followed) to `dst` with its metadata.
+/// Copy `src` (file, dir or symlink; never followed) to `dst` with its owner, mode and xattrs.
+/// No one but root can read the copy before it has them (see [`secure_write`]): `/etc` holds
+/// secrets (`shadow`, keys), and so do the backups.
 fn copy_entry(src: &Path, dst: &Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
-    let ft = m.file_type();
+    let meta = EntryMeta::of(src)?;
+    let ft = std::fs::symlink_metadata(src)
+        .with_context(|| format!("stat {}", src.display()))?
+        .file_type();
+    // The parent is `/proc/self/fd/N` (opened without following symlinks), a directory this
+    // copy made, or one under the private backup directory: followed as it is.
+    let parent_path = dst.parent().context("copy target has no parent")?;
+    let parent: OwnedFd = std::fs::File::open(parent_path)
+        .with_context(|| format!("opening {}", parent_path.display()))?
+        .into();
+    let name = dst.file_name().context("copy target has no file name")?;
     if ft.is_symlink() {
         let t = std::fs::read_link(src).with_context(|| format!("readlink {}", src.display()))?;
-        std::os::unix::fs::symlink(&t, dst)
-            .with_context(|| format!("creating symlink {}", dst.display()))?;
-        std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
-            .with_context(|| format!("chown {}", dst.display()))?;
-        return Ok(());
-    }
-    if ft.is_dir() {
-        std::fs::create_dir(dst).with_context(|| format!("mkdir {}", dst.display()))?;
+        secure_write::create_symlink_at(&parent, name, &t, &meta)
+    } else if ft.is_dir() {
+        secure_write::create_dir_at(&parent, name, &meta)
     } else if ft.is_file() {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        let mut out = opts
-            .open(dst)
-            .with_context(|| format!("creating {}", dst.display()))?;
         let mut inp = crate::system::files::open_regular(src, crate::system::files::Follow::No)?;
-        std::io::copy(&mut inp, &mut out)
-            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
-        out.sync_all()
-            .with_context(|| format!("fsync {}", dst.display()))?;
+        secure_write::write_file_at(&parent, name, &meta, &mut inp)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))
     } else {
         bail!(
             "{} is neither a file, a directory nor a symlink; not copied",
             src.display()
         );
     }
-    std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
-        .with_context(|| format!("chown {}", dst.display()))?;
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))
-        .with_context(|| format!("chmod {}", dst.display()))?;
-    copy_xattrs(src, dst)
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
@@ -133,12 +109,7 @@ fn remove_any(p: &Path) -> Result<()> {
 
 /// Give directory `dst` the mode, owner and xattrs of `src`.
 fn copy_dir_metadata(src: &Path, dst: &Path) -> Result<()> {
-    let m = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
-    std::os::unix::fs::lchown(dst, Some(m.uid()), Some(m.gid()))
-        .with_context(|| format!("chown {}", dst.display()))?;
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(m.mode() & 0o7777))
-        .with_context(|| format!("chmod {}", dst.display()))?;
-    copy_xattrs(src, dst)
+    secure_write::set_dir_meta(dst, &EntryMeta::of(src)?)
 }
 
 /// Digest of what was written (file content hash, symlink target, or "dir").
@@ -169,7 +140,7 @@ pub fn backup_once(live: &Path, backup: &Path) -> Result<()> {
         return Ok(());
     }
     let dir = backup.parent().context("backup path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    secure_write::create_dir_all_private(dir)?;
     copy_tree(live, backup)?;
     crate::exec::journal::sync_dir(dir)
 }

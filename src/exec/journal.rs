@@ -9,7 +9,6 @@
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const STATE_SCHEMA_VERSION: u32 = 1;
@@ -138,24 +137,11 @@ pub fn current_boot_id() -> Result<String> {
         .to_owned())
 }
 
-/// Write `data` to `path` atomically and durably: temp file, fsync, rename, fsync of the
-/// directory (so the rename itself survives a power cut).
+/// Write `data` to `path` atomically and durably, mode 0600 in a 0700 directory (see
+/// [`crate::system::secure_write::write_private_file`]): anonymous temp file, fsync, link and
+/// rename, fsync of the directory (so the rename itself survives a power cut).
 fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().context("state path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    sync_dir(dir)
+    crate::system::secure_write::write_private_file(path, data)
 }
 
 /// fsync a directory, making renames and creations in it durable.
@@ -226,6 +212,29 @@ impl Journal {
         load_json(&self.persistent_state_path())
     }
 
+    /// Before reset or recover copy a record's backups into /etc as root: every backup must lie
+    /// in [`Journal::backup_dir`], so a record naming another file is refused.
+    pub fn check_backups(&self, st: &LiveState) -> Result<()> {
+        let dir = self.backup_dir();
+        for b in &st.etc_backups {
+            if let Some(backup) = &b.backup {
+                let inside = backup.starts_with(&dir)
+                    && backup
+                        .components()
+                        .all(|c| !matches!(c, std::path::Component::ParentDir));
+                anyhow::ensure!(
+                    inside,
+                    "the live-apply record names the backup of {} at {}, outside {}; refusing to restore from it (inspect {}, then remove it)",
+                    b.path,
+                    backup.display(),
+                    dir.display(),
+                    self.dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A persistent record left by an earlier boot (its `/etc` changes were never undone).
     pub fn stale_persistent(&self) -> Result<Option<LiveState>> {
         Ok(self
@@ -272,12 +281,14 @@ impl Journal {
     }
 }
 
-/// Test-only fault hook. `FASTSWITCH_FAULT=<point>:<when>` (`when` is `before` or `after`)
+/// Test-only fault hook, compiled only with the `fault-injection` feature (tests; never the
+/// release build). `FASTSWITCH_FAULT=<point>:<when>` (`when` is `before` or `after`)
 /// makes the process kill itself with SIGKILL at that point, as a crash would;
 /// `<point>:<when>:stop` stops it with SIGSTOP instead, so a test can cut the power of a VM
 /// while fastswitch sits exactly there. Points: each plan step by name (`swap_usr`, …,
 /// `finalize_staged`, `kexec_load`), `journal-write-<n>` for the n-th journal write of the run,
 /// `etc-restore-<n>` for reset's n-th restored `/etc` entry, and `journal-clear`.
+#[cfg(feature = "fault-injection")]
 pub fn fault_point(point: &str, when: &str) {
     let Ok(v) = std::env::var("FASTSWITCH_FAULT") else {
         return;
@@ -294,6 +305,11 @@ pub fn fault_point(point: &str, when: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }
+
+/// Without the `fault-injection` feature the hook is not there: the environment is not read.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fault_point(_point: &str, _when: &str) {}
 
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -352,6 +368,21 @@ mod tests {
         assert!(j.stale_persistent().unwrap().is_none(), "same boot");
         let later = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-b");
         assert_eq!(later.stale_persistent().unwrap().unwrap().boot_id, "boot-a");
+        j.check_backups(&st).unwrap();
+        st.etc_backups[0].backup = Some(j.backup_dir().join("a"));
+        j.check_backups(&st).unwrap();
+        st.etc_backups[0].backup = Some("/etc/shadow".into());
+        assert!(j
+            .check_backups(&st)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
+        st.etc_backups[0].backup = Some(j.backup_dir().join("../../../etc/shadow"));
+        assert!(j
+            .check_backups(&st)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         std::fs::write(j.state_path(), b"{ not json").unwrap();
         assert!(j.load().unwrap_err().to_string().contains("corrupt"));
         j.clear().unwrap();

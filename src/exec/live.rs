@@ -247,6 +247,22 @@ fn under_root(root: &Path, file: &Path) -> std::path::PathBuf {
     }
 }
 
+/// A systemd tool by absolute path (`/usr/bin`, or `/bin` on a system without merged `/usr`),
+/// with a clean environment: nothing from the caller's environment (`PATH`, `SYSTEMD_*`, …)
+/// chooses what runs as root or how.
+fn tool(name: &str) -> std::process::Command {
+    let path = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/usr/bin").join(name));
+    let mut c = std::process::Command::new(path);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C.UTF-8");
+    c
+}
+
 fn run_tool(cmd: &mut std::process::Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -383,7 +399,7 @@ fn run_step(
                         .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
                 }
             }
-            let mut c = std::process::Command::new("systemd-sysusers");
+            let mut c = tool("systemd-sysusers");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
             }
@@ -403,7 +419,7 @@ fn run_step(
             Ok(serde_json::json!({"files": files}))
         }
         Step::Tmpfiles { files } => {
-            let mut c = std::process::Command::new("systemd-tmpfiles");
+            let mut c = tool("systemd-tmpfiles");
             c.arg("--create");
             if env.paths.root != Path::new("/") {
                 c.arg(format!("--root={}", env.paths.root.display()));
@@ -517,6 +533,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         };
         return Ok(report(&plan, steps, t0, code, Vec::new()));
     };
+    env.journal.check_backups(&st)?;
     let mut st = st;
     // Journal that a reset is under way: an interrupted reset is re-run, not re-applied.
     st.resetting = true;

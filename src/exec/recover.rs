@@ -67,6 +67,7 @@ pub fn recover(journal: &Journal, etc_dir: &Path, booted_id: &str) -> Result<Rec
     let Some(st) = journal.stale_persistent()? else {
         return Ok(rep);
     };
+    journal.check_backups(&st)?;
     rep.record_boot_id = Some(st.boot_id.clone());
     rep.record_booted = Some(st.booted.clone());
     rep.record_target = Some(st.target.clone());

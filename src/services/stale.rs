@@ -411,8 +411,10 @@ fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
             if let Some(s) = script_arg(&argv).filter(|s| s.starts_with('/')) {
-                // `/bin/foo` on a merged-/usr system is `/usr/bin/foo`.
-                script = Some(std::fs::canonicalize(s).unwrap_or_else(|_| PathBuf::from(s)));
+                // `/bin/foo` on a merged-/usr system is `/usr/bin/foo`. The argv is whatever
+                // the process wrote there: only a path that resolves (no `..` left) is kept,
+                // and it only decides whether this process's own unit restarts.
+                script = std::fs::canonicalize(s).ok();
             }
         }
     }

@@ -1,10 +1,12 @@
 //! One fastswitch run at a time: an exclusive `flock` on `<run>/fastswitch/lock`, with the
-//! holder's PID written inside so the refusal can name it.
+//! holder's PID written inside so the refusal can name it. The directory is `0700`, the file
+//! `0600`.
 
 use crate::exit::{refuse, ExitCode};
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Held for the life of the value.
@@ -14,16 +16,22 @@ pub struct RunLock {
 }
 
 pub fn acquire(state_dir: &Path) -> Result<RunLock> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
+    crate::system::secure_write::private_dir(state_dir)?;
     let path = state_dir.join("lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // A lock file an older version made 0644: private like everything in the state directory.
+    if file.metadata()?.permissions().mode() & 0o777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", path.display()))?;
+    }
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0).ok();

@@ -8,4 +8,5 @@ pub mod lock;
 pub mod mounts;
 pub mod ostree_state;
 pub mod privileges;
+pub mod secure_write;
 pub mod systemd;

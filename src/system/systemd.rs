@@ -391,10 +391,15 @@ impl std::fmt::Debug for SystemdDbus {
     }
 }
 
+/// The system bus socket (`/var/run` is a symlink to `/run`).
+pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
+
 impl SystemdDbus {
-    /// Connect to the system bus and subscribe to job completions.
+    /// Connect to the system bus and subscribe to job completions. The socket is the fixed
+    /// system path: `DBUS_SYSTEM_BUS_ADDRESS` is not read, so whoever sets a root process's
+    /// environment cannot hand fastswitch another "systemd".
     pub fn connect() -> Result<SystemdDbus> {
-        let conn = zbus::blocking::connection::Builder::system()
+        let conn = zbus::blocking::connection::Builder::address(SYSTEM_BUS_ADDRESS)
             .context("connecting to the D-Bus system bus")?
             // Reload() replies only when the reload is finished, which can take long.
             .method_timeout(DEFAULT_RELOAD_TIMEOUT)
