@@ -68,10 +68,13 @@ pub const DEP_FORMS: &[(&str, &str)] = &[
         "staged",
         "the deployment staged for the next boot (/run/ostree/staged-deployment)",
     ),
-    ("pending", "the next boot's deployment when none is staged"),
+    (
+        "pending",
+        "the deployment before the booted one in its stateroot (the next boot's when none is staged)",
+    ),
     (
         "rollback",
-        "the rollback deployment (as `ostree admin status` marks it)",
+        "the deployment after the booted one in its stateroot (what a rollback boots)",
     ),
     ("0, 1, …", "an index, as `fastswitch status` lists them"),
     (
