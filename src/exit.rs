@@ -1,16 +1,7 @@
 //! Exit codes and the one typed error that carries one.
 //!
-//! | code | name | meaning |
-//! |---|---|---|
-//! | 0 | `OK` | success: status/diff printed, or the switch was applied |
-//! | 1 | `ERROR` | an error (message on stderr names the path or unit) |
-//! | 2 | `USAGE` | bad command line |
-//! | 3 | `NOTHING_TO_DO` | the target equals the running system, or there is no live state to reset |
-//! | 4 | `APPLIED_WITH_FAILURES` | applied, but some unit jobs failed (see the report) |
-//! | 5 | `REBOOT_NEEDED` | the kernel changed: a live apply cannot do it; use `fastswitch kexec`/`switch`, or kexec is impossible here and a full reboot is needed |
-//! | 6 | `REFUSED` | a precondition is not met (not ostree-booted, no staged/pending deployment, missing capability, bad input); nothing was changed |
-//! | 7 | `BUSY` | another fastswitch run holds the lock |
-//! | 8 | `INTERRUPTED` | a previous run was interrupted at a different target; run `fastswitch reset` |
+//! [`EXIT_CODES`] is the one table: `--help`, the man page's EXIT STATUS and the README's
+//! "Exit codes" section are generated from it or checked against it (`tests/docs.rs`).
 
 use std::fmt;
 
@@ -34,18 +25,75 @@ impl ExitCode {
     }
 }
 
-/// The text shown in `--help` (kept next to the enum so the two cannot drift).
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0  success (printed, or applied)
-  1  error (the message names the path or unit)
-  2  bad command line
-  3  nothing to do (target equals the running system; no live state to reset)
-  4  applied, but some unit jobs failed (see the report)
-  5  kernel changed: needs kexec (`fastswitch kexec`/`switch`), or a full reboot where kexec is impossible
-  6  refused: a precondition is not met; nothing was changed
-  7  busy: another fastswitch run holds the lock
-  8  a previous run was interrupted at another target: run `fastswitch reset`";
+/// Every exit code with its meaning, in order. The source of `--help`'s "Exit codes:" text, the
+/// man page's EXIT STATUS section and the README table (a test checks the README matches).
+pub const EXIT_CODES: &[(ExitCode, &str)] = &[
+    (ExitCode::Ok, "success (printed, or applied)"),
+    (ExitCode::Error, "error (the message names the path or unit)"),
+    (ExitCode::Usage, "bad command line"),
+    (
+        ExitCode::NothingToDo,
+        "nothing to do (target equals the running system; no live state to reset; nothing to recover)",
+    ),
+    (
+        ExitCode::AppliedWithFailures,
+        "applied, but some unit jobs failed (see the report)",
+    ),
+    (
+        ExitCode::RebootNeeded,
+        "kernel changed: needs kexec (`fastswitch kexec`/`switch`), or a full reboot where kexec is impossible",
+    ),
+    (
+        ExitCode::Refused,
+        "refused: a precondition is not met (not an ostree host, not ostree-booted, no staged or pending deployment, missing capability); nothing was changed",
+    ),
+    (ExitCode::Busy, "busy: another fastswitch run holds the lock"),
+    (
+        ExitCode::Interrupted,
+        "a previous run was interrupted at another target, or a reset was interrupted: run `fastswitch reset`",
+    ),
+];
+
+/// The "Exit codes:" block shown after `--help`.
+pub fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:");
+    for (code, meaning) in EXIT_CODES {
+        s.push('\n');
+        s.push_str(&hanging(&format!("  {}  ", code.code()), meaning));
+    }
+    s
+}
+
+/// `label` then `text` wrapped at 80 columns, continuation lines indented to the text, so help
+/// paragraphs keep their columns (clap only rewraps lines wider than the terminal).
+pub fn hanging(label: &str, text: &str) -> String {
+    let indent = label.chars().count();
+    let mut out = label.to_string();
+    let mut col = indent;
+    for (i, word) in text.split_whitespace().enumerate() {
+        let w = word.chars().count();
+        if i > 0 && col + 1 + w > 80 {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            col = indent;
+        } else if i > 0 {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += w;
+    }
+    out
+}
+
+/// The README's "Exit codes" table, in Markdown.
+pub fn exit_codes_markdown() -> String {
+    let mut s = String::from("| code | meaning |\n|---|---|\n");
+    for (code, meaning) in EXIT_CODES {
+        s.push_str(&format!("| {} | {meaning} |\n", code.code()));
+    }
+    s
+}
 
 /// An error that maps to a specific exit code. Everything else exits with [`ExitCode::Error`].
 #[derive(Debug)]
@@ -82,4 +130,15 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 /// Shorthand: `return Err(refuse(ExitCode::Refused, "…"))`.
 pub fn refuse(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Refusal::new(code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_every_code_once_in_order() {
+        let codes: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| c.code()).collect();
+        assert_eq!(codes, (0..=8).collect::<Vec<_>>());
+    }
 }

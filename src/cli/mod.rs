@@ -3,9 +3,10 @@
 //! same typed values.
 
 use crate::discover::{self, HostPaths};
-use crate::exit::{ExitCode, EXIT_CODES_HELP};
+use crate::exit::{exit_codes_help, ExitCode};
 use crate::status;
 
+mod docs;
 mod switch;
 mod verbs;
 use anyhow::Result;
@@ -22,7 +23,7 @@ use std::path::PathBuf;
 /// whose unit, binary or libraries changed are restarted. If the kernel changed it kexecs into
 /// the new deployment through an orderly systemd shutdown.
 #[derive(Debug, Parser, PartialEq)]
-#[command(name = "fastswitch", version, after_help = EXIT_CODES_HELP)]
+#[command(name = "fastswitch", version, after_help = exit_codes_help())]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -30,7 +31,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes (shown in their own "Global options" section).
 #[derive(Debug, Args, PartialEq, Clone)]
+#[command(next_help_heading = GLOBAL_OPTIONS)]
 pub struct GlobalOpts {
     /// Physical sysroot holding ostree/ and boot/ [default: /sysroot when ostree-booted, else /]
     #[arg(long, global = true, value_name = "DIR")]
@@ -56,6 +59,41 @@ impl GlobalOpts {
     }
 }
 
+/// The help heading of [`GlobalOpts`].
+pub const GLOBAL_OPTIONS: &str = "Global options";
+
+/// What a DEP argument accepts ([`crate::discover::Host::select`]), as (form, meaning).
+pub const DEP_FORMS: &[(&str, &str)] = &[
+    ("booted", "the running deployment"),
+    (
+        "staged",
+        "the deployment staged for the next boot (/run/ostree/staged-deployment)",
+    ),
+    (
+        "pending",
+        "the deployment before the booted one in its stateroot (the next boot's when none is staged)",
+    ),
+    (
+        "rollback",
+        "the deployment after the booted one in its stateroot (what a rollback boots)",
+    ),
+    ("0, 1, …", "an index, as `fastswitch status` lists them"),
+    (
+        "<checksum>.<serial>",
+        "a deployment id as in `ostree admin status`; a unique checksum prefix with its serial also works",
+    ),
+];
+
+/// The DEP paragraph shown after the help of every command that takes a DEP.
+pub fn dep_help() -> String {
+    let mut s = String::from("DEP selects a deployment:");
+    for (form, meaning) in DEP_FORMS {
+        s.push('\n');
+        s.push_str(&crate::exit::hanging(&format!("  {form:<21} "), meaning));
+    }
+    s
+}
+
 #[derive(Debug, Subcommand, PartialEq)]
 pub enum Command {
     /// List deployments with their marks (booted, staged, pending, rollback, pinned), origin,
@@ -63,10 +101,12 @@ pub enum Command {
     Status,
     /// Compare two deployments: /usr files, /etc merge actions, systemd units, kernel identity,
     /// and the decision (none, live, kexec) with its reasons.
+    #[command(after_help = dep_help())]
     Diff(PairOpts),
     /// Apply the staged (else pending) deployment to the running system without a reboot:
     /// bind its /usr over /usr, merge /etc, daemon-reload, restart affected services.
     /// Refuses when the kernel changed (use `fastswitch switch`).
+    #[command(after_help = dep_help())]
     ApplyLive(ApplyLiveOpts),
     /// Undo a live apply: detach the /usr bind, restore /etc from the backups, daemon-reload and
     /// restart what the apply restarted; also unload a kernel that `kexec --load-only` left
@@ -82,10 +122,25 @@ pub enum Command {
     /// Boot the staged (else pending) deployment's kernel with kexec: finalize the staged
     /// deployment, check and load its kernel and initramfs, then start kexec.target so systemd
     /// shuts down in order. No firmware, no bootloader.
+    #[command(after_help = dep_help())]
     Kexec(KexecOpts),
     /// Make the system run the staged deployment as fast as possible: nothing to do, a live
     /// apply (userspace only), or a kexec (kernel changed).
+    #[command(after_help = dep_help())]
     Switch(SwitchOpts),
+    /// Print the manual page (roff) on stdout: `fastswitch man | man -l -`. The packages install
+    /// it as fastswitch(1).
+    Man,
+    /// Print a shell completion script on stdout, e.g.
+    /// `fastswitch completions bash > /usr/share/bash-completion/completions/fastswitch`.
+    Completions(CompletionsOpts),
+}
+
+#[derive(Debug, Args, PartialEq, Clone)]
+pub struct CompletionsOpts {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
@@ -230,6 +285,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Recover => verbs::recover(&paths, &mut o),
         Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
         Command::Switch(opts) => switch::switch(&paths, &opts, &mut o),
+        Command::Man => docs::man(o.out),
+        Command::Completions(opts) => docs::completions(opts.shell, o.out),
     }
 }
 

@@ -297,11 +297,15 @@ pub fn load(paths: &HostPaths) -> Result<Host> {
 pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     let deploy_root = paths.sysroot.join("ostree/deploy");
     if !deploy_root.is_dir() {
-        bail!(
-            "{} is not an ostree sysroot: {} does not exist (use --sysroot to point at one)",
-            paths.sysroot.display(),
-            deploy_root.display()
-        );
+        // A refusal (exit 6), not an error: a host without ostree is a precondition not met.
+        return Err(crate::exit::refuse(
+            crate::exit::ExitCode::Refused,
+            format!(
+                "{} is not an ostree sysroot: {} does not exist (use --sysroot to point at one)",
+                paths.sysroot.display(),
+                deploy_root.display()
+            ),
+        ));
     }
 
     let booted_file = paths.ostree_booted_file();
