@@ -41,7 +41,7 @@ pub const EXIT_CODES: &[(ExitCode, &str)] = &[
     ),
     (
         ExitCode::RebootNeeded,
-        "kernel changed: needs kexec (`fastswitch kexec`/`switch`), or a full reboot where kexec is impossible",
+        "needs a higher rung: the change needs a boot (kernel, boot-time files or content outside /usr changed: use `fastswitch switch`), or no rung within --max-rung (or without --reboot-fallback) can switch",
     ),
     (
         ExitCode::Refused,

@@ -8,7 +8,7 @@
 //! | compare two deployments: `/usr`, `/etc`, units, kernel | [`diff`] | reads the two trees only |
 //! | parse and compare systemd unit files | [`units`] | pure |
 //! | decide which services stop/start/restart/reload | [`services`] | pure (+ a `/proc` scan in `services::stale`) |
-//! | the typed, serialisable dry run | [`plan`] | pure |
+//! | which rung (none, live, soft-reboot, kexec, reboot), host states, the typed dry run | [`plan`] | pure |
 //! | carry out a plan, journal every step, produce a report | [`exec`] | side effects through [`system`] |
 //! | mounts, systemd over D-Bus, kexec, capabilities, locking | [`system`] | the only side-effect code |
 //! | kernel image checks (bzImage, UKI) | [`kernel_image`] | pure |

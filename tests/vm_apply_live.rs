@@ -230,6 +230,15 @@ fn apply_expecting(
     expect: &[(&str, &str)],
 ) -> (Value, BTreeMap<String, String>, BTreeMap<String, String>) {
     ostree_stage(vm, refspec, "");
+    apply_staged_expecting(vm, refspec, expect)
+}
+
+/// [`apply_expecting`] for a target staged already.
+fn apply_staged_expecting(
+    vm: &Vm,
+    refspec: &str,
+    expect: &[(&str, &str)],
+) -> (Value, BTreeMap<String, String>, BTreeMap<String, String>) {
     let plan = fastswitch_json(vm, "apply-live --dry-run --json");
     let actions = service_actions(&plan);
     let executed: BTreeMap<String, String> = actions
@@ -294,9 +303,23 @@ fn s4_library_reload_only_and_dbus() {
     assert_eq!(vm.exec_ok("cat /run/demo/reload.exec-reload").trim(), "v2");
     assert_eq!(fastswitch_json(&vm, "reset --json")["outcome"], "ok");
 
-    // (d) dbus changed: deferred with its reason, not restarted.
+    // (d) dbus changed. `switch` would not apply it live (dbus would be deferred): on this
+    // guest's systemd 252 there is no soft-reboot, so the ladder picks kexec and says why.
+    ostree_stage(&vm, "test/dbus-changed", "");
+    let p = fastswitch_json(&vm, "switch --dry-run --json");
+    let ladder = &p["ladder"];
+    assert_eq!(ladder["chosen"], "kexec", "{ladder}");
+    let reasons = |i: usize| ladder["rungs"][i]["reasons"].to_string();
+    assert!(reasons(1).contains("dbus.service"), "live: {}", reasons(1));
+    assert!(
+        reasons(2).contains("systemd 252") && reasons(2).contains("needs systemd ≥ 254"),
+        "soft-reboot: {}",
+        reasons(2)
+    );
+    assert_eq!(p["steps"][0]["step"], "finalize_staged", "{p}");
+    // apply-live does it anyway when asked: dbus deferred with its reason, not restarted.
     let dbus_pid = vm.exec_ok("systemctl show -P MainPID dbus");
-    let (plan, before, after) = apply_expecting(&vm, "test/dbus-changed", &[]);
+    let (plan, before, after) = apply_staged_expecting(&vm, "test/dbus-changed", &[]);
     let actions = service_actions(&plan);
     assert_eq!(
         actions.get("dbus.service").map(String::as_str),
