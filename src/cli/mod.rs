@@ -124,8 +124,13 @@ pub enum Command {
     /// shuts down in order. No firmware, no bootloader.
     #[command(after_help = dep_help())]
     Kexec(KexecOpts),
-    /// Make the system run the staged deployment as fast as possible: nothing to do, a live
-    /// apply (userspace only), or a kexec (kernel changed).
+    /// Make the system run the staged deployment the cheapest safe way: the lowest rung of
+    /// none, live, soft-reboot, kexec, reboot that leaves only the target's code running.
+    ///
+    /// live: kernel identity and everything outside /usr unchanged, every affected process in a
+    /// restartable service. soft-reboot (systemd 254 or later): same kernel identity; userspace restarts
+    /// into the target. kexec: the new kernel without firmware. reboot: only with
+    /// --reboot-fallback. `--dry-run` shows why each lower rung was rejected.
     #[command(after_help = dep_help())]
     Switch(SwitchOpts),
     /// Print the manual page (roff) on stdout: `fastswitch man | man -l -`. The packages install
@@ -170,11 +175,11 @@ pub struct SwitchOpts {
     /// reboot through firmware instead of refusing
     #[arg(long)]
     pub reboot_fallback: bool,
-    /// The lowest rung to consider: none, live, soft-reboot, kexec or reboot [default: none]
+    /// The lowest rung to consider [default: none]
     #[arg(long, value_name = "RUNG")]
     pub min_rung: Option<crate::plan::ladder::Rung>,
-    /// The highest rung allowed: none, live, soft-reboot, kexec or reboot [default: reboot]; when
-    /// the change needs a higher one, switch refuses (exit 5) and says which
+    /// The highest rung allowed [default: reboot]; when the change needs a higher one, switch
+    /// refuses (exit 5) and says why each allowed rung is not possible
     #[arg(long, value_name = "RUNG")]
     pub max_rung: Option<crate::plan::ladder::Rung>,
     /// Kexec although a volume in /etc/crypttab unlocks through a TPM2 token: the kexec'd

@@ -309,6 +309,14 @@ pub(super) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
     for h in &p.host_states {
         writeln!(o.out, "host state: {}", h.describe())?;
     }
+    if let Some(l) = &p.ladder {
+        if let Some(r) = l.chosen {
+            writeln!(o.out, "rung: {}", r.name())?;
+            for line in l.rejections_below(r) {
+                writeln!(o.out, "  rejected {line}")?;
+            }
+        }
+    }
     for (i, s) in p.steps.iter().enumerate() {
         match s {
             Step::UnlockFinalization => writeln!(
