@@ -24,10 +24,6 @@ impl Scenario {
     }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// v1 booted, v2 staged: a changed binary, a new library dir, and /etc defaults that exercise
 /// every merge action; the admin has edited the booted /etc.
 fn scenario() -> Scenario {

@@ -515,7 +515,7 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn bad_input_corpus() {
-    let root = nix::unistd::geteuid().is_root();
+    let root = is_root();
     let mut ran = 0;
     let mut failures = Vec::new();
     for c in cases() {
@@ -755,7 +755,7 @@ fn expected(place: &str, k: Special, path: &Path) -> Option<(i32, String)> {
 
 #[test]
 fn special_files_everywhere_never_hang_and_name_the_path() {
-    let root = nix::unistd::geteuid().is_root();
+    let root = is_root();
     let mut failures = Vec::new();
     let mut ran = 0;
     for place in places() {

@@ -14,10 +14,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 macro_rules! require_root {
     () => {
         if !is_root() {

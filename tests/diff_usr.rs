@@ -11,10 +11,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 macro_rules! require_root {
     () => {
         if !is_root() {

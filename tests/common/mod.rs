@@ -8,6 +8,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether tests that need root can run here. A developer's unprivileged run skips them with a
+/// message; under CI (`CI` set, and CI runs as root) not being root is a failure, so a root-only
+/// test can never pass without having run.
+pub fn is_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root && std::env::var_os("CI").is_some() {
+        panic!("this test needs root, and CI is set: CI must run the tests as root");
+    }
+    root
+}
+
 /// Run a command, panicking with its output on failure. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
