@@ -208,6 +208,30 @@ fn apply_live_then_reset_in_a_private_namespace() {
     assert_eq!(rep["outcome"], "ok");
     assert_eq!(rep["steps"][0]["step"], "swap_usr");
     assert_eq!(rep["steps"][0]["outcome"], "done");
+    // Every millisecond is accounted for: the phases before the steps, and own time.
+    let phases: Vec<&str> = rep["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    for want in [
+        "discover",
+        "diff.kernel",
+        "diff.usr",
+        "diff.etc",
+        "diff.units",
+        "plan",
+    ] {
+        assert!(phases.contains(&want), "{want} not in {phases:?}");
+    }
+    let (wall, own, waited) = (
+        rep["wall_ms"].as_u64().unwrap(),
+        rep["own_ms"].as_u64().unwrap(),
+        rep["waited_ms"].as_u64().unwrap(),
+    );
+    assert_eq!(own + waited, wall, "{rep}");
+    assert!(wall >= rep["total_ms"].as_u64().unwrap(), "{rep}");
     assert_eq!(
         std::fs::read_to_string(out.path().join("version.after")).unwrap(),
         "2\n"

@@ -219,7 +219,7 @@ fn ladder_inputs(
     let mut services = Vec::new();
     match sd {
         Some(sd) if live_otherwise_possible && !sopts.no_services => {
-            services = plan_services(d, sopts, Some(sd))?;
+            services = plan_services(d, sopts, Some(sd), &mut Vec::new())?;
             for a in &services {
                 match a.action {
                     Action::Deferred => i.deferred_units.push(deferred_text(a)),

@@ -6,6 +6,7 @@ use crate::diff::{self, DecisionKind, DeploymentDiff};
 use crate::discover::{self, Host, HostPaths};
 use crate::exec::journal::Journal;
 use crate::exec::live::{self, LiveEnv};
+use crate::exec::report::Phase;
 use crate::exit::{refuse, ExitCode};
 use crate::plan::ladder::Rung;
 use crate::plan::preconditions;
@@ -15,6 +16,7 @@ use crate::system::{lock, mounts, privileges, systemd};
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 
 /// Live-apply state for `status`: JSON and human lines.
 pub struct LiveStatus {
@@ -204,6 +206,26 @@ pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<Ex
     Ok(ExitCode::Ok)
 }
 
+/// A finished phase of the command, for the report.
+pub(super) fn phase(name: &str, since: Instant) -> Phase {
+    Phase {
+        phase: name.to_owned(),
+        ms: since.elapsed().as_millis() as u64,
+    }
+}
+
+/// The diff's own part timings as phases.
+pub(super) fn diff_phases(d: &DeploymentDiff) -> Vec<Phase> {
+    d.timings
+        .parts()
+        .into_iter()
+        .map(|(name, ms)| Phase {
+            phase: format!("diff.{name}"),
+            ms,
+        })
+        .collect()
+}
+
 pub(super) fn progress(msg: &str) {
     eprintln!("fastswitch: {msg}");
 }
@@ -272,15 +294,20 @@ pub(super) fn plan_services(
     d: &DeploymentDiff,
     sopts: &ServiceOpts,
     sd: Option<&dyn systemd::Systemd>,
+    phases: &mut Vec<Phase>,
 ) -> Result<Vec<services::ServiceAction>> {
     let Some(sd) = sd else {
         return Ok(Vec::new());
     };
     let mut cfg = services::ScanConfig::new(d.from.path.join("usr"), d.to.path.join("usr"));
     cfg.proc_root = Path::new("/proc").to_path_buf();
+    let t = Instant::now();
     let scan =
         services::scan_stale(&cfg).context("scanning /proc for processes using replaced files")?;
+    phases.push(phase("stale_scan", t));
+    let t = Instant::now();
     let facts = unit_facts_for(d, &scan, sd)?;
+    phases.push(phase("unit_facts", t));
     Ok(services::decide(
         &d.units,
         &scan.processes,
@@ -402,6 +429,8 @@ fn connect_systemd(sopts: &ServiceOpts) -> Result<Option<systemd::SystemdDbus>> 
 }
 
 pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut phases = Vec::new();
     let root_is_host = paths.root == Path::new("/");
     if !opts.dry_run {
         privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "bind-mount the new /usr")])?;
@@ -410,7 +439,9 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
             progress("entered PID 1's mount namespace");
         }
     }
+    let t = Instant::now();
     let host = discover::load(paths)?;
+    phases.push(phase("discover", t));
     if !host.ostree_booted {
         return Err(refuse(
             ExitCode::Refused,
@@ -454,8 +485,9 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
             preconditions::refusal_text("apply-live", &blocking),
         ));
     }
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let d = diff::diff_deployments(from, to)?;
+    phases.extend(diff_phases(&d));
     progress(&format!(
         "diff {} → {} in {} ms: {:?}",
         short(&from.id),
@@ -485,7 +517,8 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
     }
     let sd = connect_systemd(&opts.services)?;
     let sd_ref: Option<&dyn systemd::Systemd> = sd.as_ref().map(|s| s as &dyn systemd::Systemd);
-    let services = plan_services(&d, &opts.services, sd_ref)?;
+    let services = plan_services(&d, &opts.services, sd_ref, &mut phases)?;
+    let t = Instant::now();
     let mut plan = plan::live_plan(
         &d,
         &plan::LiveInputs {
@@ -499,6 +532,7 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         plan.steps
             .retain(|s| !matches!(s, Step::DaemonReload | Step::Services { .. }));
     }
+    phases.push(phase("plan", t));
     if opts.dry_run {
         print_plan(o, &plan)?;
         return Ok(ExitCode::Ok);
@@ -513,7 +547,8 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         kexec: None,
         progress: &mut prog,
     };
-    let report = live::apply_live(&plan, &booted.id, &mut env)?;
+    let mut report = live::apply_live(&plan, &booted.id, &mut env)?;
+    report.account(phases, started.elapsed().as_millis() as u64);
     if o.json {
         o.json_value(&report)?;
     } else {

@@ -84,6 +84,30 @@ pub struct DeploymentDiff {
     pub outside_usr: Vec<outside::OutsideChange>,
     pub etc: etc::EtcPlan,
     pub units: Vec<crate::units::diff::UnitFileChange>,
+    /// How long each part of the diff took.
+    pub timings: DiffTimings,
+}
+
+/// Milliseconds per part of [`diff_deployments`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiffTimings {
+    pub kernel_ms: u64,
+    pub usr_ms: u64,
+    pub outside_usr_ms: u64,
+    pub etc_ms: u64,
+    pub units_ms: u64,
+}
+
+impl DiffTimings {
+    pub fn parts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("kernel", self.kernel_ms),
+            ("usr", self.usr_ms),
+            ("outside_usr", self.outside_usr_ms),
+            ("etc", self.etc_ms),
+            ("units", self.units_ms),
+        ]
+    }
 }
 
 /// Files under `/usr` that only the initramfs reads, at boot: a change to one of them takes a
@@ -182,17 +206,26 @@ pub fn select_pair<'h>(
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
 pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+    let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+    let mut timings = DiffTimings::default();
+    let t = std::time::Instant::now();
     let kfrom = kernel::identity(from)?;
     let kto = kernel::identity(to)?;
     let reasons = kernel::compare(&kfrom, &kto);
+    timings.kernel_ms = ms(t);
+    let t = std::time::Instant::now();
     let usr = usr::diff_usr(&from.path, &to.path)
         .with_context(|| format!("comparing /usr of {} and {}", from.id, to.id))?;
+    timings.usr_ms = ms(t);
+    let t = std::time::Instant::now();
     let outside_usr = outside::diff_outside_usr(&from.path, &to.path).with_context(|| {
         format!(
             "comparing the content outside /usr of {} and {}",
             from.id, to.id
         )
     })?;
+    timings.outside_usr_ms = ms(t);
+    let t = std::time::Instant::now();
     let etc = etc::plan_etc(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
@@ -207,8 +240,11 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
         None => e,
     })
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
+    timings.etc_ms = ms(t);
+    let t = std::time::Instant::now();
     let units = crate::units::diff::diff_units(&from.path, &to.path)
         .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
+    timings.units_ms = ms(t);
     let etc_changes = etc
         .actions
         .iter()
@@ -236,5 +272,6 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
         outside_usr,
         etc,
         units,
+        timings,
     })
 }

@@ -230,6 +230,10 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
         exit_code: 0,
         etc_conflicts: plan.etc_conflicts.clone(),
         failed_units: vec![],
+        phases: vec![],
+        wall_ms: 0,
+        waited_ms: 0,
+        own_ms: 0,
     };
     Ok((report, hand_off_due))
 }

@@ -234,6 +234,10 @@ fn report(
         exit_code: code.code(),
         etc_conflicts: plan.etc_conflicts.clone(),
         failed_units,
+        phases: vec![],
+        wall_ms: 0,
+        waited_ms: 0,
+        own_ms: 0,
     }
 }
 
