@@ -947,8 +947,8 @@ $FS apply-live --no-services --json > $OUT/a2.json
 
 /// The shipped binary has no fault hook: `FASTSWITCH_FAULT` changes nothing, while the test
 /// build (which every kill-point test and the VM scenarios use) still dies at the point.
-/// scripts/test runs this after `cargo build --release`, with
-/// FASTSWITCH_RELEASE_BIN=target/release/fastswitch.
+/// scripts/test runs this with FASTSWITCH_RELEASE_BIN=the `/usr/bin/fastswitch` of the .deb it
+/// built (a plain `cargo build`: the feature is off whatever the profile).
 #[test]
 fn release_binary_ignores_the_fault_hook() {
     let Some(release) = std::env::var_os("FASTSWITCH_RELEASE_BIN") else {
