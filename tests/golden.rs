@@ -21,7 +21,7 @@ use std::path::PathBuf;
 /// - every occurrence of each `paths` entry (temporary directories) by its label;
 /// - a run of 12 or more lowercase hex digits (commit checksums, full or shortened by `…`,
 ///   boot digests) by `<CSUM>`;
-/// - a number of milliseconds with its padding (`   123 ms`) by ` N ms`.
+/// - a number of milliseconds (`123 ms`) by `N ms`, keeping the width of a padded column.
 fn normalise(text: &str, paths: &[(&std::path::Path, &str)]) -> String {
     let mut t = text.to_owned();
     for (p, label) in paths {
@@ -58,7 +58,9 @@ fn normalise(text: &str, paths: &[(&std::path::Path, &str)]) -> String {
             }
             let rest: String = chars[j..chars.len().min(j + 3)].iter().collect();
             if j > d && rest == " ms" {
-                out.push_str(" N ms");
+                // A padded column keeps its width; a number in a sentence becomes ` N ms`.
+                let width = if d - i > 1 { j - i } else { 2 };
+                out.push_str(&format!("{:>width$} ms", "N"));
                 i = j + 3;
                 continue;
             }
@@ -100,7 +102,7 @@ fn normaliser_replaces_only_what_varies() {
                 took 3400 ms (own 5 ms)\n/tmp/.tmpAbC/x 2 units 0123456789a\n";
     assert_eq!(
         normalise(text, &[(tmp, "<SYSROOT>")]),
-        "a <CSUM>.0 b <CSUM>….1 c 6.1.0-test\n  swap_usr N ms  done\n\
+        "a <CSUM>.0 b <CSUM>….1 c 6.1.0-test\n  swap_usr      N ms  done\n\
          took N ms (own N ms)\n<SYSROOT>/x 2 units 0123456789a\n"
     );
 }
@@ -335,4 +337,34 @@ fn kexec_report() {
         ExitCode::Ok,
     );
     golden("kexec_report", &human(&r));
+}
+
+#[test]
+fn recover_report() {
+    use fastswitch::exec::recover::{RecoverAction, RecoverReport, RECOVER_SCHEMA_VERSION};
+    let mut text = String::new();
+    for action in [
+        RecoverAction::None,
+        RecoverAction::RestoredEtc,
+        RecoverAction::TargetBooted,
+        RecoverAction::OtherDeploymentBooted,
+    ] {
+        let r = RecoverReport {
+            schema_version: RECOVER_SCHEMA_VERSION,
+            action,
+            record_boot_id: Some("0b1d".into()),
+            record_booted: Some(FROM.into()),
+            record_target: Some(TO.into()),
+            booted: FROM.into(),
+            restored: 11,
+            kept_admin_changes: vec!["/etc/demo/a.conf".into()],
+            duration_ms: 7,
+            outcome: ExitCode::Ok,
+            exit_code: 0,
+        };
+        let mut out = Vec::new();
+        r.write_human(&mut out).unwrap();
+        text.push_str(&String::from_utf8(out).unwrap());
+    }
+    golden("recover_report", &normalise(&text, &[]));
 }
