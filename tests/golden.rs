@@ -368,3 +368,105 @@ fn recover_report() {
     }
     golden("recover_report", &normalise(&text, &[]));
 }
+
+/// The dry run of a plan with unit actions and their reasons (the fixtures have no system bus,
+/// so the CLI never plans units there), and a kexec plan (the fixtures' kernels are not real
+/// images, so `kexec --dry-run` refuses them).
+#[test]
+fn plan_dry_runs() {
+    use fastswitch::plan::{Plan, Step, PLAN_SCHEMA_VERSION};
+    use fastswitch::services::{DeferWhy, Reason, ServiceAction};
+    let svc = |unit: &str, action, reasons| ServiceAction {
+        unit: unit.into(),
+        action,
+        reasons,
+    };
+    let live = Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        verb: Verb::ApplyLive,
+        from: dref(FROM, true),
+        to: dref(TO, false),
+        decision: Decision {
+            kind: DecisionKind::Live,
+            reasons: vec!["3 systemd unit change(s)".into()],
+        },
+        steps: vec![
+            Step::DaemonReload,
+            Step::Services {
+                actions: vec![
+                    svc(
+                        "old.service",
+                        Action::Stop,
+                        vec![Reason::UnitRemoved {
+                            paths: vec![],
+                            masked: false,
+                        }],
+                    ),
+                    svc(
+                        "demo.service",
+                        Action::Restart,
+                        vec![Reason::StaleExe {
+                            pid: 42,
+                            path: "/usr/bin/hello".into(),
+                        }],
+                    ),
+                    svc(
+                        "demo-extra.service",
+                        Action::Start,
+                        vec![Reason::NewlyEnabled {
+                            by: "multi-user.target".into(),
+                        }],
+                    ),
+                    svc(
+                        "dbus-broker.service",
+                        Action::Deferred,
+                        vec![Reason::Deferred {
+                            why: DeferWhy::Protected {
+                                class: "dbus".into(),
+                            },
+                        }],
+                    ),
+                    svc(
+                        "user@1000.service",
+                        Action::NeedsRestart,
+                        vec![Reason::StaleMapping {
+                            pid: 1234,
+                            path: "/usr/lib/libdemo.so.1".into(),
+                        }],
+                    ),
+                ],
+            },
+        ],
+        etc_conflicts: vec![],
+        host_states: vec![],
+        ladder: None,
+    };
+    let kexec = Plan {
+        verb: Verb::Kexec,
+        decision: Decision {
+            kind: DecisionKind::Kexec,
+            reasons: vec!["kernel 6.1.0-test \u{2192} 6.2.0-test".into()],
+        },
+        steps: vec![
+            Step::FinalizeStaged,
+            Step::KexecLoad {
+                kernel: "/sysroot/ostree/deploy/fx/deploy/x/usr/lib/modules/6.2.0-test/vmlinuz"
+                    .into(),
+                initrds: vec![
+                    "/sysroot/ostree/deploy/fx/deploy/x/usr/lib/modules/6.2.0-test/initramfs.img"
+                        .into(),
+                ],
+                kargs: vec!["root=/dev/vda".into(), "rw".into()],
+            },
+            Step::KexecReboot,
+        ],
+        ..live.clone()
+    };
+    let mut text = Vec::new();
+    fastswitch::cli::write_plan_human(&mut text, &live).unwrap();
+    fastswitch::cli::write_plan_human(&mut text, &kexec).unwrap();
+    golden(
+        "plan_dry_runs",
+        &normalise(&String::from_utf8(text).unwrap(), &[]),
+    );
+}

@@ -228,6 +228,54 @@ pub(super) fn etc_action_words(a: diff::etc::EtcActionKind) -> &'static str {
     }
 }
 
+/// `[Service] ExecStart= changed`.
+fn key_words(k: &crate::units::compare::KeyChange) -> String {
+    use crate::units::compare::Change;
+    let what = match k.change {
+        Change::Added => "added",
+        Change::Removed => "removed",
+        Change::Modified => "changed",
+    };
+    match &k.key {
+        Some(key) => format!("[{}] {key}= {what}", k.section),
+        None => format!("[{}] {what}", k.section),
+    }
+}
+
+/// Why a unit is acted on, in words.
+fn reason_words(r: &services::Reason) -> String {
+    use services::Reason as R;
+    let p = |p: &std::path::Path| p.display().to_string();
+    match r {
+        R::UnitFileChanged { unit, .. } => format!("{unit} changed"),
+        R::UnitRemoved { masked: true, .. } => "masked in the target".into(),
+        R::UnitRemoved { .. } => "removed from the target".into(),
+        R::NewlyEnabled { by } => format!("newly wanted by {by}"),
+        R::StaleExe { pid, path } => format!("pid {pid} runs the replaced {}", p(path)),
+        R::StaleMapping { pid, path } => format!("pid {pid} maps the replaced {}", p(path)),
+        R::StaleScript { pid, path } => {
+            format!("pid {pid} runs the replaced script {}", p(path))
+        }
+        R::SocketActivates { service } => format!("restarted for {service}"),
+        R::ActivatedBySocket { socket } => format!("{socket} starts it again on demand"),
+        R::SocketRestarted { socket } => format!("it holds {socket}, which is restarted"),
+        R::Deferred { why } => {
+            use services::DeferWhy as W;
+            match why {
+                W::Protected { class } => format!("never restarted live: {class}"),
+                W::RefuseManualStop => "RefuseManualStop=yes".into(),
+                W::RefuseManualStart => "RefuseManualStart=yes".into(),
+                W::RestartIfChangedOff => "X-RestartIfChanged=no".into(),
+                W::OnlyManualStart => "X-OnlyManualStart=yes".into(),
+                W::StopOnRemovalOff => "X-StopOnRemoval=no".into(),
+                W::PerConnectionInstance => {
+                    "a per-connection instance: new connections get the new code".into()
+                }
+            }
+        }
+    }
+}
+
 /// A unit-file change in words.
 pub(super) fn unit_change_words(c: &crate::units::diff::UnitChange) -> String {
     use crate::units::diff::{Dependency, UnitChange};
@@ -240,7 +288,18 @@ pub(super) fn unit_change_words(c: &crate::units::diff::UnitChange) -> String {
         UnitChange::Added => "added".into(),
         UnitChange::Removed { masked: true } => "masked".into(),
         UnitChange::Removed { masked: false } => "removed".into(),
-        UnitChange::Modified { .. } => "changed".into(),
+        UnitChange::Modified { comparison } => {
+            use crate::units::compare::UnitComparison as C;
+            match comparison {
+                C::Equal => "changed (nothing that needs a restart)".into(),
+                C::NeedsRestart { reason } => {
+                    format!("changed ({}): needs a restart", key_words(reason))
+                }
+                C::NeedsReload { reason } => {
+                    format!("changed ({}): a reload is enough", key_words(reason))
+                }
+            }
+        }
         UnitChange::Enabled { by, dependency } => {
             format!("enabled: {by} now {} it", dep(dependency))
         }
@@ -378,6 +437,12 @@ pub(super) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
     if o.json {
         return o.json_value(p);
     }
+    write_plan_human(o.out, p)
+}
+
+/// The human dry run: what would be done, step by step, in words.
+pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
+    let o = Output { json: false, out };
     writeln!(
         o.out,
         "dry run, nothing changed: {} {} → {}",
@@ -423,7 +488,9 @@ pub(super) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
             Step::Services { actions } => {
                 writeln!(o.out, "{}. units: {} to act on", i + 1, actions.len())?;
                 for a in actions {
-                    writeln!(o.out, "     {:<22} {}", crate::exec::report::action_word(a.action), a.unit)?;
+                    let why: Vec<String> = a.reasons.iter().map(reason_words).collect();
+                    let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) };
+                    writeln!(o.out, "     {:<22} {}{why}", crate::exec::report::action_word(a.action), a.unit)?;
                 }
             }
             Step::Sysusers { files } => writeln!(o.out, "{}. systemd-sysusers {}", i + 1, files.join(" "))?,

@@ -275,8 +275,8 @@ pub fn action_word(a: Action) -> &'static str {
         Action::Reload => "reload",
         Action::Restart => "restart",
         Action::Start => "start",
-        Action::Deferred => "defer",
-        Action::NeedsRestart => "needs a manual restart",
+        Action::Deferred => "defer (not live)",
+        Action::NeedsRestart => "restart by hand",
     }
 }
 
