@@ -179,6 +179,45 @@ fn cli_human_output() {
         &f.human(&["apply-live", "--dry-run", "--no-services"]),
     );
     golden("switch_dry_run", &f.human(&["switch", "--dry-run"]));
+
+    // After a live apply: the journal a completed apply leaves (two merged paths and the
+    // user databases backed up before systemd-sysusers), written by the journal's own code.
+    use fastswitch::exec::journal::{current_boot_id, EtcBackup, Journal, LiveState};
+    let root = f.s.deploy_dir("fx", &f.booted);
+    let staged = f.s.json(&["status"])["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let backup = |path: &str| EtcBackup {
+        path: path.into(),
+        backup: None,
+        written: None,
+    };
+    let st = LiveState {
+        schema_version: 1,
+        booted: f.booted.clone(),
+        target: staged.clone(),
+        target_path: f.s.deploy_dir("fx", &staged),
+        started_at: 1_700_000_000,
+        finished_at: Some(1_700_000_003),
+        steps: vec![],
+        usr_binds: 1,
+        etc_backups: [
+            "/etc/demo/a.conf",
+            "/etc/demo/new.conf",
+            "/etc/passwd",
+            "/etc/group",
+        ]
+        .map(backup)
+        .to_vec(),
+        unit_actions: vec![],
+        boot_id: current_boot_id().unwrap(),
+        resetting: false,
+    };
+    Journal::new(&f.s.run(), &root, &st.boot_id)
+        .save(&st)
+        .unwrap();
+    golden("status_after_live_apply", &f.human(&["status"]));
 }
 
 // ---- typed reports ----------------------------------------------------------------------
