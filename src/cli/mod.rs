@@ -13,6 +13,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
+pub use verbs::write_plan_human;
 
 /// Switch an ostree host to its staged deployment without a firmware reboot.
 ///

@@ -234,6 +234,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
         wall_ms: 0,
         waited_ms: 0,
         own_ms: 0,
+        reset: false,
     };
     Ok((report, hand_off_due))
 }

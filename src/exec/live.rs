@@ -238,6 +238,7 @@ fn report(
         wall_ms: 0,
         waited_ms: 0,
         own_ms: 0,
+        reset: false,
     }
 }
 
@@ -535,7 +536,9 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         } else {
             ExitCode::Ok
         };
-        return Ok(report(&plan, steps, t0, code, Vec::new()));
+        let mut rep = report(&plan, steps, t0, code, Vec::new());
+        rep.reset = true;
+        return Ok(rep);
     };
     env.journal.check_backups(&st)?;
     let mut st = st;
@@ -656,5 +659,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
     } else {
         ExitCode::AppliedWithFailures
     };
-    Ok(report(&plan, steps, t0, code, failed))
+    let mut rep = report(&plan, steps, t0, code, failed);
+    rep.reset = true;
+    Ok(rep)
 }

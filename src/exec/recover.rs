@@ -94,10 +94,11 @@ pub fn recover(journal: &Journal, etc_dir: &Path, booted_id: &str) -> Result<Rec
 
 impl RecoverReport {
     pub fn write_human(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use super::report::short;
         let rec = format!(
             "the live apply of {} (from {}, boot {})",
-            self.record_target.as_deref().unwrap_or("?"),
-            self.record_booted.as_deref().unwrap_or("?"),
+            short(self.record_target.as_deref().unwrap_or("?")),
+            short(self.record_booted.as_deref().unwrap_or("?")),
             self.record_boot_id.as_deref().unwrap_or("?"),
         );
         match self.action {
@@ -108,8 +109,9 @@ impl RecoverReport {
             RecoverAction::RestoredEtc => {
                 writeln!(
                     out,
-                    "{} booted again: restored {} /etc entries changed by {rec}",
-                    self.booted, self.restored
+                    "{} booted again: restored {} /etc path(s) changed by {rec}",
+                    short(&self.booted),
+                    self.restored
                 )?;
                 for k in &self.kept_admin_changes {
                     writeln!(out, "  kept {k}: it was changed after the live apply")?;
@@ -118,15 +120,15 @@ impl RecoverReport {
             RecoverAction::TargetBooted => writeln!(
                 out,
                 "{} booted: {rec} became permanent; nothing to undo",
-                self.booted
+                short(&self.booted)
             )?,
             RecoverAction::OtherDeploymentBooted => writeln!(
                 out,
                 "{} booted, neither side of {rec}; dropped its record, /etc left alone",
-                self.booted
+                short(&self.booted)
             )?,
         }
-        writeln!(out, "total {} ms", self.duration_ms)
+        Ok(())
     }
 }
 

@@ -3,6 +3,8 @@
 use crate::diff::{Decision, DeploymentRef};
 use crate::exit::ExitCode;
 use crate::plan::Verb;
+use crate::services::Action;
+use crate::system::systemd::UnitOutcome;
 use serde::Serialize;
 
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -67,6 +69,9 @@ pub struct Report {
     pub waited_ms: u64,
     /// `wall_ms - waited_ms`: fastswitch's own work.
     pub own_ms: u64,
+    /// The report of `fastswitch reset` (undoing a live apply or unloading a kexec kernel);
+    /// `verb` stays what was undone.
+    pub reset: bool,
 }
 
 impl Report {
@@ -84,45 +89,206 @@ impl Report {
         self.own_ms = self.wall_ms.saturating_sub(self.waited_ms);
     }
 
-    pub fn write_human(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        writeln!(
-            out,
-            "{:?} {} → {}",
-            self.verb,
-            short(&self.from.id),
-            short(&self.to.id)
-        )?;
-        for p in &self.phases {
-            writeln!(out, "  {:<16} {:>8} ms", p.phase, p.ms)?;
+    /// What happened, in words: the first line of the human report.
+    pub fn title(&self) -> String {
+        let (from, to) = (short(&self.from.id), short(&self.to.id));
+        let failed = self.outcome != ExitCode::Ok && self.outcome != ExitCode::NothingToDo;
+        if self.reset {
+            let undone: Vec<&str> = self
+                .steps
+                .iter()
+                .filter_map(|s| match s.step {
+                    "kexec_unload" => Some("unloaded the kexec kernel"),
+                    "unmount_usr" => Some("undid the live apply"),
+                    _ => None,
+                })
+                .collect();
+            return match (undone.is_empty(), failed) {
+                (true, _) => format!("reset: nothing to undo; {from} runs"),
+                (false, false) => format!("reset: {}; {from} runs again", undone.join(", ")),
+                (false, true) => format!(
+                    "reset: {} with failures; {from} runs again",
+                    undone.join(", ")
+                ),
+            };
         }
+        let done = if failed { " with failures" } else { "" };
+        match self.verb {
+            Verb::ApplyLive => format!("apply-live: {to} now runs live on {from}{done}"),
+            Verb::Kexec | Verb::Switch if self.steps.iter().any(|s| s.step == "kexec_load") => {
+                format!("kexec: {to}'s kernel is loaded to replace {from}{done}")
+            }
+            Verb::SoftReboot | Verb::Switch => {
+                format!("soft-reboot: {to} is prepared to replace {from}{done}")
+            }
+            Verb::Kexec => format!("kexec: {to} is prepared to replace {from}{done}"),
+        }
+    }
+
+    pub fn write_human(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "{}", self.title())?;
         for s in &self.steps {
+            let outcome = match s.outcome {
+                StepOutcome::Done => "done",
+                StepOutcome::AlreadyDone => "already done",
+                StepOutcome::Failed => "FAILED",
+            };
+            let words = step_words(s);
+            let sep = if words.is_empty() { "" } else { ": " };
             writeln!(
                 out,
-                "  {:<16} {:>8} ms  {}",
-                s.step,
-                s.duration_ms,
-                match s.outcome {
-                    StepOutcome::Done => "done",
-                    StepOutcome::AlreadyDone => "already done",
-                    StepOutcome::Failed => "FAILED",
-                }
+                "  {:<16} {:>8} ms  {outcome}{sep}{words}",
+                s.step, s.duration_ms
             )?;
+            if s.step == "services" {
+                write_unit_outcomes(out, &s.detail)?;
+            }
         }
         for c in &self.etc_conflicts {
-            writeln!(out, "  kept your edit of {c} (its default changed too)")?;
+            if self.reset {
+                writeln!(
+                    out,
+                    "  kept {c}: it was changed after the live apply, so it was not restored"
+                )?;
+            } else {
+                writeln!(out, "  kept your edit of {c} (its default changed too)")?;
+            }
         }
         for u in &self.failed_units {
             writeln!(out, "  unit job failed: {u}")?;
         }
+        if !self.phases.is_empty() {
+            writeln!(out, "before the steps:")?;
+            for p in &self.phases {
+                writeln!(out, "  {:<16} {:>8} ms", p.phase, p.ms)?;
+            }
+        }
         if self.wall_ms > 0 {
             writeln!(
                 out,
-                "total {} ms (fastswitch's own work {} ms, waiting on systemd and tools {} ms)",
+                "took {} ms (fastswitch's own work {} ms, waiting on systemd and tools {} ms)",
                 self.wall_ms, self.own_ms, self.waited_ms
             )
         } else {
-            writeln!(out, "total {} ms", self.total_ms)
+            writeln!(out, "took {} ms", self.total_ms)
         }
+    }
+}
+
+/// A step's detail in words (empty when it has nothing to add).
+fn step_words(s: &StepReport) -> String {
+    let d = &s.detail;
+    let n = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let list = |k: &str| {
+        d.get(k)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    match s.step {
+        "swap_usr" if d.get("already_mounted").is_some() => {
+            "the target's /usr was already mounted".into()
+        }
+        "swap_usr" if d.get("replaced").is_some() => format!(
+            "replaced the earlier live /usr{}",
+            if d["old_detached_lazily"] == true {
+                " (old one detached lazily)"
+            } else {
+                ""
+            }
+        ),
+        "swap_usr" => "the target's /usr is mounted read-only over /usr".into(),
+        "merge_etc" => format!("{} /etc path(s) written", n("changed")),
+        "sysusers" | "tmpfiles" => list("files").join(" "),
+        "unmount_usr" => format!(
+            "{} live /usr mount(s) removed{}",
+            n("unmounted"),
+            if d["lazy"] == true {
+                " (busy: detached lazily)"
+            } else {
+                ""
+            }
+        ),
+        "restore_etc" => format!("{} /etc path(s) restored", n("restored")),
+        "services" => {
+            let outcomes = unit_outcomes(d);
+            format!("{} unit(s)", outcomes.len())
+        }
+        _ => String::new(),
+    }
+}
+
+fn unit_outcomes(detail: &serde_json::Value) -> Vec<UnitOutcome> {
+    serde_json::from_value(detail.clone()).unwrap_or_default()
+}
+
+/// The unit outcomes of a `services` step, one line per kind of outcome, naming every unit.
+fn write_unit_outcomes(
+    out: &mut dyn std::io::Write,
+    detail: &serde_json::Value,
+) -> std::io::Result<()> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
+    for o in unit_outcomes(detail) {
+        let ok = o.result.is_success();
+        let key = match (o.action, ok) {
+            (Action::Deferred, _) => (6, "deferred (restart it yourself)".to_owned()),
+            (Action::NeedsRestart, _) => (7, "needs a restart systemd cannot do".to_owned()),
+            (a, true) => (action_rank(a), done_word(a).to_owned()),
+            (a, false) => (0, format!("FAILED to {}", action_word(a))),
+        };
+        let name = if ok || !o.action.is_executed() {
+            o.unit
+        } else {
+            format!(
+                "{} ({})",
+                o.unit,
+                o.error
+                    .unwrap_or_else(|| format!("{:?}", o.result).to_lowercase())
+            )
+        };
+        groups.entry(key).or_default().push(name);
+    }
+    for ((_, what), units) in groups {
+        writeln!(out, "    {what}: {}", units.join(", "))?;
+    }
+    Ok(())
+}
+
+fn action_rank(a: Action) -> u8 {
+    match a {
+        Action::Stop => 1,
+        Action::DaemonReexec => 2,
+        Action::Reload => 3,
+        Action::Restart => 4,
+        Action::Start => 5,
+        Action::Deferred => 6,
+        Action::NeedsRestart => 7,
+    }
+}
+
+/// The infinitive of a unit action: `restart`, `reload`, …
+pub fn action_word(a: Action) -> &'static str {
+    match a {
+        Action::Stop => "stop",
+        Action::DaemonReexec => "re-execute systemd",
+        Action::Reload => "reload",
+        Action::Restart => "restart",
+        Action::Start => "start",
+        Action::Deferred => "defer (not live)",
+        Action::NeedsRestart => "restart by hand",
+    }
+}
+
+fn done_word(a: Action) -> &'static str {
+    match a {
+        Action::Stop => "stopped",
+        Action::DaemonReexec => "re-executed",
+        Action::Reload => "reloaded",
+        Action::Restart => "restarted",
+        Action::Start => "started",
+        Action::Deferred => "deferred",
+        Action::NeedsRestart => "needs a restart",
     }
 }
 
@@ -177,6 +343,7 @@ mod tests {
             wall_ms: 0,
             waited_ms: 0,
             own_ms: 0,
+            reset: false,
         };
         let phases = vec![
             Phase {
