@@ -7,13 +7,30 @@ mod vm;
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm, GUEST_FASTSWITCH};
+use vm::{
+    fastswitch_json, ostree_stage, ostree_status, Guest, Image, ScenarioResult, Vm,
+    GUEST_FASTSWITCH,
+};
 
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn s3_kernel_change_kexecs_into_the_new_deployment() {
-    let image = Image::get();
-    let mut vm = Vm::boot(&image, "s3-kexec");
+    s3(Guest::Debian12, "s3-kexec");
+}
+
+/// S3 on Debian 13: kernel and initrd come from the /boot partition, and the
+/// cold reboot afterwards goes through OVMF + GRUB.
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s3_debian13_kernel_change_kexecs_into_the_new_deployment() {
+    s3(Guest::Debian13, "s3-kexec-debian13");
+}
+
+fn s3(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("s3", guest);
+    let image = Image::get_guest(guest);
+    let mut vm = Vm::boot(&image, name);
+    result.set("boot", vm.boot_report());
     let old_boot = vm.boot_id();
     ostree_stage(&vm, "test/kernel", "--karg-append=fastswitch.test=1");
 
@@ -167,5 +184,9 @@ fn s3_kernel_change_kexecs_into_the_new_deployment() {
         cold.boot.to_running.as_secs_f64(),
         kexec_total.as_secs_f64() / cold.total.as_secs_f64()
     );
+    result.secs("switch_prepare_s", prepare);
+    result.secs("kexec_total_s", kexec_total);
+    result.secs("cold_reboot_s", cold.total);
+    result.set("cold_reboot_boot", cold.boot.report());
     vm.shutdown();
 }
