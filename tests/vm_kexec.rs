@@ -139,6 +139,16 @@ fn s3(guest: Guest, name: &str) {
     // The same guest through firmware, for comparison.
     let cold = vm.cold_reboot();
     let cold_phases = vm.boot_phases();
+    // The bootloader (the harness, or GRUB reading the grub.cfg ostree regenerated at
+    // finalization) boots the same deployment with the new karg.
+    let deps = ostree_status(&vm);
+    let booted = deps.iter().find(|d| d.booted).expect("booted deployment");
+    assert_eq!(booted.checksum, image.ref_checksum("test/kernel"));
+    let cmdline = vm.exec_ok("cat /proc/cmdline");
+    assert!(
+        cmdline.split_whitespace().any(|a| a == "fastswitch.test=1"),
+        "{cmdline}"
+    );
     let s = |d: Duration| d.as_secs_f64();
     // What the new boot's own clock does not cover: for kexec, the orderly shutdown and the
     // hand-over after the report was written; for the cold path, the shutdown, the harness's
@@ -155,6 +165,13 @@ fn s3(guest: Guest, name: &str) {
         s(kexec_before_kernel),
         s(cold_before_kernel)
     );
+    if let (Some(fw), Some(loader)) = (cold.boot.firmware, cold.boot.loader) {
+        eprintln!(
+            "[s3]   of which cold: firmware (OVMF) {:.1}s, loader (GRUB) {:.1}s",
+            s(fw),
+            s(loader)
+        );
+    }
     eprintln!(
         "[s3] kernel         {:>6.1}s  {:>6.1}s",
         s(kexec_phases.kernel),
