@@ -7,7 +7,10 @@ mod vm;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use vm::{fastswitch_json, install_fastswitch, ostree_stage, ostree_status, Image, Vm};
+use vm::{
+    fastswitch_json, install_fastswitch, ostree_stage, ostree_status, Guest, Image, ScenarioResult,
+    Vm,
+};
 
 const DEMO_UNITS: [&str; 4] = ["demo-hello", "demo-lib", "demo-reload", "demo-other"];
 
@@ -50,8 +53,22 @@ fn service_actions(plan: &Value) -> BTreeMap<String, String> {
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn s1_layered_package_goes_live_then_boots() {
-    let image = Image::get();
-    let mut vm = Vm::boot(&image, "s1-layered");
+    s1(Guest::Debian12, "s1-layered");
+}
+
+/// S1 on Debian 13: the cold reboot goes through OVMF + GRUB, which boots the
+/// entry ostree's finalization wrote to grub.cfg on the /boot partition.
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s1_debian13_layered_package_goes_live_then_boots() {
+    s1(Guest::Debian13, "s1-layered-debian13");
+}
+
+fn s1(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("s1", guest);
+    let image = Image::get_guest(guest);
+    let mut vm = Vm::boot(&image, name);
+    result.set("boot", vm.boot_report());
     install_fastswitch(&vm);
     let boot_id = vm.boot_id();
     ostree_stage(&vm, "test/layered", "");
@@ -116,6 +133,7 @@ fn s1_layered_package_goes_live_then_boots() {
         );
     }
     assert_eq!(report["outcome"], "ok", "{report}");
+    result.secs("apply_live_s", t.elapsed());
     assert_eq!(vm.boot_id(), boot_id, "no reboot");
     // The new binary is there, its config is in /etc, its user exists, and it runs.
     let facts = vm.exec_ok(
@@ -151,6 +169,9 @@ fn s1_layered_package_goes_live_then_boots() {
     // A cold reboot through firmware boots the staged deployment with a consistent /etc.
     let timings = vm.cold_reboot();
     eprintln!("[s1] cold reboot: {timings:?}");
+    result.secs("cold_reboot_s", timings.total);
+    result.secs("cold_reboot_shutdown_s", timings.shutdown);
+    result.set("cold_reboot_boot", timings.boot.report());
     let deps = ostree_status(&vm);
     let booted = deps.iter().find(|d| d.booted).expect("a booted deployment");
     assert_eq!(booted.checksum, image.ref_checksum("test/layered"));

@@ -1,11 +1,18 @@
 //! Scenario S0: the test VM is a real ostree-booted host, its demo fixtures
 //! behave as later scenarios expect, and `fastswitch status --json` agrees
 //! with `ostree admin status`, before and after staging `test/layered`.
+//! It runs on both guests: Debian 12 (the harness boots the BLS entry) and
+//! Debian 13 (OVMF + GRUB, /boot on its own partition).
 
 mod vm;
 
+use std::time::Instant;
+
 use serde_json::Value;
-use vm::{fastswitch_json, ostree_stage, ostree_status, Image, Vm, GUEST_FASTSWITCH};
+use vm::{
+    fastswitch_json, ostree_stage, ostree_status, Guest, Image, ScenarioResult, Vm,
+    GUEST_FASTSWITCH,
+};
 
 /// The deployment objects of `fastswitch status --json` with `key == true`.
 fn marked<'a>(status: &'a Value, key: &str) -> Vec<&'a Value> {
@@ -67,8 +74,74 @@ fn assert_status_matches_ostree(status: &Value, ostree: &[vm::ostree::Deployment
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn s0_ostree_guest_and_status() {
-    let image = Image::get();
-    let mut vm = Vm::boot(&image, "s0");
+    s0(Guest::Debian12, "s0");
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s0_debian13_firmware_grub_separate_boot() {
+    s0(Guest::Debian13, "s0-debian13");
+}
+
+/// Checks only a guest booted by firmware + GRUB with a separate /boot has.
+fn check_firmware_boot_layout(vm: &Vm, image: &Image) {
+    // UEFI boot, and GRUB said so (its bli module sets LoaderInfo)
+    vm.exec_ok("test -d /sys/firmware/efi");
+    let loader = vm.exec_ok(
+        "tr -d '\\0' < /sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f",
+    );
+    assert!(loader.contains("GRUB"), "LoaderInfo: {loader:?}");
+    // /boot and /boot/efi are their own file systems, from the partitions in image.json
+    let mounts = vm.exec_ok("findmnt -no SOURCE,FSTYPE /boot; findmnt -no SOURCE,FSTYPE /boot/efi; findmnt -no SOURCE / | sed 's/\\[.*//'");
+    let mounts: Vec<Vec<&str>> = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let part = |name: &str| {
+        image.manifest["partitions"]
+            .as_array()
+            .expect("image.json: partitions")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("image.json: no partition {name}"))
+            .clone()
+    };
+    let (boot, esp, root) = (part("boot"), part("esp"), part("root"));
+    assert_eq!(
+        mounts[0],
+        [boot["device"].as_str().unwrap(), "ext4"],
+        "{mounts:?}"
+    );
+    assert_eq!(
+        mounts[1],
+        [esp["device"].as_str().unwrap(), "vfat"],
+        "{mounts:?}"
+    );
+    assert_eq!(mounts[2], [root["device"].as_str().unwrap()], "{mounts:?}");
+    let devs = vm.exec_ok("stat -c %d / /boot /sysroot");
+    let devs: Vec<&str> = devs.lines().collect();
+    assert_ne!(devs[0], devs[1], "/ and /boot must be different devices");
+    assert_eq!(devs[0], devs[2], "/ and /sysroot are on the root partition");
+    // The physical sysroot's boot directory is only the mount point: the boot
+    // entries are on the mounted /boot.
+    vm.exec_ok("test -d /boot/loader/entries && test ! -e /sysroot/boot/loader");
+    // GRUB follows ostree's loader/grub.cfg, whose entries ostree maintains
+    let cfg = vm.exec_ok("readlink /boot/loader; grep -c '^menuentry' /boot/loader/grub.cfg");
+    assert!(cfg.starts_with("loader."), "{cfg}");
+}
+
+fn s0(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("s0", guest);
+    let t = Instant::now();
+    let image = Image::get_guest(guest);
+    result.secs("image_s", t.elapsed());
+    let t = Instant::now();
+    let mut vm = Vm::boot(&image, name);
+    result.secs("boot_s", t.elapsed());
+    result.set("boot", vm.boot_report());
+    if guest.firmware_boot() {
+        check_firmware_boot_layout(&vm, &image);
+    }
 
     // --- the guest is ostree-booted from the image's base commit -------------
     vm.exec_ok("test -e /run/ostree-booted");
@@ -161,7 +234,7 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
     }
 
     // --- stage test/layered -----------------------------------------------------
-    ostree_stage(&vm, "test/layered", "");
+    result.secs("stage_s", ostree_stage(&vm, "test/layered", ""));
     let deployments = ostree_status(&vm);
     assert_eq!(deployments.len(), 2, "{deployments:?}");
     let staged: Vec<_> = deployments.iter().filter(|d| d.staged).collect();
@@ -246,5 +319,5 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
     };
     assert_eq!(ours, truth, "fastswitch diff vs ostree diff");
 
-    vm.shutdown();
+    result.secs("poweroff_s", vm.shutdown());
 }

@@ -1,31 +1,73 @@
 #!/bin/bash
-# Build (or reuse) the fastswitch test VM image: an ostree-booted Debian
-# bookworm in a raw ext4 disk image, plus test commits stored as refs in the
-# image's ostree repo.
+# Build (or reuse) a fastswitch test VM image: an ostree-booted Debian guest,
+# plus test commits stored as refs in the image's ostree repo.
 #
-# Usage: vm/build-image.sh            (as root)
+# Usage: vm/build-image.sh [--guest debian12|debian13]     (as root)
+#   debian12 (default)  bookworm in a raw ext4 disk image of the whole sysroot;
+#                       the test harness boots the BLS entry's kernel directly.
+#   debian13            trixie on a GPT disk laid out like real hardware: p1 ESP
+#                       (vfat, GRUB at EFI/BOOT/BOOTX64.EFI), p2 ext4 /boot, p3
+#                       ext4 root (/ostree); booted by OVMF firmware + GRUB,
+#                       which follows ostree's /boot/loader/grub.cfg.
 # Prints the image directory on its last stdout line; all progress and the
 # duration of each phase go to stderr. The directory holds:
-#   disk.img    raw ext4 image of the ostree sysroot (sparse, read-only: copy it)
-#   image.json  kernel version, kargs and the checksum of every ref
+#   disk.img    raw disk image (sparse, read-only: copy it)
+#   image.json  guest, kernel version, kargs, the checksum of every ref and,
+#               for debian13, the partition layout
 #
 # Cache: ${FASTSWITCH_VM_CACHE:-/var/tmp/fastswitch-vm}/<hash>, hash = sha256 of
-# every file under vm/ except *.md. A second run with the same inputs only
-# prints the path. Builds happen in a temp dir renamed at the end, so an
-# interrupted build never leaves a half cache.
+# every file under vm/ except *.md (plus the guest name for debian13). A second
+# run with the same inputs only prints the path. Builds happen in a temp dir
+# renamed at the end, so an interrupted build never leaves a half cache.
 # Env: FASTSWITCH_VM_MIRROR  Debian mirror for mmdebstrap (default: its own,
 #                            deb.debian.org with updates + security)
-#      FASTSWITCH_VM_DISK_SIZE  disk image size (default 3G)
+#      FASTSWITCH_VM_DISK_SIZE  disk image size (default 3G; debian12 only)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${FASTSWITCH_VM_CACHE:-/var/tmp/fastswitch-vm}
+GUEST=debian12
+while [ $# -gt 0 ]; do
+	case $1 in
+	--guest)
+		GUEST=${2:?--guest needs a value}
+		shift 2
+		;;
+	--guest=*)
+		GUEST=${1#--guest=}
+		shift
+		;;
+	*)
+		echo "usage: $0 [--guest debian12|debian13]" >&2
+		exit 2
+		;;
+	esac
+done
 DISK_SIZE=${FASTSWITCH_VM_DISK_SIZE:-3G}
 OS=debian
-BASE_REF=debian/bookworm/x86_64
-KARGS=(root=/dev/vda rw "console=ttyS0,115200" quiet)
-PACKAGES=(systemd-sysv udev dbus ostree ostree-boot linux-image-cloud-amd64 dracut
-	kexec-tools busybox procps e2fsprogs)
+case $GUEST in
+debian12)
+	SUITE=bookworm
+	BASE_REF=debian/bookworm/x86_64
+	KARGS=(root=/dev/vda rw "console=ttyS0,115200" quiet)
+	PACKAGES=(systemd-sysv udev dbus ostree ostree-boot linux-image-cloud-amd64 dracut
+		kexec-tools busybox procps e2fsprogs)
+	;;
+debian13)
+	SUITE=trixie
+	BASE_REF=debian/trixie/x86_64
+	# Partition sizes (MiB) of the GPT disk.
+	ESP_MB=64
+	BOOT_MB=512
+	ROOT_MB=4096
+	PACKAGES=(systemd-sysv udev dbus login passwd ostree ostree-boot linux-image-amd64 dracut
+		kexec-tools busybox procps e2fsprogs dosfstools util-linux grub-efi-amd64)
+	;;
+*)
+	echo "unknown guest $GUEST (debian12 or debian13)" >&2
+	exit 2
+	;;
+esac
 
 log() { echo "[build-image] $*" >&2; }
 die() {
@@ -51,8 +93,12 @@ phase() { # phase NAME: end the current phase (print its duration), start NAME
 
 # ---- inputs hash + cache lookup ---------------------------------------------
 input_hash() {
-	(cd "$HERE" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z |
-		xargs -0 sha256sum) | sha256sum | cut -c1-16
+	{
+		(cd "$HERE" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z |
+			xargs -0 sha256sum)
+		# debian12 keeps the hash it always had; other guests add their name
+		[ "$GUEST" = debian12 ] || echo "guest $GUEST"
+	} | sha256sum | cut -c1-16
 }
 HASH=$(input_hash)
 OUT="$CACHE/$HASH"
@@ -71,9 +117,13 @@ declare -A NEED=(
 	[zstd]=zstd [gcc]=gcc [cpio]=cpio [qemu-system-x86_64]=qemu-system-x86
 	[flock]=util-linux [setpriv]=util-linux
 )
+if [ "$GUEST" = debian13 ]; then
+	NEED+=([sgdisk]=gdisk [mkfs.fat]=dosfstools [mcopy]=mtools)
+	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || NEED+=([/usr/share/OVMF/OVMF_CODE_4M.fd]=ovmf)
+fi
 missing=()
 for cmd in "${!NEED[@]}"; do
-	command -v "$cmd" >/dev/null || missing+=("${NEED[$cmd]}")
+	command -v "$cmd" >/dev/null || [ -e "$cmd" ] || missing+=("${NEED[$cmd]}")
 done
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -114,28 +164,15 @@ W="$CACHE/.build-$HASH.$$"
 trap 'rm_tree "$W"' EXIT
 mkdir -p "$W"
 
-# ---- demo programs, compiled on the host (same glibc as the bookworm guest) ---
-phase "compile demos"
-SRC="$HERE/guest/src"
+# ---- demo programs -------------------------------------------------------------
+# debian12: compiled on the host (the host glibc is the bookworm glibc).
+# debian13: compiled inside the trixie rootfs by an mmdebstrap hook (gcc and
+# libc6-dev installed there, then purged), so they link against trixie's glibc.
 BIN="$W/bin"
-mkdir -p "$BIN/v1" "$BIN/v2"
-cc_demo() { # cc_demo OUT NAME VERSION [extra gcc args...]
-	local out=$1 name=$2 version=$3
-	shift 3
-	gcc -O2 -Wall -Wextra -Werror -o "$out" -DNAME="\"$name\"" -DVERSION="\"$version\"" \
-		"$SRC/demo-service.c" "$@"
-}
-for v in v1 v2; do
-	gcc -O2 -Wall -Wextra -Werror -shared -fPIC -Wl,-soname,libdemo.so -DLIBVERSION="\"$v\"" \
-		-o "$BIN/$v/libdemo.so" "$SRC/libdemo.c"
-done
-gcc -O2 -Wall -Wextra -Werror -o "$BIN/test-agent" "$SRC/test-agent.c"
-cc_demo "$BIN/demo-hello" hello v1
-cc_demo "$BIN/v2/demo-hello" hello v2
-cc_demo "$BIN/demo-reload" reload v1
-cc_demo "$BIN/demo-other" other v1
-cc_demo "$BIN/demo-extra" extra v1
-cc_demo "$BIN/demo-lib" lib v1 -DWITH_LIBDEMO -I"$SRC" -L"$BIN/v1" -ldemo -Wl,-rpath,/usr/lib/demo
+if [ "$GUEST" = debian12 ]; then
+	phase "compile demos"
+	bash "$HERE/guest/compile-demos.sh" "$HERE/guest/src" "$BIN"
+fi
 
 # ---- rootfs ------------------------------------------------------------------
 phase "rootfs (mmdebstrap)"
@@ -147,6 +184,20 @@ includes=$(
 	echo "${PACKAGES[*]}"
 )
 # dracut's config must be in place before the kernel postinst runs dracut.
+hooks=()
+if [ "$GUEST" = debian13 ]; then
+	# Compile the demos in the guest's own userland before customize.sh installs them.
+	# shellcheck disable=SC2016 # $1 is expanded by mmdebstrap's hook shell
+	hooks+=(
+		--customize-hook='chroot "$1" apt-get install -y -q --no-install-recommends gcc libc6-dev'
+		--customize-hook="mkdir -p \"\$1/tmp/demo-src\" && cp -a '$HERE/guest/src/.' '$HERE/guest/compile-demos.sh' \"\$1/tmp/demo-src/\""
+		--customize-hook='chroot "$1" bash /tmp/demo-src/compile-demos.sh /tmp/demo-src /tmp/demo-bin'
+		--customize-hook="cp -a \"\$1/tmp/demo-bin\" '$BIN'"
+		--customize-hook='chroot "$1" apt-get purge -y -q --autoremove gcc libc6-dev && chroot "$1" apt-get clean && rm -rf "$1/tmp/demo-src" "$1/tmp/demo-bin"'
+	)
+	# the host's (Debian 12) keyring holds the trixie keys
+	hooks+=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
+fi
 # shellcheck disable=SC2016 # $1 is expanded by mmdebstrap's hook shell
 mmdebstrap --variant=minbase --include="$includes" \
 	--aptopt='Acquire::Languages "none"' \
@@ -158,12 +209,20 @@ mmdebstrap --variant=minbase --include="$includes" \
 	--setup-hook='mkdir -p "$1/etc/dracut.conf.d"' \
 	--setup-hook="cp '$HERE/guest/dracut-vm.conf' \"\$1/etc/dracut.conf.d/10-vm.conf\"" \
 	--essential-hook='echo "kexec-tools kexec-tools/load_kexec boolean false" | chroot "$1" debconf-set-selections' \
+	"${hooks[@]}" \
 	--customize-hook="'$HERE/guest/customize.sh' \"\$1\" '$BIN'" \
-	bookworm "$ROOTFS" "${mirror[@]}" </dev/null >&2
+	"$SUITE" "$ROOTFS" "${mirror[@]}" </dev/null >&2
 
 # ---- rootfs -> ostree-shaped tree ----------------------------------------------
 phase "ostree tree"
-TREE=$ROOTFS # reshaped in place
+if [ "$GUEST" = debian12 ]; then
+	TREE=$ROOTFS # reshaped in place
+else
+	# debian13 needs the rootfs afterwards (its ostree writes the first GRUB
+	# menu, its grub-mkimage the EFI image): reshape a copy.
+	TREE="$W/tree"
+	cp -a "$ROOTFS" "$TREE"
+fi
 KVER=$(ls "$TREE/usr/lib/modules")
 [ "$(wc -w <<<"$KVER")" = 1 ] || die "expected one kernel, got: $KVER"
 MODDIR="$TREE/usr/lib/modules/$KVER"
@@ -172,6 +231,36 @@ mv "$TREE/boot/initrd.img-$KVER" "$MODDIR/initramfs.img"
 rm -rf "${TREE:?}"/boot/* "${TREE:?}"/vmlinuz* "${TREE:?}"/initrd.img*
 mv "$TREE/etc" "$TREE/usr/etc"
 : >"$TREE/usr/etc/fstab"
+if [ "$GUEST" = debian13 ]; then
+	# Filesystem ids fixed up front (derived from the input hash), so fstab, the
+	# kargs and GRUB's search can be written before the filesystems exist.
+	uuid_of() { # uuid_of SALT
+		printf '%s' "$HASH-$1" | sha256sum |
+			sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12}).*/\1-\2-4\3-8\4-\5/'
+	}
+	BOOT_UUID=$(uuid_of boot)
+	ROOT_UUID=$(uuid_of root)
+	ESP_ID=$(printf '%s' "$HASH-esp" | sha256sum | cut -c1-8 | tr a-f A-F)
+	ESP_UUID="${ESP_ID:0:4}-${ESP_ID:4:4}"
+	KARGS=("root=UUID=$ROOT_UUID" rw "console=ttyS0,115200" quiet)
+	mkdir -p "$TREE/boot/efi"
+	# fsck pass 0: systemd-fsck of /boot costs ~17 s per boot under TCG.
+	cat >"$TREE/usr/etc/fstab" <<-EOF
+		UUID=$BOOT_UUID  /boot      ext4  defaults           0 0
+		UUID=$ESP_UUID   /boot/efi  vfat  umask=0077,nofail  0 0
+	EOF
+	# Only read by grub-mkconfig (ostree runs it on every new bootversion).
+	cat >"$TREE/usr/etc/default/grub" <<-'EOF'
+		GRUB_DEFAULT=0
+		GRUB_TIMEOUT=1
+		GRUB_DISTRIBUTOR=Debian
+		GRUB_CMDLINE_LINUX_DEFAULT=""
+		GRUB_CMDLINE_LINUX=""
+		GRUB_TERMINAL="serial console"
+		GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+		GRUB_DISABLE_OS_PROBER=true
+	EOF
+fi
 # Fixed machine-id (mmdebstrap empties it): otherwise every fresh copy of the
 # image is a systemd "first boot", which is slower. Derived from the input hash.
 printf '%s\n' "$(printf '%s' "$HASH" | sha256sum | cut -c1-32)" >"$TREE/usr/etc/machine-id"
@@ -223,6 +312,12 @@ commit "$BASE_REF" "fastswitch test VM base" --no-xattrs --consume --tree=dir="$
 deploy_kargs=()
 for k in "${KARGS[@]}"; do deploy_kargs+=("--karg=$k"); done
 ostree admin deploy --sysroot="$SYSROOT" --os="$OS" "${deploy_kargs[@]}" "$BASE_REF" >&2
+if [ "$GUEST" = debian13 ]; then
+	# From now on the guest's ostree regenerates the GRUB menu (grub-mkconfig
+	# with 15_ostree) whenever the bootversion changes. Debian's /boot/grub
+	# layout is not auto-detected, so say it.
+	ostree --repo="$REPO" config set sysroot.bootloader grub2
+fi
 
 # ---- test commits: base ref + overlay dir (in the TCG guest a commit takes ~1 min)
 phase "test commits"
@@ -301,12 +396,110 @@ echo "fastswitch test/kernel initramfs" >"$W/icpio/etc/fastswitch-initrd-marker"
 	>>"$o/usr/lib/modules/$KVER/initramfs.img"
 commit test/kernel "new initramfs" --tree=ref="$BASE_REF" --tree=dir="$o"
 
-# ---- manifest + raw ext4 image ------------------------------------------------
-phase "mkfs.ext4"
+# ---- debian13: GRUB menu + EFI image ---------------------------------------------
+if [ "$GUEST" = debian13 ]; then
+	phase "grub"
+	B="$SYSROOT/boot"
+	mkdir -p "$B/grub" "$B/grub2" "$B/efi"
+	cp -r "$ROOTFS/usr/lib/grub/x86_64-efi" "$B/grub/" # for runtime insmod
+	bv=$(readlink "$B/loader")
+	bv=${bv#loader.}
+	# The first menu is what /etc/grub.d/15_ostree emits, made by the guest's
+	# own ostree (the host's is older) against this sysroot; it needs /proc.
+	prep="insmod part_gpt
+insmod ext2
+search --no-floppy --fs-uuid --set=root $BOOT_UUID"
+	cat >"$W/early.cfg" <<-EOF
+		search --no-floppy --fs-uuid --set=root $BOOT_UUID
+		set prefix=(\$root)/grub
+		configfile (\$root)/loader/grub.cfg
+	EOF
+	cp "$W/early.cfg" "$ROOTFS/tmp/early.cfg"
+	mkdir -p "$ROOTFS/mnt/sysroot"
+	{
+		cat <<-'EOF'
+			serial --unit=0 --speed=115200
+			terminal_input serial console
+			terminal_output serial console
+			set timeout=1
+			set default=0
+			function load_video { insmod all_video; }
+		EOF
+		# private mount namespace: the mounts vanish with the process
+		unshare -m --propagation private sh -ec '
+			mount --bind "$2" "$1/mnt/sysroot"
+			mount -t proc proc "$1/proc"
+			chroot "$1" env GRUB2_BOOT_DEVICE_ID="$3" GRUB2_PREPARE_ROOT_CACHE="$4" \
+				_OSTREE_GRUB2_IS_EFI=1 ostree admin instutil grub2-generate --sysroot=/mnt/sysroot "$5"
+		' sh "$ROOTFS" "$SYSROOT" "$BOOT_UUID" "$prep" "$bv"
+	} >"$B/loader.$bv/grub.cfg"
+	grep -q '^menuentry' "$B/loader.$bv/grub.cfg" || die "no menuentry in loader.$bv/grub.cfg"
+	ln -sfn ../loader/grub.cfg "$B/grub2/grub.cfg" # ostree's grub2 layout
+	# Standalone EFI image (not grub-install, which probes the build host's
+	# disks); its embedded config follows ostree's atomically swapped loader link.
+	chroot "$ROOTFS" grub-mkimage -O x86_64-efi -o /tmp/BOOTX64.EFI -p /grub -c /tmp/early.cfg \
+		part_gpt part_msdos fat ext2 normal bli efifwsetup configfile search search_fs_uuid \
+		search_label linux echo serial terminal test ls cat all_video efi_gop gzio loadenv \
+		regexp sleep reboot halt minicmd true probe gettext font gfxterm
+	mv "$ROOTFS/tmp/BOOTX64.EFI" "$W/BOOTX64.EFI"
+fi
+
+# ---- disk image + manifest --------------------------------------------------------
 IMG="$W/image"
 mkdir -p "$IMG"
+extra_json=
+if [ "$GUEST" = debian12 ]; then
+	phase "mkfs.ext4"
+	mkfs.ext4 -q -L ostree-root -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
+		-d "$SYSROOT" "$IMG/disk.img" "$DISK_SIZE" >&2
+else
+	# Partitions are built as files and dd'ed into a GPT image: no loop device, no mount.
+	phase "partitions"
+	P="$W/parts"
+	mkdir -p "$P"
+	mkfs.fat -F 16 -n ESP -i "$ESP_ID" -C "$P/esp.img" $((ESP_MB * 1024)) >/dev/null
+	mmd -i "$P/esp.img" ::/EFI ::/EFI/BOOT
+	mcopy -i "$P/esp.img" "$W/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+	mkfs.ext4 -q -L boot -U "$BOOT_UUID" -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
+		-d "$SYSROOT/boot" "$P/boot.img" "${BOOT_MB}M" >&2
+	# the root partition holds only the /boot mount point
+	mv "$SYSROOT/boot" "$W/boot.part"
+	mkdir "$SYSROOT/boot"
+	mkfs.ext4 -q -L ostree-root -U "$ROOT_UUID" -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
+		-d "$SYSROOT" "$P/root.img" "${ROOT_MB}M" >&2
+	rmdir "$SYSROOT/boot"
+	mv "$W/boot.part" "$SYSROOT/boot"
+	D="$IMG/disk.img"
+	truncate -s $((1 + ESP_MB + BOOT_MB + ROOT_MB + 1))M "$D"
+	# type codes: ESP, XBOOTLDR, Linux x86-64 root
+	sgdisk -n 1:1M:+${ESP_MB}M -t 1:ef00 -c 1:ESP \
+		-n 2:0:+${BOOT_MB}M -t 2:ea00 -c 2:boot \
+		-n 3:0:+${ROOT_MB}M -t 3:8304 -c 3:root "$D" >/dev/null
+	parts=()
+	i=0
+	for p in esp:vfat:"$ESP_UUID":/boot/efi boot:ext4:"$BOOT_UUID":/boot root:ext4:"$ROOT_UUID":/sysroot; do
+		i=$((i + 1))
+		IFS=: read -r name fs uuid mnt <<<"$p"
+		start=$(sgdisk -i "$i" "$D" | awk '/^First sector/{print $3}')
+		end=$(sgdisk -i "$i" "$D" | awk '/^Last sector/{print $3}')
+		dd if="$P/$name.img" of="$D" bs=512 seek="$start" conv=notrunc,sparse status=none
+		parts+=("$(printf '    {"number": %d, "name": "%s", "device": "/dev/vda%d", "fs": "%s", "uuid": "%s", "mount": "%s", "offset": %d, "size": %d}' \
+			"$i" "$name" "$i" "$fs" "$uuid" "$mnt" $((start * 512)) $(((end - start + 1) * 512)))")
+	done
+	rm -rf "$P"
+	extra_json=$(
+		printf '  "firmware": "ovmf",\n  "bootloader": "grub",\n  "partitions": [\n'
+		(
+			IFS=$'\n'
+			echo "${parts[*]}"
+		) | sed '$!s/$/,/'
+		printf '  ],\n'
+	)
+fi
 {
-	printf '{\n  "hash": "%s",\n  "os": "%s",\n  "base_ref": "%s",\n' "$HASH" "$OS" "$BASE_REF"
+	printf '{\n  "hash": "%s",\n  "guest": "%s",\n  "os": "%s",\n  "base_ref": "%s",\n' \
+		"$HASH" "$GUEST" "$OS" "$BASE_REF"
+	[ -z "$extra_json" ] || printf '%s\n' "$extra_json"
 	printf '  "kernel_version": "%s",\n  "disk": "disk.img",\n' "$KVER"
 	printf '  "kargs": [%s],\n' "$(printf '"%s",' "${KARGS[@]}" | sed 's/,$//')"
 	printf '  "refs": {\n'
@@ -318,8 +511,6 @@ mkdir -p "$IMG"
 	done < <(ostree --repo="$REPO" refs | grep -v "^ostree/" | LC_ALL=C sort)
 	printf '\n  },\n  "booted_checksum": "%s"\n}\n' "$(ostree --repo="$REPO" rev-parse "$BASE_REF")"
 } >"$IMG/image.json"
-mkfs.ext4 -q -L ostree-root -m 0 -E lazy_itable_init=0,lazy_journal_init=0 \
-	-d "$SYSROOT" "$IMG/disk.img" "$DISK_SIZE" >&2
 chmod 0444 "$IMG/disk.img"
 
 phase "publish"

@@ -114,7 +114,12 @@ pub fn parse_bls(file: &str, text: &str) -> BlsEntry {
 
 /// All BLS entries of the image, highest `version` (= ostree's default) first.
 pub fn bls_entries(disk: &Path) -> Result<Vec<BlsEntry>, String> {
-    let dir = "/boot/loader/entries";
+    bls_entries_in(disk, "/boot/loader/entries")
+}
+
+/// All BLS entries in `dir` of an ext4 image (for a partition of a disk
+/// image: `disk.img?offset=<bytes>`), highest `version` first.
+pub fn bls_entries_in(disk: &Path, dir: &str) -> Result<Vec<BlsEntry>, String> {
     let mut entries = Vec::new();
     for name in list_dir(disk, dir)? {
         if !name.ends_with(".conf") {

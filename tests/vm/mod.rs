@@ -1,12 +1,19 @@
 //! QEMU test-VM harness for fastswitch scenario tests (`tests/vm_*.rs`).
 //!
-//! The guest is an ostree-booted Debian bookworm built by `vm/build-image.sh`
-//! (cached). Each [`Vm`] boots a private sparse copy of that disk image with
-//! QEMU/TCG. The harness is the bootloader: before every QEMU start it reads
-//! the newest BLS entry from the disk image (debugfs) and boots its
-//! kernel/initrd/options directly. `-no-reboot` turns a guest reboot into a
-//! QEMU exit, so a cold reboot is "QEMU exits, harness re-reads BLS, new QEMU",
-//! while a kexec stays in the same QEMU and is seen as a new boot id.
+//! The guest is an ostree-booted Debian built by `vm/build-image.sh` (cached),
+//! one of two [`Guest`]s. Each [`Vm`] boots a private sparse copy of that disk
+//! image with QEMU/TCG.
+//! - [`Guest::Debian12`] (bookworm, one ext4 disk): the harness is the
+//!   bootloader. Before every QEMU start it reads the newest BLS entry from the
+//!   disk image (debugfs) and boots its kernel/initrd/options directly.
+//! - [`Guest::Debian13`] (trixie, GPT disk with ESP, /boot and root
+//!   partitions): boots like real hardware, OVMF firmware from pflash, then
+//!   GRUB from the ESP, which reads ostree's `/boot/loader/grub.cfg`.
+//!
+//! `-no-reboot` turns a guest reboot into a QEMU exit, so a cold reboot is
+//! "QEMU exits, new QEMU" (through the harness's BLS reading or through
+//! firmware + GRUB), while a kexec stays in the same QEMU and is seen as a new
+//! boot id.
 //!
 //! Commands run through a small agent on a virtio-serial port; the freshly
 //! built fastswitch binary reaches the guest on a second, read-only disk,
@@ -51,6 +58,50 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// OVMF firmware (Debian package `ovmf`) for [`Guest::Debian13`].
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Which guest image a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Guest {
+    /// Debian 12 (bookworm); the harness boots the newest BLS entry directly.
+    Debian12,
+    /// Debian 13 (trixie); GPT disk, separate /boot, OVMF + GRUB.
+    Debian13,
+}
+
+impl Guest {
+    /// `FASTSWITCH_VM_GUEST` (`debian12` or `debian13`), default Debian 12.
+    pub fn from_env() -> Guest {
+        match std::env::var("FASTSWITCH_VM_GUEST") {
+            Err(_) => Guest::Debian12,
+            Ok(v) => Guest::parse(&v)
+                .unwrap_or_else(|| panic!("FASTSWITCH_VM_GUEST={v:?}: debian12 or debian13")),
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Guest> {
+        match name {
+            "" | "debian12" => Some(Guest::Debian12),
+            "debian13" => Some(Guest::Debian13),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Guest::Debian12 => "debian12",
+            Guest::Debian13 => "debian13",
+        }
+    }
+
+    /// Boots through firmware and a bootloader on the disk (no `-kernel`).
+    pub fn firmware_boot(self) -> bool {
+        self == Guest::Debian13
+    }
+}
+
 fn cache_dir() -> PathBuf {
     std::env::var_os("FASTSWITCH_VM_CACHE")
         .map(PathBuf::from)
@@ -73,6 +124,7 @@ fn timing(vm: &str, what: &str, d: Duration) {
 /// The cached guest image built by `vm/build-image.sh`.
 #[derive(Debug, Clone)]
 pub struct Image {
+    pub guest: Guest,
     pub dir: PathBuf,
     pub disk: PathBuf,
     /// `image.json`: kernel_version, kargs, refs (name -> checksum), ...
@@ -80,18 +132,28 @@ pub struct Image {
 }
 
 impl Image {
-    /// Build the image if needed (cached by vm/build-image.sh) and return it.
-    /// Runs the script once per test process.
+    /// The image of the guest chosen by `FASTSWITCH_VM_GUEST` (default Debian 12).
     pub fn get() -> Image {
-        static IMAGE: OnceLock<Image> = OnceLock::new();
-        IMAGE.get_or_init(Image::build).clone()
+        Image::get_guest(Guest::from_env())
     }
 
-    fn build() -> Image {
+    /// Build the image if needed (cached by vm/build-image.sh) and return it.
+    /// Runs the script once per guest and test process.
+    pub fn get_guest(guest: Guest) -> Image {
+        static IMAGES: [OnceLock<Image>; 2] = [OnceLock::new(), OnceLock::new()];
+        let slot = match guest {
+            Guest::Debian12 => &IMAGES[0],
+            Guest::Debian13 => &IMAGES[1],
+        };
+        slot.get_or_init(|| Image::build(guest)).clone()
+    }
+
+    fn build(guest: Guest) -> Image {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/build-image.sh");
         let t = Instant::now();
         let out = Command::new("bash")
             .arg(&script)
+            .args(["--guest", guest.name()])
             .stdin(Stdio::null())
             .stderr(Stdio::inherit())
             .output()
@@ -110,7 +172,11 @@ impl Image {
                 .expect("build-image.sh printed no image path")
                 .trim(),
         );
-        timing("image", "vm/build-image.sh", t.elapsed());
+        timing(
+            "image",
+            &format!("vm/build-image.sh --guest {}", guest.name()),
+            t.elapsed(),
+        );
         let manifest_path = dir.join("image.json");
         let manifest: serde_json::Value = serde_json::from_slice(
             &fs::read(&manifest_path)
@@ -118,7 +184,11 @@ impl Image {
         )
         .unwrap_or_else(|e| panic!("parsing {}: {e}", manifest_path.display()));
         let disk = dir.join(manifest["disk"].as_str().expect("image.json: disk"));
+        if let Some(g) = manifest["guest"].as_str() {
+            assert_eq!(g, guest.name(), "image.json guest of {}", dir.display());
+        }
         Image {
+            guest,
             dir,
             disk,
             manifest,
@@ -146,6 +216,16 @@ impl Image {
             .as_str()
             .expect("image.json: os")
             .to_string()
+    }
+
+    /// Byte offset of a partition (by its name in image.json: esp, boot, root)
+    /// in the disk image; `None` for the unpartitioned Debian 12 image.
+    pub fn partition_offset(&self, name: &str) -> Option<u64> {
+        self.manifest["partitions"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["offset"].as_u64().expect("image.json: partition offset"))
     }
 
     pub fn kernel_version(&self) -> String {
@@ -229,6 +309,26 @@ pub struct BootInfo {
     pub to_agent: Duration,
     /// ... to the end of startup (is-system-running --wait returned).
     pub to_running: Duration,
+    /// Firmware-booted guests, cold boots: QEMU start → OVMF starts the boot
+    /// option (`BdsDxe: starting` on the serial console).
+    pub firmware: Option<Duration>,
+    /// Firmware-booted guests, cold boots: from there to the kernel start
+    /// (host time of the agent greeting minus the guest uptime it reports);
+    /// GRUB, including its 1 s menu timeout and loading kernel + initrd.
+    pub loader: Option<Duration>,
+}
+
+impl BootInfo {
+    /// The figures of this boot, for a scenario's results file.
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "state": self.state,
+            "to_agent_s": secs(self.to_agent),
+            "to_running_s": secs(self.to_running),
+            "firmware_s": self.firmware.map(secs),
+            "loader_s": self.loader.map(secs),
+        })
+    }
 }
 
 /// Phases of the current boot as systemd recorded them (monotonic clock, which starts when the
@@ -268,6 +368,9 @@ struct BootSpec {
 
 pub struct Vm {
     name: String,
+    guest: Guest,
+    /// Where the /boot file system starts in the disk image (Debian 13).
+    boot_offset: Option<u64>,
     opts: VmOptions,
     run_dir: PathBuf,
     disk: PathBuf,
@@ -276,10 +379,19 @@ pub struct Vm {
     qemu_log: PathBuf,
     socket: PathBuf,
     qmp_socket: PathBuf,
+    /// Per-VM copy of the OVMF variable store (firmware-booted guests).
+    ovmf_vars: PathBuf,
+    /// When the current QEMU started, and when its firmware started the boot
+    /// option (watched on the serial log, firmware-booted guests only).
+    launched: Option<Instant>,
+    firmware_done: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     child: Option<Child>,
     agent: Option<Agent>,
     starts: u32,
     restored: bool,
+    /// Figures of the boot this Vm started with: the cold boot, or the restore
+    /// plus the saved guest's cold boot (see [`Vm::boot_report`]).
+    boot_report: serde_json::Value,
     boot_id: String,
     /// BLS entry of the last cold boot.
     entry: disk::BlsEntry,
@@ -306,7 +418,7 @@ impl Vm {
         } else {
             Some(Snapshot::get(image, &opts))
         };
-        let mut vm = Vm::new(base.join(&opts.name), opts, Some(lock));
+        let mut vm = Vm::new(image, base.join(&opts.name), opts, Some(lock));
         let name = vm.name.clone();
         eprintln!(
             "[vm {name}] run dir {} (serial log: {})",
@@ -326,6 +438,10 @@ impl Vm {
                 timing(&name, "bootloader (BLS from image)", bootloader);
                 vm.launch(&spec, "cold boot");
                 let info = vm.wait_boot(None, BOOT_TIMEOUT);
+                vm.boot_report = serde_json::json!({
+                    "restored": false,
+                    "cold_boot": info.report(),
+                });
                 if info.state != "running" {
                     vm.fail(&format!(
                         "fresh guest is not cleanly up: state {:?}, failed units:\n{}",
@@ -337,7 +453,7 @@ impl Vm {
         vm
     }
 
-    fn new(run_dir: PathBuf, opts: VmOptions, lock: Option<File>) -> Vm {
+    fn new(image: &Image, run_dir: PathBuf, opts: VmOptions, lock: Option<File>) -> Vm {
         let name = opts.name.clone();
         if run_dir.exists() {
             fs::remove_dir_all(&run_dir)
@@ -356,8 +472,18 @@ impl Vm {
                 p
             }
         };
+        assert!(
+            !image.guest.firmware_boot() || opts.extra_kargs.is_empty(),
+            "extra_kargs need the harness as bootloader ({} boots through GRUB)",
+            image.guest.name()
+        );
         Vm {
             name: name.clone(),
+            guest: image.guest,
+            boot_offset: image.partition_offset("boot"),
+            ovmf_vars: run_dir.join("OVMF_VARS.fd"),
+            launched: None,
+            firmware_done: Default::default(),
             disk: run_dir.join("disk.img"),
             tools_img: run_dir.join("tools.img"),
             serial_log: run_dir.join("serial.log"),
@@ -370,6 +496,7 @@ impl Vm {
             agent: None,
             starts: 0,
             restored: false,
+            boot_report: serde_json::Value::Null,
             boot_id: String::new(),
             entry: disk::BlsEntry::default(),
             keep: std::env::var_os("FASTSWITCH_VM_KEEP").is_some(),
@@ -404,9 +531,27 @@ impl Vm {
     }
 
     /// Act as the bootloader: replay the journal, read the newest BLS entry
-    /// from the disk image and extract its kernel and initrd.
+    /// from the disk image and extract its kernel and initrd. For a
+    /// firmware-booted guest only read the newest BLS entry on the /boot
+    /// partition as it is on disk (no journal replay: GRUB does not replay it
+    /// either), for the logs; GRUB picks what it boots from its grub.cfg.
     fn bootloader(&self) -> (BootSpec, Duration) {
         let t = Instant::now();
+        if self.guest.firmware_boot() {
+            let offset = self.boot_offset.expect("image.json: no boot partition");
+            let dev = PathBuf::from(format!("{}?offset={offset}", self.disk.display()));
+            let entry = disk::bls_entries_in(&dev, "/loader/entries")
+                .map(|mut v| v.remove(0))
+                .unwrap_or_else(|e| self.fail(&format!("reading BLS entries: {e}")));
+            let spec = BootSpec {
+                kernel: PathBuf::new(),
+                initrd: PathBuf::new(),
+                append: String::new(),
+                entry,
+                incoming: None,
+            };
+            return (spec, t.elapsed());
+        }
         let entry = disk::replay_journal(&self.disk)
             .and_then(|()| disk::bls_entries(&self.disk))
             .map(|mut v| v.remove(0))
@@ -445,6 +590,7 @@ impl Vm {
         )
         .expect("writing serial log");
         drop(serial);
+        let serial_len = fs::metadata(&self.serial_log).map_or(0, |m| m.len());
         eprintln!(
             "[vm {}] {why}: {} ({})",
             self.name, spec.entry.file, spec.entry.title
@@ -498,13 +644,34 @@ impl Vm {
             .arg(format!(
                 "unix:{},server=on,wait=off",
                 self.qmp_socket.display()
-            ))
-            .arg("-kernel")
-            .arg(&spec.kernel)
-            .arg("-initrd")
-            .arg(&spec.initrd)
-            .arg("-append")
-            .arg(&spec.append);
+            ));
+        if self.guest.firmware_boot() {
+            // Like real hardware: firmware from flash, then GRUB from the ESP.
+            if !self.ovmf_vars.exists() {
+                fs::copy(OVMF_VARS, &self.ovmf_vars)
+                    .unwrap_or_else(|e| self.fail(&format!("copying {OVMF_VARS}: {e}")));
+            }
+            cmd.args(["-machine", "q35"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    self.ovmf_vars.display()
+                ));
+            if spec.incoming.is_none() {
+                self.watch_firmware(serial_len);
+            }
+        } else {
+            cmd.arg("-kernel")
+                .arg(&spec.kernel)
+                .arg("-initrd")
+                .arg(&spec.initrd)
+                .arg("-append")
+                .arg(&spec.append);
+        }
         if let Some(state) = &spec.incoming {
             cmd.arg("-incoming")
                 .arg(format!("exec:zstd -d -q -c '{}'", state.display()));
@@ -515,6 +682,7 @@ impl Vm {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| self.fail(&format!("starting QEMU: {e}")));
+        self.launched = Some(Instant::now());
         self.child = Some(child);
         self.entry = spec.entry.clone();
 
@@ -538,6 +706,31 @@ impl Vm {
         self.agent = Some(Agent::new(stream).expect("agent reader thread"));
     }
 
+    /// Note when the firmware starts the boot option (`BdsDxe: starting` on
+    /// the serial console, after byte `from` of the serial log).
+    fn watch_firmware(&mut self, from: u64) {
+        let done = std::sync::Arc::new(std::sync::Mutex::new(None));
+        self.firmware_done = done.clone();
+        let log = self.serial_log.clone();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        std::thread::spawn(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut seen = Vec::new();
+            while Instant::now() < deadline {
+                if let Ok(mut f) = File::open(&log) {
+                    if f.seek(SeekFrom::Start(from + seen.len() as u64)).is_ok() {
+                        let _ = f.read_to_end(&mut seen);
+                    }
+                }
+                if seen.windows(18).any(|w| w == b"BdsDxe: starting B") {
+                    *done.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+
     fn qmp(&self) -> Qmp {
         Qmp::connect(&self.qmp_socket, Duration::from_secs(20))
             .unwrap_or_else(|e| self.fail(&format!("QMP: {e}")))
@@ -546,6 +739,11 @@ impl Vm {
     /// Restore the saved booted guest: QEMU loads the state, then runs on.
     fn restore(&mut self, snap: &Snapshot) {
         let t = Instant::now();
+        if self.guest.firmware_boot() {
+            // the flash contents must be those the saved guest ran with
+            fs::copy(snap.dir.join("OVMF_VARS.fd"), &self.ovmf_vars)
+                .unwrap_or_else(|e| self.fail(&format!("saved OVMF_VARS.fd: {e}")));
+        }
         let spec = BootSpec {
             kernel: snap.dir.join("boot/vmlinuz"),
             initrd: snap.dir.join("boot/initrd"),
@@ -575,6 +773,11 @@ impl Vm {
         }
         self.mount_tools();
         self.restored = true;
+        self.boot_report = serde_json::json!({
+            "restored": true,
+            "restore_s": t.elapsed().as_secs_f64(),
+            "saved_guest_cold_boot": snap.meta["cold_boot"].clone(),
+        });
         timing(&self.name, "restore saved guest", t.elapsed());
     }
 
@@ -600,6 +803,23 @@ impl Vm {
             .unwrap_or_else(|e| self.fail(&format!("waiting for the guest to boot: {e}")));
         let to_agent = t0.elapsed();
         self.boot_id = ready.boot_id.clone();
+        let (mut firmware, mut loader) = (None, None);
+        // take(): one measurement per QEMU start (a kexec later is not firmware)
+        let fw_done = self.firmware_done.lock().unwrap().take();
+        if let (true, Some(launched), Some(fw)) =
+            (self.guest.firmware_boot(), self.launched, fw_done)
+        {
+            let kernel_start = ready
+                .at
+                .checked_sub(Duration::from_secs_f64(ready.uptime))
+                .unwrap_or(fw);
+            if kernel_start > fw && fw > launched {
+                firmware = Some(fw - launched);
+                loader = Some(kernel_start - fw);
+                timing(&self.name, "boot: firmware (OVMF)", fw - launched);
+                timing(&self.name, "boot: loader (GRUB)", kernel_start - fw);
+            }
+        }
         let left = timeout
             .saturating_sub(t0.elapsed())
             .max(Duration::from_secs(30));
@@ -640,6 +860,8 @@ impl Vm {
             failed_units,
             to_agent,
             to_running,
+            firmware,
+            loader,
         }
     }
 
@@ -740,6 +962,17 @@ impl Vm {
     /// Boot id of the current boot.
     pub fn boot_id(&self) -> String {
         self.boot_id.clone()
+    }
+
+    /// How this Vm came up: `{"restored": false, "cold_boot": {...}}` or
+    /// `{"restored": true, "restore_s": .., "saved_guest_cold_boot": {...}}`
+    /// (see [`BootInfo::report`]).
+    pub fn boot_report(&self) -> serde_json::Value {
+        self.boot_report.clone()
+    }
+
+    pub fn guest(&self) -> Guest {
+        self.guest
     }
 
     /// Whether [`Vm::boot`] restored the saved guest (rather than a cold boot).
@@ -894,6 +1127,7 @@ impl Drop for Vm {
 /// and the boot's kernel/initrd/kargs. The cold-boot path is still exercised
 /// by making the snapshot and by every [`Vm::cold_reboot`].
 struct Snapshot {
+    meta: serde_json::Value,
     dir: PathBuf,
     disk: PathBuf,
     state: PathBuf,
@@ -925,6 +1159,7 @@ impl Snapshot {
                 .ok_or_else(|| format!("meta.json: no {k}"))
         };
         Ok(Snapshot {
+            meta: meta.clone(),
             dir: dir.to_path_buf(),
             disk: dir.join("disk.img"),
             state: dir.join("state.zst"),
@@ -947,7 +1182,7 @@ impl Snapshot {
             image.dir.display(),
             dir.display()
         );
-        let mut vm = Vm::new(tmp.clone(), snap_opts, None);
+        let mut vm = Vm::new(image, tmp.clone(), snap_opts, None);
         vm.keep = true; // the directory becomes the snapshot
         vm.copy_disk(&image.disk);
         let f = File::create(&vm.tools_img).expect("tools disk");
@@ -993,6 +1228,7 @@ impl Snapshot {
                 spec.entry.initrd, spec.entry.options
             ),
             "cold_boot_to_running_s": info.to_running.as_secs_f64(),
+            "cold_boot": info.report(),
         });
         fs::write(tmp.join("meta.json"), format!("{meta:#}\n")).expect("meta.json");
         let _ = fs::remove_file(&vm.tools_img);
@@ -1083,4 +1319,65 @@ pub fn ostree_stage(vm: &Vm, refspec: &str, extra_args: &str) -> Duration {
         d,
     );
     d
+}
+
+/// The results file of one VM scenario on one guest,
+/// `target/vm-results/<scenario>-<guest>.json`:
+/// `{"scenario", "guest", "pass", "wall_s", ...figures}`. Written when dropped;
+/// `pass` is false when the test is panicking.
+pub struct ScenarioResult {
+    scenario: String,
+    guest: Guest,
+    t0: Instant,
+    figures: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ScenarioResult {
+    pub fn new(scenario: &str, guest: Guest) -> ScenarioResult {
+        ScenarioResult {
+            scenario: scenario.to_string(),
+            guest,
+            t0: Instant::now(),
+            figures: serde_json::Map::new(),
+        }
+    }
+
+    /// Add (or replace) one figure.
+    pub fn set(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.figures.insert(key.to_string(), value.into());
+    }
+
+    /// Add a duration, in seconds.
+    pub fn secs(&mut self, key: &str, d: Duration) {
+        self.set(key, secs(d));
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target dir")
+            .join("vm-results")
+            .join(format!("{}-{}.json", self.scenario, self.guest.name()))
+    }
+}
+
+impl Drop for ScenarioResult {
+    fn drop(&mut self) {
+        let mut out = serde_json::Map::new();
+        out.insert("scenario".into(), self.scenario.clone().into());
+        out.insert("guest".into(), self.guest.name().into());
+        out.insert("pass".into(), (!std::thread::panicking()).into());
+        out.insert("wall_s".into(), secs(self.t0.elapsed()).into());
+        out.extend(std::mem::take(&mut self.figures));
+        let path = self.path();
+        let text = format!("{:#}\n", serde_json::Value::Object(out));
+        let written = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::write(&path, text));
+        match written {
+            Ok(()) => eprintln!("[vm results] {}", path.display()),
+            Err(e) => eprintln!("[vm results] writing {}: {e}", path.display()),
+        }
+    }
 }
