@@ -460,3 +460,47 @@ fn tpm2_unlocked_volume_needs_an_explicit_kexec() {
     assert_eq!(code, Some(6), "{err}");
     assert!(err.contains("switch") && err.contains(": kexec"), "{err}");
 }
+
+/// `--json` output is JSON on every path, "nothing to do" included.
+#[test]
+fn nothing_to_do_is_json_too() {
+    let s = Sysroot::new();
+    s.os_init("fx");
+    let t1 = Tree::minimal("6.1.0-test");
+    let c1 = s.commit("fx/v1", &t1);
+    s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
+    let booted = s.json(&["status"])["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.mark_booted("fx", &booted);
+    s.stage("fx", &c1, "fx/v1", None);
+    let root = s.deploy_dir("fx", &booted);
+    for args in [
+        &["kexec", "--dry-run", "--json"][..],
+        &["switch", "--dry-run", "--json"],
+        &["apply-live", "--dry-run", "--no-services", "--json"],
+    ] {
+        let out = s
+            .fastswitch()
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        assert_eq!(v["decision"]["kind"], "none", "{args:?}: {v}");
+        assert!(v["steps"].as_array().unwrap().is_empty(), "{args:?}: {v}");
+    }
+}

@@ -922,12 +922,17 @@ pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> 
     let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
     let d = diff::diff_deployments(from, to)?;
     if d.decision.kind == DecisionKind::None {
-        writeln!(
-            o.out,
-            "nothing to do: {} and {} are identical",
-            short(&from.id),
-            short(&to.id)
-        )?;
+        if o.json {
+            // The plan of nothing: no steps, the decision says why.
+            o.json_value(&plan::kexec_plan(&d, None, opts.load_only, &[], false))?;
+        } else {
+            writeln!(
+                o.out,
+                "nothing to do: {} and {} are identical",
+                short(&from.id),
+                short(&to.id)
+            )?;
+        }
         return Ok(ExitCode::NothingToDo);
     }
     run_kexec(
