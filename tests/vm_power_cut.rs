@@ -89,11 +89,7 @@ fn power_cut_during_apply_live_boots_the_old_deployment_with_its_etc() {
         vm.exec_ok("test -e /var/lib/fastswitch/state.json && test -e /etc/demo/extra.conf");
 
         let boot = vm.power_cut();
-        assert_eq!(
-            boot.state, "running",
-            "{point}: failed units after the power cut:\n{}",
-            boot.failed_units
-        );
+        assert_running(&boot, point);
         let serial = std::fs::read_to_string(vm.serial_log()).unwrap_or_default();
         assert!(
             !serial.contains("Ordering cycle"),
@@ -211,7 +207,7 @@ fn kexec_preparation_killed_then_power_cut_boots_the_finalized_deployment() {
     // boot is the new one, with ostree's merged /etc and no fastswitch state in /run.
     run_until_stopped(&vm, "kexec_load:before", "kexec --load-only --json");
     let boot = vm.power_cut();
-    assert_eq!(boot.state, "running", "{}", boot.failed_units);
+    assert_running(&boot, "kexec_load:before");
     assert_eq!(booted_checksum(&vm), image.ref_checksum("test/kernel"));
     vm.exec_ok("set -e; test ! -e /run/fastswitch/state.json; test -e /etc/systemd/system/fastswitch-recover.service; test ! -e /var/lib/fastswitch/state.json");
     let unit = vm.exec_ok("systemctl show -P ActiveState fastswitch-recover");
@@ -221,4 +217,29 @@ fn kexec_preparation_killed_then_power_cut_boots_the_finalized_deployment() {
         "no record, so the unit's condition skipped it"
     );
     vm.shutdown();
+}
+
+/// The system came up `running` after the power cut. One exception, the harness's own unit:
+/// `boot-marker.service` writes a line to ttyS0 for the harness, and after a power cut the getty
+/// on that line can hang it up under the write (seen once in about ten cuts); that says nothing
+/// about what the power cut did to the system under test, so a `degraded` state whose only
+/// failed unit is the marker passes, and is reported.
+fn assert_running(boot: &vm::BootInfo, point: &str) {
+    if boot.state == "running" {
+        return;
+    }
+    let failed: Vec<&str> = boot
+        .failed_units
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|u| u.contains('.') && !u.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    if boot.state == "degraded" && failed == ["boot-marker.service"] {
+        eprintln!("[power-cut] {point}: only the harness's boot-marker.service failed (serial line hung up); the system under test is running");
+        return;
+    }
+    panic!(
+        "{point}: state {} after the power cut; failed units and jobs:\n{}",
+        boot.state, boot.failed_units
+    );
 }
