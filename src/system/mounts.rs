@@ -59,15 +59,9 @@ fn open_tree_clone(source: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH, {attr_set: MOUNT_ATTR_RDONLY})`.
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, attr)` on a detached clone of `what`.
 #[allow(unsafe_code)]
-fn set_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+fn mount_setattr(fd: &OwnedFd, attr: &MountAttr, name: &str, what: &Path) -> Result<()> {
     // SAFETY: the empty path literal is NUL-terminated, attr lives across the call and its size
     // is passed; fd is a valid descriptor.
     let r = unsafe {
@@ -76,17 +70,28 @@ fn set_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             AT_EMPTY_PATH,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if r < 0 {
         return Err(last_err(
-            "mount_setattr(MOUNT_ATTR_RDONLY) on the clone of",
+            &format!("mount_setattr({name}) on the clone of"),
             what,
         ));
     }
     Ok(())
+}
+
+/// Make a detached clone read-only (`MOUNT_ATTR_RDONLY`).
+fn set_readonly(fd: &OwnedFd, what: &Path) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    mount_setattr(fd, &attr, "MOUNT_ATTR_RDONLY", what)
 }
 
 /// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`.
@@ -123,9 +128,8 @@ fn move_mount_flags(
 
 const MS_PRIVATE: u64 = 1 << 18;
 
-/// `mount_setattr(fd, "", AT_EMPTY_PATH, {propagation: MS_PRIVATE})` on a detached clone, so it
-/// joins no peer group when attached: submounts made below it never propagate back.
-#[allow(unsafe_code)]
+/// Make a detached clone private (`MS_PRIVATE`), so it joins no peer group when attached:
+/// submounts made below it never propagate back.
 fn set_private(fd: &OwnedFd, what: &Path) -> Result<()> {
     let attr = MountAttr {
         attr_set: 0,
@@ -133,21 +137,7 @@ fn set_private(fd: &OwnedFd, what: &Path) -> Result<()> {
         propagation: MS_PRIVATE,
         userns_fd: 0,
     };
-    // SAFETY: as in set_readonly.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(last_err("mount_setattr(MS_PRIVATE) on the clone of", what));
-    }
-    Ok(())
+    mount_setattr(fd, &attr, "MS_PRIVATE", what)
 }
 
 /// A private, detached clone of `source` attached at `target`, read-only if asked.
