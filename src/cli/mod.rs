@@ -7,13 +7,14 @@ use crate::exit::{exit_codes_help, ExitCode};
 use crate::status;
 
 mod docs;
+mod render;
 mod switch;
 mod verbs;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+pub use render::write_plan_human;
 use std::io::Write;
 use std::path::PathBuf;
-pub use verbs::write_plan_human;
 
 /// Switch an ostree host to its staged deployment without a firmware reboot.
 ///

@@ -1,8 +1,12 @@
 //! `fastswitch switch`: gather the facts the ladder needs, let [`ladder::choose`] pick the rung,
 //! and carry that rung out (or print its plan with `--dry-run`).
 
-use super::verbs::{booted_host, plan_services, print_plan, progress, run_kexec, short, KexecMode};
-use super::{ApplyLiveOpts, Output, PairOpts, ServiceOpts, SwitchOpts};
+use super::render::{print_plan, short};
+use super::verbs::{
+    booted_host, live_target, plan_services, preflight, progress, run_kexec, run_live, KexecMode,
+    LiveRun,
+};
+use super::{Output, ServiceOpts, SwitchOpts};
 use crate::diff::{self, DeploymentDiff};
 use crate::discover::{Host, HostPaths};
 use crate::exec::journal::Journal;
@@ -12,22 +16,28 @@ use crate::plan::preconditions::{self, HostBlocker};
 use crate::plan::{self, Plan};
 use crate::services::{Action, DeferWhy, Reason, ServiceAction};
 use crate::system::systemd::{self, Systemd};
-use crate::system::{lock, mounts, privileges};
+use crate::system::{mounts, privileges};
 use anyhow::{Context, Result};
 use std::path::Path;
 
 pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
-    // setns needs a single-threaded process: enter PID 1's namespace before the diff spawns
-    // worker threads (apply-live and the soft reboot's /run/nextroot need it).
-    if !opts.dry_run
-        && paths.root == Path::new("/")
-        && nix::unistd::geteuid().is_root()
-        && mounts::enter_pid1_mount_namespace(Path::new("/proc"))?
-    {
-        progress("entered PID 1's mount namespace");
-    }
+    let started = std::time::Instant::now();
+    // Before the diff spawns worker threads. Each rung checks its own capabilities before its
+    // first change; without root there is nothing to lock (every rung that changes something
+    // is refused for lack of them).
+    let _lock = if !opts.dry_run && nix::unistd::geteuid().is_root() {
+        Some(preflight(paths, &[])?)
+    } else {
+        None
+    };
     let host = booted_host(paths)?;
-    let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
+    let journal = Journal::for_host(paths)?;
+    let (from, to) = diff::select_running_pair(
+        &host,
+        live_target(&journal)?.as_deref(),
+        None,
+        opts.to.as_deref(),
+    )?;
     let host_states = preconditions::blockers(&host, from, to);
     let locked = preconditions::blocking(&host_states, Rung::Kexec, opts.unlock);
     if !locked.is_empty() {
@@ -79,7 +89,15 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
     match rung {
         Rung::None => {
             if o.json {
-                let mut p = plan::live_plan(&d, &live_inputs(paths, vec![], &host_states, false));
+                let mut p = plan::live_plan(
+                    &d,
+                    &plan::LiveInputs {
+                        root: paths.root.clone(),
+                        services: Some(vec![]),
+                        host_states: host_states.clone(),
+                        unlock_finalization: false,
+                    },
+                );
                 p.ladder = Some(ladder);
                 o.json_value(&p)?;
             } else {
@@ -93,24 +111,19 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
             Ok(ExitCode::NothingToDo)
         }
         Rung::Live => {
-            if opts.dry_run {
-                let mut p =
-                    plan::live_plan(&d, &live_inputs(paths, services, &host_states, opts.unlock));
-                p.ladder = Some(ladder);
-                print_plan(o, &p)?;
-                return Ok(ExitCode::Ok);
+            if !opts.dry_run {
+                crate::exec::live::check_can_apply(&journal)?;
             }
-            drop(sd);
-            let live = ApplyLiveOpts {
-                dry_run: false,
+            let run = LiveRun {
+                host: &host,
+                d: &d,
+                host_states,
+                services: (!opts.services.no_services).then_some(services),
+                ladder: Some(ladder),
+                dry_run: opts.dry_run,
                 unlock: opts.unlock,
-                pair: PairOpts {
-                    from: None,
-                    to: opts.to.clone(),
-                },
-                services: opts.services.clone(),
             };
-            super::verbs::apply_live(paths, &live, o)
+            run_live(paths, run, sd_ref, (started, Vec::new()), o)
         }
         Rung::SoftReboot => {
             let sd = sd.context("a soft reboot needs systemd on the system bus")?;
@@ -156,20 +169,6 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
                 .context("starting reboot.target")?;
             Ok(ExitCode::RebootNeeded)
         }
-    }
-}
-
-fn live_inputs(
-    paths: &HostPaths,
-    services: Vec<ServiceAction>,
-    host_states: &[HostBlocker],
-    unlock: bool,
-) -> plan::LiveInputs {
-    plan::LiveInputs {
-        root: paths.root.clone(),
-        services,
-        host_states: host_states.to_vec(),
-        unlock_finalization: unlock,
     }
 }
 
@@ -219,7 +218,7 @@ fn ladder_inputs(
     let mut services = Vec::new();
     match sd {
         Some(sd) if live_otherwise_possible && !sopts.no_services => {
-            services = plan_services(d, sopts, Some(sd), &mut Vec::new())?;
+            services = plan_services(d, &sopts.include, sd, &mut Vec::new())?;
             for a in &services {
                 match a.action {
                     Action::Deferred => i.deferred_units.push(deferred_text(a)),
@@ -319,7 +318,6 @@ fn soft_reboot(
         caps::Capability::CAP_SYS_ADMIN,
         "mount the target at /run/nextroot",
     )])?;
-    let _lock = lock::acquire(&Journal::for_host(paths)?.dir)?;
     let real_mounts = mounts::RealMounts;
     let loader = crate::system::kexec::RealKexec::default();
     let mut prog = progress;

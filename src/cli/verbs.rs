@@ -1,6 +1,7 @@
 //! The verbs behind the CLI: each one is discover → diff → plan → (execute) → report, with the
 //! side-effect implementations chosen here and passed down explicitly.
 
+use super::render::{print_plan, short, write_diff_human};
 use super::{ApplyLiveOpts, Output, PairOpts, ResetOpts, ServiceOpts};
 use crate::diff::{self, DecisionKind, DeploymentDiff};
 use crate::discover::{self, Host, HostPaths};
@@ -8,13 +9,12 @@ use crate::exec::journal::Journal;
 use crate::exec::live::{self, LiveEnv};
 use crate::exec::report::Phase;
 use crate::exit::{refuse, ExitCode};
+use crate::plan;
 use crate::plan::ladder::Rung;
 use crate::plan::preconditions;
-use crate::plan::{self, Plan, Step};
 use crate::services;
 use crate::system::{lock, mounts, privileges, systemd};
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -120,195 +120,6 @@ pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecStatus> {
         .map(|loaded| crate::status::KexecStatus { loaded })
 }
 
-pub(super) fn short(id: &str) -> String {
-    crate::exec::report::short(id)
-}
-
-fn write_diff_human(out: &mut dyn Write, d: &DeploymentDiff) -> std::io::Result<()> {
-    writeln!(out, "from {} ({})", short(&d.from.id), d.from.stateroot)?;
-    writeln!(
-        out,
-        "to   {} ({}){}",
-        short(&d.to.id),
-        d.to.stateroot,
-        if d.to.staged { " staged" } else { "" }
-    )?;
-    writeln!(out, "decision: {}", decision_words(d.decision.kind))?;
-    for r in &d.decision.reasons {
-        writeln!(out, "  - {r}")?;
-    }
-    let c = &d.usr.counts;
-    writeln!(
-        out,
-        "/usr: {} added, {} removed, {} modified",
-        c.added, c.removed, c.modified
-    )?;
-    const MAX: usize = 40;
-    for e in d.usr.entries.iter().take(MAX) {
-        let letter = match e.change {
-            diff::usr::Change::Added => 'A',
-            diff::usr::Change::Removed => 'D',
-            diff::usr::Change::Modified => 'M',
-        };
-        writeln!(out, "  {letter} {}", e.path)?;
-    }
-    if d.usr.entries.len() > MAX {
-        writeln!(out, "  … {} more (see --json)", d.usr.entries.len() - MAX)?;
-    }
-    if !d.outside_usr.is_empty() {
-        writeln!(out, "outside /usr:")?;
-        for c in &d.outside_usr {
-            let letter = match c.change {
-                diff::usr::Change::Added => 'A',
-                diff::usr::Change::Removed => 'D',
-                diff::usr::Change::Modified => 'M',
-            };
-            writeln!(out, "  {letter} {}", c.path)?;
-        }
-    }
-    if !d.etc.actions.is_empty() {
-        writeln!(out, "/etc: {}", etc_counts(&d.etc.actions))?;
-        for a in &d.etc.actions {
-            writeln!(out, "  {:<22} {}", etc_action_words(a.action), a.path)?;
-        }
-    }
-    if !d.units.is_empty() {
-        writeln!(out, "units: {} changed", d.units.len())?;
-        for u in &d.units {
-            writeln!(out, "  {} {}", u.unit, unit_change_words(&u.change))?;
-        }
-    }
-    Ok(())
-}
-
-/// The decision in words.
-pub(super) fn decision_words(k: DecisionKind) -> &'static str {
-    match k {
-        DecisionKind::None => "nothing to do (the trees are the same)",
-        DecisionKind::Live => "live (apply-live can switch without a reboot)",
-        DecisionKind::Kexec => "kexec (the kernel changed: a new kernel must boot)",
-    }
-}
-
-/// The verb as typed on the command line.
-pub(super) fn verb_words(v: plan::Verb) -> &'static str {
-    match v {
-        plan::Verb::ApplyLive => "apply-live",
-        plan::Verb::Kexec => "kexec",
-        plan::Verb::SoftReboot => "soft-reboot",
-        plan::Verb::Switch => "switch",
-    }
-}
-
-/// Whether a merge action writes the live `/etc` (and is backed up for `reset`).
-fn etc_writes(a: diff::etc::EtcActionKind) -> bool {
-    use diff::etc::EtcActionKind as K;
-    matches!(a, K::Add | K::TakeNewDefault | K::Remove)
-}
-
-/// `N to change, M kept as they are`: the same split in `diff`, the plan and the report.
-fn etc_counts(actions: &[diff::etc::EtcAction]) -> String {
-    let change = actions.iter().filter(|a| etc_writes(a.action)).count();
-    format!(
-        "{change} path(s) to change, {} kept as they are",
-        actions.len() - change
-    )
-}
-
-/// An /etc merge action in words.
-pub(super) fn etc_action_words(a: diff::etc::EtcActionKind) -> &'static str {
-    use diff::etc::EtcActionKind as K;
-    match a {
-        K::Add => "add",
-        K::TakeNewDefault => "take the new default",
-        K::Remove => "remove",
-        K::KeepLocal => "keep your edit",
-        K::KeepLocalOnly => "keep your file",
-        K::KeepRemoved => "keep it removed",
-    }
-}
-
-/// `[Service] ExecStart= changed`.
-fn key_words(k: &crate::units::compare::KeyChange) -> String {
-    use crate::units::compare::Change;
-    let what = match k.change {
-        Change::Added => "added",
-        Change::Removed => "removed",
-        Change::Modified => "changed",
-    };
-    match &k.key {
-        Some(key) => format!("[{}] {key}= {what}", k.section),
-        None => format!("[{}] {what}", k.section),
-    }
-}
-
-/// Why a unit is acted on, in words.
-fn reason_words(r: &services::Reason) -> String {
-    use services::Reason as R;
-    let p = |p: &std::path::Path| p.display().to_string();
-    match r {
-        R::UnitFileChanged { unit, .. } => format!("{unit} changed"),
-        R::UnitRemoved { masked: true, .. } => "masked in the target".into(),
-        R::UnitRemoved { .. } => "removed from the target".into(),
-        R::NewlyEnabled { by } => format!("newly wanted by {by}"),
-        R::StaleExe { pid, path } => format!("pid {pid} runs the replaced {}", p(path)),
-        R::StaleMapping { pid, path } => format!("pid {pid} maps the replaced {}", p(path)),
-        R::StaleScript { pid, path } => {
-            format!("pid {pid} runs the replaced script {}", p(path))
-        }
-        R::SocketActivates { service } => format!("restarted for {service}"),
-        R::ActivatedBySocket { socket } => format!("{socket} starts it again on demand"),
-        R::SocketRestarted { socket } => format!("it holds {socket}, which is restarted"),
-        R::Deferred { why } => {
-            use services::DeferWhy as W;
-            match why {
-                W::Protected { class } => format!("never restarted live: {class}"),
-                W::RefuseManualStop => "RefuseManualStop=yes".into(),
-                W::RefuseManualStart => "RefuseManualStart=yes".into(),
-                W::RestartIfChangedOff => "X-RestartIfChanged=no".into(),
-                W::OnlyManualStart => "X-OnlyManualStart=yes".into(),
-                W::StopOnRemovalOff => "X-StopOnRemoval=no".into(),
-                W::PerConnectionInstance => {
-                    "a per-connection instance: new connections get the new code".into()
-                }
-            }
-        }
-    }
-}
-
-/// A unit-file change in words.
-pub(super) fn unit_change_words(c: &crate::units::diff::UnitChange) -> String {
-    use crate::units::diff::{Dependency, UnitChange};
-    let dep = |d: &Dependency| match d {
-        Dependency::Wants => "wants",
-        Dependency::Requires => "requires",
-        Dependency::Upholds => "upholds",
-    };
-    match c {
-        UnitChange::Added => "added".into(),
-        UnitChange::Removed { masked: true } => "masked".into(),
-        UnitChange::Removed { masked: false } => "removed".into(),
-        UnitChange::Modified { comparison } => {
-            use crate::units::compare::UnitComparison as C;
-            match comparison {
-                C::Equal => "changed (nothing that needs a restart)".into(),
-                C::NeedsRestart { reason } => {
-                    format!("changed ({}): needs a restart", key_words(reason))
-                }
-                C::NeedsReload { reason } => {
-                    format!("changed ({}): a reload is enough", key_words(reason))
-                }
-            }
-        }
-        UnitChange::Enabled { by, dependency } => {
-            format!("enabled: {by} now {} it", dep(dependency))
-        }
-        UnitChange::Disabled { by, dependency } => {
-            format!("disabled: {by} no longer {} it", dep(dependency))
-        }
-    }
-}
-
 pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let host = discover::load(paths)?;
     let (from, to) = diff::select_pair(&host, pair.from.as_deref(), pair.to.as_deref())?;
@@ -345,200 +156,47 @@ pub(super) fn progress(msg: &str) {
     eprintln!("fastswitch: {msg}");
 }
 
-/// Runtime facts only for the units the decision can touch: the changed ones (templates and
-/// drop-in globs expanded against the loaded units), the enabling targets, the owners of stale
-/// processes, and the units that trigger any of those. Reading every loaded unit's properties
-/// costs tens of seconds on a slow machine.
-fn unit_facts_for(
-    d: &DeploymentDiff,
-    scan: &services::StaleScan,
-    sd: &dyn systemd::Systemd,
-) -> Result<Vec<services::UnitFacts>> {
-    use crate::units::diff::{unit_pattern_matches, UnitChange};
-    use std::collections::BTreeSet;
-    let active = sd.active_states().context("listing systemd units")?;
-    let mut want: BTreeSet<String> = BTreeSet::new();
-    for ch in &d.units {
-        want.extend(
-            active
-                .keys()
-                .filter(|u| unit_pattern_matches(&ch.unit, u))
-                .cloned(),
-        );
-        let concrete = !ch.unit.contains('*') && !ch.unit.contains("@.");
-        if concrete {
-            want.insert(ch.unit.clone());
-        }
-        if let UnitChange::Enabled { by, .. } | UnitChange::Disabled { by, .. } = &ch.change {
-            want.insert(by.clone());
-        }
-    }
-    for p in &scan.processes {
-        match &p.owner {
-            services::ProcessOwner::SystemUnit { unit } => {
-                want.insert(unit.clone());
-            }
-            services::ProcessOwner::Pid1 => {
-                want.insert(services::PID1_UNIT.to_owned());
-            }
-            _ => {}
-        }
-    }
-    let names: Vec<String> = want.iter().cloned().collect();
-    let mut facts = sd
-        .unit_facts(&names)
-        .context("reading unit states from systemd")?;
-    let triggers: Vec<String> = facts
-        .iter()
-        .flat_map(|f| f.triggered_by.iter().cloned())
-        .filter(|t| !want.contains(t))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !triggers.is_empty() {
-        facts.extend(
-            sd.unit_facts(&triggers)
-                .context("reading trigger units from systemd")?,
-        );
-    }
-    Ok(facts)
-}
-
-/// Facts from systemd and the /proc scan, then the pure decision.
+/// Facts from systemd and the /proc scan, then the pure decision ([`services::plan_services`]);
+/// the gathering costs go to `phases`.
 pub(super) fn plan_services(
     d: &DeploymentDiff,
-    sopts: &ServiceOpts,
-    sd: Option<&dyn systemd::Systemd>,
+    include: &[String],
+    sd: &dyn systemd::Systemd,
     phases: &mut Vec<Phase>,
 ) -> Result<Vec<services::ServiceAction>> {
-    let Some(sd) = sd else {
-        return Ok(Vec::new());
-    };
-    let mut cfg = services::ScanConfig::new(d.from.path.join("usr"), d.to.path.join("usr"));
-    cfg.proc_root = Path::new("/proc").to_path_buf();
-    let t = Instant::now();
-    let scan =
-        services::scan_stale(&cfg).context("scanning /proc for processes using replaced files")?;
-    phases.push(phase("stale_scan", t));
-    let t = Instant::now();
-    let facts = unit_facts_for(d, &scan, sd)?;
-    phases.push(phase("unit_facts", t));
-    Ok(services::decide(
+    let sp = services::plan_services(
         &d.units,
-        &scan.processes,
-        &facts,
-        &services::DecideOptions {
-            include: sopts.include.clone(),
-        },
-    ))
-}
-
-pub(super) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
-    if o.json {
-        return o.json_value(p);
-    }
-    write_plan_human(o.out, p)
-}
-
-/// The human dry run: what would be done, step by step, in words.
-pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
-    let o = Output { json: false, out };
-    writeln!(
-        o.out,
-        "dry run, nothing changed: {} {} → {}",
-        verb_words(p.verb),
-        short(&p.from.id),
-        short(&p.to.id)
+        d.from.path.join("usr"),
+        d.to.path.join("usr"),
+        sd,
+        include,
     )?;
-    writeln!(o.out, "decision: {}", decision_words(p.decision.kind))?;
-    for r in &p.decision.reasons {
-        writeln!(o.out, "  - {r}")?;
-    }
-    for h in &p.host_states {
-        writeln!(o.out, "host state: {}", h.describe())?;
-    }
-    if let Some(l) = &p.ladder {
-        if let Some(r) = l.chosen {
-            writeln!(o.out, "rung: {}", r.name())?;
-            for line in l.rejections_below(r) {
-                writeln!(o.out, "  rejected {line}")?;
-            }
-        }
-    }
-    for (i, s) in p.steps.iter().enumerate() {
-        match s {
-            Step::UnlockFinalization => writeln!(
-                o.out,
-                "{}. unlock finalization of the staged deployment (--unlock)",
-                i + 1
-            )?,
-            Step::SwapUsr { source, target } => writeln!(
-                o.out,
-                "{}. bind {} read-only over {}",
-                i + 1,
-                source.display(),
-                target.display()
-            )?,
-            Step::MergeEtc { actions, .. } => {
-                writeln!(o.out, "{}. merge /etc: {}", i + 1, etc_counts(actions))?;
-                for a in actions {
-                    writeln!(o.out, "     {:<22} {}", etc_action_words(a.action), a.path)?;
-                }
-            }
-            Step::Services { actions } => {
-                writeln!(o.out, "{}. units: {} to act on", i + 1, actions.len())?;
-                for a in actions {
-                    let why: Vec<String> = a.reasons.iter().map(reason_words).collect();
-                    let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) };
-                    writeln!(o.out, "     {:<22} {}{why}", crate::exec::report::action_word(a.action), a.unit)?;
-                }
-            }
-            Step::Sysusers { files } => writeln!(o.out, "{}. systemd-sysusers {}", i + 1, files.join(" "))?,
-            Step::Tmpfiles { files } => {
-                writeln!(o.out, "{}. systemd-tmpfiles --create {}", i + 1, files.join(" "))?
-            }
-            Step::DaemonReload => writeln!(o.out, "{}. systemd daemon-reload", i + 1)?,
-            Step::FinalizeStaged => writeln!(
-                o.out,
-                "{}. finalize the staged deployment (ostree-finalize-staged.service): writes its boot entry",
-                i + 1
-            )?,
-            Step::KexecLoad { kernel, initrds, kargs } => writeln!(
-                o.out,
-                "{}. kexec_file_load {} (initrd {}) with kargs `{}` + the ostree= bootlink of the new boot entry",
-                i + 1,
-                kernel.display(),
-                initrds.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-                kargs.join(" ")
-            )?,
-            Step::KexecReboot => writeln!(
-                o.out,
-                "{}. start kexec.target: orderly shutdown, then the new kernel",
-                i + 1
-            )?,
-            Step::PrepareNextroot { nextroot } => writeln!(
-                o.out,
-                "{}. mount {} at {} (/usr read-only, /var {}, /sysroot{}), private, as ostree-prepare-root would",
-                i + 1,
-                nextroot.deployment.display(),
-                nextroot.dir.display(),
-                nextroot.var.display(),
-                if nextroot.boot.is_some() { ", /boot" } else { "" }
-            )?,
-            Step::SoftReboot => writeln!(
-                o.out,
-                "{}. point /run/ostree-booted at the new root, start soft-reboot.target: userspace restarts in the target, the kernel stays",
-                i + 1
-            )?,
-        }
-    }
-    for c in &p.etc_conflicts {
-        writeln!(
-            o.out,
-            "note: your edit of {c} is kept although its default changed"
-        )?;
+    phases.extend(sp.timings.iter().map(|&(name, ms)| Phase {
+        phase: name.to_owned(),
+        ms,
+    }));
+    Ok(sp.actions)
+}
+
+/// Before any thread exists (setns needs a single-threaded process): a verb that changes the
+/// running system works in PID 1's mount namespace, so its mounts are seen system-wide.
+fn enter_host_namespace(paths: &HostPaths) -> Result<()> {
+    if paths.root == Path::new("/") && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
+        progress("entered PID 1's mount namespace");
     }
     Ok(())
+}
+
+/// The one preflight of a verb that changes the system, run before discovery: the
+/// capabilities it needs (each with why), PID 1's mount namespace, then the run lock in the
+/// journal directory, held until the returned lock drops.
+pub(super) fn preflight(
+    paths: &HostPaths,
+    needs: &[(caps::Capability, &str)],
+) -> Result<lock::RunLock> {
+    privileges::require(needs)?;
+    enter_host_namespace(paths)?;
+    lock::acquire(&Journal::for_host(paths)?.dir)
 }
 
 /// A real systemd connection unless services are not managed.
@@ -551,55 +209,37 @@ fn connect_systemd(sopts: &ServiceOpts) -> Result<Option<systemd::SystemdDbus>> 
     )?))
 }
 
+/// The deployment userspace runs: the target of a live apply completed in this boot, else `None`
+/// (the booted one). Both `apply-live` and `switch` diff from here.
+pub(super) fn live_target(journal: &Journal) -> Result<Option<String>> {
+    Ok(journal
+        .load()?
+        .filter(|st| st.is_complete())
+        .map(|st| st.target))
+}
+
 pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let started = Instant::now();
     let mut phases = Vec::new();
-    let root_is_host = paths.root == Path::new("/");
-    if !opts.dry_run {
-        privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "bind-mount the new /usr")])?;
-        // Before any thread exists: the swap must happen in PID 1's namespace on a real host.
-        if root_is_host && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
-            progress("entered PID 1's mount namespace");
-        }
-    }
-    let t = Instant::now();
-    let host = discover::load(paths)?;
-    phases.push(phase("discover", t));
-    if !host.ostree_booted {
-        return Err(refuse(
-            ExitCode::Refused,
-            format!(
-                "this host is not ostree-booted ({} is missing); apply-live only works on the running system",
-                paths.ostree_booted_file().display()
-            ),
-        ));
-    }
-    let booted = host.booted().ok_or_else(|| {
-        refuse(
-            ExitCode::Refused,
-            format!(
-                "{} exists but no deployment matches the booted root",
-                paths.ostree_booted_file().display()
-            ),
-        )
-    })?;
     let _lock = if opts.dry_run {
         None
     } else {
-        Some(lock::acquire(&Journal::for_host(paths)?.dir)?)
+        Some(preflight(
+            paths,
+            &[(caps::Capability::CAP_SYS_ADMIN, "bind-mount the new /usr")],
+        )?)
     };
+    let t = Instant::now();
+    let host = booted_host(paths)?;
+    phases.push(phase("discover", t));
     let journal = Journal::for_host(paths)?;
     live::check_can_apply(&journal)?;
-    // After a completed live apply, the running userspace is that target: diff from there.
-    let live_from = match journal.load()? {
-        Some(st) if st.is_complete() => host.deployments.iter().find(|d| d.id == st.target),
-        _ => None,
-    };
-    let (_, to) = diff::select_pair(&host, opts.pair.from.as_deref(), opts.pair.to.as_deref())?;
-    let from = match (&opts.pair.from, live_from) {
-        (None, Some(l)) => l,
-        _ => diff::select_pair(&host, opts.pair.from.as_deref(), opts.pair.to.as_deref())?.0,
-    };
+    let (from, to) = diff::select_running_pair(
+        &host,
+        live_target(&journal)?.as_deref(),
+        opts.pair.from.as_deref(),
+        opts.pair.to.as_deref(),
+    )?;
     let host_states = preconditions::blockers(&host, from, to);
     let blocking = preconditions::blocking(&host_states, Rung::Live, opts.unlock);
     if !blocking.is_empty() {
@@ -632,41 +272,87 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
             if !o.json {
                 writeln!(o.out, "nothing to do: {} and {} are identical", short(&from.id), short(&to.id))?;
             } else {
-                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: vec![], host_states, unlock_finalization: false }))?;
+                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: Some(vec![]), host_states, unlock_finalization: false }))?;
             }
             return Ok(ExitCode::NothingToDo);
         }
         DecisionKind::Live => {}
     }
     let sd = connect_systemd(&opts.services)?;
-    let sd_ref: Option<&dyn systemd::Systemd> = sd.as_ref().map(|s| s as &dyn systemd::Systemd);
-    let services = plan_services(&d, &opts.services, sd_ref, &mut phases)?;
+    let services = match &sd {
+        Some(sd) => Some(plan_services(&d, &opts.services.include, sd, &mut phases)?),
+        None => None,
+    };
+    let run = LiveRun {
+        host: &host,
+        d: &d,
+        host_states,
+        services,
+        ladder: None,
+        dry_run: opts.dry_run,
+        unlock: opts.unlock,
+    };
+    run_live(
+        paths,
+        run,
+        sd.as_ref().map(|s| s as &dyn systemd::Systemd),
+        (started, phases),
+        o,
+    )
+}
+
+/// A live apply decided by `apply-live` or `switch`: its diff, host states and service
+/// decision, made once.
+pub(super) struct LiveRun<'a> {
+    pub host: &'a Host,
+    pub d: &'a DeploymentDiff,
+    pub host_states: Vec<preconditions::HostBlocker>,
+    /// `None`: services not managed (`--no-services`).
+    pub services: Option<Vec<services::ServiceAction>>,
+    /// `switch`: the ladder that chose live, shown with the plan.
+    pub ladder: Option<crate::plan::ladder::Ladder>,
+    pub dry_run: bool,
+    pub unlock: bool,
+}
+
+/// Build the live plan, print it (`--dry-run`) or carry it out and report. The caller holds
+/// the run lock ([`preflight`]) unless this is a dry run.
+pub(super) fn run_live(
+    paths: &HostPaths,
+    run: LiveRun<'_>,
+    sd: Option<&dyn systemd::Systemd>,
+    (started, mut phases): (Instant, Vec<Phase>),
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
     let t = Instant::now();
     let mut plan = plan::live_plan(
-        &d,
+        run.d,
         &plan::LiveInputs {
             root: paths.root.clone(),
-            services,
-            host_states,
-            unlock_finalization: opts.unlock,
+            services: run.services,
+            host_states: run.host_states,
+            unlock_finalization: run.unlock,
         },
     );
-    if sd_ref.is_none() {
-        plan.steps
-            .retain(|s| !matches!(s, Step::DaemonReload | Step::Services { .. }));
-    }
+    plan.ladder = run.ladder;
     phases.push(phase("plan", t));
-    if opts.dry_run {
+    if run.dry_run {
         print_plan(o, &plan)?;
         return Ok(ExitCode::Ok);
     }
+    privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "bind-mount the new /usr")])?;
+    let journal = Journal::for_host(paths)?;
+    let booted = run
+        .host
+        .booted()
+        .context("no booted deployment on this host")?;
     let real_mounts = mounts::RealMounts;
     let mut prog = progress;
     let mut env = LiveEnv {
         paths,
         journal,
         mounts: &real_mounts,
-        systemd: sd_ref,
+        systemd: sd,
         kexec: None,
         progress: &mut prog,
     };
@@ -697,16 +383,14 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
         }
         return Ok(ExitCode::NothingToDo);
     }
+    let mut needs = Vec::new();
     if kexec_loaded {
-        privileges::require(&[(caps::Capability::CAP_SYS_BOOT, "unload the kexec kernel")])?;
+        needs.push((caps::Capability::CAP_SYS_BOOT, "unload the kexec kernel"));
     }
     if journal.load()?.is_some() {
-        privileges::require(&[(caps::Capability::CAP_SYS_ADMIN, "unmount the live /usr")])?;
+        needs.push((caps::Capability::CAP_SYS_ADMIN, "unmount the live /usr"));
     }
-    if paths.root == Path::new("/") && mounts::enter_pid1_mount_namespace(Path::new("/proc"))? {
-        progress("entered PID 1's mount namespace");
-    }
-    let _lock = lock::acquire(&journal.dir)?;
+    let _lock = preflight(paths, &needs)?;
     let host = discover::load(paths)?;
     let booted = host
         .booted()
@@ -743,6 +427,8 @@ pub fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
         }
         return Ok(rep.outcome);
     }
+    // Not [`preflight`]: recovery writes files only and runs at boot from a unit that need not
+    // hold CAP_SYS_ADMIN, which entering PID 1's mount namespace takes.
     privileges::require(&[(
         caps::Capability::CAP_DAC_OVERRIDE,
         "restore files in /etc and /var/lib/fastswitch",
@@ -815,6 +501,7 @@ pub(super) struct KexecMode {
     pub ladder: Option<crate::plan::ladder::Ladder>,
 }
 
+/// The caller holds the run lock ([`preflight`]) unless this is a dry run.
 pub(super) fn run_kexec(
     paths: &HostPaths,
     host: &Host,
@@ -870,7 +557,6 @@ pub(super) fn run_kexec(
             format!("{b} (use --reboot-fallback to reboot through firmware instead)"),
         ));
     }
-    let _lock = lock::acquire(&Journal::for_host(paths)?.dir)?;
     let mut prog = progress;
     let real_mounts = mounts::RealMounts;
     let mut env = crate::exec::kexec::KexecEnv {
@@ -912,12 +598,17 @@ pub(super) fn booted_host(paths: &HostPaths) -> Result<Host> {
 }
 
 pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> Result<ExitCode> {
-    if !opts.dry_run {
-        privileges::require(&[(
-            caps::Capability::CAP_SYS_BOOT,
-            "load a kernel with kexec_file_load",
-        )])?;
-    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(preflight(
+            paths,
+            &[(
+                caps::Capability::CAP_SYS_BOOT,
+                "load a kernel with kexec_file_load",
+            )],
+        )?)
+    };
     let host = booted_host(paths)?;
     let (from, to) = diff::select_pair(&host, None, opts.to.as_deref())?;
     let d = diff::diff_deployments(from, to)?;

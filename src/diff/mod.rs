@@ -203,6 +203,23 @@ pub fn select_pair<'h>(
     Ok((from, to))
 }
 
+/// The pair a switch of the running system compares. As [`select_pair`], except that `from`
+/// defaults to what userspace runs: `live_target` (the target of a live apply completed in this
+/// boot) when there is one, else the booted deployment.
+pub fn select_running_pair<'h>(
+    host: &'h Host,
+    live_target: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(&'h Deployment, &'h Deployment)> {
+    let (booted, to) = select_pair(host, from, to)?;
+    let running = match (from, live_target) {
+        (None, Some(id)) => host.deployments.iter().find(|d| d.id == id),
+        _ => None,
+    };
+    Ok((running.unwrap_or(booted), to))
+}
+
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
 pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {

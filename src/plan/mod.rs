@@ -132,8 +132,9 @@ fn config_snippets(diff: &DeploymentDiff, dir: &str) -> Vec<String> {
 pub struct LiveInputs {
     /// The running system's root (`/`).
     pub root: PathBuf,
-    /// Service actions decided by [`crate::services`].
-    pub services: Vec<ServiceAction>,
+    /// Service actions decided by [`crate::services`]; `None` when services are not managed
+    /// (`--no-services`): the plan then has no daemon-reload and no unit jobs.
+    pub services: Option<Vec<ServiceAction>>,
     /// Host states found by [`preconditions::blockers`].
     pub host_states: Vec<HostBlocker>,
     /// Unlock a locked finalization first (`--unlock`).
@@ -166,13 +167,15 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         if !tmpfiles.is_empty() {
             steps.push(Step::Tmpfiles { files: tmpfiles });
         }
-        if !diff.units.is_empty() {
-            steps.push(Step::DaemonReload);
-        }
-        if !inputs.services.is_empty() {
-            steps.push(Step::Services {
-                actions: inputs.services.clone(),
-            });
+        if let Some(services) = &inputs.services {
+            if !diff.units.is_empty() {
+                steps.push(Step::DaemonReload);
+            }
+            if !services.is_empty() {
+                steps.push(Step::Services {
+                    actions: services.clone(),
+                });
+            }
         }
     }
     Plan {

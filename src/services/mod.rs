@@ -1,16 +1,19 @@
 //! Which services to stop, reload, restart or start after a deployment switch — and which not.
 //!
+//! [`facts`] gathers systemd's unit facts and runs the decision;
 //! [`stale`] scans `/proc` for processes still running code the switch replaces (the only I/O
 //! here); [`decide`] is the pure decision over unit changes, stale processes and systemd's
 //! runtime facts. Executing the result is [`crate::system::systemd::execute`].
 
 pub mod decide;
+pub mod facts;
 pub mod stale;
 
 pub use decide::{
     by_action, decide, protected_class, Action, DecideOptions, DeferWhy, Reason, ServiceAction,
     UnitFacts, PID1_UNIT,
 };
+pub use facts::{plan_services, ServicePlan};
 pub use stale::{
     owner_of, parse_cgroup, parse_maps_line, scan_stale, ProcessOwner, ScanConfig, StaleFile,
     StaleKind, StaleProcess, StaleScan, StaleWhy,
