@@ -28,6 +28,14 @@ pub struct StatusJson {
     /// The running kernel's kexec state; absent when `--root` names another system.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kexec: Option<KexecStatus>,
+    /// How `switch` would reach the staged (else pending) deployment from what runs now, with
+    /// every lower rung's rejection (default bounds; services not examined); `null` when the
+    /// host is not ostree-booted or has nothing to switch to.
+    pub ladder: Option<crate::plan::ladder::Ladder>,
+    /// Why the ladder could not be worked out (e.g. the diff could not read a file as this
+    /// user); `status` itself still succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ladder_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,6 +127,8 @@ pub fn to_json(
         deployments: host.deployments.iter().map(deployment_json).collect(),
         live,
         kexec,
+        ladder: None,
+        ladder_error: None,
     }
 }
 

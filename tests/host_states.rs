@@ -504,3 +504,58 @@ fn nothing_to_do_is_json_too() {
         assert!(v["steps"].as_array().unwrap().is_empty(), "{args:?}: {v}");
     }
 }
+
+/// `status --json` and `diff --json` carry the ladder `switch` would follow (default bounds,
+/// services not examined; with `--root` this host's systemd is not asked).
+#[test]
+fn status_and_diff_json_carry_the_ladder() {
+    let f = fixture();
+    for verb in ["diff", "status"] {
+        let (code, out, err) = f.run_fs(&[verb, "--json"]);
+        assert_eq!(code, Some(0), "{verb}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let l = &v["ladder"];
+        assert_eq!(l["chosen"], "live", "{verb}: {v}");
+        assert_eq!(l["rungs"][0]["rung"], "none");
+        assert_eq!(
+            l["rungs"][0]["reasons"][0],
+            "the target differs from the running system"
+        );
+        assert_eq!(l["rungs"][2]["rung"], "soft-reboot");
+        assert_eq!(l["rungs"][2]["possible"], false);
+        assert!(
+            l["rungs"][2]["reasons"]
+                .to_string()
+                .contains("systemd is not reachable"),
+            "{verb}: {l}"
+        );
+    }
+    // The diff's own fields are still at the top level.
+    let (_, out, _) = f.run_fs(&["diff", "--json"]);
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["decision"]["kind"], "live");
+
+    // A kernel change: not live, not soft-reboot (kernel changed), kexec chosen.
+    let f = fixture_with(|t| t.write("usr/lib/modules/6.1.0-test/vmlinuz", b"kernel image v2\n"));
+    let (code, out, err) = f.run_fs(&["diff", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let l = &d["ladder"];
+    assert_eq!(l["chosen"], "kexec", "{l}");
+    assert_eq!(l["rungs"][1]["possible"], false, "{l}");
+    assert!(
+        l["rungs"][2]["reasons"]
+            .to_string()
+            .contains("kernel changed"),
+        "{l}"
+    );
+
+    // Nothing staged or pending: status has no ladder.
+    let s = Sysroot::new();
+    s.os_init("fx");
+    let t1 = Tree::minimal("6.1.0-test");
+    s.commit("fx/v1", &t1);
+    s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
+    let st = s.json(&["status"]);
+    assert!(st["ladder"].is_null(), "{st}");
+}

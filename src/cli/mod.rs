@@ -272,11 +272,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
             let live = verbs::live_state(&paths)?;
             let kexec = verbs::kexec_status(&paths);
             if o.json {
-                o.json_value(&status::to_json(
-                    &host,
-                    live.as_ref().map(|l| l.json.clone()),
-                    kexec,
-                ))?;
+                let mut json = status::to_json(&host, live.as_ref().map(|l| l.json.clone()), kexec);
+                match verbs::status_ladder(&paths, &host) {
+                    Ok(l) => json.ladder = l,
+                    Err(e) => json.ladder_error = Some(format!("{e:#}")),
+                }
+                o.json_value(&json)?;
             } else {
                 let mut lines = live.map(|l| l.lines).unwrap_or_default();
                 if kexec.is_some_and(|k| k.loaded) {

@@ -3,22 +3,20 @@
 
 use super::render::{print_plan, short};
 use super::verbs::{
-    booted_host, live_target, plan_services, preflight, progress, run_kexec, run_live, KexecMode,
-    LiveRun,
+    booted_host, live_target, preflight, progress, run_kexec, run_live, KexecMode, LiveRun,
 };
-use super::{Output, ServiceOpts, SwitchOpts};
+use super::{Output, SwitchOpts};
 use crate::diff::{self, DeploymentDiff};
 use crate::discover::{Host, HostPaths};
 use crate::exec::journal::Journal;
 use crate::exit::{refuse, ExitCode};
-use crate::plan::ladder::{self, Ladder, LadderBounds, LadderInputs, Rung};
+use crate::plan::facts;
+use crate::plan::ladder::{self, Ladder, LadderBounds, Rung};
 use crate::plan::preconditions::{self, HostBlocker};
 use crate::plan::{self, Plan};
-use crate::services::{Action, DeferWhy, Reason, ServiceAction};
 use crate::system::systemd::{self, Systemd};
 use crate::system::{mounts, privileges};
 use anyhow::{Context, Result};
-use std::path::Path;
 
 pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let started = std::time::Instant::now();
@@ -56,7 +54,16 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
         Err(e) => return Err(e.context("connecting to systemd on the system bus")),
     };
     let sd_ref: Option<&dyn Systemd> = sd.as_ref().map(|s| s as &dyn Systemd);
-    let (inputs, services) = ladder_inputs(paths, &d, &host_states, sd_ref, &opts.services)?;
+    let (inputs, services) = facts::ladder_inputs(
+        &d,
+        &host_states,
+        &facts::FactSources {
+            root: &paths.root,
+            live_active: journal.load()?.is_some(),
+            systemd: sd_ref,
+            services: (!opts.services.no_services).then_some(&opts.services.include[..]),
+        },
+    )?;
     let bounds = LadderBounds {
         min: opts.min_rung.unwrap_or(Rung::None),
         max: opts.max_rung.unwrap_or(Rung::Reboot),
@@ -169,113 +176,6 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
                 .context("starting reboot.target")?;
             Ok(ExitCode::RebootNeeded)
         }
-    }
-}
-
-/// The facts: from the diff, the host states, systemd (version; the service decision when the
-/// live rung is otherwise possible), the running kernel's kexec state and `/etc/crypttab`.
-fn ladder_inputs(
-    paths: &HostPaths,
-    d: &DeploymentDiff,
-    host_states: &[HostBlocker],
-    sd: Option<&dyn Systemd>,
-    sopts: &ServiceOpts,
-) -> Result<(LadderInputs, Vec<ServiceAction>)> {
-    let mut i = LadderInputs {
-        identical: d.decision.kind == diff::DecisionKind::None,
-        kernel_changes: d.kernel.reasons.iter().map(|r| r.describe()).collect(),
-        boot_time_changes: diff::BOOT_TIME_USR_FILES
-            .iter()
-            .filter(|f| d.usr.get(f).is_some())
-            .map(|f| f.to_string())
-            .collect(),
-        outside_usr: d.outside_usr.iter().map(|c| c.path.clone()).collect(),
-        ..Default::default()
-    };
-    for s in preconditions::blocking(host_states, Rung::Live, true) {
-        i.live_host_states.push(s.describe());
-        match s {
-            HostBlocker::TransientEtc { .. } | HostBlocker::TransientRoot => i
-                .soft_reboot_host_states
-                .push(format!("{} (fastswitch does not rebuild prepare-root's transient overlays in /run/nextroot)", s.describe())),
-            HostBlocker::OtherStateroot { .. } => i.soft_reboot_host_states.push(
-                "the target is in another stateroot: after a soft reboot, ostree-system-generator would mount /var from the `ostree=` argument of the running kernel, which names the old stateroot".into(),
-            ),
-            _ => {}
-        }
-    }
-    if Journal::for_host(paths)?.load()?.is_some() {
-        i.soft_reboot_host_states.push(
-            "a live apply is active: run `fastswitch reset` first (its /etc backups belong to this root)"
-                .into(),
-        );
-    }
-    let live_otherwise_possible = !i.identical
-        && i.kernel_changes.is_empty()
-        && i.boot_time_changes.is_empty()
-        && i.outside_usr.is_empty()
-        && i.live_host_states.is_empty();
-    let mut services = Vec::new();
-    match sd {
-        Some(sd) if live_otherwise_possible && !sopts.no_services => {
-            services = plan_services(d, &sopts.include, sd, &mut Vec::new())?;
-            for a in &services {
-                match a.action {
-                    Action::Deferred => i.deferred_units.push(deferred_text(a)),
-                    Action::NeedsRestart => i.unowned_stale.push(a.unit.clone()),
-                    _ => {}
-                }
-            }
-        }
-        _ => i.services_unchecked = true,
-    }
-    i.soft_reboot_unavailable = match sd {
-        None => Some("systemd is not reachable on the system bus".into()),
-        Some(sd) => {
-            let v = sd.version()?;
-            match ladder::systemd_major(&v) {
-                Some(n) if n >= ladder::SOFT_REBOOT_SYSTEMD => None,
-                _ => Some(format!(
-                    "systemd {v} has no soft-reboot (needs systemd ≥ {})",
-                    ladder::SOFT_REBOOT_SYSTEMD
-                )),
-            }
-        }
-    };
-    // Only the running kernel's kexec state belongs to this host; with --root it does not.
-    if paths.root == Path::new("/") {
-        let k = crate::system::kexec::RealKexec::default();
-        i.kexec_unavailable = match k.status() {
-            Ok(st) => st.blocker().map(|b| b.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-    }
-    let crypttab = paths.root.join("etc/crypttab");
-    if let Some(text) =
-        crate::system::files::read_to_string_opt(&crypttab, crate::system::files::Follow::Yes)
-            .with_context(|| format!("reading {}", crypttab.display()))?
-    {
-        i.tpm2_volumes = ladder::tpm2_volumes(&text);
-    }
-    Ok((i, services))
-}
-
-fn deferred_text(a: &ServiceAction) -> String {
-    let why = a.reasons.iter().find_map(|r| match r {
-        Reason::Deferred { why } => Some(match why {
-            DeferWhy::Protected { class } => format!("never restarted live: {class}"),
-            DeferWhy::RefuseManualStop => "RefuseManualStop=yes".into(),
-            DeferWhy::RefuseManualStart => "RefuseManualStart=yes".into(),
-            DeferWhy::RestartIfChangedOff => "X-RestartIfChanged=no".into(),
-            DeferWhy::OnlyManualStart => "X-OnlyManualStart=yes".into(),
-            DeferWhy::StopOnRemovalOff => "X-StopOnRemoval=no".into(),
-            DeferWhy::PerConnectionInstance => "a per-connection instance".into(),
-        }),
-        _ => None,
-    });
-    match why {
-        Some(w) => format!("{} ({w})", a.unit),
-        None => a.unit.clone(),
     }
 }
 

@@ -120,16 +120,75 @@ pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecStatus> {
         .map(|loaded| crate::status::KexecStatus { loaded })
 }
 
+/// `diff --json`: the diff with the ladder it gives (default bounds, services not examined).
+#[derive(serde::Serialize)]
+struct DiffJson<'a> {
+    #[serde(flatten)]
+    diff: &'a DeploymentDiff,
+    ladder: crate::plan::ladder::Ladder,
+}
+
 pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let host = discover::load(paths)?;
     let (from, to) = diff::select_pair(&host, pair.from.as_deref(), pair.to.as_deref())?;
     let d = diff::diff_deployments(from, to)?;
     if o.json {
-        o.json_value(&d)?;
+        let host_states = preconditions::blockers(&host, from, to);
+        let ladder = host_ladder(paths, &d, &host_states)?;
+        o.json_value(&DiffJson { diff: &d, ladder })?;
     } else {
         write_diff_human(o.out, &d)?;
     }
     Ok(ExitCode::Ok)
+}
+
+/// The ladder `status --json` and `diff --json` show: systemd asked only on this host (not
+/// with `--root`), best effort; no live-apply journal counts as none.
+fn host_ladder(
+    paths: &HostPaths,
+    d: &DeploymentDiff,
+    host_states: &[preconditions::HostBlocker],
+) -> Result<crate::plan::ladder::Ladder> {
+    let sd = if paths.root == Path::new("/") {
+        systemd::SystemdDbus::connect().ok()
+    } else {
+        None
+    };
+    let live_active = Journal::for_host(paths)
+        .and_then(|j| j.load())
+        .is_ok_and(|st| st.is_some());
+    crate::plan::facts::default_ladder(
+        d,
+        host_states,
+        &crate::plan::facts::FactSources {
+            root: &paths.root,
+            live_active,
+            systemd: sd.as_ref().map(|s| s as &dyn systemd::Systemd),
+            services: None,
+        },
+    )
+}
+
+/// `status --json`: the ladder from what userspace runs to the staged (else pending)
+/// deployment, when the host is ostree-booted and has one; `None` otherwise.
+pub fn status_ladder(
+    paths: &HostPaths,
+    host: &Host,
+) -> Result<Option<crate::plan::ladder::Ladder>> {
+    if !host.ostree_booted
+        || host.booted().is_none()
+        || (host.staged().is_none() && host.pending().is_none())
+    {
+        return Ok(None);
+    }
+    let live = Journal::for_host(paths)
+        .and_then(|j| live_target(&j))
+        .ok()
+        .flatten();
+    let (from, to) = diff::select_running_pair(host, live.as_deref(), None, None)?;
+    let d = diff::diff_deployments(from, to)?;
+    let host_states = preconditions::blockers(host, from, to);
+    host_ladder(paths, &d, &host_states).map(Some)
 }
 
 /// A finished phase of the command, for the report.

@@ -2,6 +2,7 @@
 //! [`DeploymentDiff`] (and, for services, the runtime facts gathered beforehand). `--dry-run`
 //! prints it; the executor walks the very same value, step by step, journaling each one.
 
+pub mod facts;
 pub mod ladder;
 pub mod preconditions;
 
