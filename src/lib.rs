@@ -24,3 +24,6 @@ pub mod services;
 pub mod status;
 pub mod system;
 pub mod units;
+
+#[cfg(test)]
+pub(crate) mod testing;

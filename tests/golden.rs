@@ -11,10 +11,11 @@ mod common;
 use common::*;
 use fastswitch::diff::{Decision, DecisionKind, DeploymentRef};
 use fastswitch::exec::report::{Phase, Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use fastswitch::exec::unit_jobs::UnitOutcome;
 use fastswitch::exit::ExitCode;
 use fastswitch::plan::Verb;
 use fastswitch::services::Action;
-use fastswitch::system::systemd::{JobResult, UnitOutcome};
+use fastswitch::system::systemd::JobResult;
 use std::path::PathBuf;
 
 /// What varies between runs, replaced by fixed words:

@@ -412,6 +412,7 @@ pub(super) fn run_live(
         journal,
         mounts: &real_mounts,
         systemd: sd,
+        tools: &crate::system::tools::RealTools,
         kexec: None,
         progress: &mut prog,
     };
@@ -463,6 +464,7 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
         journal,
         mounts: &real_mounts,
         systemd: sd_ref,
+        tools: &crate::system::tools::RealTools,
         kexec: kexec_loaded.then_some(&kexec as &dyn crate::system::kexec::KexecLoader),
         progress: &mut prog,
     };

@@ -13,7 +13,7 @@ use crate::exit::{refuse, ExitCode};
 use crate::plan::{Plan, Step, Verb};
 use crate::services::ServiceAction;
 use crate::system::mounts::{MountEntry, Mounts};
-use crate::system::systemd::{self, Systemd};
+use crate::system::systemd::Systemd;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -26,6 +26,8 @@ pub struct LiveEnv<'a> {
     pub mounts: &'a dyn Mounts,
     /// `None` when the caller asked not to manage services (`--no-services`).
     pub systemd: Option<&'a dyn Systemd>,
+    /// systemd-sysusers and systemd-tmpfiles.
+    pub tools: &'a dyn crate::system::tools::ConfigTools,
     /// For `reset`: unload a kernel that `fastswitch kexec --load-only` (or an interrupted
     /// switch) left loaded. `None` when the running kernel is not the host's (`--root`).
     pub kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
@@ -242,44 +244,6 @@ fn report(
     }
 }
 
-/// A config file argument for systemd-sysusers/-tmpfiles: with `--root`, they read the named
-/// files as given (not below the root), so name them below it.
-fn under_root(root: &Path, file: &Path) -> std::path::PathBuf {
-    if root == Path::new("/") {
-        file.to_path_buf()
-    } else {
-        root.join(file.strip_prefix("/").unwrap_or(file))
-    }
-}
-
-/// A systemd tool by absolute path (`/usr/bin`, or `/bin` on a system without merged `/usr`),
-/// with a clean environment: nothing from the caller's environment (`PATH`, `SYSTEMD_*`, …)
-/// chooses what runs as root or how.
-fn tool(name: &str) -> std::process::Command {
-    let path = ["/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| Path::new("/usr/bin").join(name));
-    let mut c = std::process::Command::new(path);
-    c.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LC_ALL", "C.UTF-8");
-    c
-}
-
-fn run_tool(cmd: &mut std::process::Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn run_step(
     step: &Step,
     st: &mut LiveState,
@@ -404,16 +368,9 @@ fn run_step(
                         .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
                 }
             }
-            let mut c = tool("systemd-sysusers");
-            if env.paths.root != Path::new("/") {
-                c.arg(format!("--root={}", env.paths.root.display()));
-            }
-            c.args(
-                files
-                    .iter()
-                    .map(|f| under_root(&env.paths.root, Path::new(f))),
-            );
-            run_tool(&mut c).context("creating users and groups for the new sysusers.d entries")?;
+            env.tools
+                .sysusers(&env.paths.root, files)
+                .context("creating users and groups for the new sysusers.d entries")?;
             for b in st.etc_backups.iter_mut() {
                 if let Some(name) = b.path.strip_prefix("/etc/") {
                     if SYSUSERS_DATABASES.contains(&name) {
@@ -424,17 +381,8 @@ fn run_step(
             Ok(serde_json::json!({"files": files}))
         }
         Step::Tmpfiles { files } => {
-            let mut c = tool("systemd-tmpfiles");
-            c.arg("--create");
-            if env.paths.root != Path::new("/") {
-                c.arg(format!("--root={}", env.paths.root.display()));
-            }
-            c.args(
-                files
-                    .iter()
-                    .map(|f| under_root(&env.paths.root, Path::new(f))),
-            );
-            run_tool(&mut c)
+            env.tools
+                .tmpfiles_create(&env.paths.root, files)
                 .context("creating runtime directories for the new tmpfiles.d entries")?;
             Ok(serde_json::json!({"files": files}))
         }
@@ -449,7 +397,7 @@ fn run_step(
             let sd = env.systemd.context(
                 "service actions need systemd, but services are not managed (--no-services)",
             )?;
-            let outcomes = systemd::execute(actions, sd);
+            let outcomes = super::unit_jobs::execute(actions, sd);
             for o in &outcomes {
                 if o.is_failure() {
                     failed_units.push(o.unit.clone());
@@ -626,7 +574,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
                 })
             })
             .collect();
-        let outcomes = systemd::execute(&again, sd);
+        let outcomes = super::unit_jobs::execute(&again, sd);
         failed = outcomes
             .iter()
             .filter(|o| o.is_failure())

@@ -7,3 +7,4 @@ pub mod kexec;
 pub mod live;
 pub mod recover;
 pub mod report;
+pub mod unit_jobs;

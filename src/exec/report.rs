@@ -1,10 +1,10 @@
 //! The typed result of running a plan: per-step status and timings, unit outcomes, conflicts.
 
 use crate::diff::{Decision, DeploymentRef};
+use crate::exec::unit_jobs::UnitOutcome;
 use crate::exit::ExitCode;
 use crate::plan::Verb;
 use crate::services::Action;
-use crate::system::systemd::UnitOutcome;
 use serde::Serialize;
 
 pub const REPORT_SCHEMA_VERSION: u32 = 1;

@@ -39,33 +39,7 @@ use crate::units::{unit_pattern_matches, UnitChange, UnitComparison, UnitFileCha
 /// The unit name used for PID 1's own action (its cgroup is `/init.scope`).
 pub const PID1_UNIT: &str = "init.scope";
 
-/// Runtime facts about one loaded unit, as systemd reports them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitFacts {
-    pub name: String,
-    /// `active`, `reloading`, `inactive`, `failed`, `activating`, `deactivating`, …
-    pub active_state: String,
-    pub sub_state: String,
-    pub refuse_manual_start: bool,
-    pub refuse_manual_stop: bool,
-    pub can_reload: bool,
-    /// The units that trigger this one (`TriggeredBy=`: sockets, paths, timers).
-    pub triggered_by: Vec<String>,
-    /// Some active unit wants/requires/upholds it (e.g. an active target).
-    pub wanted_by_active_target: bool,
-    pub main_pid: Option<u32>,
-    /// `ExecMainStartTimestamp`, µs since the epoch.
-    pub exec_main_start_timestamp_us: Option<u64>,
-}
-
-impl UnitFacts {
-    pub fn is_active(&self) -> bool {
-        matches!(
-            self.active_state.as_str(),
-            "active" | "activating" | "reloading" | "refreshing"
-        )
-    }
-}
+pub use crate::system::systemd::UnitFacts;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecideOptions {
@@ -90,7 +64,7 @@ pub enum Action {
 }
 
 impl Action {
-    /// Whether [`crate::system::systemd::execute`] carries it out.
+    /// Whether [`crate::exec::unit_jobs::execute`] carries it out.
     pub fn is_executed(self) -> bool {
         !matches!(self, Action::Deferred | Action::NeedsRestart)
     }

@@ -3,7 +3,7 @@
 //! [`facts`] gathers systemd's unit facts and runs the decision;
 //! [`stale`] scans `/proc` for processes still running code the switch replaces (the only I/O
 //! here); [`decide`] is the pure decision over unit changes, stale processes and systemd's
-//! runtime facts. Executing the result is [`crate::system::systemd::execute`].
+//! runtime facts. Executing the result is [`crate::exec::unit_jobs::execute`].
 
 pub mod decide;
 pub mod facts;

@@ -10,3 +10,4 @@ pub mod ostree_state;
 pub mod privileges;
 pub mod secure_write;
 pub mod systemd;
+pub mod tools;

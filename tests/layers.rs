@@ -1,0 +1,113 @@
+//! The allowed import directions between the top-level modules of `src/` (see CONTRIBUTING.md):
+//! every `crate::<module>` path outside comments must be an edge listed here. A new edge is a
+//! design decision: add it here and to CONTRIBUTING.md, or move the code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// module → the modules it may use. `cli` sits on top and may use everything.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("exit", &[]),
+    ("system", &["exit", "discover", "kernel_image", "testing"]),
+    ("kernel_image", &["system"]),
+    ("units", &["system"]),
+    ("discover", &["exit", "system"]),
+    ("diff", &["discover", "exit", "system", "units"]),
+    ("services", &["system", "units"]),
+    (
+        "plan",
+        &["diff", "discover", "exit", "services", "system", "units"],
+    ),
+    (
+        "exec",
+        &[
+            "diff", "discover", "exit", "plan", "services", "system", "testing", "units",
+        ],
+    ),
+    ("status", &["discover", "plan"]),
+    ("testing", &["system"]),
+];
+
+fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            visit(&p, files);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            files.push(p);
+        }
+    }
+}
+
+/// `crate::<name>` references in code (comment lines skipped).
+fn imports(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        let code = code.split(" //").next().unwrap_or("");
+        for (i, _) in code.match_indices("crate::") {
+            let name: String = code[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.insert(name);
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_import_only_downwards() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    visit(&src, &mut files);
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let module = first.trim_end_matches(".rs");
+        if matches!(module, "lib" | "main" | "cli") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for m in imports(&text) {
+            if m == module {
+                continue;
+            }
+            let ok = allowed
+                .get(module)
+                .unwrap_or_else(|| panic!("{module} (from {}) is not in ALLOWED", rel.display()))
+                .contains(&m.as_str());
+            if !ok {
+                bad.push(format!("{} uses crate::{m}", rel.display()));
+            }
+        }
+    }
+    assert!(
+        files.len() > 40,
+        "found only {} files under src",
+        files.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "imports against the layering:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_checker_sees_imports_and_skips_comments() {
+    let text = "use crate::services::X;\n//! see [`crate::exec::y`]\nlet a = crate::plan::z(); // crate::cli\n";
+    let got: Vec<String> = imports(text).into_iter().collect();
+    assert_eq!(got, ["plan", "services"]);
+}
