@@ -1,10 +1,13 @@
 //! Shared test support (unit tests only): recording stand-ins for the narrow traits in
 //! [`crate::system`], so the executor's order and refusals are tested without root.
 
+use crate::system::mounts::{MountEntry, Mounts, NextRoot};
 use crate::system::systemd::{JobOp, JobOutcome, JobResult, PendingJob, Systemd, UnitFacts};
+use crate::system::tools::ConfigTools;
 use anyhow::{bail, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A recording stand-in for systemd: logs every call, "fails" the units named `fail*`.
@@ -14,11 +17,17 @@ pub(crate) struct RecordingSystemd {
     pub log: RefCell<Vec<String>>,
     /// Units whose job cannot even be queued.
     pub unreachable: Vec<&'static str>,
+    /// This many `daemon_reload` calls fail first.
+    pub fail_reloads: std::cell::Cell<u32>,
 }
 
 impl Systemd for RecordingSystemd {
     fn daemon_reload(&self) -> Result<()> {
         self.log.borrow_mut().push("daemon-reload".into());
+        if self.fail_reloads.get() > 0 {
+            self.fail_reloads.set(self.fail_reloads.get() - 1);
+            bail!("injected daemon-reload failure");
+        }
         Ok(())
     }
     fn daemon_reexec(&self) -> Result<()> {
@@ -70,5 +79,117 @@ impl Systemd for RecordingSystemd {
     }
     fn version(&self) -> Result<String> {
         Ok("257".into())
+    }
+}
+
+/// A stand-in for the mount syscalls that works on plain directories, without root: a bind of
+/// `source` over `target` moves `target` aside and puts a symlink to `source` in its place (so
+/// the executor's own check, "does `target` show `source`'s inode", holds); unmounting the top
+/// undoes that. Every call is logged; `fail_binds` makes `bind_usr` fail that many times first.
+#[derive(Default)]
+pub(crate) struct RecordingMounts {
+    pub log: RefCell<Vec<String>>,
+    pub fail_binds: std::cell::Cell<u32>,
+    stacks: RefCell<HashMap<PathBuf, Vec<MountEntry>>>,
+}
+
+impl RecordingMounts {
+    fn aside(target: &Path, depth: usize) -> PathBuf {
+        target.with_extension(format!("under-{depth}"))
+    }
+}
+
+impl Mounts for RecordingMounts {
+    fn bind_usr(&self, source: &Path, target: &Path) -> Result<()> {
+        self.log
+            .borrow_mut()
+            .push(format!("bind {} {}", source.display(), target.display()));
+        if self.fail_binds.get() > 0 {
+            self.fail_binds.set(self.fail_binds.get() - 1);
+            bail!("injected bind failure");
+        }
+        let mut stacks = self.stacks.borrow_mut();
+        let stack = stacks.entry(target.to_path_buf()).or_default();
+        std::fs::rename(target, Self::aside(target, stack.len()))?;
+        std::os::unix::fs::symlink(source, target)?;
+        stack.push(MountEntry {
+            mount_id: 100 + stack.len() as i32,
+            parent_id: 1,
+            root: source.display().to_string(),
+            mount_point: target.to_path_buf(),
+            read_only: true,
+            fs_type: "fake".into(),
+        });
+        Ok(())
+    }
+    fn replace_usr(&self, _: &Path, _: &Path) -> Result<Option<bool>> {
+        self.log.borrow_mut().push("replace (unsupported)".into());
+        Ok(None)
+    }
+    fn prepare_nextroot(&self, next: &NextRoot) -> Result<()> {
+        self.log
+            .borrow_mut()
+            .push(format!("nextroot {}", next.dir.display()));
+        Ok(())
+    }
+    fn detach_tree(&self, dir: &Path) -> Result<()> {
+        self.log
+            .borrow_mut()
+            .push(format!("detach {}", dir.display()));
+        Ok(())
+    }
+    fn unmount_top(&self, target: &Path) -> Result<bool> {
+        self.log
+            .borrow_mut()
+            .push(format!("unmount {}", target.display()));
+        let mut stacks = self.stacks.borrow_mut();
+        let stack = stacks.entry(target.to_path_buf()).or_default();
+        if stack.pop().is_none() {
+            bail!("nothing mounted at {}", target.display());
+        }
+        std::fs::remove_file(target)?;
+        std::fs::rename(Self::aside(target, stack.len()), target)?;
+        Ok(false)
+    }
+    fn stack(&self, target: &Path) -> Result<Vec<MountEntry>> {
+        Ok(self
+            .stacks
+            .borrow()
+            .get(target)
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// `systemd-sysusers`/`-tmpfiles` stand-in: logs the files it was given.
+#[derive(Default)]
+pub(crate) struct RecordingTools {
+    pub log: RefCell<Vec<String>>,
+    /// `sysusers` or `tmpfiles`: that tool fails once.
+    pub fail_once: std::cell::Cell<Option<&'static str>>,
+}
+
+impl RecordingTools {
+    fn fails(&self, tool: &str) -> Result<()> {
+        if self.fail_once.get() == Some(tool) {
+            self.fail_once.set(None);
+            bail!("injected {tool} failure");
+        }
+        Ok(())
+    }
+}
+
+impl ConfigTools for RecordingTools {
+    fn sysusers(&self, _: &Path, files: &[String]) -> Result<()> {
+        self.log
+            .borrow_mut()
+            .push(format!("sysusers {}", files.join(" ")));
+        self.fails("sysusers")
+    }
+    fn tmpfiles_create(&self, _: &Path, files: &[String]) -> Result<()> {
+        self.log
+            .borrow_mut()
+            .push(format!("tmpfiles {}", files.join(" ")));
+        self.fails("tmpfiles")
     }
 }

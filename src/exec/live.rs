@@ -611,3 +611,234 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
     rep.reset = true;
     Ok(rep)
 }
+
+/// The executor against recording fakes of the mounts, systemd and the child tools: apply,
+/// resume after a failure at each step, and reset, all without root. (The real syscalls are
+/// exercised by `tests/apply_live.rs` as root and by the VM scenarios.)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{Decision, DecisionKind, DeploymentRef};
+    use crate::plan::PLAN_SCHEMA_VERSION;
+    use crate::services::{Action, Reason};
+    use crate::testing::{RecordingMounts, RecordingSystemd, RecordingTools};
+
+    struct Host {
+        _dir: tempfile::TempDir,
+        paths: HostPaths,
+        plan: Plan,
+    }
+
+    fn dep(root: &Path, id: &str, booted: bool) -> DeploymentRef {
+        let path = root.join("sysroot/ostree/deploy/fx/deploy").join(id);
+        std::fs::create_dir_all(path.join("usr/bin")).unwrap();
+        std::fs::write(path.join("usr/bin/hello"), id).unwrap();
+        DeploymentRef {
+            index: usize::from(!booted),
+            id: id.into(),
+            stateroot: "fx".into(),
+            path,
+            booted,
+            staged: !booted,
+        }
+    }
+
+    /// A root whose `/usr` is a plain directory, and a plan: swap /usr, sysusers, tmpfiles,
+    /// daemon-reload, restart one service.
+    fn host() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("usr")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let paths = HostPaths {
+            sysroot: dir.path().join("sysroot"),
+            root: root.clone(),
+            run: dir.path().join("run"),
+            boot: dir.path().join("sysroot/boot"),
+        };
+        let from = dep(dir.path(), "aaa.0", true);
+        let to = dep(dir.path(), "bbb.0", false);
+        let plan = Plan {
+            schema_version: PLAN_SCHEMA_VERSION,
+            verb: Verb::ApplyLive,
+            decision: Decision {
+                kind: DecisionKind::Live,
+                reasons: vec![],
+            },
+            steps: vec![
+                Step::SwapUsr {
+                    source: to.path.join("usr"),
+                    target: root.join("usr"),
+                },
+                Step::Sysusers {
+                    files: vec!["/usr/lib/sysusers.d/demo.conf".into()],
+                },
+                Step::Tmpfiles {
+                    files: vec!["/usr/lib/tmpfiles.d/demo.conf".into()],
+                },
+                Step::DaemonReload,
+                Step::Services {
+                    actions: vec![ServiceAction {
+                        unit: "demo.service".into(),
+                        action: Action::Restart,
+                        reasons: vec![Reason::NewlyEnabled { by: "x".into() }],
+                    }],
+                },
+            ],
+            from,
+            to,
+            etc_conflicts: vec![],
+            host_states: vec![],
+            ladder: None,
+        };
+        Host {
+            _dir: dir,
+            paths,
+            plan,
+        }
+    }
+
+    struct Fakes {
+        mounts: RecordingMounts,
+        systemd: RecordingSystemd,
+        tools: RecordingTools,
+    }
+
+    fn fakes() -> Fakes {
+        Fakes {
+            mounts: RecordingMounts::default(),
+            systemd: RecordingSystemd::default(),
+            tools: RecordingTools::default(),
+        }
+    }
+
+    fn env<'a>(h: &'a Host, f: &'a Fakes, progress: &'a mut dyn FnMut(&str)) -> LiveEnv<'a> {
+        LiveEnv {
+            paths: &h.paths,
+            journal: Journal::new(&h.paths.run, &h.paths.root, "boot-1"),
+            mounts: &f.mounts,
+            systemd: Some(&f.systemd),
+            tools: &f.tools,
+            kexec: None,
+            progress,
+        }
+    }
+
+    fn outcomes(r: &Report) -> Vec<(&'static str, StepOutcome)> {
+        r.steps.iter().map(|s| (s.step, s.outcome)).collect()
+    }
+
+    #[test]
+    fn apply_runs_every_step_in_order_and_journals_completion() {
+        let h = host();
+        let f = fakes();
+        let mut quiet = |_: &str| {};
+        let mut e = env(&h, &f, &mut quiet);
+        let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::Ok);
+        assert!(r.steps.iter().all(|s| s.outcome == StepOutcome::Done));
+        assert!(same_inode(
+            &h.paths.root.join("usr"),
+            &h.plan.to.path.join("usr")
+        ));
+        assert_eq!(
+            *f.tools.log.borrow(),
+            [
+                "sysusers /usr/lib/sysusers.d/demo.conf",
+                "tmpfiles /usr/lib/tmpfiles.d/demo.conf"
+            ]
+        );
+        assert_eq!(
+            *f.systemd.log.borrow(),
+            ["daemon-reload", "enqueue Restart demo.service", "wait 1"]
+        );
+        let st = e.journal.load().unwrap().unwrap();
+        assert!(st.is_complete());
+        assert_eq!(st.target, "bbb.0");
+        // Applying the same plan again is a no-op.
+        let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::NothingToDo);
+        assert_eq!(f.mounts.log.borrow().len(), 1, "{:?}", f.mounts.log);
+    }
+
+    /// A failure at each step in turn: the error names the step, the journal records it as
+    /// failed, and the next run skips what was done and finishes.
+    #[test]
+    fn resume_after_a_failure_at_each_step() {
+        for failing in 0..4 {
+            let h = host();
+            let f = fakes();
+            let mut quiet = |_: &str| {};
+            let mut e = env(&h, &f, &mut quiet);
+            // The step at `failing` fails once; the ones before it succeed.
+            let name = h.plan.steps[failing].name();
+            match name {
+                "swap_usr" => f.mounts.fail_binds.set(1),
+                "sysusers" | "tmpfiles" => f.tools.fail_once.set(Some(name)),
+                "daemon_reload" => f.systemd.fail_reloads.set(1),
+                other => unreachable!("{other}"),
+            }
+            let err = apply_live(&h.plan, "aaa.0", &mut e).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(&format!("step {name} failed")),
+                "{err:#}"
+            );
+            let st = e.journal.load().unwrap().unwrap();
+            let rec = st.steps.iter().find(|r| r.name == name).unwrap();
+            assert_eq!(rec.status, StepStatus::Failed, "{st:?}");
+            assert!(
+                rec.detail.as_deref().unwrap().contains("injected"),
+                "{st:?}"
+            );
+            for done in &h.plan.steps[..failing] {
+                assert!(st.step_done(done.name()), "{failing}: {}", done.name());
+            }
+            assert!(!st.step_done(name));
+            // Resumed: earlier steps are already done, the rest run.
+            let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+            assert_eq!(r.outcome, ExitCode::Ok, "{failing}");
+            let got = outcomes(&r);
+            for (i, (step, outcome)) in got.iter().enumerate() {
+                let want = if i < failing {
+                    StepOutcome::AlreadyDone
+                } else {
+                    StepOutcome::Done
+                };
+                assert_eq!(*outcome, want, "{failing}: {step}");
+            }
+            assert!(e.journal.load().unwrap().unwrap().is_complete());
+            assert!(same_inode(
+                &h.paths.root.join("usr"),
+                &h.plan.to.path.join("usr")
+            ));
+        }
+    }
+
+    #[test]
+    fn reset_pops_the_bind_reloads_restarts_and_clears_the_journal() {
+        let h = host();
+        let f = fakes();
+        let mut quiet = |_: &str| {};
+        let mut e = env(&h, &f, &mut quiet);
+        apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+        f.systemd.log.borrow_mut().clear();
+        let r = reset(&h.plan.from, &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::Ok, "{:?}", outcomes(&r));
+        assert!(!h.paths.root.join("usr").is_symlink());
+        assert!(f
+            .mounts
+            .stack(&h.paths.root.join("usr"))
+            .unwrap()
+            .is_empty());
+        let log = f.systemd.log.borrow().clone();
+        assert_eq!(log[0], "daemon-reload", "{log:?}");
+        assert!(
+            log.iter().any(|l| l.contains("demo.service")),
+            "the restarted unit is restarted again on reset: {log:?}"
+        );
+        assert!(e.journal.load().unwrap().is_none());
+        // Nothing left to reset.
+        let r = reset(&h.plan.from, &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::NothingToDo);
+    }
+}
