@@ -27,7 +27,7 @@ pub struct StatusJson {
     pub live: Option<serde_json::Value>,
     /// The running kernel's kexec state; absent when `--root` names another system.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kexec: Option<KexecStatus>,
+    pub kexec: Option<KexecJson>,
     /// How `switch` would reach the staged (else pending) deployment from what runs now, with
     /// every lower rung's rejection (default bounds; services not examined); `null` when the
     /// host is not ostree-booted or has nothing to switch to.
@@ -39,7 +39,7 @@ pub struct StatusJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct KexecStatus {
+pub struct KexecJson {
     /// A kernel is loaded for `systemctl kexec` (`/sys/kernel/kexec_loaded`).
     pub loaded: bool,
 }
@@ -111,7 +111,7 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
 pub fn to_json(
     host: &Host,
     live: Option<serde_json::Value>,
-    kexec: Option<KexecStatus>,
+    kexec: Option<KexecJson>,
 ) -> StatusJson {
     StatusJson {
         schema_version: STATUS_SCHEMA_VERSION,

@@ -62,9 +62,6 @@ impl Systemd for RecordingSystemd {
             })
             .collect()
     }
-    fn list_units(&self) -> Result<Vec<UnitFacts>> {
-        Ok(vec![])
-    }
     fn active_states(&self) -> Result<HashMap<String, String>> {
         Ok(HashMap::new())
     }

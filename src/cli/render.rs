@@ -84,7 +84,6 @@ pub(crate) fn verb_words(v: plan::Verb) -> &'static str {
         plan::Verb::ApplyLive => "apply-live",
         plan::Verb::Kexec => "kexec",
         plan::Verb::SoftReboot => "soft-reboot",
-        plan::Verb::Switch => "switch",
     }
 }
 
@@ -204,6 +203,8 @@ pub(crate) fn print_plan(o: &mut Output<'_>, p: &Plan) -> Result<()> {
     write_plan_human(o.out, p)
 }
 
+/// One `match` arm per step kind (long only for that).
+///
 /// The human dry run: what would be done, step by step, in words.
 pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
     let o = Output { json: false, out };

@@ -18,6 +18,8 @@ use crate::system::systemd::{self, Systemd};
 use crate::system::{mounts, privileges};
 use anyhow::{Context, Result};
 
+/// Long because it is the verb's whole story in order — preflight, one discovery, one diff,
+/// the facts, the ladder — ending in one `match` over the rungs whose arms are calls.
 pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     // Before the diff spawns worker threads. Each rung checks its own capabilities before its
@@ -72,17 +74,10 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
     };
     let ladder = ladder::choose(&inputs, &bounds);
     let Some(rung) = ladder.chosen else {
-        let mut msg = format!(
-            "no way to switch {} → {} within the allowed rungs; nothing was changed:",
-            short(&from.id),
-            short(&to.id)
-        );
-        for v in &ladder.rungs {
-            for r in &v.reasons {
-                msg.push_str(&format!("\n  {}: {r}", v.rung.name()));
-            }
-        }
-        return Err(refuse(ExitCode::RebootNeeded, msg));
+        return Err(refuse(
+            ExitCode::RebootNeeded,
+            no_rung_text(&from.id, &to.id, &ladder),
+        ));
     };
     progress(&format!(
         "switch {} → {}: {}",
@@ -94,29 +89,7 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
         progress(&format!("  rejected {r}"));
     }
     match rung {
-        Rung::None => {
-            if o.json {
-                let mut p = plan::live_plan(
-                    &d,
-                    &plan::LiveInputs {
-                        root: paths.root.clone(),
-                        services: Some(vec![]),
-                        host_states: host_states.clone(),
-                        unlock_finalization: false,
-                    },
-                );
-                p.ladder = Some(ladder);
-                o.json_value(&p)?;
-            } else {
-                writeln!(
-                    o.out,
-                    "nothing to do: {} and {} are identical",
-                    short(&from.id),
-                    short(&to.id)
-                )?;
-            }
-            Ok(ExitCode::NothingToDo)
-        }
+        Rung::None => nothing_to_do(paths, &d, host_states, ladder, o),
         Rung::Live => {
             if !opts.dry_run {
                 crate::exec::live::check_can_apply(&journal)?;
@@ -158,25 +131,79 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
                 o,
             )
         }
-        Rung::Reboot => {
-            if opts.dry_run {
-                if o.json {
-                    o.json_value(&ladder)?;
-                } else {
-                    writeln!(o.out, "rung: reboot (through firmware, --reboot-fallback)")?;
-                    for r in ladder.rejections_below(Rung::Reboot) {
-                        writeln!(o.out, "  rejected {r}")?;
-                    }
-                }
-                return Ok(ExitCode::Ok);
-            }
-            let sd = sd.context("a reboot needs systemd on the system bus")?;
-            progress("rebooting through firmware, as --reboot-fallback allows");
-            sd.start_unit_no_wait("reboot.target", "replace-irreversibly")
-                .context("starting reboot.target")?;
-            Ok(ExitCode::RebootNeeded)
+        Rung::Reboot => reboot(ladder, sd.as_ref(), opts.dry_run, o),
+    }
+}
+
+/// Why no rung within the bounds can switch: every rung's reasons.
+fn no_rung_text(from: &str, to: &str, ladder: &Ladder) -> String {
+    let mut msg = format!(
+        "no way to switch {} → {} within the allowed rungs; nothing was changed:",
+        short(from),
+        short(to)
+    );
+    for v in &ladder.rungs {
+        for r in &v.reasons {
+            msg.push_str(&format!("\n  {}: {r}", v.rung.name()));
         }
     }
+    msg
+}
+
+/// The none rung: the target is what runs. With `--json`, the plan of nothing and its ladder.
+fn nothing_to_do(
+    paths: &HostPaths,
+    d: &DeploymentDiff,
+    host_states: Vec<HostBlocker>,
+    ladder: Ladder,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
+    if o.json {
+        let mut p = plan::live_plan(
+            d,
+            &plan::LiveInputs {
+                root: paths.root.clone(),
+                services: Some(vec![]),
+                host_states,
+                unlock_finalization: false,
+            },
+        );
+        p.ladder = Some(ladder);
+        o.json_value(&p)?;
+    } else {
+        writeln!(
+            o.out,
+            "nothing to do: {} and {} are identical",
+            short(&d.from.id),
+            short(&d.to.id)
+        )?;
+    }
+    Ok(ExitCode::NothingToDo)
+}
+
+/// The reboot rung (`--reboot-fallback`): start `reboot.target`, or show the ladder.
+fn reboot(
+    ladder: Ladder,
+    sd: Option<&systemd::SystemdDbus>,
+    dry_run: bool,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
+    if dry_run {
+        if o.json {
+            o.json_value(&ladder)?;
+        } else {
+            writeln!(o.out, "rung: reboot (through firmware, --reboot-fallback)")?;
+            for r in ladder.rejections_below(Rung::Reboot) {
+                writeln!(o.out, "  rejected {r}")?;
+            }
+        }
+        return Ok(ExitCode::Ok);
+    }
+    let sd = sd.context("a reboot needs systemd on the system bus")?;
+    progress("rebooting through firmware, as --reboot-fallback allows");
+    sd.start_unit_no_wait("reboot.target", "replace-irreversibly")
+        .context("starting reboot.target")?;
+    Ok(ExitCode::RebootNeeded)
 }
 
 /// The soft-reboot rung: finalize the staged target, mount it at `/run/nextroot`, point

@@ -110,14 +110,14 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
 }
 
 /// Whether the running kernel has a kexec kernel loaded; `None` with `--root` (another system).
-pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecStatus> {
+pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecJson> {
     if paths.root != Path::new("/") {
         return None;
     }
     let k = crate::system::kexec::RealKexec::default();
     crate::system::kexec::KexecLoader::is_loaded(&k)
         .ok()
-        .map(|loaded| crate::status::KexecStatus { loaded })
+        .map(|loaded| crate::status::KexecJson { loaded })
 }
 
 /// `diff --json`: the diff with the ladder it gives (default bounds, services not examined).

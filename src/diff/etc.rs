@@ -118,7 +118,9 @@ pub enum EtcMergeError {
 
 /// Decide the live `/etc` actions for moving from `old_defaults` (booted `usr/etc`) to
 /// `new_defaults` (target `usr/etc`) given the live `local` `/etc`. A refused merge is an
-/// [`EtcMergeError`] inside the `anyhow::Error` (use `downcast_ref`).
+/// [`EtcMergeError`] inside the `anyhow::Error` (use `downcast_ref`). Long: one walk over the
+/// union of the three trees with ostree's per-path 3-way cases inline (a candidate for
+/// splitting the per-path case out).
 pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Result<EtcPlan> {
     let o = Tree::load(old_defaults)?;
     let l = Tree::load(local)?;

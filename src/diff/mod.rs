@@ -116,7 +116,7 @@ impl DiffTimings {
 pub const BOOT_TIME_USR_FILES: [&str; 1] = ["/usr/lib/ostree/prepare-root.conf"];
 
 /// Pure: the decision from the parts.
-pub fn decide(
+pub(crate) fn decision(
     usr: &usr::UsrDiff,
     outside_usr: &[outside::OutsideChange],
     units_changed: usize,
@@ -274,7 +274,7 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
             )
         })
         .count();
-    let decision = decide(&usr, &outside_usr, units.len(), etc_changes, &reasons);
+    let decision = decision(&usr, &outside_usr, units.len(), etc_changes, &reasons);
     Ok(DeploymentDiff {
         schema_version: DIFF_SCHEMA_VERSION,
         from: from.into(),

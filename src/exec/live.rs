@@ -102,6 +102,9 @@ pub fn check_can_apply(journal: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// Long for the resume rules at its start (one `match` over the journal it finds) and the
+/// step loop; both belong together.
+///
 /// Execute a live plan. The caller holds the run lock and checked privileges.
 pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();
@@ -244,6 +247,8 @@ fn report(
     }
 }
 
+/// One arm per [`Step`] kind, each the whole effect of that step, so it reads next to the
+/// journal record it leaves; long for that reason (splitting would scatter the journaling).
 fn run_step(
     step: &Step,
     st: &mut LiveState,
@@ -442,6 +447,9 @@ fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
         && !m.root.ends_with(&format!("/deploy/{booted_id}/usr"))
 }
 
+/// Long because reset is a fixed sequence of journaled phases (kexec unload, /usr, /etc,
+/// daemon-reload, units) read top to bottom; see `exec::live::tests` for each phase.
+///
 /// Undo a live apply. Returns the report (outcome `nothing_to_do` when there is no live state).
 pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();

@@ -15,7 +15,6 @@ pub enum StepOutcome {
     Done,
     /// Already done by an earlier, interrupted run of the same plan.
     AlreadyDone,
-    Failed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,10 +114,10 @@ impl Report {
         let done = if failed { " with failures" } else { "" };
         match self.verb {
             Verb::ApplyLive => format!("apply-live: {to} now runs live on {from}{done}"),
-            Verb::Kexec | Verb::Switch if self.steps.iter().any(|s| s.step == "kexec_load") => {
+            Verb::Kexec if self.steps.iter().any(|s| s.step == "kexec_load") => {
                 format!("kexec: {to}'s kernel is loaded to replace {from}{done}")
             }
-            Verb::SoftReboot | Verb::Switch => {
+            Verb::SoftReboot => {
                 format!("soft-reboot: {to} is prepared to replace {from}{done}")
             }
             Verb::Kexec => format!("kexec: {to} is prepared to replace {from}{done}"),
@@ -131,7 +130,6 @@ impl Report {
             let outcome = match s.outcome {
                 StepOutcome::Done => "done",
                 StepOutcome::AlreadyDone => "already done",
-                StepOutcome::Failed => "FAILED",
             };
             let words = step_words(s);
             let sep = if words.is_empty() { "" } else { ": " };

@@ -22,7 +22,6 @@ pub enum Verb {
     ApplyLive,
     Kexec,
     SoftReboot,
-    Switch,
 }
 
 /// One journaled step. Names are stable (`Step::name`) and used by the fault hook and reports.
@@ -108,12 +107,6 @@ pub struct Plan {
     /// `switch`: every rung's verdict, and why each lower rung was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<ladder::Ladder>,
-}
-
-impl Plan {
-    pub fn step_names(&self) -> Vec<&'static str> {
-        self.steps.iter().map(Step::name).collect()
-    }
 }
 
 /// `/usr/lib/sysusers.d/*.conf` and `/usr/lib/tmpfiles.d/*.conf` files the target adds or

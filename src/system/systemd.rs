@@ -163,8 +163,6 @@ pub trait Systemd {
     fn enqueue(&self, op: JobOp, unit: &str) -> Result<PendingJob>;
     /// Wait for every job; the outcomes are in the order of `jobs`.
     fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome>;
-    /// Facts about every loaded unit.
-    fn list_units(&self) -> Result<Vec<UnitFacts>>;
     /// Name → ActiveState of every loaded unit (one cheap call).
     fn active_states(&self) -> Result<HashMap<String, String>>;
     /// Facts about the named units (loading them if needed).
@@ -526,18 +524,6 @@ impl Systemd for SystemdDbus {
 
     fn active_states(&self) -> Result<HashMap<String, String>> {
         self.list_active_states()
-    }
-
-    fn list_units(&self) -> Result<Vec<UnitFacts>> {
-        let units = self.manager.list_units().context("listing systemd units")?;
-        let active: HashMap<String, String> =
-            units.iter().map(|u| (u.0.clone(), u.3.clone())).collect();
-        units
-            .iter()
-            // Skip aliases that follow another unit and units that failed to load.
-            .filter(|u| u.5.is_empty() && u.2 != "not-found")
-            .map(|u| self.facts_at(&u.0, &u.6, &active))
-            .collect()
     }
 
     fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>> {
