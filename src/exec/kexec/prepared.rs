@@ -233,6 +233,26 @@ fn drop_stale(host: &Host, loader: &dyn KexecLoader, rec: &PreparedKexec) -> Res
     Ok(true)
 }
 
+/// The kargs ostree will write for the staged `d`, `ostree=` still in its place: the override
+/// it was staged with, else the full `options` of its merge deployment (as
+/// `ostree_sysroot_stage_tree` and finalization pick them).
+fn finalized_kargs(host: &Host, d: &Deployment) -> Vec<String> {
+    let Some(st) = &host.staged_state else {
+        return d.kargs.clone();
+    };
+    if let Some(k) = &st.kargs {
+        return k.clone();
+    }
+    let same = |o: &&Deployment| !o.staged && o.stateroot == st.osname;
+    let merge = st
+        .merge_deployment
+        .as_ref()
+        .and_then(|m| host.deployments.iter().filter(same).find(|o| &o.id == m))
+        .or_else(|| host.deployments.iter().filter(same).find(|o| o.booted))
+        .or_else(|| host.deployments.iter().find(same));
+    merge.map_or_else(|| d.kargs.clone(), |m| m.kargs.clone())
+}
+
 /// Load the staged deployment's kernel now, for `switch` to reuse. Changes nothing when there
 /// is nothing staged, when the staged deployment boots the same kernel with the same kargs as
 /// the booted one (no kexec needed), or when its finalization is locked (it would not get its
@@ -294,8 +314,16 @@ pub fn prepare_staged(
             )));
         }
     }
+    if let Some(st) = &host.staged_state {
+        if !st.overlay_initrds.is_empty() {
+            return Ok(not_needed(format!(
+                "deployment {} has overlay initrds; switch loads it from its boot entry",
+                d.id
+            )));
+        }
+    }
     let bootlink = predicted_bootlink(d, &k.boot_digest, host.bootversion);
-    let cmdline = predicted_cmdline(&d.kargs, &bootlink);
+    let cmdline = predicted_cmdline(&finalized_kargs(host, d), &bootlink);
     let kernel = k.vmlinuz.clone();
     let initrds = vec![initramfs.clone()];
     let files = std::iter::once(&kernel)
