@@ -399,6 +399,139 @@ mod tests {
         }
     }
 
+    use crate::discover::kernel::{KernelFiles, KernelLayout};
+    use crate::discover::state::StagedState;
+    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
+
+    fn kernel(dir: &Path, digest: &str) -> KernelFiles {
+        let k = dir.join(format!("vmlinuz-{digest}"));
+        let i = dir.join(format!("initramfs-{digest}.img"));
+        std::fs::write(&k, digest).unwrap();
+        std::fs::write(&i, digest).unwrap();
+        KernelFiles {
+            layout: KernelLayout::UsrLibModules,
+            version: "6.1".into(),
+            vmlinuz: k,
+            initramfs: Some(i),
+            devicetree: None,
+            devicetree_is_dir: false,
+            boot_digest: digest.into(),
+        }
+    }
+
+    /// A booted deployment with kernel `old` and a staged one with kernel `staged_digest`.
+    fn host(dir: &Path, staged_digest: &str) -> Host {
+        let paths = HostPaths {
+            sysroot: dir.join("sysroot"),
+            root: dir.to_path_buf(),
+            run: dir.join("run"),
+            boot: dir.join("boot"),
+        };
+        let mut booted = dep("b00.0");
+        booted.staged = false;
+        booted.booted = true;
+        booted.kernel = Some(kernel(dir, "old"));
+        booted.kargs = vec![
+            "root=/dev/vda".into(),
+            "ostree=/ostree/boot.0/debian/old/0".into(),
+            "quiet".into(),
+        ];
+        let mut staged = dep("a11.0");
+        staged.kernel = Some(kernel(dir, staged_digest));
+        staged.kargs = vec!["root=/dev/vda".into(), "quiet".into()];
+        Host {
+            paths,
+            ostree_booted: true,
+            booted_state: None,
+            staged_state: Some(StagedState {
+                name: "a11.0".into(),
+                osname: "debian".into(),
+                bootcsum: staged_digest.into(),
+                kargs: None,
+                merge_deployment: Some("b00.0".into()),
+                overlay_initrds: vec![],
+                locked: false,
+            }),
+            bootversion: Some(0),
+            finalization_locked: false,
+            deployments: vec![staged, booted],
+        }
+    }
+
+    #[test]
+    fn prepare_loads_once_switch_reuses_and_a_gone_deployment_is_unloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), "new");
+        let loader = RecordingKexec::default();
+        let r = prepare_staged(&h, &loader, "boot1").unwrap();
+        assert_eq!(r.outcome, "loaded", "{r:?}");
+        // The merge deployment's options with ostree= replaced in place.
+        let cmdline = "root=/dev/vda ostree=/ostree/boot.1/debian/new/0 quiet";
+        let k = h.deployments[0].kernel.clone().unwrap();
+        assert_eq!(
+            loader.calls(),
+            vec![KexecCall::Load {
+                kernel: k.vmlinuz.clone(),
+                initrds: vec![k.initramfs.clone().unwrap()],
+                cmdline: cmdline.into()
+            }]
+        );
+        // Staged again with nothing new: nothing loaded again.
+        let r = prepare_staged(&h, &loader, "boot1").unwrap();
+        assert_eq!(r.outcome, "already_loaded");
+        assert_eq!(loader.calls().len(), 1);
+
+        // What switch sees after finalization: the same bootcsum, one initrd, that cmdline.
+        let d = &h.deployments[0];
+        let initrd = [PathBuf::from("/boot/initramfs")];
+        let reuse = |cmdline: &str, boot: &str| {
+            let rec = read(&record_path(&h.paths)).unwrap().unwrap();
+            let now: Vec<_> = rec.files.iter().map(|f| FileId::of(&f.path).ok()).collect();
+            mismatch(&rec, d, "new", initrd.len(), cmdline, boot, &now)
+        };
+        assert_eq!(reuse(cmdline, "boot1"), None);
+        assert!(reuse(
+            "root=/dev/vda ostree=/ostree/boot.0/debian/new/0 quiet",
+            "boot1"
+        )
+        .is_some());
+        std::fs::write(&k.vmlinuz, "rebuilt").unwrap();
+        assert!(reuse(cmdline, "boot1").unwrap().contains("changed"));
+
+        // The staged deployment went away before finalization: its kernel is unloaded.
+        let mut gone = h.clone();
+        gone.deployments.remove(0);
+        gone.staged_state = None;
+        let r = prepare_staged(&gone, &loader, "boot1").unwrap();
+        assert_eq!(r.outcome, "unloaded", "{r:?}");
+        assert_eq!(loader.calls().last(), Some(&KexecCall::Unload));
+    }
+
+    #[test]
+    fn prepare_loads_nothing_when_no_kexec_is_needed_or_finalization_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let loader = RecordingKexec::default();
+        let same = host(dir.path(), "old");
+        assert_eq!(
+            prepare_staged(&same, &loader, "b").unwrap().outcome,
+            "not_needed"
+        );
+        let mut locked = host(dir.path(), "new");
+        locked.finalization_locked = true;
+        assert_eq!(
+            prepare_staged(&locked, &loader, "b").unwrap().outcome,
+            "not_needed"
+        );
+        let mut none = host(dir.path(), "new");
+        none.deployments.remove(0);
+        none.staged_state = None;
+        assert_eq!(
+            prepare_staged(&none, &loader, "b").unwrap().outcome,
+            "not_needed"
+        );
+        assert!(loader.calls().is_empty());
+    }
+
     #[test]
     fn bootlink_flips_the_bootversion() {
         let d = dep("abc.0");
