@@ -7,6 +7,7 @@ use crate::exit::{exit_codes_help, ExitCode};
 use crate::status;
 
 mod docs;
+mod prepare;
 mod render;
 mod switch;
 mod verbs;
@@ -126,6 +127,11 @@ pub enum Command {
     /// shuts down in order. No firmware, no bootloader.
     #[command(after_help = dep_help())]
     Kexec(KexecOpts),
+    /// Load the staged deployment's kernel now (kexec_file_load), with the ostree= bootlink its
+    /// finalization will write, so that `switch` only finalizes and hands off. Run by
+    /// fastswitch-prepare.path when a deployment is staged; unloads a kernel it prepared for a
+    /// deployment that is no longer staged
+    Prepare,
     /// Make the system run the staged deployment the cheapest safe way: the lowest rung of
     /// none, live, soft-reboot, kexec, reboot that leaves only the target's code running.
     ///
@@ -292,6 +298,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
         Command::Recover => verbs::recover(&paths, &mut o),
         Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
+        Command::Prepare => prepare::prepare(&paths, &mut o),
         Command::Switch(opts) => switch::switch(&paths, &opts, &mut o),
         Command::Man => docs::man(o.out),
         Command::Completions(opts) => docs::completions(opts.shell, o.out),

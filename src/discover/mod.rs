@@ -307,165 +307,205 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
             ),
         ));
     }
-
-    let booted_file = paths.ostree_booted_file();
-    let booted_bytes = files::read_opt(&booted_file, Follow::Yes)?;
-    let ostree_booted = booted_bytes.is_some();
-    let booted_state = match booted_bytes {
-        Some(bytes) => Some(
-            state::parse_booted(&bytes)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("parsing {}", booted_file.display()))?,
-        ),
-        None => None,
-    };
-
-    let staged_file = paths.staged_file();
-    let staged_state = match files::read_opt(&staged_file, Follow::Yes)? {
-        Some(bytes) => Some(
-            state::parse_staged(&bytes)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("parsing {}", staged_file.display()))?,
-        ),
-        None => None,
-    };
-
+    let booted_state = read_booted_state(paths)?;
+    let staged_state = read_staged_state(paths)?;
     let (bootversion, entries) = read_boot_entries(&paths.boot)?;
+
     let mut deployments: Vec<Deployment> = Vec::new();
-
     if let Some(st) = &staged_state {
-        check_stateroot(&st.osname).with_context(|| format!("in {}", staged_file.display()))?;
-        let (checksum, serial) =
-            parse_deploy_name(&st.name).with_context(|| format!("in {}", staged_file.display()))?;
-        let path = deploy_root.join(&st.osname).join("deploy").join(&st.name);
-        if !path.is_dir() {
-            bail!(
-                "the staged deployment {} named in {} does not exist; re-stage it (e.g. `ostree admin deploy --stage`) or remove the stale state file",
-                path.display(),
-                staged_file.display()
-            );
-        }
-        deployments.push(make_deployment(
-            paths, &st.osname, &checksum, serial, path, None, prior,
-        )?);
-        deployments[0].staged = true;
+        deployments.push(staged_deployment(paths, &deploy_root, st, prior)?);
     }
-
     for entry in entries {
-        let ostree_arg = entry.ostree_karg().with_context(|| {
-            format!("boot entry {} has no `ostree=` kernel argument", entry.file)
-        })?;
-        let link = bls::parse_bootlink(&ostree_arg)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("boot entry {}", entry.file))?;
-        let name = resolve_bootlink(&paths.sysroot, &link).with_context(|| {
-            format!(
-                "resolving `ostree={ostree_arg}` of boot entry {}",
-                entry.file
-            )
-        })?;
-        let (checksum, serial) = parse_deploy_name(&name)?;
-        let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
-        let d = make_deployment(
-            paths,
-            &link.stateroot,
-            &checksum,
-            serial,
-            path,
-            Some(entry),
-            prior,
-        )?;
-        if deployments
+        let d = written_deployment(paths, &deploy_root, entry, prior)?;
+        if !deployments
             .iter()
             .any(|o| o.id == d.id && o.stateroot == d.stateroot)
         {
-            continue;
+            deployments.push(d);
         }
-        deployments.push(d);
     }
-
     for (i, d) in deployments.iter_mut().enumerate() {
         d.index = i;
     }
-
-    // Booted: (dev, ino) match; fallback: stat the root.
     if let Some(bs) = &booted_state {
-        let key = match bs.backing_root_device_inode {
-            Some(k) => k,
-            None => {
-                let m = std::fs::metadata(&paths.root)
-                    .with_context(|| format!("stat {}", paths.root.display()))?;
-                (m.dev(), m.ino())
-            }
-        };
-        for d in deployments.iter_mut() {
-            if d.dev_ino == key {
-                d.booted = true;
-            }
-        }
+        mark_booted(paths, bs, &mut deployments)?;
     }
-
-    // Staged kargs: the override, else inherited from the merge deployment (booted if the same
-    // stateroot, else the first written deployment of that stateroot).
-    if let (Some(st), Some(0)) = (&staged_state, deployments.iter().position(|d| d.staged)) {
-        let inherited = || -> Vec<String> {
-            let merge = st
-                .merge_deployment
-                .as_ref()
-                .and_then(|m| {
-                    deployments
-                        .iter()
-                        .find(|d| &d.id == m && d.stateroot == st.osname)
-                })
-                .or_else(|| {
-                    deployments
-                        .iter()
-                        .find(|d| d.booted && d.stateroot == st.osname)
-                })
-                .or_else(|| {
-                    deployments
-                        .iter()
-                        .find(|d| !d.staged && d.stateroot == st.osname)
-                });
-            merge.map(|m| m.kargs_without_ostree()).unwrap_or_default()
-        };
-        let kargs = st.kargs.clone().unwrap_or_else(inherited);
-        deployments[0].kargs = kargs;
+    if let Some(st) = &staged_state {
+        set_staged_kargs(st, &mut deployments);
     }
-
-    // pending / rollback, exactly as ostree_sysroot_query_deployments_for().
-    if let Some(bi) = deployments.iter().position(|d| d.booted) {
-        let osname = deployments[bi].stateroot.clone();
-        let (mut pending, mut rollback) = (None, None);
-        for (i, d) in deployments.iter().enumerate() {
-            if d.stateroot != osname || i == bi {
-                continue;
-            }
-            if i < bi && pending.is_none() {
-                pending = Some(i);
-            } else if i > bi && rollback.is_none() {
-                rollback = Some(i);
-            }
-        }
-        if let Some(p) = pending {
-            deployments[p].pending = true;
-        }
-        if let Some(r) = rollback {
-            deployments[r].rollback = true;
-        }
-    }
+    mark_pending_and_rollback(&mut deployments);
 
     let finalization_locked = staged_state.as_ref().is_some_and(|s| s.locked)
         || (staged_state.is_some() && paths.staged_locked_file().symlink_metadata().is_ok());
     Ok(Host {
         paths: paths.clone(),
-        ostree_booted,
+        ostree_booted: booted_state.is_some(),
         booted_state,
         staged_state,
         bootversion,
         finalization_locked,
         deployments,
     })
+}
+
+/// `<run>/ostree-booted`, parsed; `None` when the host is not ostree-booted.
+fn read_booted_state(paths: &HostPaths) -> Result<Option<state::BootedState>> {
+    let booted_file = paths.ostree_booted_file();
+    match files::read_opt(&booted_file, Follow::Yes)? {
+        Some(bytes) => Ok(Some(
+            state::parse_booted(&bytes)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", booted_file.display()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `<run>/ostree/staged-deployment`, parsed; `None` when nothing is staged.
+fn read_staged_state(paths: &HostPaths) -> Result<Option<state::StagedState>> {
+    let staged_file = paths.staged_file();
+    match files::read_opt(&staged_file, Follow::Yes)? {
+        Some(bytes) => Ok(Some(
+            state::parse_staged(&bytes)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", staged_file.display()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The staged deployment (first in ostree's order), from its state file.
+fn staged_deployment(
+    paths: &HostPaths,
+    deploy_root: &Path,
+    st: &state::StagedState,
+    prior: Option<&Host>,
+) -> Result<Deployment> {
+    let staged_file = paths.staged_file();
+    check_stateroot(&st.osname).with_context(|| format!("in {}", staged_file.display()))?;
+    let (checksum, serial) =
+        parse_deploy_name(&st.name).with_context(|| format!("in {}", staged_file.display()))?;
+    let path = deploy_root.join(&st.osname).join("deploy").join(&st.name);
+    if !path.is_dir() {
+        bail!(
+            "the staged deployment {} named in {} does not exist; re-stage it (e.g. `ostree admin deploy --stage`) or remove the stale state file",
+            path.display(),
+            staged_file.display()
+        );
+    }
+    let mut d = make_deployment(paths, &st.osname, &checksum, serial, path, None, prior)?;
+    d.staged = true;
+    Ok(d)
+}
+
+/// A written deployment, from its BLS entry and the `ostree=` bootlink in it.
+fn written_deployment(
+    paths: &HostPaths,
+    deploy_root: &Path,
+    entry: BootEntry,
+    prior: Option<&Host>,
+) -> Result<Deployment> {
+    let ostree_arg = entry
+        .ostree_karg()
+        .with_context(|| format!("boot entry {} has no `ostree=` kernel argument", entry.file))?;
+    let link = bls::parse_bootlink(&ostree_arg)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("boot entry {}", entry.file))?;
+    let name = resolve_bootlink(&paths.sysroot, &link).with_context(|| {
+        format!(
+            "resolving `ostree={ostree_arg}` of boot entry {}",
+            entry.file
+        )
+    })?;
+    let (checksum, serial) = parse_deploy_name(&name)?;
+    let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
+    make_deployment(
+        paths,
+        &link.stateroot,
+        &checksum,
+        serial,
+        path,
+        Some(entry),
+        prior,
+    )
+}
+
+/// Booted: (dev, ino) match; fallback: stat the root.
+fn mark_booted(
+    paths: &HostPaths,
+    bs: &state::BootedState,
+    deployments: &mut [Deployment],
+) -> Result<()> {
+    let key = match bs.backing_root_device_inode {
+        Some(k) => k,
+        None => {
+            let m = std::fs::metadata(&paths.root)
+                .with_context(|| format!("stat {}", paths.root.display()))?;
+            (m.dev(), m.ino())
+        }
+    };
+    for d in deployments.iter_mut() {
+        if d.dev_ino == key {
+            d.booted = true;
+        }
+    }
+    Ok(())
+}
+
+/// Staged kargs: the override, else inherited from the merge deployment (booted if the same
+/// stateroot, else the first written deployment of that stateroot).
+fn set_staged_kargs(st: &state::StagedState, deployments: &mut [Deployment]) {
+    if deployments.iter().position(|d| d.staged) != Some(0) {
+        return;
+    }
+    let inherited = || -> Vec<String> {
+        let merge = st
+            .merge_deployment
+            .as_ref()
+            .and_then(|m| {
+                deployments
+                    .iter()
+                    .find(|d| &d.id == m && d.stateroot == st.osname)
+            })
+            .or_else(|| {
+                deployments
+                    .iter()
+                    .find(|d| d.booted && d.stateroot == st.osname)
+            })
+            .or_else(|| {
+                deployments
+                    .iter()
+                    .find(|d| !d.staged && d.stateroot == st.osname)
+            });
+        merge.map(|m| m.kargs_without_ostree()).unwrap_or_default()
+    };
+    let kargs = st.kargs.clone().unwrap_or_else(inherited);
+    deployments[0].kargs = kargs;
+}
+
+/// pending / rollback, exactly as ostree_sysroot_query_deployments_for().
+fn mark_pending_and_rollback(deployments: &mut [Deployment]) {
+    let Some(bi) = deployments.iter().position(|d| d.booted) else {
+        return;
+    };
+    let osname = deployments[bi].stateroot.clone();
+    let (mut pending, mut rollback) = (None, None);
+    for (i, d) in deployments.iter().enumerate() {
+        if d.stateroot != osname || i == bi {
+            continue;
+        }
+        if i < bi && pending.is_none() {
+            pending = Some(i);
+        } else if i > bi && rollback.is_none() {
+            rollback = Some(i);
+        }
+    }
+    if let Some(p) = pending {
+        deployments[p].pending = true;
+    }
+    if let Some(r) = rollback {
+        deployments[r].rollback = true;
+    }
 }
 
 fn make_deployment(

@@ -2,6 +2,8 @@
 //! bootlink), load the kernel of its BLS entry with `kexec_file_load`, and hand off through
 //! systemd's `kexec.target` so services stop in order and filesystems are unmounted.
 
+pub mod prepared;
+
 use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
 use crate::discover::{self, Deployment, HostPaths};
 use crate::exit::{refuse, ExitCode};
@@ -99,6 +101,44 @@ pub fn check_entry_matches_tree(d: &Deployment) -> Result<()> {
     Ok(())
 }
 
+/// Load the target's kernel, unless `fastswitch prepare` loaded the same one at staging (same
+/// bootcsum, initrd count and command line, files unchanged: see [`prepared::check_reuse`]).
+/// Returns why it was (re)loaded, `None` when the prepared kernel was reused.
+fn load_unless_prepared(
+    env: &mut KexecEnv<'_>,
+    d: &Deployment,
+    kernel: &Path,
+    initrds: &[PathBuf],
+    cmdline: &str,
+) -> Result<Option<String>> {
+    let bootcsum = d
+        .kernel
+        .as_ref()
+        .map(|k| k.boot_digest.as_str())
+        .unwrap_or_default();
+    let why = prepared::check_reuse(env.paths, env.loader, d, bootcsum, initrds, cmdline)?;
+    let Some(why) = why else {
+        (env.progress)("reusing the kernel loaded when the deployment was staged");
+        return Ok(None);
+    };
+    (env.progress)(&format!(
+        "loading {} with kexec_file_load…",
+        kernel.display()
+    ));
+    env.loader.load(kernel, initrds, cmdline).map_err(|e| {
+        let code = if e.needs_full_reboot() {
+            ExitCode::RebootNeeded
+        } else {
+            ExitCode::Error
+        };
+        refuse(code, format!("{e}"))
+    })?;
+    if !env.loader.is_loaded().map_err(anyhow::Error::new)? {
+        bail!("kexec_file_load succeeded but /sys/kernel/kexec_loaded is still 0");
+    }
+    Ok(Some(why))
+}
+
 fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {
     StepReport {
         step,
@@ -178,25 +218,17 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                     .with_context(|| format!("deployment {} not found", plan.to.id))?;
                 let (kernel, initrds, cmdline) = boot_files(env.paths, d)?;
                 check_entry_matches_tree(d)?;
-                (env.progress)(&format!(
-                    "loading {} with kexec_file_load…",
-                    kernel.display()
-                ));
-                env.loader.load(&kernel, &initrds, &cmdline).map_err(|e| {
-                    let code = if e.needs_full_reboot() {
-                        ExitCode::RebootNeeded
-                    } else {
-                        ExitCode::Error
-                    };
-                    refuse(code, format!("{e}"))
-                })?;
-                if !env.loader.is_loaded().map_err(anyhow::Error::new)? {
-                    bail!("kexec_file_load succeeded but /sys/kernel/kexec_loaded is still 0");
-                }
+                let reload_reason = load_unless_prepared(env, d, &kernel, &initrds, &cmdline)?;
                 steps.push(step_report(
                     "kexec_load",
                     t,
-                    serde_json::json!({"kernel": kernel, "initrds": initrds, "cmdline": cmdline}),
+                    serde_json::json!({
+                        "kernel": kernel,
+                        "initrds": initrds,
+                        "cmdline": cmdline,
+                        "reused_prepared": reload_reason.is_none(),
+                        "reload_reason": reload_reason,
+                    }),
                 ));
             }
             Step::KexecReboot => hand_off_due = Some(HandOff::Kexec),
