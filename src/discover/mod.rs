@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use bls::BootEntry;
-pub use kernel::KernelFiles;
+pub use kernel::{DigestSource, KernelFiles};
 pub use origin::Origin;
 pub use state::{BootedState, StagedState};
 
@@ -345,8 +345,9 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
                 staged_file.display()
             );
         }
+        let recorded = Some((st.bootcsum.as_str(), DigestSource::StagedState));
         deployments.push(make_deployment(
-            paths, &st.osname, &checksum, serial, path, None, prior,
+            paths, &st.osname, &checksum, serial, path, None, recorded, prior,
         )?);
         deployments[0].staged = true;
     }
@@ -366,6 +367,14 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
         })?;
         let (checksum, serial) = parse_deploy_name(&name)?;
         let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
+        // ostree's bootcsum for this deployment, when the bootlink and the directory the
+        // kernel was copied to agree on it.
+        let linux_csum = entry
+            .linux
+            .as_deref()
+            .and_then(|l| bls::bootcsum_from_linux_path(l, &link.stateroot));
+        let csum = linux_csum.filter(|c| *c == link.bootcsum);
+        let recorded = csum.as_deref().map(|c| (c, DigestSource::BootEntry));
         let d = make_deployment(
             paths,
             &link.stateroot,
@@ -373,6 +382,7 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
             serial,
             path,
             Some(entry),
+            recorded,
             prior,
         )?;
         if deployments
@@ -468,6 +478,22 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     })
 }
 
+/// Check a deployment's recorded boot digest against its tree ([`kernel::verify_boot_digest`]):
+/// call it before loading the deployment's kernel, since discovery takes ostree's recorded
+/// bootcsum instead of hashing. A mismatch is a refusal (exit 6) naming both checksums.
+pub fn verify_kernel(d: &Deployment) -> Result<()> {
+    let Some(k) = &d.kernel else {
+        return Ok(());
+    };
+    kernel::verify_boot_digest(&d.path, k).map_err(|e| {
+        crate::exit::refuse(
+            crate::exit::ExitCode::Refused,
+            format!("deployment {}: {e:#}", d.id),
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn make_deployment(
     paths: &HostPaths,
     stateroot: &str,
@@ -475,6 +501,7 @@ fn make_deployment(
     serial: u32,
     path: PathBuf,
     entry: Option<BootEntry>,
+    recorded: Option<(&str, DigestSource)>,
     prior: Option<&Host>,
 ) -> Result<Deployment> {
     check_stateroot(stateroot)?;
@@ -496,7 +523,8 @@ fn make_deployment(
     });
     let kernel = match known {
         Some(d) => d.kernel.clone(),
-        None => kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?,
+        None => kernel::find_kernel_recorded(&path, recorded)
+            .with_context(|| format!("kernel of deployment {id}"))?,
     };
     let kargs = entry.as_ref().map(|e| e.kargs()).unwrap_or_default();
     // As ostree_sysroot_load: the runtime flags first, then the origin's `unlocked=hotfix`.

@@ -96,7 +96,7 @@ pub fn check_entry_matches_tree(d: &Deployment) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    crate::discover::verify_kernel(d) // the tree's files, hashed: discovery took ostree's record
 }
 
 fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {

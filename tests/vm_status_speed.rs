@@ -1,0 +1,159 @@
+//! VM measurement: how long `fastswitch status --json` takes in the guest right after a boot
+//! (the restored saved guest), with a staged deployment, and right after a kexec into it (cold
+//! page cache). Discovery takes the boot checksums ostree recorded (boot entry path, staged
+//! state) instead of hashing kernels, so none of these should read a kernel or initramfs.
+//!
+//! Figures, not assertions: each phase runs `status --json` five times and the results go to
+//! `target/vm-results/status_speed-<guest>.json` (min/median/max ms, and every run). What is
+//! asserted is what status reports: the deployments ostree has, each with the bootcsum ostree
+//! recorded for it, and after the kexec the new deployment booted.
+
+mod vm;
+
+use serde_json::Value;
+use std::time::Duration;
+use vm::{ostree_stage, Guest, Image, ScenarioResult, Vm, GUEST_FASTSWITCH};
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn status_speed_debian12() {
+    status_speed(Guest::Debian12, "status-speed");
+}
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn status_speed_debian13() {
+    status_speed(Guest::Debian13, "status-speed-debian13");
+}
+
+const RUNS: usize = 5;
+
+/// Run `status --json` [`RUNS`] times in the guest, timed by the guest's own clock (the
+/// command alone, not the agent round trip); returns the per-run ms and the last JSON.
+fn time_status(vm: &Vm) -> (Vec<f64>, Value) {
+    let out = vm.exec_ok(&format!(
+        r#"set -e
+for i in $(seq {RUNS}); do
+  s=$(date +%s%N)
+  {GUEST_FASTSWITCH} status --json > /run/status-speed.json
+  e=$(date +%s%N)
+  echo "ms $(( (e - s) / 1000 ))"
+done
+cat /run/status-speed.json"#
+    ));
+    let mut ms = Vec::new();
+    let mut json = String::new();
+    for line in out.lines() {
+        match line.strip_prefix("ms ") {
+            Some(us) => ms.push(us.trim().parse::<f64>().expect("µs") / 1000.0),
+            None => {
+                json.push_str(line);
+                json.push('\n');
+            }
+        }
+    }
+    assert_eq!(ms.len(), RUNS, "{out}");
+    let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    (ms, v)
+}
+
+fn figures(ms: &[f64]) -> Value {
+    let mut s = ms.to_vec();
+    s.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "min_ms": s[0],
+        "median_ms": s[s.len() / 2],
+        "max_ms": s[s.len() - 1],
+        "first_ms": ms[0],
+        "runs_ms": ms,
+    })
+}
+
+/// Every finalized deployment's `boot_digest` is the bootcsum ostree recorded for it: the
+/// `<stateroot>-<bootcsum>` directory of its boot entry's `linux` path. (The staged one's is
+/// checked after the kexec: the digest its boot entry then records is the one status showed
+/// while it was staged.)
+fn check_digests(vm: &Vm, v: &Value) {
+    let entries = vm.exec_ok(
+        r#"for f in /boot/loader/entries/*.conf; do echo "$(basename "$f") $(sed -n 's/^linux //p' "$f")"; done"#,
+    );
+    for d in v["deployments"].as_array().expect("deployments") {
+        let digest = d["kernel"]["boot_digest"].as_str().expect("boot digest");
+        if d["staged"] == true {
+            continue;
+        }
+        let file = d["boot_entry"].as_str().expect("boot entry");
+        let linux = entries
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{file} ")))
+            .unwrap_or_else(|| panic!("no entry {file} in:\n{entries}"));
+        let stateroot = d["stateroot"].as_str().unwrap();
+        assert!(
+            linux.contains(&format!("/{stateroot}-{digest}/")),
+            "{file}: {linux} vs {digest}"
+        );
+    }
+}
+
+fn status_speed(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("status_speed", guest);
+    let image = Image::get_guest(guest);
+    let mut vm = Vm::boot(&image, name);
+    result.set("boot", vm.boot_report());
+    result.set("restored", vm.was_restored());
+    result.set("binary", "target/debug/fastswitch from the tools disk");
+
+    let (ms, v) = time_status(&vm);
+    eprintln!("[status-speed] after boot: {ms:?} ms");
+    assert_eq!(v["deployments"].as_array().unwrap().len(), 1, "{v}");
+    check_digests(&vm, &v);
+    result.set("after_boot", figures(&ms));
+
+    ostree_stage(&vm, "test/kernel", "");
+    let (ms, v) = time_status(&vm);
+    eprintln!("[status-speed] with a staged deployment: {ms:?} ms");
+    let deps = v["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 2, "{v}");
+    assert_eq!(deps[0]["staged"], true, "{v}");
+    assert_ne!(
+        deps[0]["kernel"]["boot_digest"], deps[1]["kernel"]["boot_digest"],
+        "test/kernel has another initramfs: {v}"
+    );
+    check_digests(&vm, &v);
+    result.set("with_staged", figures(&ms));
+    let staged_digest = deps[0]["kernel"]["boot_digest"].clone();
+
+    // kexec into it (finalize, hash-verify the tree against the entry, load, kexec), then status
+    // with a cold page cache.
+    let old_boot = vm.boot_id();
+    vm.exec_ok(&format!(
+        "nohup {GUEST_FASTSWITCH} switch --json > /var/tmp/switch.json 2> /var/tmp/switch.err < /dev/null &"
+    ));
+    let boot = vm.wait_for_new_boot(&old_boot, Duration::from_secs(420));
+    assert_ne!(boot.boot_id, old_boot);
+    let (ms, v) = time_status(&vm);
+    eprintln!("[status-speed] after kexec: {ms:?} ms");
+    let booted: Vec<&Value> = v["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["booted"] == true)
+        .collect();
+    assert_eq!(booted.len(), 1, "{v}");
+    assert_eq!(
+        booted[0]["checksum"],
+        Value::from(image.ref_checksum("test/kernel"))
+    );
+    assert_eq!(booted[0]["kernel"]["boot_digest"], staged_digest, "{v}");
+    check_digests(&vm, &v);
+    result.set("after_kexec", figures(&ms));
+    // For comparison, in the same boot: ostree's own status.
+    let t = vm.exec_ok(
+        "s=$(date +%s%N); ostree admin status >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000 ))",
+    );
+    result.set(
+        "ostree_admin_status_ms",
+        t.trim().parse::<f64>().unwrap_or(f64::NAN) / 1000.0,
+    );
+    vm.shutdown();
+}
