@@ -3,6 +3,9 @@
 //! page cache). Discovery takes the boot checksums ostree recorded (boot entry path, staged
 //! state) instead of hashing kernels, so none of these should read a kernel or initramfs.
 //!
+//! With the staged deployment it also times one `fastswitch diff --json` and one `ostree diff`
+//! of the same two commits.
+//!
 //! Figures, not assertions: each phase runs `status --json` five times and the results go to
 //! `target/vm-results/status_speed-<guest>.json` (min/median/max ms, and every run). What is
 //! asserted is what status reports: the deployments ostree has, each with the bootcsum ostree
@@ -29,10 +32,18 @@ fn status_speed_debian13() {
 const RUNS: usize = 5;
 
 /// Run `status --json` [`RUNS`] times in the guest, timed by the guest's own clock (the
-/// command alone, not the agent round trip); returns the per-run ms and the last JSON.
-fn time_status(vm: &Vm) -> (Vec<f64>, Value) {
+/// command alone, not the agent round trip); returns the per-run ms, the ms of `--version`
+/// (process start alone) and the last JSON. The binary (a 100 MB debug build on the tools disk;
+/// a host runs a release build) is read once first, so the figures are fastswitch's work and
+/// the sysroot's reads, not paging in the test binary.
+fn time_status(vm: &Vm) -> (Vec<f64>, f64, Value) {
     let out = vm.exec_ok(&format!(
         r#"set -e
+cat {GUEST_FASTSWITCH} > /dev/null
+s=$(date +%s%N)
+{GUEST_FASTSWITCH} --version > /dev/null
+e=$(date +%s%N)
+echo "version $(( (e - s) / 1000 ))"
 for i in $(seq {RUNS}); do
   s=$(date +%s%N)
   {GUEST_FASTSWITCH} status --json > /run/status-speed.json
@@ -42,22 +53,25 @@ done
 cat /run/status-speed.json"#
     ));
     let mut ms = Vec::new();
+    let mut version = f64::NAN;
     let mut json = String::new();
+    let parse = |us: &str| us.trim().parse::<f64>().expect("µs") / 1000.0;
     for line in out.lines() {
-        match line.strip_prefix("ms ") {
-            Some(us) => ms.push(us.trim().parse::<f64>().expect("µs") / 1000.0),
-            None => {
-                json.push_str(line);
-                json.push('\n');
-            }
+        if let Some(us) = line.strip_prefix("ms ") {
+            ms.push(parse(us));
+        } else if let Some(us) = line.strip_prefix("version ") {
+            version = parse(us);
+        } else {
+            json.push_str(line);
+            json.push('\n');
         }
     }
     assert_eq!(ms.len(), RUNS, "{out}");
     let v: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    (ms, v)
+    (ms, version, v)
 }
 
-fn figures(ms: &[f64]) -> Value {
+fn figures(ms: &[f64], version_ms: f64) -> Value {
     let mut s = ms.to_vec();
     s.sort_by(f64::total_cmp);
     serde_json::json!({
@@ -66,6 +80,7 @@ fn figures(ms: &[f64]) -> Value {
         "max_ms": s[s.len() - 1],
         "first_ms": ms[0],
         "runs_ms": ms,
+        "version_ms": version_ms,
     })
 }
 
@@ -101,17 +116,20 @@ fn status_speed(guest: Guest, name: &str) {
     let mut vm = Vm::boot(&image, name);
     result.set("boot", vm.boot_report());
     result.set("restored", vm.was_restored());
-    result.set("binary", "target/debug/fastswitch from the tools disk");
+    result.set(
+        "binary",
+        "target/debug/fastswitch from the tools disk, read once before timing",
+    );
 
-    let (ms, v) = time_status(&vm);
-    eprintln!("[status-speed] after boot: {ms:?} ms");
+    let (ms, ver, v) = time_status(&vm);
+    eprintln!("[status-speed] after boot: {ms:?} ms (--version {ver} ms)");
     assert_eq!(v["deployments"].as_array().unwrap().len(), 1, "{v}");
     check_digests(&vm, &v);
-    result.set("after_boot", figures(&ms));
+    result.set("after_boot", figures(&ms, ver));
 
     ostree_stage(&vm, "test/kernel", "");
-    let (ms, v) = time_status(&vm);
-    eprintln!("[status-speed] with a staged deployment: {ms:?} ms");
+    let (ms, ver, v) = time_status(&vm);
+    eprintln!("[status-speed] with a staged deployment: {ms:?} ms (--version {ver} ms)");
     let deps = v["deployments"].as_array().unwrap();
     assert_eq!(deps.len(), 2, "{v}");
     assert_eq!(deps[0]["staged"], true, "{v}");
@@ -120,8 +138,31 @@ fn status_speed(guest: Guest, name: &str) {
         "test/kernel has another initramfs: {v}"
     );
     check_digests(&vm, &v);
-    result.set("with_staged", figures(&ms));
+    result.set("with_staged", figures(&ms, ver));
     let staged_digest = deps[0]["kernel"]["boot_digest"].clone();
+    // While both deployments are there: `fastswitch diff` (which loads the same deployments)
+    // against `ostree diff` of the two commits, one run each, guest clock.
+    let (staged_csum, booted_csum) = (
+        deps[0]["checksum"].as_str().unwrap(),
+        deps[1]["checksum"].as_str().unwrap(),
+    );
+    let t = vm.exec_ok(&format!(
+        r#"set -e
+s=$(date +%s%N); {GUEST_FASTSWITCH} diff --json > /dev/null; e=$(date +%s%N)
+echo $(( (e - s) / 1000 ))
+s=$(date +%s%N); ostree diff {booted_csum} {staged_csum} > /dev/null; e=$(date +%s%N)
+echo $(( (e - s) / 1000 ))"#
+    ));
+    let ms: Vec<f64> = t
+        .lines()
+        .map(|l| l.trim().parse::<f64>().expect("µs") / 1000.0)
+        .collect();
+    eprintln!(
+        "[status-speed] fastswitch diff {} ms, ostree diff {} ms",
+        ms[0], ms[1]
+    );
+    result.set("diff_ms", ms[0]);
+    result.set("ostree_diff_ms", ms[1]);
 
     // kexec into it (finalize, hash-verify the tree against the entry, load, kexec), then status
     // with a cold page cache.
@@ -131,8 +172,8 @@ fn status_speed(guest: Guest, name: &str) {
     ));
     let boot = vm.wait_for_new_boot(&old_boot, Duration::from_secs(420));
     assert_ne!(boot.boot_id, old_boot);
-    let (ms, v) = time_status(&vm);
-    eprintln!("[status-speed] after kexec: {ms:?} ms");
+    let (ms, ver, v) = time_status(&vm);
+    eprintln!("[status-speed] after kexec: {ms:?} ms (--version {ver} ms)");
     let booted: Vec<&Value> = v["deployments"]
         .as_array()
         .unwrap()
@@ -146,7 +187,7 @@ fn status_speed(guest: Guest, name: &str) {
     );
     assert_eq!(booted[0]["kernel"]["boot_digest"], staged_digest, "{v}");
     check_digests(&vm, &v);
-    result.set("after_kexec", figures(&ms));
+    result.set("after_kexec", figures(&ms, ver));
     // For comparison, in the same boot: ostree's own status.
     let t = vm.exec_ok(
         "s=$(date +%s%N); ostree admin status >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000 ))",
