@@ -129,7 +129,7 @@ fn parse_dirs_array(a: &[u8]) -> Option<SubDirs> {
     }
     let osz = offset_size(a.len());
     let table = offset_at(a, a.len() - osz, osz)?;
-    if table > a.len() - osz || (a.len() - table) % osz != 0 {
+    if table > a.len() - osz || !(a.len() - table).is_multiple_of(osz) {
         return None;
     }
     let mut start = 0;
