@@ -3,7 +3,7 @@
 //! same in both commits (the way ostree itself knows two trees are equal without looking).
 //!
 //! Only what the walk needs is read: a commit's root (dirtree and dirmeta checksums) and, per
-//! dirtree, its subdirectories' checksums. Anything unexpected (another repo layout, a missing
+//! dirtree, its subdirectories' checksums — the tail of the object, never its files array. Anything unexpected (another repo layout, a missing
 //! or unparsable object) makes the lookup return `None`, and the walk compares that part of the
 //! tree on disk instead — the pruning only ever removes work, never changes the result.
 
@@ -51,7 +51,6 @@ type CommitVariant = (
     Vec<u8>,
     Vec<u8>,
 );
-type DirTreeVariant = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
 
 /// The root (dirtree, dirmeta) of a commit object, `(a{sv}aya(say)sstayay)`.
 pub fn parse_commit_root(bytes: &[u8]) -> Option<DirCsums> {
@@ -63,21 +62,95 @@ pub fn parse_commit_root(bytes: &[u8]) -> Option<DirCsums> {
     })
 }
 
-/// The subdirectories of a dirtree object, `(a(say)a(sayay))`.
+/// The size of one framing offset in a GVariant container of `size` bytes (GLib's
+/// `gvariant_serialised_get_offset_size`).
+fn offset_size(size: usize) -> usize {
+    match size {
+        0 => 0,
+        1..=0xff => 1,
+        0x100..=0xffff => 2,
+        0x1_0000..=0xffff_ffff => 4,
+        _ => 8,
+    }
+}
+
+/// The little-endian framing offset of `osz` bytes at `at`.
+fn offset_at(b: &[u8], at: usize, osz: usize) -> Option<usize> {
+    let raw = b.get(at..at.checked_add(osz)?)?;
+    let v = raw.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x));
+    usize::try_from(v).ok()
+}
+
+/// Where the subdirectory array `a(sayay)` of a dirtree object of `size` bytes starts, from
+/// the object's last `offset_size(size)` bytes (`tail`): the tuple's one framing offset, the
+/// end of the files array. The array runs from there to `size - offset_size(size)`.
+fn dirs_start(size: usize, tail: &[u8]) -> Option<usize> {
+    let osz = offset_size(size);
+    if size == 0 {
+        // Both arrays empty, as zvariant writes it (GLib writes one zero offset byte).
+        return Some(0);
+    }
+    if tail.len() < osz {
+        return None;
+    }
+    let start = offset_at(tail, tail.len() - osz, osz)?;
+    (start <= size - osz).then_some(start)
+}
+
+/// One `(sayay)` element: name, dirtree and dirmeta checksums.
+fn parse_dir_entry(e: &[u8]) -> Option<(Vec<u8>, DirCsums)> {
+    let osz = offset_size(e.len());
+    let body = e.len().checked_sub(2 * osz)?;
+    // Framing offsets of the non-last members, in reverse order at the end.
+    let name_end = offset_at(e, e.len() - osz, osz)?;
+    let tree_end = offset_at(e, e.len() - 2 * osz, osz)?;
+    if name_end > tree_end || tree_end > body {
+        return None;
+    }
+    let name = e[..name_end].strip_suffix(&[0])?;
+    if name.contains(&0) || std::str::from_utf8(name).is_err() {
+        return None;
+    }
+    Some((
+        name.to_vec(),
+        DirCsums {
+            tree: csum(&e[name_end..tree_end])?,
+            meta: csum(&e[tree_end..body])?,
+        },
+    ))
+}
+
+/// The serialized subdirectory array `a(sayay)` of a dirtree. Anything that is not a
+/// well-formed array of 32-byte checksums is `None`.
+fn parse_dirs_array(a: &[u8]) -> Option<SubDirs> {
+    let mut out = SubDirs::new();
+    if a.is_empty() {
+        return Some(out);
+    }
+    let osz = offset_size(a.len());
+    let table = offset_at(a, a.len() - osz, osz)?;
+    if table > a.len() - osz || !(a.len() - table).is_multiple_of(osz) {
+        return None;
+    }
+    let mut start = 0;
+    for i in 0..(a.len() - table) / osz {
+        let end = offset_at(a, table + i * osz, osz)?;
+        if end < start || end > table {
+            return None;
+        }
+        let (name, c) = parse_dir_entry(&a[start..end])?;
+        out.insert(name, c);
+        start = end;
+    }
+    Some(out)
+}
+
+/// The subdirectories of a dirtree object, `(a(say)a(sayay))`. Only the subdirectory array is
+/// decoded (the files array, usually the bulk of the object, is skipped by its framing
+/// offset), so the cost follows the number of subdirectories.
 pub fn parse_subdirs(bytes: &[u8]) -> Option<SubDirs> {
-    let (t, used): (DirTreeVariant, usize) = Data::new(bytes, ctxt()).deserialize().ok()?;
-    (used == bytes.len()).then_some(())?;
-    t.1.into_iter()
-        .map(|(name, tree, meta)| {
-            Some((
-                name.into_bytes(),
-                DirCsums {
-                    tree: csum(&tree)?,
-                    meta: csum(&meta)?,
-                },
-            ))
-        })
-        .collect()
+    let start = dirs_start(bytes.len(), bytes)?;
+    parse_dirs_array(&bytes[start..bytes.len() - offset_size(bytes.len())])
 }
 
 impl Repo {
@@ -118,14 +191,122 @@ impl Repo {
         parse_commit_root(&self.read(commit, "commit")?)
     }
 
-    /// The subdirectories of the dirtree `tree`.
+    /// The subdirectories of the dirtree `tree`. Reads only the object's tail: the framing
+    /// offset at its end, then the subdirectory array before it (see [`parse_subdirs`]).
     pub fn subdirs(&self, tree: &Csum) -> Option<SubDirs> {
-        parse_subdirs(&self.read(&crate::discover::kernel::hex(tree), "dirtree")?)
+        use std::os::unix::fs::FileExt;
+        let hex = crate::discover::kernel::hex(tree);
+        let p = self
+            .objects
+            .join(&hex[..2])
+            .join(format!("{}.dirtree", &hex[2..]));
+        // A missing or odd object (e.g. a FIFO) only disables pruning; never block on it.
+        let f = crate::system::files::open_regular_opt(&p, crate::system::files::Follow::No)
+            .ok()
+            .flatten()?;
+        let size = usize::try_from(f.metadata().ok()?.len()).ok()?;
+        let osz = offset_size(size);
+        let mut tail = [0u8; 8];
+        let tail = &mut tail[..osz.min(size)];
+        f.read_exact_at(tail, (size - tail.len()) as u64).ok()?;
+        let start = dirs_start(size, tail)?;
+        let mut dirs = vec![0u8; size - osz - start];
+        f.read_exact_at(&mut dirs, start as u64).ok()?;
+        parse_dirs_array(&dirs)
     }
 
     /// `/usr` of a commit.
     pub fn usr(&self, commit: &str) -> Option<DirCsums> {
         let root = self.commit_root(commit)?;
         self.subdirs(&root.tree)?.remove(b"usr".as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type DirTree = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
+
+    fn encode(t: &DirTree) -> Vec<u8> {
+        zvariant::to_bytes(ctxt(), t).unwrap().bytes().to_vec()
+    }
+
+    /// The tail-only parse agrees with zvariant's full decoding at every framing-offset size
+    /// (objects under 256 bytes, under 64 KiB, above), and `Repo::subdirs` reads the same
+    /// from a file; a cut or corrupted object is `None`, never a wrong answer that looks right.
+    #[test]
+    fn subdirs_match_zvariant_for_every_offset_size() {
+        let d = tempfile::tempdir().unwrap();
+        let objects = d.path().join("objects");
+        let repo = Repo {
+            objects: objects.clone(),
+        };
+        for (nfiles, ndirs) in [
+            (0, 0),
+            (0, 1),
+            (2, 2),
+            (0, 3),
+            (40, 5),
+            (3000, 7),
+            (10, 900),
+        ] {
+            let t: DirTree = (
+                (0..nfiles)
+                    .map(|i| (format!("file{i:05}"), vec![i as u8; 32]))
+                    .collect(),
+                (0..ndirs)
+                    .map(|i| (format!("d{i:04}"), vec![i as u8; 32], vec![!(i as u8); 32]))
+                    .collect(),
+            );
+            let bytes = encode(&t);
+            let want: SubDirs =
+                t.1.iter()
+                    .map(|(n, a, b)| {
+                        (
+                            n.clone().into_bytes(),
+                            DirCsums {
+                                tree: csum(a).unwrap(),
+                                meta: csum(b).unwrap(),
+                            },
+                        )
+                    })
+                    .collect();
+            assert_eq!(
+                parse_subdirs(&bytes),
+                Some(want.clone()),
+                "{nfiles}/{ndirs}"
+            );
+            let c: Csum = [nfiles as u8 ^ ndirs as u8; 32];
+            let hex = crate::discover::kernel::hex(&c);
+            std::fs::create_dir_all(objects.join(&hex[..2])).unwrap();
+            std::fs::write(
+                objects
+                    .join(&hex[..2])
+                    .join(format!("{}.dirtree", &hex[2..])),
+                &bytes,
+            )
+            .unwrap();
+            assert_eq!(
+                repo.subdirs(&c).as_ref(),
+                Some(&want),
+                "{nfiles}/{ndirs} from a file"
+            );
+            if ndirs > 0 {
+                // A cut object never yields a checksum that is not in the object (a missing
+                // subdirectory only means it is compared on disk); a checksum of the wrong
+                // length is no answer.
+                let cut = parse_subdirs(&bytes[..bytes.len() - 1]);
+                assert!(
+                    cut.as_ref()
+                        .is_none_or(|m| m.iter().all(|(k, v)| want.get(k) == Some(v))),
+                    "{nfiles}/{ndirs}: {cut:?}"
+                );
+                let mut short = t.clone();
+                short.1[0].1.pop();
+                assert_eq!(parse_subdirs(&encode(&short)), None);
+            }
+        }
+        assert_eq!(parse_subdirs(&[0]), Some(SubDirs::new()));
     }
 }

@@ -22,7 +22,9 @@
 //! carries its two dirtree checksums (read from the repo, [`super::repo`]): equal checksums
 //! mean equal subtrees, so the pair is skipped without listing it; equal dirmeta checksums mean
 //! equal directory metadata. A 1 % change then touches only the changed directories and their
-//! ancestors. Without a readable repo the walk compares everything on disk, with the same result.
+//! ancestors. A pair's dirtrees are read only when both sides have subdirectories to prune,
+//! and only their subdirectory arrays (the tail of each object), so a changed leaf directory
+//! costs what the plain walk costs. Without a readable repo the walk compares everything on disk, with the same result.
 //!
 //! `/usr` itself is reported (as `/usr`) if its own metadata changed. Entries are sorted by
 //! path, component-wise, so parents come before their children.
@@ -417,11 +419,6 @@ impl Ctx {
         if ma.same_inode(mb) || trees.is_some_and(|(ta, tb)| ta == tb) {
             return Ok(Vec::new());
         }
-        // The subdirectories' checksums on both sides, to prune below.
-        let subdirs = match (&self.repo, trees) {
-            (Some(repo), Some((ta, tb))) => repo.subdirs(&ta).zip(repo.subdirs(&tb)),
-            _ => None,
-        };
         let la = self.list(Side::From, a, rel)?;
         let lb = self.list(Side::To, b, rel)?;
         let fast = self.fs.dirent_inodes && ma.dev == mb.dev;
@@ -493,6 +490,14 @@ impl Ctx {
                 }
             }
         }
+        // The subdirectories' checksums on both sides, to prune below: read only when there
+        // are subdirectories on both sides to prune.
+        let subdirs = match (&self.repo, trees) {
+            (Some(repo), Some((ta, tb))) if !both_dirs.is_empty() => {
+                repo.subdirs(&ta).zip(repo.subdirs(&tb))
+            }
+            _ => None,
+        };
         let sub = both_dirs
             .par_iter()
             .map(|&(i, j)| -> Result<Vec<UsrEntry>> {

@@ -16,6 +16,14 @@
 //!
 //! Every file is opened through [`crate::system::files`] relative to directory descriptors, so
 //! a FIFO or device node is refused instead of read.
+//!
+//! Hashing a kernel and its initramfs (tens of MB) is the slowest part of discovery, and ostree
+//! has already done it: the bootcsum is in the deployment's boot entry (`linux
+//! /ostree/<stateroot>-<bootcsum>/…`, `ostree=/ostree/boot.N/<stateroot>/<bootcsum>/<serial>`)
+//! and, for a staged deployment, in `/run/ostree/staged-deployment`. [`find_kernel_recorded`]
+//! takes that record instead of hashing (the files are still located, so a tree without a
+//! kernel is still seen), and [`verify_boot_digest`] hashes the tree when it matters: before a
+//! kernel is loaded for kexec.
 
 use crate::system::files::{self, Follow};
 use anyhow::{bail, Context, Result};
@@ -41,6 +49,20 @@ pub enum KernelLayout {
     Boot,
 }
 
+/// Where a [`KernelFiles::boot_digest`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DigestSource {
+    /// Hashed from the tree's files (ostree's algorithm).
+    Computed,
+    /// The checksum in a legacy kernel's file name (what ostree itself uses).
+    FileName,
+    /// The bootcsum ostree wrote into the deployment's boot entry.
+    BootEntry,
+    /// `target.bootcsum` of `/run/ostree/staged-deployment`.
+    StagedState,
+}
+
 /// The kernel files of one deployment tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelFiles {
@@ -56,6 +78,10 @@ pub struct KernelFiles {
     pub devicetree_is_dir: bool,
     /// ostree's bootcsum for this tree (hex sha256).
     pub boot_digest: String,
+    /// Where `boot_digest` comes from: only [`DigestSource::Computed`] and
+    /// [`DigestSource::FileName`] were read from the tree; a recorded one is checked against
+    /// the tree by [`verify_boot_digest`].
+    pub digest_source: DigestSource,
 }
 
 const DIR: OFlags = OFlags::RDONLY
@@ -149,8 +175,13 @@ fn checksum_dir_recurse(
     Ok(())
 }
 
-/// `get_kernel_from_tree_usrlib_modules`.
-fn from_usrlib_modules(root: BorrowedFd<'_>, deploy_dir: &Path) -> Result<Option<KernelFiles>> {
+/// `get_kernel_from_tree_usrlib_modules`. With `recorded`, the files are located but not
+/// hashed, and the recorded checksum is the digest.
+fn from_usrlib_modules(
+    root: BorrowedFd<'_>,
+    deploy_dir: &Path,
+    recorded: Option<(&str, DigestSource)>,
+) -> Result<Option<KernelFiles>> {
     let mshown = deploy_dir.join("usr/lib/modules");
     let Some(mfd) = opendir_at(root, Path::new("usr/lib/modules"), &mshown)? else {
         return Ok(None);
@@ -188,16 +219,22 @@ fn from_usrlib_modules(root: BorrowedFd<'_>, deploy_dir: &Path) -> Result<Option
     let kdir = mshown.join(&kver);
     let kfd = opendir_at(mfd.as_fd(), Path::new(&kver), &kdir)?
         .with_context(|| format!("{} vanished", kdir.display()))?;
-    let mut h = Sha256::new();
+    // `None`: the digest is recorded, only locate the files (each is still opened, so a FIFO
+    // or device node in their place is refused as when hashing).
+    let mut h = recorded.is_none().then(Sha256::new);
+    let mut hash = |f: std::fs::File, p: &Path| match h.as_mut() {
+        Some(h) => hash_into(h, f, p),
+        None => Ok(()),
+    };
     let vmlinuz = kdir.join("vmlinuz");
     let f = files::open_regular_at(kfd.as_fd(), Path::new("vmlinuz"), &vmlinuz, Follow::Yes)?
         .with_context(|| format!("{} vanished", vmlinuz.display()))?;
-    hash_into(&mut h, f, &vmlinuz)?;
+    hash(f, &vmlinuz)?;
     let mut initramfs = None;
     for n in ["initramfs.img", "initramfs"] {
         let p = kdir.join(n);
         if let Some(f) = open_for_hash(kfd.as_fd(), Path::new(n), &p)? {
-            hash_into(&mut h, f, &p)?;
+            hash(f, &p)?;
             initramfs = Some(p);
             break;
         }
@@ -205,13 +242,15 @@ fn from_usrlib_modules(root: BorrowedFd<'_>, deploy_dir: &Path) -> Result<Option
     let (mut devicetree, mut devicetree_is_dir) = (None, false);
     let dt = kdir.join("devicetree");
     if let Some(f) = open_for_hash(kfd.as_fd(), Path::new("devicetree"), &dt)? {
-        hash_into(&mut h, f, &dt)?;
+        hash(f, &dt)?;
         devicetree = Some(dt);
     } else {
         let dtb = kdir.join("dtb");
         match rustix::fs::statat(&kfd, c"dtb", AtFlags::empty()) {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                checksum_dir_recurse(kfd.as_fd(), Path::new("dtb"), &dtb, &mut h)?;
+                if let Some(h) = h.as_mut() {
+                    checksum_dir_recurse(kfd.as_fd(), Path::new("dtb"), &dtb, h)?;
+                }
                 devicetree = Some(dtb);
                 devicetree_is_dir = true;
             }
@@ -229,7 +268,12 @@ fn from_usrlib_modules(root: BorrowedFd<'_>, deploy_dir: &Path) -> Result<Option
         initramfs,
         devicetree,
         devicetree_is_dir,
-        boot_digest: hex(&h.finalize()),
+        boot_digest: match (h, recorded) {
+            (Some(h), _) => hex(&h.finalize()),
+            (None, Some((c, _))) => c.to_owned(),
+            (None, None) => unreachable!("a hasher exists whenever nothing is recorded"),
+        },
+        digest_source: recorded.map_or(DigestSource::Computed, |r| r.1),
     }))
 }
 
@@ -314,16 +358,27 @@ fn from_legacy(root: BorrowedFd<'_>, deploy_dir: &Path) -> Result<Option<KernelF
         devicetree: dt.map(|d| bdir.join(d.0)),
         devicetree_is_dir: false,
         boot_digest: String::from_utf8_lossy(&kcsum).into_owned(),
+        digest_source: DigestSource::FileName,
     }))
 }
 
-/// Find the kernel of a deployment directory as ostree does (see the module docs).
+/// Find the kernel of a deployment directory as ostree does (see the module docs), hashing it.
 /// `Ok(None)` when no layout holds a kernel (ostree refuses to deploy such a tree).
 pub fn find_kernel(deploy_dir: &Path) -> Result<Option<KernelFiles>> {
+    find_kernel_recorded(deploy_dir, None)
+}
+
+/// [`find_kernel`], taking the bootcsum ostree recorded for this deployment (`recorded`, when
+/// it is a checksum) instead of hashing the kernel, initramfs and device trees.
+pub fn find_kernel_recorded(
+    deploy_dir: &Path,
+    recorded: Option<(&str, DigestSource)>,
+) -> Result<Option<KernelFiles>> {
+    let recorded = recorded.filter(|(c, _)| is_checksum(c.as_bytes()));
     let root = rustix::fs::open(deploy_dir, DIR, Mode::empty())
         .map_err(std::io::Error::from)
         .with_context(|| format!("opening directory {}", deploy_dir.display()))?;
-    let modules = from_usrlib_modules(root.as_fd(), deploy_dir)?;
+    let modules = from_usrlib_modules(root.as_fd(), deploy_dir, recorded)?;
     let legacy = from_legacy(root.as_fd(), deploy_dir)?;
     Ok(match (modules, legacy) {
         (m, None) => m,
@@ -331,6 +386,33 @@ pub fn find_kernel(deploy_dir: &Path) -> Result<Option<KernelFiles>> {
         (Some(m), Some(_)) => Some(m),
         (None, l) => l,
     })
+}
+
+/// Check a recorded boot digest against the tree: hash the kernel files of `deploy_dir` as
+/// ostree does and compare. A digest read from the tree (hashed, or a legacy file name) needs
+/// no check. The error names the deployment, both checksums and where the record came from.
+pub fn verify_boot_digest(deploy_dir: &Path, k: &KernelFiles) -> Result<()> {
+    if matches!(
+        k.digest_source,
+        DigestSource::Computed | DigestSource::FileName
+    ) {
+        return Ok(());
+    }
+    let found = find_kernel(deploy_dir)?;
+    let found_digest = found.as_ref().map(|f| f.boot_digest.as_str());
+    if found_digest != Some(k.boot_digest.as_str()) {
+        let source = match k.digest_source {
+            DigestSource::BootEntry => "the boot entry",
+            _ => "the staged-deployment state",
+        };
+        bail!(
+            "the kernel files in {} hash to bootcsum {}, but {source} records {}: the tree no longer holds the kernel ostree deployed",
+            deploy_dir.display(),
+            found_digest.unwrap_or("none (no kernel found)"),
+            k.boot_digest
+        );
+    }
+    Ok(())
 }
 
 /// Lower-case hex of a byte string.
@@ -364,6 +446,50 @@ mod tests {
         );
         std::fs::remove_file(k.join("initramfs.img")).unwrap();
         assert!(find_kernel(d.path()).unwrap().unwrap().initramfs.is_none());
+    }
+
+    /// A recorded bootcsum is taken without hashing; the files are still located; the check
+    /// before a kexec load hashes the tree and refuses a record that does not match it.
+    #[test]
+    fn recorded_digest_is_taken_and_verified_lazily() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("usr/lib/modules/6.1.0-test");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(k.join("vmlinuz"), "kernel\n").unwrap();
+        std::fs::write(k.join("initramfs.img"), "initrd\n").unwrap();
+        let truth = "ff6d610a0f0d84602d9e2878eb3a16a850f2d31faa2f14108006723892a17899";
+        let other = "ab".repeat(32);
+        let kf = find_kernel_recorded(d.path(), Some((&other, DigestSource::BootEntry)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(kf.boot_digest, other);
+        assert_eq!(kf.digest_source, DigestSource::BootEntry);
+        assert_eq!(kf.initramfs, Some(k.join("initramfs.img")));
+        let e = verify_boot_digest(d.path(), &kf).unwrap_err().to_string();
+        assert!(
+            e.contains(truth) && e.contains(&other) && e.contains("boot entry"),
+            "{e}"
+        );
+        let kf = find_kernel_recorded(d.path(), Some((truth, DigestSource::StagedState)))
+            .unwrap()
+            .unwrap();
+        verify_boot_digest(d.path(), &kf).unwrap();
+        // Not a checksum: hashed instead.
+        let kf = find_kernel_recorded(d.path(), Some(("abc", DigestSource::BootEntry)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (kf.boot_digest.as_str(), kf.digest_source),
+            (truth, DigestSource::Computed)
+        );
+        // A FIFO where the initramfs was is refused without hashing too.
+        std::fs::remove_file(k.join("initramfs.img")).unwrap();
+        nix::unistd::mkfifo(
+            &k.join("initramfs.img"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        assert!(find_kernel_recorded(d.path(), Some((truth, DigestSource::BootEntry))).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use bls::BootEntry;
-pub use kernel::KernelFiles;
+pub use kernel::{DigestSource, KernelFiles};
 pub use origin::Origin;
 pub use state::{BootedState, StagedState};
 
@@ -393,7 +393,17 @@ fn staged_deployment(
             staged_file.display()
         );
     }
-    let mut d = make_deployment(paths, &st.osname, &checksum, serial, path, None, prior)?;
+    let recorded = Some((st.bootcsum.as_str(), DigestSource::StagedState));
+    let mut d = make_deployment(
+        paths,
+        &st.osname,
+        &checksum,
+        serial,
+        path,
+        None,
+        recorded,
+        prior,
+    )?;
     d.staged = true;
     Ok(d)
 }
@@ -419,6 +429,14 @@ fn written_deployment(
     })?;
     let (checksum, serial) = parse_deploy_name(&name)?;
     let path = deploy_root.join(&link.stateroot).join("deploy").join(&name);
+    // ostree's bootcsum for this deployment, when the bootlink and the directory the
+    // kernel was copied to agree on it.
+    let linux_csum = entry
+        .linux
+        .as_deref()
+        .and_then(|l| bls::bootcsum_from_linux_path(l, &link.stateroot));
+    let csum = linux_csum.filter(|c| *c == link.bootcsum);
+    let recorded = csum.as_deref().map(|c| (c, DigestSource::BootEntry));
     make_deployment(
         paths,
         &link.stateroot,
@@ -426,6 +444,7 @@ fn written_deployment(
         serial,
         path,
         Some(entry),
+        recorded,
         prior,
     )
 }
@@ -508,6 +527,22 @@ fn mark_pending_and_rollback(deployments: &mut [Deployment]) {
     }
 }
 
+/// Check a deployment's recorded boot digest against its tree ([`kernel::verify_boot_digest`]):
+/// call it before loading the deployment's kernel, since discovery takes ostree's recorded
+/// bootcsum instead of hashing. A mismatch is a refusal (exit 6) naming both checksums.
+pub fn verify_kernel(d: &Deployment) -> Result<()> {
+    let Some(k) = &d.kernel else {
+        return Ok(());
+    };
+    kernel::verify_boot_digest(&d.path, k).map_err(|e| {
+        crate::exit::refuse(
+            crate::exit::ExitCode::Refused,
+            format!("deployment {}: {e:#}", d.id),
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn make_deployment(
     paths: &HostPaths,
     stateroot: &str,
@@ -515,6 +550,7 @@ fn make_deployment(
     serial: u32,
     path: PathBuf,
     entry: Option<BootEntry>,
+    recorded: Option<(&str, DigestSource)>,
     prior: Option<&Host>,
 ) -> Result<Deployment> {
     check_stateroot(stateroot)?;
@@ -536,7 +572,8 @@ fn make_deployment(
     });
     let kernel = match known {
         Some(d) => d.kernel.clone(),
-        None => kernel::find_kernel(&path).with_context(|| format!("kernel of deployment {id}"))?,
+        None => kernel::find_kernel_recorded(&path, recorded)
+            .with_context(|| format!("kernel of deployment {id}"))?,
     };
     let kargs = entry.as_ref().map(|e| e.kargs()).unwrap_or_default();
     // As ostree_sysroot_load: the runtime flags first, then the origin's `unlocked=hotfix`.

@@ -98,7 +98,7 @@ pub fn check_entry_matches_tree(d: &Deployment) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    crate::discover::verify_kernel(d) // the tree's files, hashed: discovery took ostree's record
 }
 
 /// Load the target's kernel, unless `fastswitch prepare` loaded the same one at staging (same
