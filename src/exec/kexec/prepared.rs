@@ -416,6 +416,7 @@ mod tests {
             devicetree: None,
             devicetree_is_dir: false,
             boot_digest: digest.into(),
+            digest_source: crate::discover::kernel::DigestSource::Computed,
         }
     }
 
