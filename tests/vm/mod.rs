@@ -1381,3 +1381,129 @@ impl Drop for ScenarioResult {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// fastswitch from its Debian package
+
+/// Name of the .deb on the tools disk (`/run/tools/fastswitch.deb`).
+pub const DEB_TOOL: &str = "fastswitch.deb";
+/// fastswitch as the package installs it.
+pub const PACKAGED: &str = "/usr/bin/fastswitch";
+
+/// The Debian package of this build's fastswitch: the newest `target/deb/fastswitch_*.deb`
+/// if it is newer than the test binary (scripts/test builds it with `scripts/build-deb
+/// --profile debug`), else made now from the test binary by `scripts/build-deb --bin`.
+pub fn fastswitch_deb() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = Path::new(env!("CARGO_BIN_EXE_fastswitch"));
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let bin_time = mtime(bin).unwrap_or_else(|| panic!("{}: no test binary", bin.display()));
+    let newest = || {
+        fs::read_dir(root.join("target/deb"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("fastswitch_") && n.ends_with(".deb"))
+            })
+            .filter_map(|p| mtime(&p).map(|t| (t, p)))
+            .max()
+    };
+    if let Some((t, p)) = newest() {
+        if t >= bin_time {
+            return p;
+        }
+    }
+    let out = Command::new(root.join("scripts/build-deb"))
+        .arg("--bin")
+        .arg(bin)
+        .arg("--no-lintian")
+        .output()
+        .expect("running scripts/build-deb");
+    assert!(
+        out.status.success(),
+        "scripts/build-deb --bin {} failed:\n{}{}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match newest() {
+        Some((t, p)) if t >= bin_time => p,
+        _ => panic!("scripts/build-deb made no target/deb/fastswitch_*.deb newer than the binary"),
+    }
+}
+
+/// What [`image_build_install`] made.
+pub struct ImageBuild {
+    /// The new commit's checksum.
+    pub checksum: String,
+    /// Output of the in-tree `dpkg -i`.
+    pub dpkg_log: String,
+    /// `systemctl --root=TREE is-enabled fastswitch-recover.service` in the new tree.
+    pub recover_unit: String,
+    pub duration: Duration,
+}
+
+/// An image build in the guest: check out commit `base` from the system repo, install the
+/// .deb from the tools disk into that tree with dpkg in a chroot (/proc, /dev, /sys bound;
+/// maintainer scripts run, as for a Containerfile's `RUN apt-get install ./fastswitch.deb`),
+/// and commit the tree as `new_ref`. The tree is shaped back and forth the way the image
+/// build shapes it (vm/build-image.sh): /usr/etc is /etc while dpkg runs, and the dpkg
+/// database lives in /usr/share/dpkg/database (reached through /var/lib/dpkg), since /var
+/// is not part of a commit. The checkout hardlinks into the repo (same filesystem, like
+/// rpm-ostree's); dpkg replaces files by rename, never in place.
+pub fn image_build_install(vm: &Vm, base: &str, new_ref: &str) -> ImageBuild {
+    let t = Instant::now();
+    let out = vm.exec_ok(&format!(
+        r#"set -eu
+repo=/ostree/repo
+w=$repo/tmp/fastswitch-image-build
+t=$w/root
+rm -rf "$w"; mkdir -p "$w"
+ostree --repo=$repo checkout {base} "$t"
+mv "$t/usr/etc" "$t/etc"
+mkdir -p "$t/var/lib" "$t/var/log"
+ln -s ../../usr/share/dpkg/database "$t/var/lib/dpkg"
+cp {TOOLS_DIR}/{DEB_TOOL} "$t/tmp/fastswitch.deb"
+unshare -m --propagation private sh -ec '
+  mount --rbind /dev "$1/dev"; mount -t proc proc "$1/proc"; mount -t sysfs sysfs "$1/sys"
+  chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 dpkg -i /tmp/fastswitch.deb
+' sh "$t" > "$w/dpkg.log" 2>&1 || {{ cat "$w/dpkg.log" >&2; exit 1; }}
+enabled=$(systemctl --root="$t" is-enabled fastswitch-recover.service || true)
+rm "$t/tmp/fastswitch.deb" "$t/var/lib/dpkg"
+find "$t/var" -mindepth 1 -delete
+mv "$t/etc" "$t/usr/etc"
+c=$(ostree --repo=$repo commit --branch={new_ref} --link-checkout-speedup \
+  --subject="image build: {base:.12} + apt-get install ./fastswitch.deb" --tree=dir="$t")
+echo "checksum=$c"
+echo "enabled=$enabled"
+echo "--- dpkg"
+cat "$w/dpkg.log"
+rm -rf "$w"
+"#
+    ));
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| vm.fail(&format!("image build printed no {k}=:\n{out}")))
+            .to_string()
+    };
+    let build = ImageBuild {
+        checksum: field("checksum"),
+        recover_unit: field("enabled"),
+        dpkg_log: out
+            .split_once("--- dpkg\n")
+            .map(|(_, l)| l.to_string())
+            .unwrap_or_default(),
+        duration: t.elapsed(),
+    };
+    timing(
+        &vm.name,
+        &format!("image build: {base:.12} + fastswitch.deb -> {new_ref}"),
+        build.duration,
+    );
+    build
+}
