@@ -14,13 +14,13 @@
 mod vm;
 
 use std::time::Instant;
-use vm::{ostree_stage, ostree_status, Image, Vm};
+use vm::{ostree_stage, ostree_status, Guest, Image, Vm};
 
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn cold_reboot_boots_staged_deployment() {
     let t_all = Instant::now();
-    let image = Image::get();
+    let image = Image::get_guest(Guest::Debian12);
     let mut vm = Vm::boot(&image, "reboot");
     let old_boot_id = vm.boot_id();
     let old = ostree_status(&vm);
