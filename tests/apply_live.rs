@@ -338,6 +338,69 @@ cat $ROOT/usr/share/demo/version > $OUT/version3
     assert_eq!(snapshot(&sc.root.join("usr")), usr_before);
 }
 
+/// Two apply-lives in a row where the first target stays a deployment (deployed with
+/// `ostree admin deploy --retain`, not staged): the second plan runs from the live target, and
+/// the live record must keep naming the booted deployment, so the second apply neither refuses
+/// ("stale state") nor mistakes the first bind for the booted /usr.
+#[test]
+fn second_apply_live_from_a_retained_live_target() {
+    if !is_root() {
+        panic!("needs root for mount namespaces (CI runs as root)");
+    }
+    let sc = scenario();
+    let usr_before = snapshot(&sc.root.join("usr"));
+    // v2 as a finalized (pending) deployment instead of the staged one.
+    std::fs::remove_file(sc.s.run().join("ostree/staged-deployment")).unwrap();
+    std::fs::remove_dir_all(sc.s.deploy_dir("fx", &sc.staged)).unwrap();
+    let dir = sc.s.deploy_dir("fx", &sc.staged);
+    std::fs::remove_file(dir.with_file_name(format!("{}.origin", sc.staged))).unwrap();
+    sc.s.deploy("fx", "fx/v2", &["root=/dev/vda", "rw"]);
+    let t3 = Tree::minimal("6.1.0-test");
+    t3.write("usr/share/demo/version", b"3\n");
+    sc.s.commit("fx/v3", &t3);
+    let out = tempfile::tempdir().unwrap();
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            r#"
+$FS apply-live --no-services --json > $OUT/a1.json; echo $? > $OUT/a1.rc
+ostree admin deploy --retain --sysroot={sysroot} --os=fx --karg-none --karg=root=/dev/vda --karg=rw fx/v3
+$FS apply-live --no-services --json > $OUT/a2.json 2> $OUT/a2.err; echo $? > $OUT/a2.rc
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/m2 || true
+cat $ROOT/usr/share/demo/version > $OUT/version2
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+grep -c " $ROOT/usr " /proc/self/mountinfo > $OUT/m3 || true
+cat $ROOT/usr/share/demo/version > $OUT/version3
+"#,
+            sysroot = sc.s.path().display()
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let n = |f: &str| read(out.path(), f).trim().to_owned();
+    assert_eq!(rc(out.path(), "a1.rc"), 0, "{stderr}");
+    let a1 = read_json(&out.path().join("a1.json"));
+    assert_eq!(rc(out.path(), "a2.rc"), 0, "{}", n("a2.err"));
+    let a2 = read_json(&out.path().join("a2.json"));
+    assert_eq!(
+        a2["from"]["id"], a1["to"]["id"],
+        "from the live target: {a2}"
+    );
+    assert_ne!(a2["to"]["id"], a1["to"]["id"], "{a2}");
+    assert_eq!(n("version2"), "3");
+    if kernel_has_move_mount_beneath() {
+        assert_eq!(n("m2"), "1", "one bind after two apply-lives: {a2}");
+        assert_eq!(a2["steps"][0]["detail"]["replaced"], true, "{a2}");
+    } else {
+        assert_eq!(n("m2"), "2", "stacked binds on Linux < 6.5: {a2}");
+    }
+    assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+    assert_eq!(n("m3"), "0");
+    assert_eq!(n("version3"), "1");
+    assert_eq!(snapshot(&sc.root.join("usr")), usr_before);
+}
+
 #[test]
 fn merged_etc_is_what_the_plan_said() {
     if !is_root() {

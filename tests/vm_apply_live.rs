@@ -197,9 +197,80 @@ fn s1(guest: Guest, name: &str) {
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn s2_changed_binary_restarts_exactly_its_service() {
-    let image = Image::get();
-    let mut vm = Vm::boot(&image, "s2-hello-v2");
-    ostree_stage(&vm, "test/hello-v2", "");
+    s2(Guest::Debian12, "s2-hello-v2");
+}
+
+/// S2 on Debian 13 (Linux 6.12): the second apply-live replaces the /usr bind in place
+/// (`MOVE_MOUNT_BENEATH`) instead of stacking.
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s2_debian13_changed_binary_restarts_exactly_its_service() {
+    s2(Guest::Debian13, "s2-hello-v2-debian13");
+}
+
+/// `ostree admin deploy --retain <refspec>`: a finalized (pending) deployment, every other one
+/// kept. Staging instead would replace the deployment staged before and delete its directory,
+/// which is what /usr shows while that deployment is applied live (`/usr` would empty under the
+/// running system).
+fn deploy_retaining(vm: &Vm, refspec: &str) {
+    let t = std::time::Instant::now();
+    vm.exec_ok(&format!("ostree admin deploy --retain {refspec}"));
+    eprintln!(
+        "[s2] ostree admin deploy --retain {refspec}: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// The mounts at /usr in the agent's mount namespace, bottom first, from /proc/self/mountinfo:
+/// each one's FSROOT (the deployment directory it shows).
+fn usr_mounts(vm: &Vm) -> Vec<String> {
+    vm.exec_ok("awk '$5 == \"/usr\" { print $4 }' /proc/self/mountinfo")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The mounts at /usr that are not the booted deployment's own /usr: fastswitch's binds.
+fn fastswitch_binds(mounts: &[String], booted_id: &str) -> Vec<String> {
+    mounts
+        .iter()
+        .filter(|m| !m.ends_with(&format!("/deploy/{booted_id}/usr")))
+        .cloned()
+        .collect()
+}
+
+fn wait_version(vm: &Vm, file: &str, want: &str) -> String {
+    vm.exec_ok(&format!(
+        "for i in $(seq 50); do [ \"$(cat /run/demo/{file})\" = {want} ] && break; sleep 0.1; done; cat /run/demo/{file}"
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// S2, then §3 of the real-hosts issue in the same boot: a second apply-live to a newer target
+/// (`test/lib-v2`, deployed over the live `test/hello-v2`) leaves exactly one fastswitch bind on
+/// /usr where the kernel has `MOVE_MOUNT_BENEATH` (Linux ≥ 6.5: Debian 13's 6.12), stacked binds
+/// on Debian 12's 6.1; `reset` removes every bind on both.
+fn s2(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("s2", guest);
+    let image = Image::get_guest(guest);
+    let mut vm = Vm::boot(&image, name);
+    result.set("boot", vm.boot_report());
+    let booted = ostree_status(&vm)
+        .into_iter()
+        .find(|d| d.booted)
+        .expect("a booted deployment")
+        .id();
+    let os = image.os();
+    let deploy_usr = |id: &str| format!("/ostree/deploy/{os}/deploy/{id}/usr");
+    let base = usr_mounts(&vm);
+    assert!(fastswitch_binds(&base, &booted).is_empty(), "{base:?}");
+    result.set("kernel", vm.exec_ok("uname -r").trim());
+
+    // Both targets are deployed, not staged: staging the second would make ostree delete the
+    // first (the one staged before), whose usr is what /usr shows after the first apply-live.
+    let t = std::time::Instant::now();
+    deploy_retaining(&vm, "test/hello-v2");
     let plan = fastswitch_json(&vm, "apply-live --dry-run --json");
     let actions = service_actions(&plan);
     assert_eq!(
@@ -223,8 +294,7 @@ fn s2_changed_binary_restarts_exactly_its_service() {
     for u in ["demo-lib", "demo-reload", "demo-other"] {
         assert_eq!(after[u], before[u], "{u} kept its PID");
     }
-    let v = vm.exec_ok("for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v2 ] && break; sleep 0.1; done; cat /run/demo/hello.version");
-    assert_eq!(v.trim(), "v2");
+    assert_eq!(wait_version(&vm, "hello.version", "v2"), "v2");
     for s in report["steps"].as_array().unwrap() {
         if s["step"] == "services" {
             for o in s["detail"].as_array().unwrap() {
@@ -235,11 +305,91 @@ fn s2_changed_binary_restarts_exactly_its_service() {
             }
         }
     }
-    // reset goes back: old binary, restarted again.
+    let first = fastswitch_binds(&usr_mounts(&vm), &booted);
+    let first_target = plan["to"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        first,
+        [deploy_usr(&first_target)],
+        "one bind after the first apply-live"
+    );
+    result.set("usr_binds_after_first_apply", first.len());
+    result.secs("s2_first_apply_s", t.elapsed());
+    eprintln!(
+        "[s2] first apply-live (deploy + apply): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // A newer target while the first is live: deploy another ref and apply-live again. The plan
+    // runs from the live target, so demo-hello goes back to v1 and demo-lib to v2.
+    let t = std::time::Instant::now();
+    deploy_retaining(&vm, "test/lib-v2");
+    let plan2 = fastswitch_json(&vm, "apply-live --dry-run --json");
+    let second_target = plan2["to"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(second_target, first_target);
+    assert_eq!(
+        plan2["from"]["id"].as_str(),
+        Some(first_target.as_str()),
+        "{plan2}"
+    );
+    let actions2 = service_actions(&plan2);
+    eprintln!("[s2] second apply-live plans: {actions2:?}");
+    let report2 = fastswitch_json(&vm, "apply-live --json");
+    assert_eq!(report2["outcome"], "ok", "{report2}");
+    let swap = report2["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "swap_usr")
+        .unwrap_or_else(|| panic!("no swap_usr step: {report2}"))
+        .clone();
+    let mounts = usr_mounts(&vm);
+    let binds = fastswitch_binds(&mounts, &booted);
+    eprintln!("[s2] /usr after the second apply-live: {mounts:?}; swap_usr: {swap}");
+    result.set("usr_binds_after_second_apply", binds.len());
+    result.set("usr_mounts_after_second_apply", mounts.clone());
+    let top = deploy_usr(&second_target);
+    assert_eq!(mounts.last(), Some(&top), "/usr shows the second target");
+    match guest {
+        // Linux 6.12: the first target's bind was replaced beneath, then detached.
+        Guest::Debian13 => {
+            assert_eq!(
+                binds,
+                std::slice::from_ref(&top),
+                "exactly one fastswitch bind"
+            );
+            assert_eq!(swap["detail"]["replaced"], true, "{swap}");
+        }
+        // Linux 6.1 has no MOVE_MOUNT_BENEATH: the second bind stacks over the first.
+        Guest::Debian12 => {
+            assert_eq!(
+                binds,
+                [deploy_usr(&first_target), top.clone()],
+                "stacked binds"
+            );
+            assert_eq!(swap["detail"]["usr_binds"], 2, "{swap}");
+        }
+    }
+    // The running system is the second target's: hello back to v1, the library at v2.
+    assert_eq!(wait_version(&vm, "hello.version", "v1"), "v1");
+    assert_eq!(wait_version(&vm, "lib.version", "v2"), "v2");
+    result.secs("s2_second_apply_s", t.elapsed());
+    eprintln!(
+        "[s2] second apply-live (deploy + apply): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // reset goes back: no fastswitch bind left, /usr is the booted deployment's, old binaries.
     let rep = fastswitch_json(&vm, "reset --json");
     assert_eq!(rep["outcome"], "ok", "{rep}");
-    let v = vm.exec_ok("for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v1 ] && break; sleep 0.1; done; cat /run/demo/hello.version; findmnt -no FSROOT /usr | wc -l");
-    assert_eq!(v.lines().collect::<Vec<_>>(), ["v1", "1"], "{v}");
+    assert_eq!(wait_version(&vm, "hello.version", "v1"), "v1");
+    assert_eq!(wait_version(&vm, "lib.version", "v1"), "v1");
+    let mounts = usr_mounts(&vm);
+    assert_eq!(mounts, base, "reset restores /usr");
+    result.set(
+        "usr_binds_after_reset",
+        fastswitch_binds(&mounts, &booted).len(),
+    );
+    vm.exec_ok("test ! -e /run/fastswitch/state.json");
     vm.shutdown();
 }
 
@@ -295,8 +445,22 @@ fn apply_staged_expecting(
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn s4_library_reload_only_and_dbus() {
-    let image = Image::get();
-    let mut vm = Vm::boot(&image, "s4-services");
+    s4(Guest::Debian12, "s4-services");
+}
+
+/// S4 on Debian 13: systemd 257 has soft-reboot, so the dbus change picks it over kexec
+/// (dry run only; the real soft reboot is tests/vm_soft_reboot.rs).
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn s4_debian13_library_reload_only_and_dbus() {
+    s4(Guest::Debian13, "s4-services-debian13");
+}
+
+fn s4(guest: Guest, name: &str) {
+    let mut result = ScenarioResult::new("s4", guest);
+    let image = Image::get_guest(guest);
+    let mut vm = Vm::boot(&image, name);
+    result.set("boot", vm.boot_report());
 
     // (b) a changed shared library restarts exactly the service that maps it.
     let (plan, before, after) =
@@ -324,20 +488,31 @@ fn s4_library_reload_only_and_dbus() {
     assert_eq!(vm.exec_ok("cat /run/demo/reload.exec-reload").trim(), "v2");
     assert_eq!(fastswitch_json(&vm, "reset --json")["outcome"], "ok");
 
-    // (d) dbus changed. `switch` would not apply it live (dbus would be deferred): on this
-    // guest's systemd 252 there is no soft-reboot, so the ladder picks kexec and says why.
+    // (d) dbus changed. `switch` would not apply it live (dbus would be deferred). On
+    // Debian 13 (systemd 257) the ladder picks soft-reboot; on Debian 12 (systemd 252) there is
+    // no soft-reboot, so it picks kexec and says why.
     ostree_stage(&vm, "test/dbus-changed", "");
     let p = fastswitch_json(&vm, "switch --dry-run --json");
     let ladder = &p["ladder"];
-    assert_eq!(ladder["chosen"], "kexec", "{ladder}");
     let reasons = |i: usize| ladder["rungs"][i]["reasons"].to_string();
     assert!(reasons(1).contains("dbus.service"), "live: {}", reasons(1));
-    assert!(
-        reasons(2).contains("systemd 252") && reasons(2).contains("needs systemd ≥ 254"),
-        "soft-reboot: {}",
-        reasons(2)
-    );
-    assert_eq!(p["steps"][0]["step"], "finalize_staged", "{p}");
+    result.set("dbus_change_rung", ladder["chosen"].clone());
+    match guest {
+        Guest::Debian13 => {
+            assert_eq!(ladder["chosen"], "soft-reboot", "{ladder}");
+            assert_eq!(ladder["rungs"][2]["rung"], "soft-reboot", "{ladder}");
+            assert_eq!(ladder["rungs"][2]["possible"], true, "{ladder}");
+        }
+        Guest::Debian12 => {
+            assert_eq!(ladder["chosen"], "kexec", "{ladder}");
+            assert!(
+                reasons(2).contains("systemd 252") && reasons(2).contains("needs systemd ≥ 254"),
+                "soft-reboot: {}",
+                reasons(2)
+            );
+            assert_eq!(p["steps"][0]["step"], "finalize_staged", "{p}");
+        }
+    }
     // apply-live does it anyway when asked: dbus deferred with its reason, not restarted.
     let dbus_pid = vm.exec_ok("systemctl show -P MainPID dbus");
     let (plan, before, after) = apply_staged_expecting(&vm, "test/dbus-changed", &[]);

@@ -3,17 +3,24 @@
 //! exits, the harness reads the newest BLS entry from the disk image, fresh
 //! QEMU) and check the staged deployment is now booted. Prints each phase's
 //! time so kexec scenarios can be compared with a cold reboot.
+//!
+//! Debian 12 only: on Debian 13 the same path is walked already. S1 (tests/vm_apply_live.rs)
+//! stages `test/layered`, reboots through OVMF + GRUB (a fresh QEMU, as here) and checks the
+//! layered commit booted with its service running; S3 (tests/vm_kexec.rs) times that firmware
+//! reboot phase by phase. This test's own check, that the harness (Debian 12's bootloader)
+//! picked the newest BLS entry, has no counterpart where GRUB is the bootloader, and another
+//! fresh QEMU through firmware (~2 minutes of CI under TCG) would prove nothing new.
 
 mod vm;
 
 use std::time::Instant;
-use vm::{ostree_stage, ostree_status, Image, Vm};
+use vm::{ostree_stage, ostree_status, Guest, Image, Vm};
 
 #[test]
 #[ignore = "VM scenario: run by scripts/test"]
 fn cold_reboot_boots_staged_deployment() {
     let t_all = Instant::now();
-    let image = Image::get();
+    let image = Image::get_guest(Guest::Debian12);
     let mut vm = Vm::boot(&image, "reboot");
     let old_boot_id = vm.boot_id();
     let old = ostree_status(&vm);

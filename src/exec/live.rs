@@ -133,8 +133,11 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
         }
         Some(s) => {
             // A newer target on top of a completed live apply: keep the original backups and
-            // the list of units to restart on reset.
+            // the list of units to restart on reset. The plan runs from the live target, not
+            // the booted deployment: the record keeps naming the booted one (what reset and
+            // the bind check compare against).
             let mut n = fresh_state(plan);
+            n.booted = s.booted;
             n.usr_binds = s.usr_binds;
             n.etc_backups = s.etc_backups;
             n.unit_actions = s.unit_actions;

@@ -1367,7 +1367,18 @@ impl Drop for ScenarioResult {
         out.insert("scenario".into(), self.scenario.clone().into());
         out.insert("guest".into(), self.guest.name().into());
         out.insert("pass".into(), (!std::thread::panicking()).into());
-        out.insert("wall_s".into(), secs(self.t0.elapsed()).into());
+        let wall = secs(self.t0.elapsed());
+        out.insert("wall_s".into(), wall.into());
+        eprintln!(
+            "[vm results] {} on {}: {} in {wall:.1} s",
+            self.scenario,
+            self.guest.name(),
+            if std::thread::panicking() {
+                "FAIL"
+            } else {
+                "pass"
+            }
+        );
         out.extend(std::mem::take(&mut self.figures));
         let path = self.path();
         let text = format!("{:#}\n", serde_json::Value::Object(out));
