@@ -395,14 +395,7 @@ fn staged_deployment(
     }
     let recorded = Some((st.bootcsum.as_str(), DigestSource::StagedState));
     let mut d = make_deployment(
-        paths,
-        &st.osname,
-        &checksum,
-        serial,
-        path,
-        None,
-        recorded,
-        prior,
+        paths, &st.osname, &checksum, serial, path, None, recorded, prior,
     )?;
     d.staged = true;
     Ok(d)
