@@ -25,9 +25,16 @@ fn soft_reboot_debian13_dbus_change_then_kexec_and_firmware_timings() {
     let mut result = ScenarioResult::new("soft_reboot", guest);
     let image = Image::get_guest(guest);
     let target = image.ref_checksum(TARGET);
+    // Each leg's figures go into the results file as soon as it is done.
     let soft = soft_reboot_leg(&image, &target, &mut result);
+    eprintln!("[soft-reboot] soft-reboot leg: {soft}");
+    result.set("soft_reboot", soft.clone());
     let kexec = kexec_leg(&image, &target);
+    eprintln!("[soft-reboot] kexec leg: {kexec}");
+    result.set("kexec", kexec.clone());
     let firmware = firmware_leg(&image, &target);
+    eprintln!("[soft-reboot] firmware reboot leg: {firmware}");
+    result.set("firmware_reboot", firmware.clone());
     let total = |v: &Value| v["total_s"].as_f64().expect("total_s");
     let ratio = |a: &Value| (total(a) / total(&firmware) * 1000.0).round() / 1000.0;
     eprintln!("[soft-reboot] phase                 soft-reboot   kexec  firmware");
@@ -59,9 +66,6 @@ fn soft_reboot_debian13_dbus_change_then_kexec_and_firmware_timings() {
     );
     result.set("ratio_soft_reboot_over_firmware", ratio(&soft));
     result.set("ratio_kexec_over_firmware", ratio(&kexec));
-    result.set("soft_reboot", soft);
-    result.set("kexec", kexec);
-    result.set("firmware_reboot", firmware);
 }
 
 fn s(d: Duration) -> f64 {
