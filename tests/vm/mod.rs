@@ -993,6 +993,94 @@ impl Vm {
         self.wait_boot(Some(old_boot_id), timeout)
     }
 
+    /// How many times the guest agent has greeted on this QEMU's connection; pass it to
+    /// [`Vm::wait_for_soft_reboot`] (read it before starting what restarts userspace).
+    pub fn agent_starts(&self) -> usize {
+        self.agent().ready_count()
+    }
+
+    /// Wait for a soft reboot in the same QEMU: the agent greets again after `starts_before`
+    /// (see [`Vm::agent_starts`]) because all of userspace restarted, the boot id is the one
+    /// this boot had (the kernel stayed), and startup ends (`is-system-running --wait`).
+    /// Fails if the agent came back with another boot id (the guest rebooted instead). Does
+    /// not check that startup was clean: see [`BootInfo::state`]; `to_agent` and
+    /// `to_running` count from this call.
+    pub fn wait_for_soft_reboot(&mut self, starts_before: usize, timeout: Duration) -> BootInfo {
+        let t0 = Instant::now();
+        let ready = self
+            .agent()
+            .wait_ready(starts_before, None, timeout)
+            .unwrap_or_else(|e| self.fail(&format!("waiting for the soft reboot: {e}")));
+        let to_agent = t0.elapsed();
+        if ready.boot_id != self.boot_id {
+            self.fail(&format!(
+                "expected a soft reboot (boot id {}), the agent came back with boot id {}",
+                self.boot_id, ready.boot_id
+            ));
+        }
+        let left = timeout
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_secs(30));
+        let out = self.exec_timeout(
+            &format!(
+                "timeout {} systemctl is-system-running --wait",
+                left.as_secs()
+            ),
+            left + Duration::from_secs(10),
+        );
+        let to_running = t0.elapsed();
+        let state = out.stdout.trim().to_string();
+        let failed_units = if state == "running" {
+            String::new()
+        } else {
+            self.exec("systemctl --failed --no-legend --plain; systemctl list-jobs --no-legend")
+                .stdout
+        };
+        timing(&self.name, "soft reboot: agent ready", to_agent);
+        timing(
+            &self.name,
+            &format!("soft reboot: startup finished ({state})"),
+            to_running,
+        );
+        self.mount_tools();
+        BootInfo {
+            boot_id: ready.boot_id,
+            state,
+            failed_units,
+            to_agent,
+            to_running,
+            firmware: None,
+            loader: None,
+        }
+    }
+
+    /// Phases of the userspace restart after a soft reboot, from systemd's manager timestamps
+    /// (µs of the kernel's monotonic clock, which runs on through a soft reboot): the old
+    /// userspace's stop (`ShutdownStartTimestampMonotonic`, kept across the soft reboot, up to
+    /// the new manager's `UserspaceTimestampMonotonic`: systemd-analyze's "soft reboot #N")
+    /// and the new userspace's startup (up to `FinishTimestampMonotonic`).
+    /// `None` when this systemd does not record the shutdown's start.
+    pub fn soft_reboot_phases(&self) -> Option<(Duration, Duration)> {
+        let out = self.exec_ok(
+            "for p in ShutdownStartTimestampMonotonic UserspaceTimestampMonotonic FinishTimestampMonotonic; do echo \"$(systemctl show -P $p)\"; done",
+        );
+        let v: Vec<Option<u64>> = out.lines().map(|x| x.trim().parse().ok()).collect();
+        let [Some(start), Some(userspace), Some(finish)] = v[..] else {
+            eprintln!(
+                "[vm {}] soft reboot timestamps not available: {out:?}",
+                self.name
+            );
+            return None;
+        };
+        if start == 0 || userspace < start || finish < userspace {
+            self.fail(&format!(
+                "no soft reboot in the manager timestamps (shutdown start {start}, userspace {userspace}, finish {finish})"
+            ));
+        }
+        let us = Duration::from_micros;
+        Some((us(userspace - start), us(finish - userspace)))
+    }
+
     /// Reboot through "firmware": guest `systemctl reboot`, QEMU exits
     /// (-no-reboot), the harness reads the newest BLS entry from the disk and
     /// starts a fresh QEMU. Does not check that startup was clean.
