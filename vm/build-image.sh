@@ -257,6 +257,7 @@ pkg_versions() { # pkg_versions DIR: "package version" lines of what dpkg has in
 APT_OPTS=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 REAL_INSTALL_TREE="$W/real-install"
 cp -a "$ROOTFS" "$REAL_INSTALL_TREE"
+in_chroot "$REAL_INSTALL_TREE" apt-get -q update >&2 # mmdebstrap leaves no package lists
 in_chroot "$REAL_INSTALL_TREE" apt-get "${APT_OPTS[@]}" --no-install-recommends install "${REAL_INSTALL[@]}" >&2
 in_chroot "$REAL_INSTALL_TREE" apt-get clean
 REAL_SECURITY_TREE="$W/real-security"
