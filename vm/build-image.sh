@@ -59,7 +59,7 @@ debian12)
 	BASE_REF=debian/bookworm/x86_64
 	KARGS=(root=/dev/vda rw "console=ttyS0,115200" quiet)
 	PACKAGES=(systemd-sysv udev dbus ostree ostree-boot linux-image-cloud-amd64 dracut
-		kexec-tools busybox procps e2fsprogs "${REAL_DAEMONS[@]}")
+		kexec-tools busybox procps e2fsprogs man-db bash-completion "${REAL_DAEMONS[@]}")
 	;;
 debian13)
 	SUITE=trixie
@@ -69,7 +69,8 @@ debian13)
 	BOOT_MB=512
 	ROOT_MB=4096
 	PACKAGES=(systemd-sysv udev dbus login passwd ostree ostree-boot linux-image-amd64 dracut
-		kexec-tools busybox procps e2fsprogs dosfstools util-linux grub-efi-amd64 "${REAL_DAEMONS[@]}")
+		kexec-tools busybox procps e2fsprogs dosfstools util-linux grub-efi-amd64
+		man-db bash-completion "${REAL_DAEMONS[@]}")
 	;;
 *)
 	echo "unknown guest $GUEST (debian12 or debian13)" >&2
@@ -219,6 +220,7 @@ mmdebstrap --variant=minbase --include="$includes" \
 	--essential-hook='echo "kexec-tools kexec-tools/load_kexec boolean false" | chroot "$1" debconf-set-selections' \
 	"${hooks[@]}" \
 	--customize-hook="'$HERE/guest/customize.sh' \"\$1\" '$BIN'" \
+	--customize-hook='sed -i "\\|^path-exclude=/usr/share/man/|d" "$1/etc/dpkg/dpkg.cfg.d/99mmdebstrap"' \
 	"$SUITE" "$ROOTFS" "${mirror[@]}" </dev/null >&2
 
 # ---- rootfs -> ostree-shaped tree ----------------------------------------------
