@@ -19,8 +19,9 @@
 # every file under vm/ except *.md (plus the guest name for debian13). A second
 # run with the same inputs only prints the path. Builds happen in a temp dir
 # renamed at the end, so an interrupted build never leaves a half cache.
-# Env: FASTSWITCH_VM_MIRROR  Debian mirror for mmdebstrap (default: its own,
-#                            deb.debian.org with updates + security)
+# Env: FASTSWITCH_VM_MIRROR  Debian mirror URI (default http://deb.debian.org/debian);
+#                            the base is built from the release's main suite only, so
+#                            that its -security and -updates suites hold real updates
 #      FASTSWITCH_VM_DISK_SIZE  disk image size (default 3G; debian12 only)
 set -euo pipefail
 
@@ -44,6 +45,13 @@ while [ $# -gt 0 ]; do
 	esac
 done
 DISK_SIZE=${FASTSWITCH_VM_DISK_SIZE:-3G}
+# Real, commonly deployed daemons from the Debian archive in the base (why: each is a
+# service with its own binary mapping the libraries security updates touch: libssl, zlib,
+# libgcrypt, gnutls, ...), plus needrestart, the peer tool the real-package scenarios ask.
+REAL_DAEMONS=(openssh-server cron rsyslog chrony needrestart)
+# What the real-install target adds to the base (issue: install a real package): a web
+# server answering HTTP and a cache daemon that brings its own system user.
+REAL_INSTALL=(nginx memcached)
 OS=debian
 case $GUEST in
 debian12)
@@ -51,7 +59,7 @@ debian12)
 	BASE_REF=debian/bookworm/x86_64
 	KARGS=(root=/dev/vda rw "console=ttyS0,115200" quiet)
 	PACKAGES=(systemd-sysv udev dbus ostree ostree-boot linux-image-cloud-amd64 dracut
-		kexec-tools busybox procps e2fsprogs man-db bash-completion)
+		kexec-tools busybox procps e2fsprogs man-db bash-completion "${REAL_DAEMONS[@]}")
 	;;
 debian13)
 	SUITE=trixie
@@ -62,7 +70,7 @@ debian13)
 	ROOT_MB=4096
 	PACKAGES=(systemd-sysv udev dbus login passwd ostree ostree-boot linux-image-amd64 dracut
 		kexec-tools busybox procps e2fsprogs dosfstools util-linux grub-efi-amd64
-		man-db bash-completion)
+		man-db bash-completion "${REAL_DAEMONS[@]}")
 	;;
 *)
 	echo "unknown guest $GUEST (debian12 or debian13)" >&2
@@ -178,8 +186,8 @@ fi
 # ---- rootfs ------------------------------------------------------------------
 phase "rootfs (mmdebstrap)"
 ROOTFS="$W/rootfs"
-mirror=()
-[ -z "${FASTSWITCH_VM_MIRROR:-}" ] || mirror=("$FASTSWITCH_VM_MIRROR")
+MIRROR_URI=${FASTSWITCH_VM_MIRROR:-http://deb.debian.org/debian}
+mirror=("deb $MIRROR_URI $SUITE main")
 includes=$(
 	IFS=,
 	echo "${PACKAGES[*]}"
@@ -216,6 +224,64 @@ mmdebstrap --variant=minbase --include="$includes" \
 	"$SUITE" "$ROOTFS" "${mirror[@]}" </dev/null >&2
 
 # ---- rootfs -> ostree-shaped tree ----------------------------------------------
+# ---- real-package targets: apt in a chroot of the base rootfs, as an image build does
+# test/real-install   the base plus `apt-get install ${REAL_INSTALL[*]}` (main suite)
+# test/real-security  the base after `apt-get upgrade` with the release's -security and
+#                     -updates suites (whatever they hold on the day of the build)
+phase "real-package trees"
+in_chroot() { # in_chroot DIR CMD...: /proc, /sys, /dev and the host's DNS; never start services
+	local d=$1
+	shift
+	printf '#!/bin/sh\nexit 101\n' >"$d/usr/sbin/policy-rc.d"
+	chmod 0755 "$d/usr/sbin/policy-rc.d"
+	unshare -m --propagation private sh -ec '
+		d=$1; shift
+		mount -t proc proc "$d/proc"
+		mount --rbind /sys "$d/sys"
+		mount --rbind /dev "$d/dev"
+		rm -f "$d/etc/resolv.conf.fastswitch-build"
+		[ ! -e "$d/etc/resolv.conf" ] && [ ! -L "$d/etc/resolv.conf" ] || mv "$d/etc/resolv.conf" "$d/etc/resolv.conf.fastswitch-build"
+		cp /etc/resolv.conf "$d/etc/resolv.conf"
+		rc=0
+		chroot "$d" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+			NEEDRESTART_SUSPEND=1 "$@" || rc=$?
+		rm -f "$d/etc/resolv.conf"
+		[ ! -e "$d/etc/resolv.conf.fastswitch-build" ] && [ ! -L "$d/etc/resolv.conf.fastswitch-build" ] ||
+			mv "$d/etc/resolv.conf.fastswitch-build" "$d/etc/resolv.conf"
+		exit $rc
+	' sh "$d" "$@"
+	rm -f "$d/usr/sbin/policy-rc.d"
+}
+pkg_versions() { # pkg_versions DIR: "package version" lines of what dpkg has installed
+	chroot "$1" dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\n' |
+		awk '$1 == "ii" {print $2, $3}' | LC_ALL=C sort
+}
+APT_OPTS=(-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+REAL_INSTALL_TREE="$W/real-install"
+cp -a "$ROOTFS" "$REAL_INSTALL_TREE"
+in_chroot "$REAL_INSTALL_TREE" apt-get -q update >&2 # mmdebstrap leaves no package lists
+in_chroot "$REAL_INSTALL_TREE" apt-get "${APT_OPTS[@]}" --no-install-recommends install "${REAL_INSTALL[@]}" >&2
+in_chroot "$REAL_INSTALL_TREE" apt-get clean
+REAL_SECURITY_TREE="$W/real-security"
+cp -a "$ROOTFS" "$REAL_SECURITY_TREE"
+extra_list="$REAL_SECURITY_TREE/etc/apt/sources.list.d/fastswitch-build-updates.list"
+{
+	echo "deb http://deb.debian.org/debian-security $SUITE-security main"
+	echo "deb $MIRROR_URI $SUITE-updates main"
+} >"$extra_list"
+in_chroot "$REAL_SECURITY_TREE" apt-get -q update >&2
+in_chroot "$REAL_SECURITY_TREE" apt-get "${APT_OPTS[@]}" upgrade >&2
+in_chroot "$REAL_SECURITY_TREE" apt-get clean
+rm -f "$extra_list"
+rm -rf "$REAL_SECURITY_TREE"/var/lib/apt/lists/* "$REAL_INSTALL_TREE"/var/lib/apt/lists/*
+# "package old new" for every package the update changed (upgrade never adds or removes)
+LC_ALL=C join <(pkg_versions "$ROOTFS") <(pkg_versions "$REAL_SECURITY_TREE") |
+	awk '$2 != $3' >"$W/real-security.changes"
+LC_ALL=C join -v 2 <(pkg_versions "$ROOTFS") <(pkg_versions "$REAL_INSTALL_TREE") \
+	>"$W/real-install.added"
+log "real-security: $(wc -l <"$W/real-security.changes") package(s) updated; real-install: $(wc -l <"$W/real-install.added") package(s) added"
+
+# ---- rootfs -> ostree-shaped tree ----------------------------------------------
 phase "ostree tree"
 if [ "$GUEST" = debian12 ]; then
 	TREE=$ROOTFS # reshaped in place
@@ -228,11 +294,6 @@ fi
 KVER=$(ls "$TREE/usr/lib/modules")
 [ "$(wc -w <<<"$KVER")" = 1 ] || die "expected one kernel, got: $KVER"
 MODDIR="$TREE/usr/lib/modules/$KVER"
-mv "$TREE/boot/vmlinuz-$KVER" "$MODDIR/vmlinuz"
-mv "$TREE/boot/initrd.img-$KVER" "$MODDIR/initramfs.img"
-rm -rf "${TREE:?}"/boot/* "${TREE:?}"/vmlinuz* "${TREE:?}"/initrd.img*
-mv "$TREE/etc" "$TREE/usr/etc"
-: >"$TREE/usr/etc/fstab"
 if [ "$GUEST" = debian13 ]; then
 	# Filesystem ids fixed up front (derived from the input hash), so fstab, the
 	# kargs and GRUB's search can be written before the filesystems exist.
@@ -245,50 +306,85 @@ if [ "$GUEST" = debian13 ]; then
 	ESP_ID=$(printf '%s' "$HASH-esp" | sha256sum | cut -c1-8 | tr a-f A-F)
 	ESP_UUID="${ESP_ID:0:4}-${ESP_ID:4:4}"
 	KARGS=("root=UUID=$ROOT_UUID" rw "console=ttyS0,115200" quiet)
-	mkdir -p "$TREE/boot/efi"
-	# fsck pass 0: systemd-fsck of /boot costs ~17 s per boot under TCG.
-	cat >"$TREE/usr/etc/fstab" <<-EOF
-		UUID=$BOOT_UUID  /boot      ext4  defaults           0 0
-		UUID=$ESP_UUID   /boot/efi  vfat  umask=0077,nofail  0 0
-	EOF
-	# Only read by grub-mkconfig (ostree runs it on every new bootversion).
-	cat >"$TREE/usr/etc/default/grub" <<-'EOF'
-		GRUB_DEFAULT=0
-		GRUB_TIMEOUT=1
-		GRUB_DISTRIBUTOR=Debian
-		GRUB_CMDLINE_LINUX_DEFAULT=""
-		GRUB_CMDLINE_LINUX=""
-		GRUB_TERMINAL="serial console"
-		GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
-		GRUB_DISABLE_OS_PROBER=true
-	EOF
 fi
-# Fixed machine-id (mmdebstrap empties it): otherwise every fresh copy of the
-# image is a systemd "first boot", which is slower. Derived from the input hash.
-printf '%s\n' "$(printf '%s' "$HASH" | sha256sum | cut -c1-32)" >"$TREE/usr/etc/machine-id"
-# /var belongs to the stateroot and starts empty; keep the dpkg db under /usr.
-mkdir -p "$TREE/usr/share/dpkg"
-mv "$TREE/var/lib/dpkg" "$TREE/usr/share/dpkg/database"
-rm -rf "${TREE:?}/var" "${TREE:?}"/{home,root,opt,srv,mnt,media,tmp,dev,proc,sys,run}
-mkdir "$TREE"/{var,dev,proc,sys,run,sysroot}
-mkdir -m 1777 "$TREE/tmp"
-ln -s var/home "$TREE/home"
-ln -s var/roothome "$TREE/root"
-ln -s var/opt "$TREE/opt"
-ln -s var/srv "$TREE/srv"
-ln -s var/mnt "$TREE/mnt"
-ln -s run/media "$TREE/media"
-ln -s sysroot/ostree "$TREE/ostree"
-cat >"$TREE/usr/lib/tmpfiles.d/ostree-layout.conf" <<'EOF'
-d /var/home 0755 root root -
-d /var/roothome 0700 root root -
-d /var/opt 0755 root root -
-d /var/srv 0755 root root -
-d /var/mnt 0755 root root -
-d /var/local 0755 root root -
-EOF
+# The tree's /var starts empty on the host (it belongs to the stateroot). As rpm-ostree does
+# for packages' /var content, its directories and symlinks become tmpfiles.d lines, so a
+# daemon finds /var/lib/<name>, /var/log/<name>, /var/spool/... with the owner and mode
+# its package gave them. Names come from the tree's own user and group databases.
+var_tmpfiles() { # var_tmpfiles TREE > conf
+	local t=$1 path kind mode uid gid
+	declare -A user group
+	while IFS=: read -r name _ id _; do user[$id]=$name; done <"$t/etc/passwd"
+	while IFS=: read -r name _ id _; do group[$id]=$name; done <"$t/etc/group"
+	echo "# Generated by the image build from the tree's /var (as rpm-ostree's autovar)"
+	while IFS= read -r -d '' path; do
+		IFS='|' read -r kind mode uid gid < <(stat -c '%F|%a|%u|%g' "$t/$path")
+		if [ "$kind" = directory ]; then
+			printf 'd /%s 0%s %s %s -\n' "$path" "$mode" "${user[$uid]:-$uid}" "${group[$gid]:-$gid}"
+		else
+			printf 'L /%s - - - - %s\n' "$path" "$(readlink "$t/$path")"
+		fi
+	done < <(cd "$t" && find var -mindepth 1 \( -path var/lib/dpkg -o -path var/lib/apt/lists \
+		-o -path var/cache/apt -o -path var/log/apt \) -prune -o \( -type d -o -type l \) -print0 |
+		LC_ALL=C sort -z)
+}
+reshape() { # reshape TREE: a Debian rootfs -> the ostree layout, in place
+	local TREE=$1 moddir="$1/usr/lib/modules/$KVER"
+	[ "$(ls "$TREE/usr/lib/modules")" = "$KVER" ] || die "$TREE: expected the kernel $KVER only"
+	mv "$TREE/boot/vmlinuz-$KVER" "$moddir/vmlinuz"
+	mv "$TREE/boot/initrd.img-$KVER" "$moddir/initramfs.img"
+	rm -rf "${TREE:?}"/boot/* "${TREE:?}"/vmlinuz* "${TREE:?}"/initrd.img*
+	var_tmpfiles "$TREE" >"$TREE/usr/lib/tmpfiles.d/ostree-image-var.conf"
+	mv "$TREE/etc" "$TREE/usr/etc"
+	: >"$TREE/usr/etc/fstab"
+	if [ "$GUEST" = debian13 ]; then
+		mkdir -p "$TREE/boot/efi"
+		# fsck pass 0: systemd-fsck of /boot costs ~17 s per boot under TCG.
+		cat >"$TREE/usr/etc/fstab" <<-EOF
+			UUID=$BOOT_UUID  /boot      ext4  defaults           0 0
+			UUID=$ESP_UUID   /boot/efi  vfat  umask=0077,nofail  0 0
+		EOF
+		# Only read by grub-mkconfig (ostree runs it on every new bootversion).
+		cat >"$TREE/usr/etc/default/grub" <<-'EOF'
+			GRUB_DEFAULT=0
+			GRUB_TIMEOUT=1
+			GRUB_DISTRIBUTOR=Debian
+			GRUB_CMDLINE_LINUX_DEFAULT=""
+			GRUB_CMDLINE_LINUX=""
+			GRUB_TERMINAL="serial console"
+			GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+			GRUB_DISABLE_OS_PROBER=true
+		EOF
+	fi
+	# Fixed machine-id (mmdebstrap empties it): otherwise every fresh copy of the
+	# image is a systemd "first boot", which is slower. Derived from the input hash.
+	printf '%s\n' "$(printf '%s' "$HASH" | sha256sum | cut -c1-32)" >"$TREE/usr/etc/machine-id"
+	# /var belongs to the stateroot and starts empty; keep the dpkg db under /usr.
+	mkdir -p "$TREE/usr/share/dpkg"
+	mv "$TREE/var/lib/dpkg" "$TREE/usr/share/dpkg/database"
+	rm -rf "${TREE:?}/var" "${TREE:?}"/{home,root,opt,srv,mnt,media,tmp,dev,proc,sys,run}
+	mkdir "$TREE"/{var,dev,proc,sys,run,sysroot}
+	mkdir -m 1777 "$TREE/tmp"
+	ln -s var/home "$TREE/home"
+	ln -s var/roothome "$TREE/root"
+	ln -s var/opt "$TREE/opt"
+	ln -s var/srv "$TREE/srv"
+	ln -s var/mnt "$TREE/mnt"
+	ln -s run/media "$TREE/media"
+	ln -s sysroot/ostree "$TREE/ostree"
+	cat >"$TREE/usr/lib/tmpfiles.d/ostree-layout.conf" <<-'EOF'
+		d /var/home 0755 root root -
+		d /var/roothome 0700 root root -
+		d /var/opt 0755 root root -
+		d /var/srv 0755 root root -
+		d /var/mnt 0755 root root -
+		d /var/local 0755 root root -
+	EOF
+}
+reshape "$TREE"
+reshape "$REAL_INSTALL_TREE"
+reshape "$REAL_SECURITY_TREE"
 
-# ---- sysroot: init-fs, os-init, commit, deploy ----------------------------------
 phase "ostree commit+deploy"
 SYSROOT="$W/sysroot"
 REPO="$SYSROOT/ostree/repo"
@@ -397,6 +493,13 @@ echo "fastswitch test/kernel initramfs" >"$W/icpio/etc/fastswitch-initrd-marker"
 (cd "$W/icpio" && echo etc/fastswitch-initrd-marker | cpio -o -H newc --quiet) \
 	>>"$o/usr/lib/modules/$KVER/initramfs.img"
 commit test/kernel "new initramfs" --tree=ref="$BASE_REF" --tree=dir="$o"
+
+# The real-package targets: whole trees (apt changed files all over /usr), committed the
+# way the base was.
+commit test/real-install "base + apt-get install ${REAL_INSTALL[*]}" --no-xattrs --consume \
+	--tree=dir="$REAL_INSTALL_TREE"
+commit test/real-security "base + apt-get upgrade from $SUITE-security and $SUITE-updates" \
+	--no-xattrs --consume --tree=dir="$REAL_SECURITY_TREE"
 
 # ---- debian13: GRUB menu + EFI image ---------------------------------------------
 if [ "$GUEST" = debian13 ]; then
@@ -511,7 +614,12 @@ fi
 		first=0
 		printf '    "%s": "%s"' "$ref" "$(ostree --repo="$REPO" rev-parse "$ref")"
 	done < <(ostree --repo="$REPO" refs | grep -v "^ostree/" | LC_ALL=C sort)
-	printf '\n  },\n  "booted_checksum": "%s"\n}\n' "$(ostree --repo="$REPO" rev-parse "$BASE_REF")"
+	printf '\n  },\n'
+	# what the real-package targets changed, as "package old new" / "package version"
+	json_lines() { sed 's/\\/\\\\/g; s/"/\\"/g; s/.*/    "&"/' "$1" | sed '$!s/$/,/'; }
+	printf '  "real_security_changes": [\n%s\n  ],\n' "$(json_lines "$W/real-security.changes")"
+	printf '  "real_install_added": [\n%s\n  ],\n' "$(json_lines "$W/real-install.added")"
+	printf '  "booted_checksum": "%s"\n}\n' "$(ostree --repo="$REPO" rev-parse "$BASE_REF")"
 } >"$IMG/image.json"
 chmod 0444 "$IMG/disk.img"
 
