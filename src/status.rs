@@ -21,6 +21,9 @@ pub struct StatusJson {
     /// `/run/ostree-booted`'s `root.transient` and `transient-etc` (`etc.transient`).
     pub root_transient: bool,
     pub transient_etc: Option<String>,
+    /// Whether `/` is composefs and with which guarantees (`mode`: off, unverified, verity,
+    /// signed), from `/run/ostree-booted`'s composefs keys and the mount table.
+    pub composefs: crate::discover::composefs::Composefs,
     pub deployments: Vec<DeploymentJson>,
     /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot (or a
     /// record of an earlier boot waits for `fastswitch recover`).
@@ -124,12 +127,19 @@ pub fn to_json(
             .booted_state
             .as_ref()
             .and_then(|b| b.transient_etc.clone()),
+        composefs: composefs_of(host),
         deployments: host.deployments.iter().map(deployment_json).collect(),
         live,
         kexec,
         ladder: None,
         ladder_error: None,
     }
+}
+
+/// The composefs state of the running root (off when the host is not ostree-booted).
+pub fn composefs_of(host: &Host) -> crate::discover::composefs::Composefs {
+    let none = crate::discover::BootedState::default();
+    crate::discover::composefs::composefs(host.booted_state.as_ref().unwrap_or(&none))
 }
 
 /// Human output, modelled on `ostree admin status`.
@@ -192,6 +202,9 @@ pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> s
         if !d.kargs.is_empty() {
             writeln!(out, "    kargs: {}", d.kargs.join(" "))?;
         }
+    }
+    if host.ostree_booted {
+        writeln!(out, "{}", composefs_of(host).describe())?;
     }
     if let Some(b) = &host.booted_state {
         if b.root_transient {

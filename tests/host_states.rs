@@ -559,3 +559,80 @@ fn status_and_diff_json_carry_the_ladder() {
     let st = s.json(&["status"]);
     assert!(st["ladder"].is_null(), "{st}");
 }
+
+/// A composefs root with fs-verity and a signed image (`/run/ostree-booted` as
+/// ostree-prepare-root writes it): apply-live refuses to bind the plain checkout over `/usr`
+/// (exit 6, naming what is given up and the flag, nothing changed); `switch` skips live and
+/// soft-reboot for the same reason; `--allow-unverified-usr` lets the live rung through and the
+/// plan still says what it gives up; `status` shows the mode.
+#[test]
+fn verified_composefs_needs_an_explicit_plain_usr() {
+    let key = "/etc/ostree/initramfs-root-binding.key";
+    let mark = |f: &Fx| {
+        let m = std::fs::metadata(f.booted_dir()).unwrap();
+        std::fs::write(
+            f.s.run().join("ostree-booted"),
+            encode::booted_composefs(m.dev(), m.ino(), true, Some(key)),
+        )
+        .unwrap();
+    };
+    refused(
+        "signed composefs",
+        &["apply-live", "--no-services"],
+        "--allow-unverified-usr to give that up",
+        mark,
+    );
+    let f = fixture();
+    mark(&f);
+    let (code, _, err) = f.run_fs(&["apply-live", "--no-services"]);
+    assert_eq!(code, Some(6), "{err}");
+    for want in [
+        "composefs with fs-verity required",
+        key,
+        "plain hardlinked checkout",
+        "no fs-verity digest and no signature",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+
+    // switch: live and soft-reboot are rejected for it (kexec, the next rung, is kept out by
+    // the bound: the fixture's kernel is not a real image).
+    let (code, _, err) = f.run_fs(&["switch", "--dry-run", "--max-rung", "soft-reboot"]);
+    assert_eq!(code, Some(5), "{err}");
+    for want in [
+        "live: the root is composefs with fs-verity required",
+        "soft-reboot: the root is composefs with fs-verity required",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in: {err}");
+    }
+    assert_eq!(err.matches("--allow-unverified-usr").count(), 2, "{err}");
+
+    let (code, out, err) = f.run_fs(&[
+        "apply-live",
+        "--no-services",
+        "--dry-run",
+        "--allow-unverified-usr",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("--allow-unverified-usr given"), "{out}");
+    let (code, out, err) = f.run_fs(&["switch", "--dry-run", "--json", "--allow-unverified-usr"]);
+    assert_eq!(code, Some(0), "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["ladder"]["chosen"], "live", "{p}");
+    assert_eq!(p["host_states"][0]["state"], "composefs_verified", "{p}");
+    assert_eq!(p["host_states"][0]["allowed"], true, "{p}");
+
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["composefs"]["mode"], "signed", "{st}");
+    assert_eq!(st["composefs"]["verity"], true, "{st}");
+    assert_eq!(st["composefs"]["signed"], key, "{st}");
+    let text = run(f.s.fastswitch().arg("status"));
+    assert!(
+        text.contains("composefs: signed (fs-verity required"),
+        "{text}"
+    );
+    // A plain host says off.
+    let f = fixture();
+    assert_eq!(f.s.json(&["status"])["composefs"]["mode"], "off");
+    assert!(run(f.s.fastswitch().arg("status")).contains("composefs: off"));
+}

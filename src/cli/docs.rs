@@ -12,7 +12,7 @@ use std::io::Write;
 const FILES: &[(&str, &str)] = &[
     (
         "/run/ostree-booted",
-        "written by ostree-prepare-root on an ostree-booted host; identifies the booted deployment",
+        "written by ostree-prepare-root on an ostree-booted host; identifies the booted deployment, and whether / is composefs (composefs, composefs.verity, composefs.signed)",
     ),
     (
         "/run/ostree/staged-deployment",

@@ -194,6 +194,12 @@ pub struct SwitchOpts {
     /// initrd may not unseal it (PCRs are not reset by kexec)
     #[arg(long)]
     pub allow_tpm_kexec: bool,
+    /// On a composefs root with fs-verity required or a signed image, run the target from its
+    /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
+    /// reboot): until the next boot its files are checked by no fs-verity digest and no
+    /// signature. Without it a live apply is refused (exit 6) and switch skips the live and soft-reboot rungs
+    #[arg(long)]
+    pub allow_unverified_usr: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
     /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
@@ -238,6 +244,12 @@ pub struct ApplyLiveOpts {
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
     #[arg(long)]
     pub unlock: bool,
+    /// On a composefs root with fs-verity required or a signed image, run the target from its
+    /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
+    /// reboot): until the next boot its files are checked by no fs-verity digest and no
+    /// signature. Without it a live apply is refused (exit 6)
+    #[arg(long)]
+    pub allow_unverified_usr: bool,
     #[command(flatten)]
     pub pair: PairOpts,
     #[command(flatten)]

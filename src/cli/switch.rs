@@ -38,7 +38,10 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
         None,
         opts.to.as_deref(),
     )?;
-    let host_states = preconditions::blockers(&host, from, to);
+    let mut host_states = preconditions::blockers(&host, from, to);
+    if opts.allow_unverified_usr {
+        preconditions::allow_unverified_usr(&mut host_states);
+    }
     let locked = preconditions::blocking(&host_states, Rung::Kexec, opts.unlock);
     if !locked.is_empty() {
         return Err(refuse(

@@ -299,7 +299,10 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
         opts.pair.from.as_deref(),
         opts.pair.to.as_deref(),
     )?;
-    let host_states = preconditions::blockers(&host, from, to);
+    let mut host_states = preconditions::blockers(&host, from, to);
+    if opts.allow_unverified_usr {
+        preconditions::allow_unverified_usr(&mut host_states);
+    }
     let blocking = preconditions::blocking(&host_states, Rung::Live, opts.unlock);
     if !blocking.is_empty() {
         return Err(refuse(

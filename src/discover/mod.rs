@@ -11,6 +11,7 @@
 //! - pending/rollback are the neighbours of the booted deployment in the same stateroot.
 
 pub mod bls;
+pub mod composefs;
 pub mod kernel;
 pub mod origin;
 pub mod state;
@@ -352,13 +353,23 @@ pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
 fn read_booted_state(paths: &HostPaths) -> Result<Option<state::BootedState>> {
     let booted_file = paths.ostree_booted_file();
     match files::read_opt(&booted_file, Follow::Yes)? {
-        Some(bytes) => Ok(Some(
-            state::parse_booted(&bytes)
+        Some(bytes) => {
+            let mut bs = state::parse_booted(&bytes)
                 .map_err(anyhow::Error::msg)
-                .with_context(|| format!("parsing {}", booted_file.display()))?,
-        )),
+                .with_context(|| format!("parsing {}", booted_file.display()))?;
+            bs.root_mount = root_mount(&paths.root);
+            Ok(Some(bs))
+        }
         None => Ok(None),
     }
+}
+
+/// The mount the running root is on, from this process's mount table; `None` when it cannot be
+/// read (the composefs keys of `/run/ostree-booted` still count, see [`composefs`]).
+fn root_mount(root: &Path) -> Option<composefs::RootMount> {
+    let id = composefs::root_mount_id(root).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    composefs::parse_mount(&text, id)
 }
 
 /// `<run>/ostree/staged-deployment`, parsed; `None` when nothing is staged.

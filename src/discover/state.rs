@@ -20,6 +20,22 @@ pub struct BootedState {
     /// `transient-etc`: `/etc` is an overlay of `usr/etc` with its upper in this directory
     /// (prepare-root.conf `[etc] transient=true`); the admin's `/etc` vanishes at reboot.
     pub transient_etc: Option<String>,
+    /// `composefs` (b): ostree-prepare-root mounted `/` as composefs (an overlay over the
+    /// deployment's EROFS image `.ostree.cfs`, with the repo's objects as a data-only lower
+    /// layer). ostree writes it only when the composefs mount succeeded.
+    pub composefs: bool,
+    /// `composefs.verity` (b): that mount required fs-verity (`verity=require`: every file's
+    /// content is checked against the digest recorded in the image).
+    pub composefs_verity: bool,
+    /// `composefs.signed` (s): the public key file that verified the commit's signature (and
+    /// thereby the image's expected digest); absent when the image is not signed.
+    pub composefs_signed: Option<String>,
+    /// `sysroot-ro` (b): `/sysroot` is mounted read-only (`sysroot.readonly`).
+    pub sysroot_ro: bool,
+    /// The mount at the running root, from the mount table (not from the file): filled by
+    /// [`crate::discover::load`]; see [`crate::discover::composefs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_mount: Option<super::composefs::RootMount>,
     /// Every key present, with its GVariant type signature, for diagnostics.
     pub keys: Vec<(String, String)>,
 }
@@ -89,36 +105,47 @@ pub fn parse_booted(bytes: &[u8]) -> Result<BootedState, String> {
             Some(t)
         }
     };
-    let root_transient = match dict.get("root.transient") {
-        None => false,
-        Some(v) => match &**v {
-            Value::Bool(b) => *b,
-            other => {
-                return Err(format!(
-                    "key root.transient has type {}, expected b",
-                    signature(other)
-                ))
-            }
-        },
-    };
-    let transient_etc = match dict.get("transient-etc") {
-        None => None,
-        Some(v) => match &**v {
-            Value::Str(s) => Some(s.to_string()),
-            other => {
-                return Err(format!(
-                    "key transient-etc has type {}, expected s",
-                    signature(other)
-                ))
-            }
-        },
-    };
+    let root_transient = get_bool(&dict, "root.transient")?;
+    let transient_etc = get_opt_str(&dict, "transient-etc")?;
+    let composefs = get_bool(&dict, "composefs")?;
+    let composefs_verity = get_bool(&dict, "composefs.verity")?;
+    let composefs_signed = get_opt_str(&dict, "composefs.signed")?;
+    let sysroot_ro = get_bool(&dict, "sysroot-ro")?;
     Ok(BootedState {
         backing_root_device_inode,
         root_transient,
         transient_etc,
+        composefs,
+        composefs_verity,
+        composefs_signed,
+        sysroot_ro,
+        root_mount: None,
         keys,
     })
+}
+
+/// A boolean key of an `a{sv}`; absent is false, another type an error naming the key.
+fn get_bool(dict: &HashMap<String, OwnedValue>, key: &str) -> Result<bool, String> {
+    match dict.get(key).map(|v| &**v) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!(
+            "key {key} has type {}, expected b",
+            signature(other)
+        )),
+    }
+}
+
+/// A string key of an `a{sv}`; absent is `None`, another type an error naming the key.
+fn get_opt_str(dict: &HashMap<String, OwnedValue>, key: &str) -> Result<Option<String>, String> {
+    match dict.get(key).map(|v| &**v) {
+        None => Ok(None),
+        Some(Value::Str(s)) => Ok(Some(s.to_string())),
+        Some(other) => Err(format!(
+            "key {key} has type {}, expected s",
+            signature(other)
+        )),
+    }
 }
 
 /// `/run/ostree/staged-deployment` with `locked` set to `locked`, every other key kept as it
@@ -262,6 +289,25 @@ pub mod encode {
         to_bytes(&m)
     }
 
+    /// `/run/ostree-booted` as ostree-prepare-root writes it after mounting a composefs root
+    /// (`otcore_mount_rootfs` and `main` in ostree's `ostree-prepare-root.c`): the backing
+    /// directory, `root.transient`/`root.transient-ro` false, `composefs` true,
+    /// `composefs.verity`, `composefs.signed` (the key file) when the commit was signed, and
+    /// `sysroot-ro`.
+    pub fn booted_composefs(dev: u64, ino: u64, verity: bool, signed: Option<&str>) -> Vec<u8> {
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("backing-root-device-inode", Value::from((dev, ino)));
+        m.insert("root.transient", Value::from(false));
+        m.insert("root.transient-ro", Value::from(false));
+        if let Some(key) = signed {
+            m.insert("composefs.signed", Value::from(key));
+        }
+        m.insert("composefs", Value::from(true));
+        m.insert("composefs.verity", Value::from(verity));
+        m.insert("sysroot-ro", Value::from(true));
+        to_bytes(&m)
+    }
+
     /// `/run/ostree/staged-deployment` for a target `<checksum>.<serial>`.
     pub fn staged(
         name: &str,
@@ -359,6 +405,44 @@ mod tests {
         // An empty file (ostree 2022.7) gains the key.
         let n = parse_booted(&with_backing_root(b"", 3, 4).unwrap()).unwrap();
         assert_eq!(n.backing_root_device_inode, Some((3, 4)));
+    }
+
+    #[test]
+    fn composefs_keys() {
+        let b = parse_booted(&encode::booted_composefs(
+            5,
+            6,
+            true,
+            Some("/etc/ostree/initramfs-root-binding.key"),
+        ))
+        .unwrap();
+        assert_eq!(b.backing_root_device_inode, Some((5, 6)));
+        assert!(b.composefs && b.composefs_verity && b.sysroot_ro);
+        assert!(!b.root_transient);
+        assert_eq!(
+            b.composefs_signed.as_deref(),
+            Some("/etc/ostree/initramfs-root-binding.key")
+        );
+        let b = parse_booted(&encode::booted_composefs(5, 6, false, None)).unwrap();
+        assert!(b.composefs && !b.composefs_verity && b.composefs_signed.is_none());
+        // ostree 2022.7 (an empty file) and a plain bind-mounted root: none of it.
+        let b = parse_booted(&encode::booted(5, 6)).unwrap();
+        assert!(!b.composefs && !b.composefs_verity && b.composefs_signed.is_none());
+        // Keys of the wrong type are errors naming the key, not silently "off".
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("composefs.verity", Value::from("yes"));
+        let bytes = zvariant::to_bytes(ctxt(), &m).unwrap().bytes().to_vec();
+        let e = parse_booted(&bytes).unwrap_err();
+        assert!(
+            e.contains("composefs.verity") && e.contains("expected b"),
+            "{e}"
+        );
+        let mut m: HashMap<&str, Value<'_>> = HashMap::new();
+        m.insert("composefs.signed", Value::from(true));
+        let bytes = zvariant::to_bytes(ctxt(), &m).unwrap().bytes().to_vec();
+        assert!(parse_booted(&bytes)
+            .unwrap_err()
+            .contains("composefs.signed"));
     }
 
     #[test]

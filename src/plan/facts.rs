@@ -97,6 +97,18 @@ fn from_diff(d: &DeploymentDiff, host_states: &[HostBlocker], live_active: bool)
         outside_usr: d.outside_usr.iter().map(|c| c.path.clone()).collect(),
         ..Default::default()
     };
+    add_host_states(&mut i, host_states);
+    if live_active {
+        i.soft_reboot_host_states.push(
+            "a live apply is active: run `fastswitch reset` first (its /etc backups belong to this root)"
+                .into(),
+        );
+    }
+    i
+}
+
+/// Pure: the host states that rule out the live and the soft-reboot rung, as their reasons.
+fn add_host_states(i: &mut LadderInputs, host_states: &[HostBlocker]) {
     for s in preconditions::blocking(host_states, Rung::Live, true) {
         i.live_host_states.push(s.describe());
         match s {
@@ -106,16 +118,12 @@ fn from_diff(d: &DeploymentDiff, host_states: &[HostBlocker], live_active: bool)
             HostBlocker::OtherStateroot { .. } => i.soft_reboot_host_states.push(
                 "the target is in another stateroot: after a soft reboot, ostree-system-generator would mount /var from the `ostree=` argument of the running kernel, which names the old stateroot".into(),
             ),
+            HostBlocker::ComposefsVerified { .. } => {
+                i.soft_reboot_host_states.push(s.describe())
+            }
             _ => {}
         }
     }
-    if live_active {
-        i.soft_reboot_host_states.push(
-            "a live apply is active: run `fastswitch reset` first (its /etc backups belong to this root)"
-                .into(),
-        );
-    }
-    i
 }
 
 /// The service decision is worth its cost only when nothing else rules the live rung out.
@@ -169,6 +177,45 @@ fn deferred_text(a: &ServiceAction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::composefs::ComposefsMode;
+
+    /// On a composefs host with fs-verity the ladder skips live and soft-reboot, each rejection
+    /// naming what is given up and the flag; with the flag, live is taken again.
+    #[test]
+    fn verified_composefs_in_the_ladder() {
+        let mut states = vec![HostBlocker::ComposefsVerified {
+            mode: ComposefsMode::Signed,
+            signed: Some("/etc/ostree/initramfs-root-binding.key".into()),
+            allowed: false,
+        }];
+        let ladder_with = |states: &[HostBlocker]| {
+            let mut i = LadderInputs::default();
+            add_host_states(&mut i, states);
+            ladder::choose(&i, &LadderBounds::default())
+        };
+        let l = ladder_with(&states);
+        assert_eq!(l.chosen, Some(Rung::Kexec));
+        for rung in [Rung::Live, Rung::SoftReboot] {
+            let v = l.verdict(rung);
+            assert!(!v.possible, "{rung:?}");
+            assert!(
+                v.reasons
+                    .iter()
+                    .any(|r| r.contains("--allow-unverified-usr")
+                        && r.contains("plain hardlinked checkout")
+                        && r.contains("no signature")),
+                "{rung:?}: {:?}",
+                v.reasons
+            );
+        }
+        preconditions::allow_unverified_usr(&mut states);
+        assert_eq!(ladder_with(&states).chosen, Some(Rung::Live));
+        // Without verity nothing is ruled out.
+        assert_eq!(
+            ladder_with(&[HostBlocker::ComposefsUnverified]).chosen,
+            Some(Rung::Live)
+        );
+    }
 
     #[test]
     fn soft_reboot_needs_systemd_254() {

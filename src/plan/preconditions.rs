@@ -9,11 +9,14 @@
 //! | target in another stateroot | the deployments' stateroots | refused | fine |
 //! | transient `/etc` | `transient-etc` in `/run/ostree-booted` | refused | fine |
 //! | transient root | `root.transient` in `/run/ostree-booted` | refused | fine |
+//! | composefs root with fs-verity or a signed image | `composefs.verity`/`composefs.signed` in `/run/ostree-booted`, `verity=require` on the root overlay | refused without `--allow-unverified-usr` (soft-reboot too) | fine |
+//! | composefs root without fs-verity | `composefs` in `/run/ostree-booted`, the root overlay | fine (the plan says what the plain bind means) | fine |
 //!
 //! A refused live apply is not the end of `switch`: the ladder ([`super::ladder`]) takes the
 //! next rung and says why live was rejected.
 
 use super::ladder::Rung;
+use crate::discover::composefs::{self, ComposefsMode};
 use crate::discover::{Deployment, Host};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,20 @@ pub enum HostBlocker {
     /// `/` is an overlay with a tmpfs upper (`root.transient`): runtime writes under `/usr`
     /// would be hidden by a bind over it, and the target boots without them.
     TransientRoot,
+    /// `/` is composefs with fs-verity required (`mode` verity), or also a signed image
+    /// (`mode` signed, `signed` the key file). A live apply binds the target's plain hardlinked
+    /// checkout over `/usr` and a soft reboot mounts it as `/`: files that no fs-verity digest
+    /// or signature checks. Rules out both unless the admin passed `--allow-unverified-usr`
+    /// (`allowed`).
+    ComposefsVerified {
+        mode: ComposefsMode,
+        signed: Option<String>,
+        #[serde(default)]
+        allowed: bool,
+    },
+    /// `/` is composefs without fs-verity: nothing is ruled out, but a live apply binds the
+    /// target's plain checkout over `/usr` rather than a composefs mount of its image.
+    ComposefsUnverified,
 }
 
 impl HostBlocker {
@@ -46,6 +63,11 @@ impl HostBlocker {
         match self {
             // Every rung that switches (all but none) uses the staged deployment.
             HostBlocker::FinalizationLocked { .. } => !unlock && rung != Rung::None,
+            // Both rungs that would run the target from its plain checkout.
+            HostBlocker::ComposefsVerified { allowed, .. } => {
+                !allowed && matches!(rung, Rung::Live | Rung::SoftReboot)
+            }
+            HostBlocker::ComposefsUnverified => false,
             _ => rung == Rung::Live,
         }
     }
@@ -76,6 +98,39 @@ impl HostBlocker {
                 "/etc is transient on this host (etc.transient in prepare-root.conf; its changes live in {upper} and vanish at boot): the target boots with its own /etc defaults, which a live 3-way merge would not reproduce; switch with `fastswitch kexec`"
             ),
             HostBlocker::TransientRoot => "the root is transient on this host (root.transient in prepare-root.conf): writes under /usr since boot would be hidden by the live bind and gone after a boot; switch with `fastswitch kexec`".to_owned(),
+            HostBlocker::ComposefsVerified { mode, signed, allowed } => {
+                let what = match (mode, signed) {
+                    (ComposefsMode::Signed, Some(key)) => format!(
+                        "fs-verity required and its image bound to a commit signature checked with {key}"
+                    ),
+                    _ => "fs-verity required".to_owned(),
+                };
+                let given_up = match mode {
+                    ComposefsMode::Signed => "no fs-verity digest and no signature",
+                    _ => "no fs-verity digest",
+                };
+                if *allowed {
+                    format!(
+                        "the root is composefs with {what}; --allow-unverified-usr given: until the next boot /usr is the target's plain hardlinked checkout (bound over /usr live, or / after a soft reboot), whose files {given_up} checks"
+                    )
+                } else {
+                    format!(
+                        "the root is composefs with {what}: a live apply would bind the target's plain hardlinked checkout over /usr (a soft reboot would mount it as /), whose files {given_up} checks until the next boot; pass --allow-unverified-usr to give that up, or switch with `fastswitch kexec`"
+                    )
+                }
+            }
+            HostBlocker::ComposefsUnverified => "the root is composefs without fs-verity: a live apply binds the target's plain hardlinked checkout over /usr (a soft reboot mounts it as /) instead of a composefs mount of its .ostree.cfs image; the files are the same ostree objects, unchecked either way, and /usr is composefs again after the next boot".to_owned(),
+        }
+    }
+}
+
+/// `--allow-unverified-usr`: the admin accepts running the target from its plain checkout on a
+/// composefs host with fs-verity or a signed image. The state stays in the plan, marked allowed,
+/// so the plan still says what is given up.
+pub fn allow_unverified_usr(states: &mut [HostBlocker]) {
+    for s in states {
+        if let HostBlocker::ComposefsVerified { allowed, .. } = s {
+            *allowed = true;
         }
     }
 }
@@ -116,6 +171,18 @@ pub fn blockers(host: &Host, from: &Deployment, to: &Deployment) -> Vec<HostBloc
         }
         if bs.root_transient {
             out.push(HostBlocker::TransientRoot);
+        }
+        let c = composefs::composefs(bs);
+        match c.mode {
+            ComposefsMode::Off => {}
+            ComposefsMode::Unverified => out.push(HostBlocker::ComposefsUnverified),
+            mode @ (ComposefsMode::Verity | ComposefsMode::Signed) => {
+                out.push(HostBlocker::ComposefsVerified {
+                    mode,
+                    signed: c.signed,
+                    allowed: false,
+                })
+            }
         }
     }
     out
@@ -258,5 +325,78 @@ mod tests {
         let text = refusal_text("apply-live", &blocking(&bl, Rung::Live, false));
         assert!(text.contains("rpm-ostree apply-live --reset"), "{text}");
         assert!(text.contains("/run/ostree/transient-etc.abc"), "{text}");
+    }
+
+    fn composefs_host(bytes: &[u8]) -> (Host, Deployment, Deployment) {
+        let (b, t) = pair();
+        let bs = crate::discover::state::parse_booted(bytes).unwrap();
+        (host(vec![t.clone(), b.clone()], false, Some(bs)), b, t)
+    }
+
+    #[test]
+    fn verified_composefs_rules_out_live_and_soft_reboot_until_allowed() {
+        use crate::discover::state::encode;
+        let key = "/etc/ostree/initramfs-root-binding.key";
+        for (bytes, mode) in [
+            (
+                encode::booted_composefs(1, 2, true, None),
+                ComposefsMode::Verity,
+            ),
+            (
+                encode::booted_composefs(1, 2, true, Some(key)),
+                ComposefsMode::Signed,
+            ),
+        ] {
+            let (h, b, t) = composefs_host(&bytes);
+            let mut bl = blockers(&h, &b, &t);
+            assert_eq!(bl.len(), 1, "{bl:?}");
+            assert!(
+                matches!(&bl[0], HostBlocker::ComposefsVerified { mode: m, allowed: false, .. } if *m == mode),
+                "{bl:?}"
+            );
+            // --unlock is not the flag that allows it.
+            assert_eq!(blocking(&bl, Rung::Live, true).len(), 1);
+            assert_eq!(blocking(&bl, Rung::SoftReboot, true).len(), 1);
+            assert!(blocking(&bl, Rung::Kexec, false).is_empty());
+            assert!(blocking(&bl, Rung::Reboot, false).is_empty());
+            let text = refusal_text("apply-live", &blocking(&bl, Rung::Live, false));
+            assert!(
+                text.contains("plain hardlinked checkout")
+                    && text.contains("--allow-unverified-usr")
+                    && text.contains("no fs-verity digest"),
+                "{text}"
+            );
+            assert_eq!(text.contains(key), mode == ComposefsMode::Signed, "{text}");
+            assert_eq!(
+                text.contains("no signature"),
+                mode == ComposefsMode::Signed,
+                "{text}"
+            );
+            allow_unverified_usr(&mut bl);
+            assert!(blocking(&bl, Rung::Live, false).is_empty());
+            assert!(blocking(&bl, Rung::SoftReboot, false).is_empty());
+            // Still in the plan, saying what was given up.
+            let d = bl[0].describe();
+            assert!(
+                d.contains("--allow-unverified-usr given")
+                    && d.contains("plain hardlinked checkout"),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn unverified_composefs_is_said_but_rules_nothing_out() {
+        use crate::discover::state::encode;
+        let (h, b, t) = composefs_host(&encode::booted_composefs(1, 2, false, None));
+        let bl = blockers(&h, &b, &t);
+        assert_eq!(bl, vec![HostBlocker::ComposefsUnverified]);
+        for rung in Rung::ALL {
+            assert!(blocking(&bl, rung, false).is_empty(), "{rung:?}");
+        }
+        assert!(bl[0].describe().contains("without fs-verity"));
+        // A plain host (the key absent, no composefs mount): nothing.
+        let (h, b, t) = composefs_host(&encode::booted(1, 2));
+        assert!(blockers(&h, &b, &t).is_empty());
     }
 }
