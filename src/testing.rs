@@ -190,3 +190,85 @@ impl ConfigTools for RecordingTools {
         self.fails("tmpfiles")
     }
 }
+
+/// A repository and deployment checkouts made by the real `ostree` CLI (bare-user mode, so no
+/// root is needed), laid out as a sysroot: `<dir>/ostree/repo` and
+/// `<dir>/ostree/deploy/os/deploy/<commit>.0`.
+pub(crate) struct OstreeRepo {
+    pub dir: tempfile::TempDir,
+}
+
+impl OstreeRepo {
+    pub fn new() -> OstreeRepo {
+        let r = OstreeRepo {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(r.repo()).unwrap();
+        r.run(&["init", "--mode=bare-user"]);
+        r
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join("ostree/repo")
+    }
+
+    /// `ostree --repo=… <args>`, panicking with its stderr on failure; returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let mut cmd = std::process::Command::new("ostree");
+        cmd.arg(format!("--repo={}", self.repo().display()))
+            .args(args);
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Commit the directory `tree` (owned by root:root, no xattrs) on `branch`.
+    pub fn commit(&self, tree: &Path, branch: &str) -> String {
+        self.run(&[
+            "commit",
+            "--no-xattrs",
+            "--owner-uid=0",
+            "--owner-gid=0",
+            "-b",
+            branch,
+            &format!("--tree=dir={}", tree.display()),
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// A hardlink checkout of `commit` as the deployment directory `<commit>.0`.
+    pub fn deploy(&self, commit: &str) -> PathBuf {
+        self.deploy_as(commit, 0, true)
+    }
+
+    /// A checkout of `commit` as the deployment directory `<commit>.<serial>`: hardlinks to
+    /// the objects as ostree deploys, or (`hardlink` false) copies, so that no two deployments
+    /// share an inode.
+    pub fn deploy_as(&self, commit: &str, serial: u32, hardlink: bool) -> PathBuf {
+        let parent = self.dir.path().join("ostree/deploy/os/deploy");
+        std::fs::create_dir_all(&parent).unwrap();
+        let d = parent.join(format!("{commit}.{serial}"));
+        let d_arg = d.display().to_string();
+        let mut args = vec!["checkout", "-U"];
+        if hardlink {
+            args.push("-H");
+        } else {
+            args.push("--force-copy");
+        }
+        args.extend([commit, d_arg.as_str()]);
+        self.run(&args);
+        d
+    }
+}
+
+/// Write `data` at `root/rel`, creating the parents.
+pub(crate) fn write_file(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}

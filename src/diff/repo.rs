@@ -220,11 +220,206 @@ impl Repo {
         let root = self.commit_root(commit)?;
         self.subdirs(&root.tree)?.remove(b"usr".as_slice())
     }
+
+    /// The files (regular files and symlinks) of the dirtree `tree`, by name, with their
+    /// content checksums: the whole object decoded.
+    pub fn files(&self, tree: &Csum) -> Option<FileCsums> {
+        parse_files(&self.read(&crate::discover::kernel::hex(tree), "dirtree")?)
+    }
+}
+
+/// The files of one dirtree (regular files and symlinks), by name: their content checksums
+/// (the `.file` object names: content, uid/gid/mode and xattrs together).
+pub type FileCsums = HashMap<Vec<u8>, Csum>;
+
+type DirTreeVariant = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
+
+/// The files array of a dirtree object `(a(say)a(sayay))`, fully decoded by zvariant.
+pub fn parse_files(bytes: &[u8]) -> Option<FileCsums> {
+    let (t, used): (DirTreeVariant, usize) = Data::new(bytes, ctxt()).deserialize().ok()?;
+    (used == bytes.len()).then_some(())?;
+    t.0.into_iter()
+        .map(|(name, c)| Some((name.into_bytes(), csum(&c)?)))
+        .collect()
+}
+
+/// What a commit holds at a path under `/usr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsrEntry {
+    /// A regular file or symlink, with its content checksum.
+    File(Csum),
+    Dir,
+    Absent,
+}
+
+/// The `/usr` of one deployment's commit, looked up path by path with its dirtree objects
+/// cached: which content a path has, without reading the file. ostree hardlinks the checkout
+/// to these objects, so the checksum is the content of the deployment's file.
+#[derive(Debug)]
+pub struct CommitUsr {
+    repo: Repo,
+    usr: DirCsums,
+    dirs: HashMap<Csum, Option<SubDirs>>,
+    files: HashMap<Csum, Option<FileCsums>>,
+}
+
+impl CommitUsr {
+    /// The commit of the deployment directory `deploy` (`…/deploy/<commit>.<serial>`), when
+    /// its repository has the commit and its `/usr`.
+    pub fn of_deployment(deploy: &Path) -> Option<CommitUsr> {
+        let (repo, commit) = Repo::of_deployment(deploy)?;
+        let usr = repo.usr(&commit)?;
+        Some(CommitUsr {
+            repo,
+            usr,
+            dirs: HashMap::new(),
+            files: HashMap::new(),
+        })
+    }
+
+    fn subdirs(&mut self, tree: &Csum) -> Option<&SubDirs> {
+        let repo = &self.repo;
+        self.dirs
+            .entry(*tree)
+            .or_insert_with(|| repo.subdirs(tree))
+            .as_ref()
+    }
+
+    fn files(&mut self, tree: &Csum) -> Option<&FileCsums> {
+        let repo = &self.repo;
+        self.files
+            .entry(*tree)
+            .or_insert_with(|| repo.files(tree))
+            .as_ref()
+    }
+
+    /// What the commit has at `rel` (relative to `/usr`); `None` when the repository cannot
+    /// say (a missing or unparsable object, a path through a symlink, `..`).
+    pub fn entry(&mut self, rel: &Path) -> Option<UsrEntry> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::path::Component;
+        let names: Vec<&[u8]> = rel
+            .components()
+            .map(|c| match c {
+                Component::Normal(n) => Some(n.as_bytes()),
+                Component::CurDir => Some(&b""[..]),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect();
+        let Some((last, parents)) = names.split_last() else {
+            return Some(UsrEntry::Dir);
+        };
+        let mut tree = self.usr.tree;
+        for name in parents {
+            let sub = self.subdirs(&tree)?.get(*name).map(|d| d.tree);
+            match sub {
+                Some(d) => tree = d,
+                // A file (or symlink) in the way: the path cannot be followed here.
+                None if self.files(&tree)?.contains_key(*name) => return None,
+                None => return Some(UsrEntry::Absent),
+            }
+        }
+        if let Some(c) = self.files(&tree)?.get(*last) {
+            return Some(UsrEntry::File(*c));
+        }
+        Some(if self.subdirs(&tree)?.contains_key(*last) {
+            UsrEntry::Dir
+        } else {
+            UsrEntry::Absent
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// Every file's checksum, as the real `ostree ls -R -C` prints it, is what
+    /// [`CommitUsr::entry`] finds for its path, in a checkout laid out as a deployment; two
+    /// commits that differ in one library differ in exactly that path.
+    #[test]
+    fn commit_usr_matches_ostree_ls() {
+        use crate::testing::{write_file, OstreeRepo};
+        let r = OstreeRepo::new();
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        let w = |rel: &str, data: &[u8]| write_file(&tree, rel, data);
+        w("usr/bin/daemon", b"daemon v1");
+        w("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo v1");
+        w("usr/lib/x86_64-linux-gnu/libbar.so.1", b"bar v1");
+        w("usr/share/doc/x/README", b"doc");
+        std::os::unix::fs::symlink(
+            "libfoo.so.1",
+            tree.join("usr/lib/x86_64-linux-gnu/libfoo.so"),
+        )
+        .unwrap();
+        for d in ["etc", "var"] {
+            std::fs::create_dir_all(tree.join(d)).unwrap();
+        }
+        let c1 = r.commit(&tree, "v1");
+        w("usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo v2");
+        let c2 = r.commit(&tree, "v2");
+        let (d1, d2) = (r.deploy(&c1), r.deploy(&c2));
+        let mut u1 = CommitUsr::of_deployment(&d1).unwrap();
+        let mut u2 = CommitUsr::of_deployment(&d2).unwrap();
+        // `ostree ls -R -C`: "<type><mode> <uid> <gid> <size> <checksum(s)> <path>[ -> target]".
+        let ls = r.run(&["ls", "-R", "-C", &c1, "/usr"]);
+        let mut files = 0;
+        for line in ls.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Directories carry two checksums (dirtree, dirmeta) before the path.
+            let kind = &f[0][..1];
+            let (sum, path) = (f[4], if kind == "d" { f[6] } else { f[5] });
+            let rel = Path::new(path.strip_prefix("/usr").unwrap().trim_start_matches('/'));
+            let got = u1.entry(rel);
+            match kind {
+                "-" | "l" => {
+                    files += 1;
+                    let hex = match got {
+                        Some(UsrEntry::File(c)) => crate::discover::kernel::hex(&c),
+                        other => panic!("{path}: {other:?}"),
+                    };
+                    assert_eq!(hex, sum, "{path}");
+                }
+                "d" => assert_eq!(got, Some(UsrEntry::Dir), "{path}"),
+                _ => panic!("unexpected ls line {line}"),
+            }
+        }
+        assert_eq!(files, 5, "{ls}");
+        let changed: Vec<&str> = [
+            "bin/daemon",
+            "lib/x86_64-linux-gnu/libfoo.so.1",
+            "lib/x86_64-linux-gnu/libfoo.so",
+            "lib/x86_64-linux-gnu/libbar.so.1",
+            "share/doc/x/README",
+        ]
+        .into_iter()
+        .filter(|p| u1.entry(Path::new(p)) != u2.entry(Path::new(p)))
+        .collect();
+        assert_eq!(changed, ["lib/x86_64-linux-gnu/libfoo.so.1"]);
+        assert_eq!(
+            u1.entry(Path::new("lib/nothing.so")),
+            Some(UsrEntry::Absent)
+        );
+        assert_eq!(u1.entry(Path::new("nodir/x/y")), Some(UsrEntry::Absent));
+        // Through a file or a symlink, or with `..`: the repository cannot say.
+        assert_eq!(u1.entry(Path::new("bin/daemon/x")), None);
+        assert_eq!(
+            u1.entry(Path::new("lib/x86_64-linux-gnu/libfoo.so/x")),
+            None
+        );
+        assert_eq!(u1.entry(Path::new("lib/../bin/daemon")), None);
+        // Not a deployment directory, or its commit missing: no index.
+        assert!(CommitUsr::of_deployment(&tree).is_none());
+        let fake = r
+            .dir
+            .path()
+            .join(format!("ostree/deploy/os/deploy/{}.0", "ab".repeat(32)));
+        std::fs::create_dir_all(&fake).unwrap();
+        assert!(CommitUsr::of_deployment(&fake).is_none());
+    }
 
     type DirTree = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
 

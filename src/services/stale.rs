@@ -9,9 +9,16 @@
 //! - it is a known interpreter (python, perl, shells, ruby, node, …) running a script under
 //!   `/usr` that differs between the running and the target tree.
 //!
-//! When the mapping's identity matches neither tree and its device is not the device of either
-//! tree (overlayfs/composefs report the backing file's identity in `maps` but the overlay's in
-//! `stat`), the check falls back to comparing the two trees' files (identity, size, bytes).
+//! Inode equality is the fast path: on a plain ostree host the running `/usr` is the booted
+//! checkout, so a mapping shows one of the two trees' identities. When the mapping's identity
+//! matches neither tree and its device is not the device of either tree (a composefs root: the
+//! overlay's own anonymous device, which `/proc/PID/maps` shows since Linux 6.8; or the backing
+//! object's identity on older kernels), identities say nothing, and the two trees' files are
+//! compared instead: same identity on disk (ostree hardlinked the object into both), else the
+//! ostree content checksum of that path in the booted and the target commit (the dirtree
+//! objects of [`crate::diff::repo`], no file read), and only where the repository cannot say
+//! (no commit, a missing object) size and bytes. [`StaleScan::compared`] counts which way each
+//! path was decided.
 //!
 //! Processes whose root directory is not ours (containers, chroots, portable services) are
 //! skipped and listed, because their paths are not our paths. Kernel threads are skipped;
@@ -23,6 +30,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::diff::repo::{CommitUsr, UsrEntry};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -217,6 +225,21 @@ pub struct StaleScan {
     /// Stale processes, by pid.
     pub processes: Vec<StaleProcess>,
     pub skipped: Vec<SkippedProcess>,
+    /// How the paths whose identity could not decide were compared between the two trees.
+    #[serde(default)]
+    pub compared: Compared,
+}
+
+/// Paths compared between the running and the target tree (each counted once per scan), by
+/// what decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compared {
+    /// The same inode in both trees (ostree hardlinked one object into both checkouts).
+    pub identity: u32,
+    /// The ostree content checksums of the path in the two commits.
+    pub checksum: u32,
+    /// Size and bytes (no commit to ask).
+    pub bytes: u32,
 }
 
 /// Where to look and what to compare.
@@ -237,19 +260,38 @@ pub struct ScanConfig {
     pub include_data_mappings: bool,
     /// Never report these (by default: this process).
     pub exclude_pids: Vec<u32>,
+    /// The deployment directories (`…/deploy/<commit>.<serial>`) whose commits hold the running
+    /// and the target tree: their content checksums decide whether a path changed when
+    /// identities cannot. `None`: compared on disk.
+    pub from_deployment: Option<PathBuf>,
+    pub to_deployment: Option<PathBuf>,
 }
 
 impl ScanConfig {
+    /// The deployments are found from the trees when they are a deployment's `usr`.
     pub fn new(from_usr: impl Into<PathBuf>, to_usr: impl Into<PathBuf>) -> ScanConfig {
+        let (from_usr, to_usr) = (from_usr.into(), to_usr.into());
         ScanConfig {
             proc_root: PathBuf::from("/proc"),
             usr_prefix: PathBuf::from("/usr"),
-            to_usr: to_usr.into(),
-            from_usr: from_usr.into(),
+            from_deployment: deployment_of(&from_usr),
+            to_deployment: deployment_of(&to_usr),
+            to_usr,
+            from_usr,
             include_data_mappings: false,
             exclude_pids: vec![std::process::id()],
         }
     }
+}
+
+/// The deployment directory whose `usr` is `usr`, if it is one (`…/ostree/deploy/<os>/deploy/
+/// <commit>.<serial>/usr` with the repository beside it).
+fn deployment_of(usr: &Path) -> Option<PathBuf> {
+    if usr.file_name()? != "usr" {
+        return None;
+    }
+    let d = usr.parent()?;
+    crate::diff::repo::Repo::of_deployment(d).map(|_| d.to_path_buf())
 }
 
 /// Interpreters whose first script argument is checked.
@@ -505,6 +547,7 @@ pub fn scan_stale(config: &ScanConfig) -> Result<StaleScan> {
             });
         }
     }
+    scan.compared = judge.compared;
     Ok(scan)
 }
 
@@ -513,14 +556,30 @@ struct Judge<'a> {
     config: &'a ScanConfig,
     ids: HashMap<PathBuf, Option<FileId>>,
     identical: HashMap<PathBuf, bool>,
+    /// The running and the target commit's `/usr`, when both deployments' repository has them.
+    commits: Option<(CommitUsr, CommitUsr)>,
+    compared: Compared,
 }
 
 impl<'a> Judge<'a> {
     fn new(config: &'a ScanConfig) -> Self {
+        let open = |d: &Option<PathBuf>| d.as_deref().and_then(CommitUsr::of_deployment);
         Judge {
             config,
             ids: HashMap::new(),
             identical: HashMap::new(),
+            commits: open(&config.from_deployment).zip(open(&config.to_deployment)),
+            compared: Compared::default(),
+        }
+    }
+
+    /// Whether the two commits have the same content at `rel`; `None` when they cannot say
+    /// (no commits, a missing object, not a file on both sides).
+    fn same_checksum(&mut self, rel: &Path) -> Option<bool> {
+        let (from, to) = self.commits.as_mut()?;
+        match (from.entry(rel)?, to.entry(rel)?) {
+            (UsrEntry::File(a), UsrEntry::File(b)) => Some(a == b),
+            _ => None,
         }
     }
 
@@ -538,15 +597,27 @@ impl<'a> Judge<'a> {
         Ok(id)
     }
 
-    /// Whether `rel` is the same file in both trees (identity, else size and bytes).
+    /// Whether `rel` is the same file in both trees: the same inode, else the same content
+    /// checksum in the two commits, else (no commits to ask) the same size and bytes.
     fn trees_identical(&mut self, rel: &Path) -> Result<bool> {
         if let Some(v) = self.identical.get(rel) {
             return Ok(*v);
         }
-        let v = files_identical(
-            &self.config.from_usr.join(rel),
-            &self.config.to_usr.join(rel),
-        )?;
+        let from = self.id(self.config.from_usr.join(rel))?;
+        let to = self.id(self.config.to_usr.join(rel))?;
+        let v = if from.is_some() && from == to {
+            self.compared.identity += 1;
+            true
+        } else if let Some(v) = self.same_checksum(rel) {
+            self.compared.checksum += 1;
+            v
+        } else {
+            self.compared.bytes += 1;
+            files_identical(
+                &self.config.from_usr.join(rel),
+                &self.config.to_usr.join(rel),
+            )?
+        };
         self.identical.insert(rel.to_path_buf(), v);
         Ok(v)
     }
@@ -1011,6 +1082,8 @@ mod tests {
             from_usr: from.clone(),
             include_data_mappings: false,
             exclude_pids: vec![19],
+            from_deployment: None,
+            to_deployment: None,
         };
         let scan = scan_stale(&config).unwrap();
         assert_eq!(scan.skipped, []);
@@ -1075,6 +1148,120 @@ mod tests {
         .unwrap();
         let pids: Vec<u32> = scan.processes.iter().map(|p| p.pid).collect();
         assert_eq!(pids, [14]);
+    }
+
+    /// A composefs-style host: processes map `/usr` files with an identity of neither tree (the
+    /// overlay's device). Two commits by the real `ostree` CLI differ in one library; the scan
+    /// flags exactly the process mapping it, decided by the commits' content checksums (or by
+    /// the shared inode where ostree hardlinked an unchanged object), never by reading bytes.
+    /// Mappings with a tree's own identity (a plain checkout) still take the inode fast path.
+    #[test]
+    fn content_checksums_decide_for_foreign_identities() {
+        use crate::testing::{write_file, OstreeRepo};
+        let r = OstreeRepo::new();
+        let t = tempfile::tempdir().unwrap();
+        let tree = t.path().join("tree");
+        write_file(&tree, "usr/bin/daemon", b"daemon v1");
+        write_file(&tree, "usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo v1");
+        write_file(&tree, "usr/lib/x86_64-linux-gnu/libbar.so.1", b"bar v1");
+        let c1 = r.commit(&tree, "v1");
+        write_file(&tree, "usr/lib/x86_64-linux-gnu/libfoo.so.1", b"foo v2");
+        let c2 = r.commit(&tree, "v2");
+
+        let proc_root = t.path().join("proc");
+        let lib = "/usr/lib/x86_64-linux-gnu";
+        // Overlay identities: device 0:99, the image's inode numbers.
+        let foreign =
+            |ino: u64, name: &str| format!("1000-2000 r-xp 00000000 00:99 {ino} {lib}/{name}\n");
+        let own = |usr: &Path, name: &str| {
+            id_line(&usr.join("lib/x86_64-linux-gnu").join(name), "r-xp")
+                .replace(&usr.display().to_string(), "/usr")
+        };
+        // (hardlinked deployments as ostree makes them, compared counts expected)
+        for (hardlink, want) in [
+            (
+                true,
+                Compared {
+                    identity: 1,
+                    checksum: 1,
+                    bytes: 0,
+                },
+            ),
+            (
+                false,
+                Compared {
+                    identity: 0,
+                    checksum: 2,
+                    bytes: 0,
+                },
+            ),
+        ] {
+            let serial = u32::from(!hardlink);
+            let from = r.deploy_as(&c1, serial, hardlink).join("usr");
+            let to = r.deploy_as(&c2, serial, hardlink).join("usr");
+            let _ = std::fs::remove_dir_all(&proc_root);
+            let mut fakes = vec![
+                fake(
+                    20,
+                    "/system.slice/foo.service",
+                    None,
+                    &foreign(11, "libfoo.so.1"),
+                ),
+                fake(
+                    21,
+                    "/system.slice/bar.service",
+                    None,
+                    &foreign(12, "libbar.so.1"),
+                ),
+            ];
+            let plain = [own(&from, "libfoo.so.1"), own(&from, "libbar.so.1")];
+            if hardlink {
+                // A plain checkout's identities: the inode fast path, no comparison.
+                fakes.push(fake(22, "/system.slice/plainfoo.service", None, &plain[0]));
+                fakes.push(fake(23, "/system.slice/plainbar.service", None, &plain[1]));
+            }
+            for f in &fakes {
+                f.write(&proc_root);
+            }
+            let config = ScanConfig {
+                proc_root: proc_root.clone(),
+                exclude_pids: vec![],
+                ..ScanConfig::new(&from, &to)
+            };
+            assert_eq!(config.from_deployment.as_deref(), from.parent());
+            assert_eq!(config.to_deployment.as_deref(), to.parent());
+            let scan = scan_stale(&config).unwrap();
+            let got: Vec<(u32, String, StaleWhy)> = scan
+                .processes
+                .iter()
+                .flat_map(|p| {
+                    p.files
+                        .iter()
+                        .map(move |f| (p.pid, f.path.display().to_string(), f.why))
+                })
+                .collect();
+            let mut want_stale = vec![(20, format!("{lib}/libfoo.so.1"), StaleWhy::Replaced)];
+            if hardlink {
+                want_stale.push((22, format!("{lib}/libfoo.so.1"), StaleWhy::Replaced));
+            }
+            assert_eq!(got, want_stale, "hardlink={hardlink}");
+            assert_eq!(scan.compared, want, "hardlink={hardlink}");
+
+            // Without the commits (not deployment directories), the same answer from bytes.
+            let scan = scan_stale(&ScanConfig {
+                from_deployment: None,
+                to_deployment: None,
+                ..config
+            })
+            .unwrap();
+            assert_eq!(
+                scan.processes.len(),
+                want_stale.len(),
+                "hardlink={hardlink}"
+            );
+            assert_eq!(scan.compared.checksum, 0);
+            assert_eq!(scan.compared.bytes, want.checksum, "hardlink={hardlink}");
+        }
     }
 
     #[test]
