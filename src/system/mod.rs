@@ -2,6 +2,7 @@
 //! kexec, capabilities, the run lock. The pure modules never call into here; the executor is
 //! handed these explicitly.
 
+pub mod composefs;
 pub mod files;
 pub mod kexec;
 pub mod lock;

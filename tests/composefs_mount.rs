@@ -1,0 +1,263 @@
+//! `system::composefs` against the real kernel, as root, inside a private mount namespace (the
+//! test re-runs itself under `unshare --mount --propagation private`, as `stale_scan` does).
+//!
+//! Fixture: a commit by the real `ostree` CLI, deployed as a hardlink checkout, and its
+//! composefs image built as ostree does (every non-empty file external, redirected to its
+//! object by the ostree checksum, all mtimes 0), written by the upstream Rust composefs library
+//! from a composefs dumpfile (`ostree ls -R -C`). One difference from ostree's own image,
+//! because composefs-rs cannot write an arbitrary redirect: the redirect is `/xx/<62 hex>`
+//! without `.file`, so the data-only layer is a hardlink farm `objects-cfs/xx/<62>` sharing the
+//! inodes of `objects/xx/<62>.file` (see shared/research/composefs-probe.md).
+//!
+//! Checks: the image mounts file-backed with the overlay options ostree-prepare-root uses; files
+//! read back byte for byte, symlinks resolve, a binary from it runs; the mount table shows a
+//! composefs overlay (what `discover::composefs` detects) and no EROFS layer left attached;
+//! `open_tree` of its `usr` attaches on a plain directory and reads the same; `verity=require`
+//! really reaches the kernel (this host has no fs-verity, so external files then fail with EIO).
+
+mod common;
+use common::*;
+use fastswitch::discover::composefs::{parse_mount, root_mount_id};
+use fastswitch::system::composefs::{attach, clone_subtree, mount, ComposefsImage};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+const IN_NS: &str = "FASTSWITCH_COMPOSEFS_MOUNT_IN_NS";
+const TEST: &str = "composefs_image_mounts_like_prepare_root";
+
+#[test]
+fn composefs_image_mounts_like_prepare_root() {
+    if std::env::var_os(IN_NS).is_some() {
+        in_private_namespace();
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipping {TEST}: needs root (mounts in a private mount namespace)");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(&exe)
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env(IN_NS, "1")
+        .output()
+        .expect("running unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the namespaced run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the namespaced run did not run the test:\n{stdout}\n{stderr}"
+    );
+}
+
+/// A composefs dumpfile (composefs-dump(5)) for `commit`, from `ostree ls -R -C`, as ostree's
+/// writer records it (ostree-repo-composefs.c): non-empty regular files external with the
+/// object path as payload (here without `.file`), everything else inline, mtimes 0. Links
+/// every object into the farm `farm/xx/<62>`.
+fn dumpfile(repo: &Path, commit: &str, farm: &Path) -> String {
+    let ls = run(ostree()
+        .arg(format!("--repo={}", repo.display()))
+        .args(["ls", "-R", "-C", commit]));
+    let mut out = String::new();
+    for line in ls.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (kind, mode) = (&f[0][..1], u32::from_str_radix(&f[0][1..], 8).unwrap());
+        let (uid, gid, size) = (f[1], f[2], f[3]);
+        let entry = match kind {
+            "d" => format!("{} 0 {:o} 2 {uid} {gid} 0 0.0 - - -", f[6], 0o40000 | mode),
+            "l" => {
+                let target = f[7]; // "<path> -> <target>"
+                format!(
+                    "{} {} {:o} 1 {uid} {gid} 0 0.0 {target} - -",
+                    f[5],
+                    target.len(),
+                    0o120000 | mode
+                )
+            }
+            "-" if size == "0" => {
+                format!("{} 0 {:o} 1 {uid} {gid} 0 0.0 - - -", f[5], 0o100000 | mode)
+            }
+            "-" => {
+                let (csum, path) = (f[4], f[5]);
+                let loose = format!("{}/{}", &csum[..2], &csum[2..]);
+                let link = farm.join(&loose);
+                std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+                if !link.exists() {
+                    std::fs::hard_link(repo.join(format!("objects/{loose}.file")), &link).unwrap();
+                }
+                format!(
+                    "{path} {size} {:o} 1 {uid} {gid} 0 0.0 {loose} - -",
+                    0o100000 | mode
+                )
+            }
+            _ => panic!("unexpected `ostree ls` line: {line}"),
+        };
+        out.push_str(&entry);
+        out.push('\n');
+    }
+    out
+}
+
+/// The EROFS image of `dump`, by composefs-rs.
+fn mkcomposefs(dump: &str) -> Box<[u8]> {
+    use composefs::erofs::writer::{mkfs_erofs, ValidatedFileSystem};
+    use composefs::fsverity::Sha256HashValue;
+    let fs = composefs::dumpfile::dumpfile_to_filesystem::<Sha256HashValue>(dump).unwrap();
+    mkfs_erofs(&ValidatedFileSystem::new(fs).unwrap())
+}
+
+fn mount_line(path: &Path) -> fastswitch::discover::composefs::RootMount {
+    let id = root_mount_id(path).unwrap();
+    parse_mount(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        id,
+    )
+    .unwrap()
+}
+
+fn in_private_namespace() {
+    let s = Sysroot::new();
+    s.os_init("cfs");
+    let t = Tree::minimal("6.1.0-test");
+    std::fs::copy("/usr/bin/true", t.path().join("usr/bin/true")).unwrap();
+    let numbers: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    t.write("usr/share/cfs/numbers.txt", numbers.as_bytes());
+    t.write("usr/share/cfs/small.txt", b"small\n");
+    t.write("usr/share/cfs/empty", b"");
+    t.symlink("numbers.txt", "usr/share/cfs/link");
+    let commit = s.commit("cfs/v1", &t);
+    std::fs::create_dir_all(s.path().join("ostree/deploy/cfs/deploy")).unwrap();
+    let id = s.stage("cfs", &commit, "cfs/v1", None);
+    let deploy = s.deploy_dir("cfs", &id);
+    let farm = s.repo().join("objects-cfs");
+    let image = mkcomposefs(&dumpfile(&s.repo(), &commit, &farm));
+    std::fs::write(deploy.join(".ostree.cfs"), &image).unwrap();
+
+    let found = ComposefsImage::of_deployment(&deploy, false).unwrap();
+    assert_eq!(found.objects, s.repo().join("objects"));
+    let img = ComposefsImage {
+        objects: farm.clone(),
+        ..found
+    };
+    let work = tempfile::tempdir().unwrap();
+    let scratch = work.path().join("cfsroot-lower");
+    let mnt = work.path().join("root");
+    for d in [&scratch, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let root = mount(&img, &scratch).unwrap();
+    attach(&root, &mnt).unwrap();
+
+    // Files read back as in the checkout, the symlink resolves, a binary runs.
+    for rel in [
+        "usr/share/cfs/numbers.txt",
+        "usr/share/cfs/small.txt",
+        "usr/share/cfs/empty",
+        "usr/share/cfs/link",
+        "usr/bin/true",
+        "usr/lib/os-release",
+    ] {
+        assert_eq!(
+            std::fs::read(mnt.join(rel)).unwrap(),
+            std::fs::read(deploy.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(mnt.join("usr/share/cfs/link")).unwrap(),
+        Path::new("numbers.txt")
+    );
+    let st = Command::new(mnt.join("usr/bin/true")).status().unwrap();
+    assert!(st.success(), "usr/bin/true from the composefs mount: {st}");
+    // The overlay's own identity, not the object's: what the stale scan cannot compare.
+    let (ovl, obj) = (
+        std::fs::metadata(mnt.join("usr/share/cfs/numbers.txt")).unwrap(),
+        std::fs::metadata(deploy.join("usr/share/cfs/numbers.txt")).unwrap(),
+    );
+    assert_ne!(ovl.dev(), obj.dev());
+
+    // The mount table: a read-only composefs overlay; the EROFS layer is no longer attached.
+    let m = mount_line(&mnt);
+    assert_eq!(
+        (m.fs_type.as_str(), m.source.as_str()),
+        ("overlay", "composefs"),
+        "{m:?}"
+    );
+    assert!(m.looks_composefs() && !m.requires_verity(), "{m:?}");
+    for o in ["ro", "metacopy=on", "redirect_dir=on"] {
+        assert!(m.super_options.iter().any(|x| x == o), "{o}: {m:?}");
+    }
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !table.contains(&format!(" {} ", scratch.display())),
+        "the EROFS layer is still attached:\n{table}"
+    );
+
+    // open_tree of its usr, attached on a plain directory (a composefs host's /usr is no mount
+    // of its own): the same files, the composefs overlay with root /usr.
+    let sim_usr = work.path().join("sim/usr");
+    std::fs::create_dir_all(&sim_usr).unwrap();
+    let usr = clone_subtree(&root, "usr").unwrap();
+    attach(&usr, &sim_usr).unwrap();
+    assert_eq!(
+        std::fs::read(sim_usr.join("share/cfs/numbers.txt")).unwrap(),
+        numbers.as_bytes()
+    );
+    let m = mount_line(&sim_usr);
+    assert!(m.looks_composefs(), "{m:?}");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&format!(" /usr {} ", sim_usr.display()))),
+        "the clone's root is not /usr:\n{table}"
+    );
+    // The clone outlives the full mount (it pins the overlay).
+    rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH).unwrap();
+    drop(root);
+    assert_eq!(
+        std::fs::read(sim_usr.join("share/cfs/small.txt")).unwrap(),
+        b"small\n"
+    );
+
+    // verity=require reaches the kernel: without fs-verity (this host) or digests (this
+    // image), external files cannot be opened; empty files (no data) still read.
+    let verity_mnt = work.path().join("verity");
+    std::fs::create_dir(&verity_mnt).unwrap();
+    let v = mount(
+        &ComposefsImage {
+            require_verity: true,
+            ..img.clone()
+        },
+        &scratch,
+    )
+    .unwrap();
+    attach(&v, &verity_mnt).unwrap();
+    assert!(mount_line(&verity_mnt).requires_verity());
+    let e = std::fs::read(verity_mnt.join("usr/share/cfs/numbers.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(
+        std::fs::read(verity_mnt.join("usr/share/cfs/empty")).unwrap(),
+        b""
+    );
+
+    // A missing image is an error naming it.
+    let e = mount(
+        &ComposefsImage {
+            image: work.path().join("missing.cfs"),
+            ..img
+        },
+        &scratch,
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("missing.cfs"), "{e:#}");
+    for d in [&sim_usr, &verity_mnt] {
+        let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH);
+    }
+}
