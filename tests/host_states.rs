@@ -631,6 +631,21 @@ fn verified_composefs_needs_an_explicit_plain_usr() {
         text.contains("composefs: signed (fs-verity required"),
         "{text}"
     );
+    // Without verity nothing is refused; the plan says what the plain bind means.
+    let f = fixture();
+    let m = std::fs::metadata(f.booted_dir()).unwrap();
+    std::fs::write(
+        f.s.run().join("ostree-booted"),
+        encode::booted_composefs(m.dev(), m.ino(), false, None),
+    )
+    .unwrap();
+    let (code, out, err) = f.run_fs(&["apply-live", "--no-services", "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("host state: the root is composefs without fs-verity: a live apply binds the target's plain hardlinked checkout over /usr"),
+        "{out}"
+    );
+    assert_eq!(f.s.json(&["status"])["composefs"]["mode"], "unverified");
     // A plain host says off.
     let f = fixture();
     assert_eq!(f.s.json(&["status"])["composefs"]["mode"], "off");
