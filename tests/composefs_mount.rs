@@ -14,14 +14,21 @@
 //! composefs overlay (what `discover::composefs` detects) and no EROFS layer left attached;
 //! `open_tree` of its `usr` attaches on a plain directory and reads the same; `verity=require`
 //! really reaches the kernel (this host has no fs-verity, so external files then fail with EIO).
+//!
+//! And the stale scan on such a root: processes run two binaries from the mounted image (the
+//! booted commit); a second commit changes one of them. Their `exe` and `maps` show the
+//! overlay's identity, which is neither checkout's, so the scan decides by the commits' content
+//! checksums and reports exactly the process running the changed binary.
 
 mod common;
 use common::*;
 use fastswitch::discover::composefs::{parse_mount, root_mount_id};
+use fastswitch::services::stale::{scan_stale, ScanConfig, StaleKind, StaleWhy};
 use fastswitch::system::composefs::{attach, clone_subtree, mount, ComposefsImage};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 const IN_NS: &str = "FASTSWITCH_COMPOSEFS_MOUNT_IN_NS";
 const TEST: &str = "composefs_image_mounts_like_prepare_root";
@@ -54,6 +61,32 @@ fn composefs_image_mounts_like_prepare_root() {
         stdout.contains("1 passed"),
         "the namespaced run did not run the test:\n{stdout}\n{stderr}"
     );
+}
+
+/// Kills the fixture processes however the test ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Wait until `pid` maps `path`, i.e. its exec is done.
+fn wait_until_maps(pid: u32, path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let needle = path.to_string_lossy().into_owned();
+    loop {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if maps.contains(&needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} never mapped {needle}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A composefs dumpfile (composefs-dump(5)) for `commit`, from `ostree ls -R -C`, as ostree's
@@ -126,6 +159,9 @@ fn in_private_namespace() {
     s.os_init("cfs");
     let t = Tree::minimal("6.1.0-test");
     std::fs::copy("/usr/bin/true", t.path().join("usr/bin/true")).unwrap();
+    for name in ["sleep-changed", "sleep-same"] {
+        std::fs::copy("/usr/bin/sleep", t.path().join("usr/bin").join(name)).unwrap();
+    }
     let numbers: String = (1..=2000).map(|i| format!("{i}\n")).collect();
     t.write("usr/share/cfs/numbers.txt", numbers.as_bytes());
     t.write("usr/share/cfs/small.txt", b"small\n");
@@ -138,6 +174,13 @@ fn in_private_namespace() {
     let farm = s.repo().join("objects-cfs");
     let image = mkcomposefs(&dumpfile(&s.repo(), &commit, &farm));
     std::fs::write(deploy.join(".ostree.cfs"), &image).unwrap();
+    // The target: one binary changed (bytes appended to the ELF file), the rest the same.
+    let t2 = t.fork();
+    let mut changed = std::fs::read(t2.path().join("usr/bin/sleep-changed")).unwrap();
+    changed.extend_from_slice(b"\0fastswitch v2");
+    t2.write("usr/bin/sleep-changed", &changed);
+    let commit2 = s.commit("cfs/v2", &t2);
+    let target = s.deploy_dir("cfs", &s.stage("cfs", &commit2, "cfs/v2", None));
 
     let found = ComposefsImage::of_deployment(&deploy, false).unwrap();
     assert_eq!(found.objects, s.repo().join("objects"));
@@ -198,6 +241,55 @@ fn in_private_namespace() {
         !table.contains(&format!(" {} ", scratch.display())),
         "the EROFS layer is still attached:\n{table}"
     );
+
+    // The stale scan over processes running from the composefs mount.
+    let mut procs = Procs(Vec::new());
+    for name in ["sleep-changed", "sleep-same"] {
+        let bin = mnt.join("usr/bin").join(name);
+        let child = Command::new(&bin).arg("300").spawn().unwrap();
+        wait_until_maps(child.id(), &bin);
+        procs.0.push(child);
+    }
+    let running = std::fs::metadata(format!("/proc/{}/exe", procs.0[0].id())).unwrap();
+    let checkout = std::fs::metadata(deploy.join("usr/bin/sleep-changed")).unwrap();
+    assert_ne!(
+        (running.dev(), running.ino()),
+        (checkout.dev(), checkout.ino()),
+        "the process shows the checkout's identity, not the overlay's"
+    );
+    let scan = scan_stale(&ScanConfig {
+        usr_prefix: mnt.join("usr"),
+        ..ScanConfig::new(deploy.join("usr"), target.join("usr"))
+    })
+    .unwrap();
+    type Stale = (StaleKind, String, StaleWhy);
+    let ours: Vec<(u32, Vec<Stale>)> = scan
+        .processes
+        .iter()
+        .filter(|p| procs.0.iter().any(|c| c.id() == p.pid))
+        .map(|p| {
+            let files = p
+                .files
+                .iter()
+                .map(|f| (f.kind, f.path.display().to_string(), f.why))
+                .collect();
+            (p.pid, files)
+        })
+        .collect();
+    let changed_path = mnt.join("usr/bin/sleep-changed").display().to_string();
+    assert_eq!(
+        ours,
+        [(
+            procs.0[0].id(),
+            vec![(StaleKind::Exe, changed_path.clone(), StaleWhy::Replaced),]
+        )],
+        "{scan:?}"
+    );
+    // sleep-same: one inode in both checkouts; sleep-changed: the commits' checksums differ.
+    assert_eq!(scan.compared.checksum, 1, "{:?}", scan.compared);
+    assert_eq!(scan.compared.identity, 1, "{:?}", scan.compared);
+    assert_eq!(scan.compared.bytes, 0, "{:?}", scan.compared);
+    drop(procs);
 
     // open_tree of its usr, attached on a plain directory (a composefs host's /usr is no mount
     // of its own): the same files, the composefs overlay with root /usr.
