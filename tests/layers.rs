@@ -12,8 +12,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kernel_image", &["system"]),
     ("units", &["system"]),
     ("discover", &["exit", "system"]),
-    ("diff", &["discover", "exit", "system", "units"]),
-    ("services", &["system", "units"]),
+    ("diff", &["discover", "exit", "system", "testing", "units"]),
+    ("services", &["diff", "system", "testing", "units"]),
     (
         "plan",
         &["diff", "discover", "exit", "services", "system", "units"],
