@@ -54,22 +54,27 @@ impl RootMount {
     }
 }
 
-/// Undo mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+/// Undo mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`); anything
+/// else (including `\400` and above, which is no byte) stays as it is.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        match octal {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -248,6 +253,7 @@ mod tests {
         assert!(!parse_mount(MOUNTINFO, 29).unwrap().looks_composefs());
         let esc = parse_mount(MOUNTINFO, 30).unwrap();
         assert!(esc.super_options.contains(&"lowerdir+=/a b".to_owned()));
+        assert_eq!(unescape("a\\134b\\777c\\04"), "a\\b\\777c\\04");
         assert_eq!(parse_mount(MOUNTINFO, 99), None);
         assert_eq!(parse_mount("garbage\n", 1), None);
     }
