@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod kexec;
+pub mod live_tree;
 pub mod lock;
 pub mod mounts;
 pub mod ostree_state;
