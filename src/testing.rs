@@ -156,6 +156,29 @@ impl Mounts for RecordingMounts {
             .cloned()
             .unwrap_or_default())
     }
+    /// The real thing: it only links files in the test's temporary sysroot.
+    fn ensure_live_usr(
+        &self,
+        sysroot: &Path,
+        source: &Path,
+        dest: &Path,
+    ) -> Result<Option<crate::system::live_tree::LinkStats>> {
+        self.log
+            .borrow_mut()
+            .push(format!("link {} {}", source.display(), dest.display()));
+        crate::system::live_tree::ensure(sysroot, dest, source)
+    }
+    /// The real thing, against the fake mount table.
+    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>> {
+        let roots: Vec<String> = self
+            .stacks
+            .borrow()
+            .values()
+            .flatten()
+            .map(|m| m.root.clone())
+            .collect();
+        crate::system::live_tree::remove_unused(sysroot, &roots)
+    }
 }
 
 /// `systemd-sysusers`/`-tmpfiles` stand-in: logs the files it was given.

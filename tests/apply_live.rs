@@ -165,8 +165,8 @@ fn apply_live_then_reset_in_a_private_namespace() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["swap_usr", "merge_etc", "sysusers"]);
-    let etc_actions: Vec<(String, String)> = plan["steps"][1]["actions"]
+    assert_eq!(steps, ["link_usr", "swap_usr", "merge_etc", "sysusers"]);
+    let etc_actions: Vec<(String, String)> = plan["steps"][2]["actions"]
         .as_array()
         .unwrap()
         .iter()
@@ -206,8 +206,9 @@ fn apply_live_then_reset_in_a_private_namespace() {
     assert_eq!(rc(out.path(), "apply.rc"), 0, "{stderr}");
     let rep = read_json(&out.path().join("apply.json"));
     assert_eq!(rep["outcome"], "ok");
-    assert_eq!(rep["steps"][0]["step"], "swap_usr");
-    assert_eq!(rep["steps"][0]["outcome"], "done");
+    assert_eq!(rep["steps"][0]["step"], "link_usr");
+    assert_eq!(rep["steps"][1]["step"], "swap_usr");
+    assert_eq!(rep["steps"][1]["outcome"], "done");
     // Every millisecond is accounted for: the phases before the steps, and own time.
     let phases: Vec<&str> = rep["phases"]
         .as_array()
@@ -328,13 +329,113 @@ cat $ROOT/usr/share/demo/version > $OUT/version3
     assert_eq!(n("version2"), "3");
     if kernel_has_move_mount_beneath() {
         assert_eq!(n("m2"), "1", "one bind after two apply-lives: {a2}");
-        assert_eq!(a2["steps"][0]["detail"]["replaced"], true, "{a2}");
+        let swap = a2["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "swap_usr")
+            .unwrap();
+        assert_eq!(swap["detail"]["replaced"], true, "{a2}");
     } else {
         assert_eq!(n("m2"), "2", "stacked binds on Linux < 6.5: {a2}");
     }
     assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
     assert_eq!(n("m3"), "0");
     assert_eq!(n("version3"), "1");
+    assert_eq!(snapshot(&sc.root.join("usr")), usr_before);
+}
+
+/// The staging hazard: after a live apply of the staged deployment, staging a newer one makes
+/// ostree delete the previously staged deployment directory — which a bind of its `usr` would
+/// have emptied under the running system. /usr shows fastswitch's own hardlinked copy instead,
+/// so it keeps working; the next apply-live plans from the booted deployment (and says so),
+/// reset returns to it, and no copy is left behind. The sysroot is mounted read-only during
+/// the first apply (ostree's `sysroot.readonly`, Fedora CoreOS) and stays read-only.
+#[test]
+fn staging_a_newer_deployment_after_apply_live_keeps_usr() {
+    if !is_root() {
+        panic!("needs root for mount namespaces (CI runs as root)");
+    }
+    let sc = scenario();
+    let usr_before = snapshot(&sc.root.join("usr"));
+    let t3 = Tree::minimal("6.1.0-test");
+    t3.write("usr/share/demo/version", b"3\n");
+    let c3 = sc.s.commit("fx/v3", &t3);
+    let staged_file = sc.s.run().join("ostree/staged-deployment");
+    let v2_state = std::fs::read(&staged_file).unwrap();
+    let v3 = sc.s.stage("fx", &c3, "fx/v3", None);
+    let out = tempfile::tempdir().unwrap();
+    std::fs::copy(&staged_file, out.path().join("staged-v3")).unwrap();
+    std::fs::write(&staged_file, v2_state).unwrap();
+    let v2_dir = sc.s.deploy_dir("fx", &sc.staged);
+    let live_dir = sc.s.path().join("ostree/fastswitch/live");
+    let o = in_namespace(
+        &sc,
+        out.path(),
+        &format!(
+            r#"
+SYSROOT={sysroot}
+mount --bind $SYSROOT $SYSROOT && mount -o remount,bind,ro $SYSROOT
+# The fixture's /run lies inside its sysroot: keep it writable, as the real /run is.
+mount --bind {run} {run} && mount -o remount,bind,rw {run}
+$FS apply-live --no-services --json > $OUT/a1.json; echo $? > $OUT/a1.rc
+findmnt -no OPTIONS $SYSROOT | cut -d, -f1 > $OUT/sysroot-opts
+# What `ostree admin deploy --stage` does to the previously staged deployment.
+mount -o remount,bind,rw $SYSROOT
+chattr -i {v2_dir} 2>/dev/null; rm -rf {v2_dir}
+cp $OUT/staged-v3 {staged}
+cat $ROOT/usr/share/demo/version > $OUT/version-after-rm
+$FS status --json > $OUT/status.json
+$FS apply-live --no-services --json > $OUT/a2.json 2> $OUT/a2.err; echo $? > $OUT/a2.rc
+cat $ROOT/usr/share/demo/version > $OUT/version2
+ls {live_dir} > $OUT/live2
+$FS reset --no-services --json > $OUT/reset.json; echo $? > $OUT/reset.rc
+cat $ROOT/usr/share/demo/version > $OUT/version3
+ls {live_dir} > $OUT/live3
+"#,
+            sysroot = sc.s.path().display(),
+            v2_dir = v2_dir.display(),
+            staged = staged_file.display(),
+            live_dir = live_dir.display(),
+            run = sc.s.run().display(),
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let n = |f: &str| read(out.path(), f).trim().to_owned();
+    assert_eq!(rc(out.path(), "a1.rc"), 0, "{stderr}");
+    let a1 = read_json(&out.path().join("a1.json"));
+    assert_eq!(a1["steps"][0]["step"], "link_usr", "{a1}");
+    assert!(
+        a1["steps"][0]["detail"]["links"].as_u64().unwrap() > 0,
+        "{a1}"
+    );
+    assert_eq!(
+        n("sysroot-opts"),
+        "ro",
+        "the host's sysroot mount stays read-only"
+    );
+    assert_eq!(
+        n("version-after-rm"),
+        "2",
+        "/usr survives the removal of its deployment"
+    );
+    let st = read_json(&out.path().join("status.json"));
+    assert_eq!(st["live"]["target_deployment_present"], false, "{st}");
+    assert_eq!(st["live"]["usr_is_target"], true, "{st}");
+    assert_eq!(rc(out.path(), "a2.rc"), 0, "{}", n("a2.err"));
+    let a2 = read_json(&out.path().join("a2.json"));
+    assert_eq!(a2["to"]["id"], v3.as_str(), "{a2}");
+    assert!(
+        n("a2.err").contains("planning from the booted deployment"),
+        "{}",
+        n("a2.err")
+    );
+    assert_eq!(n("version2"), "3");
+    assert_eq!(n("live2"), v3, "only the live copy /usr shows is kept");
+    assert_eq!(rc(out.path(), "reset.rc"), 0, "{stderr}");
+    assert_eq!(n("version3"), "1");
+    assert_eq!(n("live3"), "", "reset leaves no live copy");
     assert_eq!(snapshot(&sc.root.join("usr")), usr_before);
 }
 
@@ -391,7 +492,13 @@ cat $ROOT/usr/share/demo/version > $OUT/version3
     assert_eq!(n("version2"), "3");
     if kernel_has_move_mount_beneath() {
         assert_eq!(n("m2"), "1", "one bind after two apply-lives: {a2}");
-        assert_eq!(a2["steps"][0]["detail"]["replaced"], true, "{a2}");
+        let swap = a2["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "swap_usr")
+            .unwrap();
+        assert_eq!(swap["detail"]["replaced"], true, "{a2}");
     } else {
         assert_eq!(n("m2"), "2", "stacked binds on Linux < 6.5: {a2}");
     }
@@ -514,7 +621,7 @@ fn killed_at_every_point_converges() {
     assert_eq!(snapshot(&sc.root.join("etc")), etc_before);
 
     let mut points: Vec<String> = Vec::new();
-    for step in ["swap_usr", "merge_etc", "sysusers"] {
+    for step in ["link_usr", "swap_usr", "merge_etc", "sysusers"] {
         for when in ["before", "after"] {
             points.push(format!("{step}:{when}"));
         }
@@ -731,7 +838,7 @@ fn recover_after_a_power_cut_restores_etc() {
     }
     let sc = scenario();
     let etc_before = snapshot(&sc.root.join("etc"));
-    for point in ["merge_etc:after", "journal-write-6:after", "none"] {
+    for point in ["merge_etc:after", "journal-write-8:after", "none"] {
         let out = tempfile::tempdir().unwrap();
         let o = in_namespace(
             &sc,

@@ -214,6 +214,7 @@ fn cli_human_output() {
         unit_actions: vec![],
         boot_id: current_boot_id().unwrap(),
         resetting: false,
+        usr_source: None,
     };
     Journal::new(&f.s.run(), &root, &st.boot_id)
         .save(&st)

@@ -422,7 +422,8 @@ fn switch_dry_run_explains_every_rung() {
         "the target differs from the running system"
     );
     assert_eq!(l["rungs"][1]["possible"], true);
-    assert_eq!(p["steps"][0]["step"], "swap_usr");
+    assert_eq!(p["steps"][0]["step"], "link_usr");
+    assert_eq!(p["steps"][1]["step"], "swap_usr");
 
     // Content outside /usr: not live; soft-reboot impossible without systemd; kexec above the
     // bound: refused with every rung's reason, exit 5, nothing changed.

@@ -95,6 +95,7 @@ fn s1(guest: Guest, name: &str) {
     assert_eq!(
         steps(&plan),
         [
+            "link_usr",
             "swap_usr",
             "merge_etc",
             "sysusers",
@@ -208,19 +209,6 @@ fn s2_debian13_changed_binary_restarts_exactly_its_service() {
     s2(Guest::Debian13, "s2-hello-v2-debian13");
 }
 
-/// `ostree admin deploy --retain <refspec>`: a finalized (pending) deployment, every other one
-/// kept. Staging instead would replace the deployment staged before and delete its directory,
-/// which is what /usr shows while that deployment is applied live (`/usr` would empty under the
-/// running system).
-fn deploy_retaining(vm: &Vm, refspec: &str) {
-    let t = std::time::Instant::now();
-    vm.exec_ok(&format!("ostree admin deploy --retain {refspec}"));
-    eprintln!(
-        "[s2] ostree admin deploy --retain {refspec}: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-}
-
 /// The mounts at /usr in the agent's mount namespace, bottom first, from /proc/self/mountinfo:
 /// each one's FSROOT (the deployment directory it shows).
 fn usr_mounts(vm: &Vm) -> Vec<String> {
@@ -230,7 +218,8 @@ fn usr_mounts(vm: &Vm) -> Vec<String> {
         .collect()
 }
 
-/// The mounts at /usr that are not the booted deployment's own /usr: fastswitch's binds.
+/// The mounts at /usr that are not the booted deployment's own /usr: fastswitch's binds (of its
+/// live copies, `/ostree/fastswitch/live/<id>/usr`).
 fn fastswitch_binds(mounts: &[String], booted_id: &str) -> Vec<String> {
     mounts
         .iter()
@@ -248,9 +237,14 @@ fn wait_version(vm: &Vm, file: &str, want: &str) -> String {
 }
 
 /// S2, then §3 of the real-hosts issue in the same boot: a second apply-live to a newer target
-/// (`test/lib-v2`, deployed over the live `test/hello-v2`) leaves exactly one fastswitch bind on
+/// (`test/lib-v2`, staged over the live `test/hello-v2`) leaves exactly one fastswitch bind on
 /// /usr where the kernel has `MOVE_MOUNT_BENEATH` (Linux ≥ 6.5: Debian 13's 6.12), stacked binds
 /// on Debian 12's 6.1; `reset` removes every bind on both.
+///
+/// Both targets are staged for real, as `rpm-ostree upgrade` or `bootc upgrade` would: staging
+/// the second makes ostree delete the first staged deployment, whose files /usr shows. /usr must
+/// keep working (it shows fastswitch's own hardlinked copy), and the second apply-live plans from
+/// the booted deployment, saying why.
 fn s2(guest: Guest, name: &str) {
     let mut result = ScenarioResult::new("s2", guest);
     let image = Image::get_guest(guest);
@@ -262,15 +256,13 @@ fn s2(guest: Guest, name: &str) {
         .expect("a booted deployment")
         .id();
     let os = image.os();
-    let deploy_usr = |id: &str| format!("/ostree/deploy/{os}/deploy/{id}/usr");
+    let live_usr = |id: &str| format!("/ostree/fastswitch/live/{id}/usr");
     let base = usr_mounts(&vm);
     assert!(fastswitch_binds(&base, &booted).is_empty(), "{base:?}");
     result.set("kernel", vm.exec_ok("uname -r").trim());
 
-    // Both targets are deployed, not staged: staging the second would make ostree delete the
-    // first (the one staged before), whose usr is what /usr shows after the first apply-live.
     let t = std::time::Instant::now();
-    deploy_retaining(&vm, "test/hello-v2");
+    ostree_stage(&vm, "test/hello-v2", "");
     let plan = fastswitch_json(&vm, "apply-live --dry-run --json");
     let actions = service_actions(&plan);
     assert_eq!(
@@ -309,9 +301,12 @@ fn s2(guest: Guest, name: &str) {
     let first_target = plan["to"]["id"].as_str().unwrap().to_owned();
     assert_eq!(
         first,
-        [deploy_usr(&first_target)],
-        "one bind after the first apply-live"
+        [live_usr(&first_target)],
+        "one bind (of the live copy) after the first apply-live"
     );
+    let link = report["steps"][0].clone();
+    assert_eq!(link["step"], "link_usr", "{report}");
+    result.set("link_usr", link.clone());
     result.set("usr_binds_after_first_apply", first.len());
     result.secs("s2_first_apply_s", t.elapsed());
     eprintln!(
@@ -319,16 +314,36 @@ fn s2(guest: Guest, name: &str) {
         t.elapsed().as_secs_f64()
     );
 
-    // A newer target while the first is live: deploy another ref and apply-live again. The plan
-    // runs from the live target, so demo-hello goes back to v1 and demo-lib to v2.
+    // A newer target while the first is live: stage another ref. ostree deletes the first
+    // staged deployment; /usr keeps working from the live copy.
     let t = std::time::Instant::now();
-    deploy_retaining(&vm, "test/lib-v2");
+    ostree_stage(&vm, "test/lib-v2", "");
+    vm.exec_ok(&format!(
+        "test ! -e /ostree/deploy/{os}/deploy/{first_target}"
+    ));
+    let files = vm
+        .exec_ok("ls /usr/bin | wc -l")
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    assert!(files > 100, "/usr/bin still lists {files} files");
+    vm.exec_ok("/usr/bin/env true && systemctl --version >/dev/null");
+    assert_eq!(wait_version(&vm, "hello.version", "v2"), "v2");
+    let status = fastswitch_json(&vm, "status --json");
+    assert_eq!(
+        status["live"]["target_deployment_present"], false,
+        "{status}"
+    );
+    assert_eq!(status["live"]["usr_is_target"], true, "{status}");
+    result.set("usr_bin_files_after_first_target_removed", files);
+    // The plan runs from the booted deployment (the live target is gone); the stale scan still
+    // finds demo-hello running v2, so it goes back to v1, and demo-lib goes to v2.
     let plan2 = fastswitch_json(&vm, "apply-live --dry-run --json");
     let second_target = plan2["to"]["id"].as_str().unwrap().to_owned();
     assert_ne!(second_target, first_target);
     assert_eq!(
         plan2["from"]["id"].as_str(),
-        Some(first_target.as_str()),
+        Some(booted.as_str()),
         "{plan2}"
     );
     let actions2 = service_actions(&plan2);
@@ -347,7 +362,7 @@ fn s2(guest: Guest, name: &str) {
     eprintln!("[s2] /usr after the second apply-live: {mounts:?}; swap_usr: {swap}");
     result.set("usr_binds_after_second_apply", binds.len());
     result.set("usr_mounts_after_second_apply", mounts.clone());
-    let top = deploy_usr(&second_target);
+    let top = live_usr(&second_target);
     assert_eq!(mounts.last(), Some(&top), "/usr shows the second target");
     match guest {
         // Linux 6.12: the first target's bind was replaced beneath, then detached.
@@ -363,7 +378,7 @@ fn s2(guest: Guest, name: &str) {
         Guest::Debian12 => {
             assert_eq!(
                 binds,
-                [deploy_usr(&first_target), top.clone()],
+                [live_usr(&first_target), top.clone()],
                 "stacked binds"
             );
             assert_eq!(swap["detail"]["usr_binds"], 2, "{swap}");
@@ -390,6 +405,8 @@ fn s2(guest: Guest, name: &str) {
         fastswitch_binds(&mounts, &booted).len(),
     );
     vm.exec_ok("test ! -e /run/fastswitch/state.json");
+    let left = vm.exec_ok("ls /ostree/fastswitch/live 2>/dev/null | wc -l");
+    assert_eq!(left.trim(), "0", "reset leaves no live copy");
     vm.shutdown();
 }
 

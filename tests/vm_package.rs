@@ -146,9 +146,39 @@ fn run(guest: Guest) {
         .collect();
     assert_eq!(offered, ["apply-live"], "{comp}");
 
-    // Not here (yet): an apply-live of a next image by /usr/bin/fastswitch. Right after
-    // `ostree admin deploy --stage` of a next image (test/layered + the package),
-    // /usr/bin/fastswitch was not found (rc=127, Debian 12): staging replaces the staged
-    // deployment whose /usr is bound over the live /usr, and ostree deletes the old one.
+    // The next image (test/layered, which adds the demo-extra service, plus the package),
+    // staged and applied live by the packaged fastswitch. Staging it makes ostree delete the
+    // deployment staged before — the one /usr shows — and the packaged binary must still run
+    // from fastswitch's own copy of that /usr.
+    let next = image_build_install(
+        &vm,
+        &image.ref_checksum("test/layered"),
+        "test/fastswitch-pkg-next",
+    );
+    result.secs("next_image_build_s", next.duration);
+    result.secs(
+        "next_stage_s",
+        ostree_stage(&vm, "test/fastswitch-pkg-next", ""),
+    );
+    let still = vm.exec_ok(&format!("{PACKAGED} --version"));
+    eprint!("[{name}] after staging the next image: {still}");
+    let t = Instant::now();
+    let report = json(&vm, PACKAGED, "apply-live --json");
+    eprintln!("[{name}] apply-live of the next image by the packaged binary: {report}");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    result.secs("apply_live_next_s", t.elapsed());
+    result.set("apply_live_next_steps", report["steps"].clone());
+    assert_eq!(vm.boot_id(), boot_id, "no reboot");
+    vm.exec_ok("systemctl is-active demo-extra.service");
+    let st = json(&vm, PACKAGED, "status --json");
+    assert_eq!(st["live"]["usr_is_target"], true, "{st}");
+    // reset, by the packaged binary, goes back to the booted image: no package, no demo-extra,
+    // and no live copy of /usr left behind.
+    let rep = json(&vm, PACKAGED, "reset --json");
+    assert_eq!(rep["outcome"], "ok", "{rep}");
+    vm.exec_ok(&format!(
+        "set -e; test ! -e {PACKAGED}; ! systemctl is-active demo-extra.service; \
+         test -z \"$(ls -A /ostree/fastswitch/live 2>/dev/null)\""
+    ));
     drop(vm);
 }

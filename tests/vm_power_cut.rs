@@ -122,7 +122,7 @@ fn power_cut_during_apply_live_boots_the_old_deployment_with_its_etc() {
             diff_lines(&etc_before, &etc_after)
         );
         vm.exec_ok(
-            "set -e; ! getent passwd demo-extra; test ! -e /run/fastswitch/state.json; test ! -e /var/lib/fastswitch/state.json; test ! -e /var/lib/fastswitch/etc-backup",
+            "set -e; ! getent passwd demo-extra; test ! -e /run/fastswitch/state.json; test ! -e /var/lib/fastswitch/state.json; test ! -e /var/lib/fastswitch/etc-backup; test -z \"$(ls -A /ostree/fastswitch/live 2>/dev/null)\"",
         );
         let st = fastswitch_json(&vm, "status --json");
         assert!(st["live"].is_null(), "{point}: {st}");

@@ -237,6 +237,13 @@ pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
                 "{}. unlock finalization of the staged deployment (--unlock)",
                 i + 1
             )?,
+            Step::LinkUsr { source, dest } => writeln!(
+                o.out,
+                "{}. link {} as {} (fastswitch's own copy: it outlives the deployment)",
+                i + 1,
+                source.display(),
+                dest.display()
+            )?,
             Step::SwapUsr { source, target } => writeln!(
                 o.out,
                 "{}. bind {} read-only over {}",

@@ -32,12 +32,11 @@ pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Resul
     };
     let host = booted_host(paths)?;
     let journal = Journal::for_host(paths)?;
-    let (from, to) = diff::select_running_pair(
-        &host,
-        live_target(&journal)?.as_deref(),
-        None,
-        opts.to.as_deref(),
-    )?;
+    let live = live_target(&journal)?;
+    let (from, to) = diff::select_running_pair(&host, live.as_deref(), None, opts.to.as_deref())?;
+    if let Some(note) = diff::gone_live_target_note(&host, live.as_deref()) {
+        progress(&note);
+    }
     let mut host_states = preconditions::blockers(&host, from, to);
     if opts.allow_unverified_usr {
         preconditions::allow_unverified_usr(&mut host_states);
@@ -166,6 +165,7 @@ fn nothing_to_do(
             d,
             &plan::LiveInputs {
                 root: paths.root.clone(),
+                sysroot: paths.sysroot.clone(),
                 services: Some(vec![]),
                 host_states,
                 unlock_finalization: false,

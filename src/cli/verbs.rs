@@ -64,7 +64,7 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
         }));
     };
     // What /usr really shows, not just what the journal says.
-    let usr_is_target = live::same_inode(&paths.root.join("usr"), &st.target_path.join("usr"));
+    let usr_is_target = live::same_inode(&paths.root.join("usr"), &st.usr_shown());
     let mut lines = vec![format!(
         "live: booted {} running {} since {} (unix time){}",
         st.booted,
@@ -93,6 +93,13 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
         },
         st.etc_backups.len()
     ));
+    if !st.target_path.is_dir() {
+        lines.push(format!(
+            "live: the deployment {} is gone (a newer one was staged); /usr shows fastswitch's own copy {}; `fastswitch reset` returns to the booted deployment",
+            st.target,
+            st.usr_shown().display()
+        ));
+    }
     let json = serde_json::json!({
         "booted": st.booted,
         "target": st.target,
@@ -102,6 +109,8 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
         "interrupted_step": st.interrupted_at(),
         "resetting": st.resetting,
         "usr_is_target": usr_is_target,
+        "usr_source": st.usr_shown(),
+        "target_deployment_present": st.target_path.is_dir(),
         "etc_changes": st.etc_backups.len(),
         "recover_pending": false,
         "steps": st.steps,
@@ -293,12 +302,18 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
     phases.push(phase("discover", t));
     let journal = Journal::for_host(paths)?;
     live::check_can_apply(&journal)?;
+    let live = live_target(&journal)?;
     let (from, to) = diff::select_running_pair(
         &host,
-        live_target(&journal)?.as_deref(),
+        live.as_deref(),
         opts.pair.from.as_deref(),
         opts.pair.to.as_deref(),
     )?;
+    if opts.pair.from.is_none() {
+        if let Some(note) = diff::gone_live_target_note(&host, live.as_deref()) {
+            progress(&note);
+        }
+    }
     let mut host_states = preconditions::blockers(&host, from, to);
     if opts.allow_unverified_usr {
         preconditions::allow_unverified_usr(&mut host_states);
@@ -334,7 +349,7 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
             if !o.json {
                 writeln!(o.out, "nothing to do: {} and {} are identical", short(&from.id), short(&to.id))?;
             } else {
-                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), services: Some(vec![]), host_states, unlock_finalization: false }))?;
+                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), sysroot: paths.sysroot.clone(), services: Some(vec![]), host_states, unlock_finalization: false }))?;
             }
             return Ok(ExitCode::NothingToDo);
         }
@@ -391,6 +406,7 @@ pub(super) fn run_live(
         run.d,
         &plan::LiveInputs {
             root: paths.root.clone(),
+            sysroot: paths.sysroot.clone(),
             services: run.services,
             host_states: run.host_states,
             unlock_finalization: run.unlock,
@@ -503,6 +519,11 @@ pub fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
         .booted()
         .with_context(|| format!("no booted deployment found in {}", paths.sysroot.display()))?;
     let rep = crate::exec::recover::recover(&journal, &paths.root.join("etc"), &booted.id)?;
+    // No live apply survives a reboot: the live copies of /usr of earlier boots go too.
+    use crate::system::mounts::Mounts;
+    if let Err(e) = crate::system::mounts::RealMounts.remove_unused_live_trees(&paths.sysroot) {
+        eprintln!("fastswitch: warning: could not remove unused live copies of /usr: {e:#}");
+    }
     if o.json {
         o.json_value(&rep)?;
     } else {

@@ -213,11 +213,27 @@ pub fn select_running_pair<'h>(
     to: Option<&str>,
 ) -> Result<(&'h Deployment, &'h Deployment)> {
     let (booted, to) = select_pair(host, from, to)?;
+    // A live target that is gone (ostree removed it when a newer deployment was staged; /usr
+    // still shows fastswitch's own copy of it): plan from the booted deployment. The callers
+    // say so ([`gone_live_target_note`]).
     let running = match (from, live_target) {
         (None, Some(id)) => host.deployments.iter().find(|d| d.id == id),
         _ => None,
     };
     Ok((running.unwrap_or(booted), to))
+}
+
+/// What `apply-live` and `switch` say when the live target is no longer a deployment: they plan
+/// from the booted deployment instead. `None` when the live target is still there (or none).
+pub fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> Option<String> {
+    let id = live_target?;
+    if host.deployments.iter().any(|d| d.id == id) {
+        return None;
+    }
+    let booted = host.booted().map(|b| b.id.as_str()).unwrap_or("?");
+    Some(format!(
+        "userspace runs {id} (a live apply), whose deployment ostree removed when a newer one was staged (/usr shows fastswitch's own copy of it); planning from the booted deployment {booted}: /etc files the live apply changed count as local edits, so they are kept and listed as conflicts"
+    ))
 }
 
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted

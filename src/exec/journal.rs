@@ -57,6 +57,20 @@ pub struct LiveState {
     /// A `reset` started (and, if the state is still here, did not finish).
     #[serde(default)]
     pub resetting: bool,
+    /// What is bound over `/usr`: fastswitch's live copy of the target's `usr`
+    /// ([`crate::system::live_tree`]); `None` in records of versions that bound the
+    /// deployment's own `usr` (`target_path`/usr).
+    #[serde(default)]
+    pub usr_source: Option<PathBuf>,
+}
+
+impl LiveState {
+    /// The tree a completed apply shows at `/usr`.
+    pub fn usr_shown(&self) -> PathBuf {
+        self.usr_source
+            .clone()
+            .unwrap_or_else(|| self.target_path.join("usr"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +354,7 @@ mod tests {
             unit_actions: vec![],
             boot_id: String::new(),
             resetting: false,
+            usr_source: None,
         };
         st.steps.push(StepRecord {
             name: "swap_usr".into(),

@@ -57,6 +57,11 @@ fn fresh_state(plan: &Plan) -> LiveState {
         unit_actions: Vec::new(),
         boot_id: String::new(),
         resetting: false,
+        // Known before any step runs, so a record interrupted anywhere names what /usr shows.
+        usr_source: plan.steps.iter().find_map(|s| match s {
+            Step::SwapUsr { source, .. } => Some(source.clone()),
+            _ => None,
+        }),
     }
 }
 
@@ -263,6 +268,15 @@ fn run_step(
             crate::system::ostree_state::unlock_finalization(env.paths)?;
             Ok(serde_json::json!({"staged_deployment": env.paths.staged_file()}))
         }
+        Step::LinkUsr { source, dest } => {
+            let made = env
+                .mounts
+                .ensure_live_usr(&env.paths.sysroot, source, dest)?;
+            Ok(match made {
+                Some(n) => serde_json::json!({"dirs": n.dirs, "links": n.links}),
+                None => serde_json::json!({"reused": true}),
+            })
+        }
         Step::SwapUsr { source, target } => {
             if same_inode(target, source) {
                 return Ok(serde_json::json!({"already_mounted": true}));
@@ -290,8 +304,9 @@ fn run_step(
                             source.display()
                         );
                     }
+                    let removed = remove_unused_live_trees(env);
                     return Ok(
-                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy}),
+                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy, "removed_live_trees": removed}),
                     );
                 }
                 (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr bind over the previous one");
@@ -307,7 +322,8 @@ fn run_step(
                     source.display()
                 );
             }
-            Ok(serde_json::json!({"usr_binds": st.usr_binds}))
+            let removed = remove_unused_live_trees(env);
+            Ok(serde_json::json!({"usr_binds": st.usr_binds, "removed_live_trees": removed}))
         }
         Step::MergeEtc {
             etc_dir,
@@ -443,11 +459,27 @@ const SYSUSERS_DATABASES: [&str; 9] = [
     ".pwd.lock",
 ];
 
-/// Is this mount one of ours (a deployment's usr other than the booted one)?
+/// Is this mount one of ours: a live copy of a target's usr, or (records of earlier versions) a
+/// deployment's usr other than the booted one?
 fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
-    m.root.ends_with("/usr")
-        && m.root.contains("/deploy/")
-        && !m.root.ends_with(&format!("/deploy/{booted_id}/usr"))
+    crate::system::live_tree::is_live_usr_root(&m.root)
+        || (m.root.ends_with("/usr")
+            && m.root.contains("/deploy/")
+            && !m.root.ends_with(&format!("/deploy/{booted_id}/usr")))
+}
+
+/// Remove the live copies no mount shows any more (the one replaced just now, those of earlier
+/// boots). Best effort: a failure is reported, never fatal — the copies only cost disk space.
+fn remove_unused_live_trees(env: &mut LiveEnv<'_>) -> Vec<String> {
+    match env.mounts.remove_unused_live_trees(&env.paths.sysroot) {
+        Ok(removed) => removed.iter().map(|p| p.display().to_string()).collect(),
+        Err(e) => {
+            (env.progress)(&format!(
+                "warning: could not remove unused live copies of /usr: {e:#}"
+            ));
+            Vec::new()
+        }
+    }
 }
 
 /// Long because reset is a fixed sequence of journaled phases (kexec unload, /usr, /etc,
@@ -534,11 +566,12 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
     st.usr_binds = 0;
     set_step(&mut st, "unmount_usr", StepStatus::Done, None, None);
     env.journal.save(&st)?;
+    let removed = remove_unused_live_trees(env);
     steps.push(StepReport {
         step: "unmount_usr",
         outcome: StepOutcome::Done,
         duration_ms: ts.elapsed().as_millis() as u64,
-        detail: serde_json::json!({"unmounted": popped, "lazy": lazy}),
+        detail: serde_json::json!({"unmounted": popped, "lazy": lazy, "removed_live_trees": removed}),
     });
 
     // 2. /etc: restore in reverse order; each restored entry leaves the journal, so a re-run
@@ -654,8 +687,12 @@ mod tests {
         }
     }
 
-    /// A root whose `/usr` is a plain directory, and a plan: swap /usr, sysusers, tmpfiles,
-    /// daemon-reload, restart one service.
+    fn live_usr(sysroot: &Path) -> std::path::PathBuf {
+        crate::system::live_tree::live_usr(sysroot, "bbb.0")
+    }
+
+    /// A root whose `/usr` is a plain directory, and a plan: link and swap /usr, sysusers,
+    /// tmpfiles, daemon-reload, restart one service.
     fn host() -> Host {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
@@ -677,8 +714,12 @@ mod tests {
                 reasons: vec![],
             },
             steps: vec![
-                Step::SwapUsr {
+                Step::LinkUsr {
                     source: to.path.join("usr"),
+                    dest: live_usr(&paths.sysroot),
+                },
+                Step::SwapUsr {
+                    source: live_usr(&paths.sysroot),
                     target: root.join("usr"),
                 },
                 Step::Sysusers {
@@ -750,8 +791,14 @@ mod tests {
         assert!(r.steps.iter().all(|s| s.outcome == StepOutcome::Done));
         assert!(same_inode(
             &h.paths.root.join("usr"),
-            &h.plan.to.path.join("usr")
+            &live_usr(&h.paths.sysroot)
         ));
+        // /usr shows the deployment's very files, and keeps them when ostree removes the
+        // deployment (a newer one staged).
+        let hello = h.paths.root.join("usr/bin/hello");
+        assert!(same_inode(&hello, &h.plan.to.path.join("usr/bin/hello")));
+        std::fs::remove_dir_all(&h.plan.to.path).unwrap();
+        assert_eq!(std::fs::read_to_string(&hello).unwrap(), "bbb.0");
         assert_eq!(
             *f.tools.log.borrow(),
             [
@@ -769,14 +816,14 @@ mod tests {
         // Applying the same plan again is a no-op.
         let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
         assert_eq!(r.outcome, ExitCode::NothingToDo);
-        assert_eq!(f.mounts.log.borrow().len(), 1, "{:?}", f.mounts.log);
+        assert_eq!(f.mounts.log.borrow().len(), 2, "{:?}", f.mounts.log);
     }
 
     /// A failure at each step in turn: the error names the step, the journal records it as
     /// failed, and the next run skips what was done and finishes.
     #[test]
     fn resume_after_a_failure_at_each_step() {
-        for failing in 0..4 {
+        for failing in 1..5 {
             let h = host();
             let f = fakes();
             let mut quiet = |_: &str| {};
@@ -820,7 +867,7 @@ mod tests {
             assert!(e.journal.load().unwrap().unwrap().is_complete());
             assert!(same_inode(
                 &h.paths.root.join("usr"),
-                &h.plan.to.path.join("usr")
+                &live_usr(&h.paths.sysroot)
             ));
         }
     }
@@ -832,10 +879,17 @@ mod tests {
         let mut quiet = |_: &str| {};
         let mut e = env(&h, &f, &mut quiet);
         apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+        assert!(live_usr(&h.paths.sysroot).is_dir());
         f.systemd.log.borrow_mut().clear();
         let r = reset(&h.plan.from, &mut e).unwrap();
         assert_eq!(r.outcome, ExitCode::Ok, "{:?}", outcomes(&r));
         assert!(!h.paths.root.join("usr").is_symlink());
+        assert!(
+            !crate::system::live_tree::live_dir(&h.paths.sysroot)
+                .join("bbb.0")
+                .exists(),
+            "reset removes the live copy no mount shows any more"
+        );
         assert!(f
             .mounts
             .stack(&h.paths.root.join("usr"))

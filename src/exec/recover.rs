@@ -171,6 +171,7 @@ mod tests {
             unit_actions: vec![],
             boot_id: String::new(),
             resetting: false,
+            usr_source: None,
         };
         j.save(&st).unwrap();
         etc

@@ -32,6 +32,10 @@ pub enum Step {
     /// `locked` to false in `/run/ostree/staged-deployment` and remove the legacy lock file,
     /// as `ostree admin lock-finalization --unlock` does, so it is finalized at shutdown.
     UnlockFinalization,
+    /// Make fastswitch's own hardlinked copy of the target's `usr` (`dest`), which survives
+    /// ostree removing the target deployment when a newer one is staged
+    /// ([`crate::system::live_tree`]).
+    LinkUsr { source: PathBuf, dest: PathBuf },
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
     /// Carry out ostree's 3-way merge on the live `/etc`.
@@ -74,6 +78,7 @@ impl Step {
     pub fn name(&self) -> &'static str {
         match self {
             Step::UnlockFinalization => "unlock_finalization",
+            Step::LinkUsr { .. } => "link_usr",
             Step::SwapUsr { .. } => "swap_usr",
             Step::MergeEtc { .. } => "merge_etc",
             Step::Sysusers { .. } => "sysusers",
@@ -126,6 +131,8 @@ fn config_snippets(diff: &DeploymentDiff, dir: &str) -> Vec<String> {
 pub struct LiveInputs {
     /// The running system's root (`/`).
     pub root: PathBuf,
+    /// The physical sysroot, where the live copy of the target's `usr` is made.
+    pub sysroot: PathBuf,
     /// Service actions decided by [`crate::services`]; `None` when services are not managed
     /// (`--no-services`): the plan then has no daemon-reload and no unit jobs.
     pub services: Option<Vec<ServiceAction>>,
@@ -142,8 +149,13 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         if inputs.unlock_finalization && locked(&inputs.host_states) {
             steps.push(Step::UnlockFinalization);
         }
-        steps.push(Step::SwapUsr {
+        let live_usr = crate::system::live_tree::live_usr(&inputs.sysroot, &diff.to.id);
+        steps.push(Step::LinkUsr {
             source: diff.to.path.join("usr"),
+            dest: live_usr.clone(),
+        });
+        steps.push(Step::SwapUsr {
+            source: live_usr,
             target: inputs.root.join("usr"),
         });
         if !diff.etc.actions.is_empty() {

@@ -5,6 +5,7 @@
 pub mod composefs;
 pub mod files;
 pub mod kexec;
+pub mod live_tree;
 pub mod lock;
 pub mod mounts;
 pub mod ostree_state;

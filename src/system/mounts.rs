@@ -276,6 +276,16 @@ pub trait Mounts {
     fn unmount_top(&self, target: &Path) -> Result<bool>;
     /// The mount stack at `target`, bottom first.
     fn stack(&self, target: &Path) -> Result<Vec<MountEntry>>;
+    /// Make fastswitch's own hardlinked copy `dest` of a deployment's `usr` unless it exists
+    /// ([`super::live_tree::ensure`]); `None` when it existed.
+    fn ensure_live_usr(
+        &self,
+        sysroot: &Path,
+        source: &Path,
+        dest: &Path,
+    ) -> Result<Option<super::live_tree::LinkStats>>;
+    /// Remove the live copies of `usr` that no mount shows ([`super::live_tree::remove_unused`]).
+    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>>;
 }
 
 /// Real syscalls in the current mount namespace.
@@ -365,6 +375,22 @@ impl Mounts for RealMounts {
             }
             Err(e) => Err(e).with_context(|| format!("umount {}", target.display())),
         }
+    }
+
+    fn ensure_live_usr(
+        &self,
+        sysroot: &Path,
+        source: &Path,
+        dest: &Path,
+    ) -> Result<Option<super::live_tree::LinkStats>> {
+        super::live_tree::ensure(sysroot, dest, source)
+    }
+
+    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo")
+            .context("reading /proc/self/mountinfo")?;
+        let roots: Vec<String> = parse_mountinfo(&text).into_iter().map(|m| m.root).collect();
+        super::live_tree::remove_unused(sysroot, &roots)
     }
 
     fn stack(&self, target: &Path) -> Result<Vec<MountEntry>> {
