@@ -245,6 +245,11 @@ pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
                 source.display(),
                 dest.display()
             )?,
+            Step::PruneUsrCopies => writeln!(
+                o.out,
+                "{}. remove fastswitch's copies of /usr that no mount shows any more",
+                i + 1
+            )?,
             Step::SwapUsr { source, target } => writeln!(
                 o.out,
                 "{}. bind {} read-only over {}",

@@ -349,9 +349,8 @@ fn run_step(
                             source.display()
                         );
                     }
-                    let removed = remove_unused_live_trees(env);
                     return Ok(
-                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy, "removed_live_trees": removed}),
+                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy}),
                     );
                 }
                 (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr bind over the previous one");
@@ -367,8 +366,11 @@ fn run_step(
                     source.display()
                 );
             }
+            Ok(serde_json::json!({"usr_binds": st.usr_binds}))
+        }
+        Step::PruneUsrCopies => {
             let removed = remove_unused_live_trees(env);
-            Ok(serde_json::json!({"usr_binds": st.usr_binds, "removed_live_trees": removed}))
+            Ok(serde_json::json!({"removed": removed}))
         }
         Step::MergeEtc {
             etc_dir,

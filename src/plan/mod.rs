@@ -40,6 +40,9 @@ pub enum Step {
     LinkUsr { source: PathBuf, dest: PathBuf },
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
+    /// Last: remove fastswitch's copies of `usr` no mount shows any more (the one just
+    /// replaced, those of earlier boots). Best effort.
+    PruneUsrCopies,
     /// Carry out ostree's 3-way merge on the live `/etc`.
     MergeEtc {
         etc_dir: PathBuf,
@@ -89,6 +92,7 @@ impl Step {
             Step::UnlockFinalization => "unlock_finalization",
             Step::LinkUsr { .. } => "link_usr",
             Step::SwapUsr { .. } => "swap_usr",
+            Step::PruneUsrCopies => "prune_usr_copies",
             Step::MergeEtc { .. } => "merge_etc",
             Step::Sysusers { .. } => "sysusers",
             Step::Tmpfiles { .. } => "tmpfiles",
@@ -195,6 +199,7 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
                 });
             }
         }
+        steps.push(Step::PruneUsrCopies);
     }
     Plan {
         schema_version: PLAN_SCHEMA_VERSION,
