@@ -115,7 +115,7 @@ fn install_package(vm: &Vm, image: &Image) {
         assert!(names.contains(&p), "{p} not in the target: {added:?}");
     }
     let before_host = host_snapshot(vm);
-    ostree_stage(vm, "test/real-install", "");
+    result.secs("stage_s", ostree_stage(vm, "test/real-install", ""));
     // After staging: staging starts ostree-finalize-staged-hold.service.
     let before_pids = service_pids(vm);
 
@@ -404,6 +404,9 @@ fn security_update(vm: &Vm, image: &Image) {
         before_pids,
         "--no-services restarted something"
     );
+    // The premise of the comparison: /usr is the target's.
+    let st = fastswitch_json(vm, "status --json");
+    assert_eq!(st["live"]["usr_is_target"], true, "{st}");
     let (plain, plain_out) = needrestart(vm, NEEDRESTART);
     result.set(
         "needrestart_plain",
