@@ -165,7 +165,16 @@ fn apply_live_then_reset_in_a_private_namespace() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["link_usr", "swap_usr", "merge_etc", "sysusers"]);
+    assert_eq!(
+        steps,
+        [
+            "link_usr",
+            "swap_usr",
+            "merge_etc",
+            "sysusers",
+            "prune_usr_copies"
+        ]
+    );
     let etc_actions: Vec<(String, String)> = plan["steps"][2]["actions"]
         .as_array()
         .unwrap()

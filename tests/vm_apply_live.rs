@@ -101,7 +101,8 @@ fn s1(guest: Guest, name: &str) {
             "sysusers",
             "tmpfiles",
             "daemon_reload",
-            "services"
+            "services",
+            "prune_usr_copies"
         ]
     );
     let actions = service_actions(&plan);

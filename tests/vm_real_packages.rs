@@ -10,13 +10,17 @@
 //! - `test/real-security`: the base after `apt-get upgrade` from the release's -security and
 //!   -updates suites, whatever they held on the day the image was built (the image manifest
 //!   lists the changed packages; the results JSON repeats them). `switch --dry-run` must pick
-//!   a rung that leaves no old code running, with reasons; `apply-live --no-services` swaps
-//!   /usr without restarting anything, and then **needrestart** (Debian's own tool, batch mode)
-//!   lists the services that still run replaced code: that list must equal the services
-//!   fastswitch's plan restarts, except services fastswitch defers on purpose (each named in
-//!   the plan with its reason). After a full `apply-live` needrestart must list nothing but
-//!   those deferred services, fastswitch's own stale scan must agree, and every service the
-//!   plan did not restart keeps its PID.
+//!   the right rung with its reasons (services fastswitch defers rule out live: soft-reboot on
+//!   Debian 13, kexec on Debian 12, whose systemd 252 has no soft-reboot); `apply-live
+//!   --no-services` swaps /usr without restarting anything, and then **needrestart** (Debian's
+//!   own tool, batch mode) lists the services that still run replaced code. Plain needrestart
+//!   lists nothing after a bind swap (it only sees files dpkg deleted; [`NEEDRESTART_PATHS`]
+//!   says why, from its source), so the oracle is the same needrestart made to compare each
+//!   mapping with the file now at its path. Its list must equal the services fastswitch
+//!   restarts, or each difference is explained: a service fastswitch defers on purpose (named
+//!   in the plan with its reason), ostree's staging hold, a unit-file change needrestart does
+//!   not look at. After a full `apply-live` needrestart must list nothing but those, every
+//!   planned service has a new PID and every other one keeps its PID.
 //!
 //! Both run on both guests, in one boot per guest (restored from the saved guest).
 
@@ -111,7 +115,7 @@ fn install_package(vm: &Vm, image: &Image) {
         assert!(names.contains(&p), "{p} not in the target: {added:?}");
     }
     let before_host = host_snapshot(vm);
-    ostree_stage(vm, "test/real-install", "");
+    result.secs("stage_s", ostree_stage(vm, "test/real-install", ""));
     // After staging: staging starts ostree-finalize-staged-hold.service.
     let before_pids = service_pids(vm);
 
@@ -152,7 +156,7 @@ fn install_package(vm: &Vm, image: &Image) {
     // Enabled, running, answering; its user and its configuration are there.
     let facts = vm.exec_ok(
         "set -e; systemctl is-enabled nginx memcached; systemctl is-active nginx memcached; \
-         getent passwd memcache >/dev/null && echo user-ok; \
+         getent passwd memcache >/dev/null && getent group memcache >/dev/null && echo user-ok; \
          test -f /etc/nginx/nginx.conf && test -f /etc/memcached.conf && echo config-ok; \
          for i in $(seq 50); do exec 3<>/dev/tcp/127.0.0.1/80 && break; sleep 0.2; done; \
          printf 'GET / HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; head -n1 <&3 | tr -d '\\r'; exec 3<&-; \
@@ -229,15 +233,69 @@ fn install_package(vm: &Vm, image: &Image) {
     );
 }
 
-/// needrestart's batch output: the services it would restart.
-fn needrestart(vm: &Vm) -> (BTreeSet<String>, String) {
-    let out = vm.exec_ok("needrestart -b -r l 2>&1");
+/// needrestart's batch output, and the services it would restart (`NEEDRESTART-SVC:` lines;
+/// `systemd-manager` is PID 1).
+fn needrestart(vm: &Vm, cmd: &str) -> (BTreeSet<String>, String) {
+    let out = vm.exec_ok(&format!("{cmd} 2>&1"));
     let svcs = out
         .lines()
         .filter_map(|l| l.strip_prefix("NEEDRESTART-SVC: "))
         .map(|s| s.trim().to_owned())
         .collect();
     (svcs, out)
+}
+
+/// needrestart as installed, in batch mode, list only.
+const NEEDRESTART: &str = "needrestart -b -r l";
+
+/// The same needrestart, run without CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE (dropped from the
+/// bounding set, so root's exec does not get them back).
+///
+/// Why: for every executable mapping of a process, needrestart (3.6 in Debian 12, 3.11 in
+/// Debian 13; `needrestart`, the "check for outdated lib mappings" block) does
+///
+/// ```perl
+/// my @paths = ("/proc/$pid/map_files/$maddr", "/proc/$pid/root/$path");
+/// my ($testp) = grep { -e $_; } @paths;
+/// ...
+/// my ($sdev, $sinode) = stat($testp);
+/// ... unless($minode eq $sinode && ...) { "uses obsolete $path"; $restart++ }
+/// ```
+///
+/// `/proc/PID/map_files/ADDR` is a magic link to the mapped file itself, so whenever needrestart
+/// may follow it (root with CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), it compares the mapping's
+/// inode with itself and only ever finds files whose maps path ends in " (deleted)": files dpkg
+/// unlinked by renaming the new version over them. An ostree switch deletes nothing (the old
+/// deployment keeps its hardlinks to the repository's objects), so after fastswitch's /usr bind
+/// swap needrestart lists nothing — and the same holds for `ostree admin unlock` plus a
+/// replacement in the overlay, whose lower inodes stay linked. Without those two capabilities
+/// `-e` on map_files fails (EPERM) and needrestart falls back to `/proc/PID/root/PATH`: the file
+/// now at the path the process mapped, as the process itself would open it. That is its own
+/// dev:inode comparison, unchanged, and exactly the question "does this process run code that is
+/// no longer what its path holds". The scenario runs both, at the same moment: the plain one
+/// (recorded; it must list nothing, which is the cause above) and this one (the oracle).
+const NEEDRESTART_PATHS: &str =
+    "setpriv --bounding-set -sys_admin,-checkpoint_restore needrestart -b -r l";
+
+/// needrestart's name for PID 1, fastswitch's is its cgroup.
+fn nr_unit(svc: &str) -> &str {
+    if svc == "systemd-manager" {
+        fastswitch::services::PID1_UNIT
+    } else {
+        svc
+    }
+}
+
+/// Whether every reason fastswitch gives for an action is a file a process maps.
+fn stale_only(reasons: &Value) -> bool {
+    reasons.as_array().is_some_and(|rs| {
+        rs.iter().all(|r| {
+            matches!(
+                r["kind"].as_str(),
+                Some("stale_exe" | "stale_mapping" | "stale_script")
+            )
+        })
+    })
 }
 
 fn security_update(vm: &Vm, image: &Image) {
@@ -248,91 +306,196 @@ fn security_update(vm: &Vm, image: &Image) {
         "the -security/-updates suites had nothing for this base: the scenario proves nothing"
     );
     eprintln!("[real-security] {} package(s) changed", changes.len());
-    ostree_stage(vm, "test/real-security", "");
+    result.secs("stage_s", ostree_stage(vm, "test/real-security", ""));
     let before_pids = service_pids(vm);
 
-    // What fastswitch would do, and which rung it picks for the whole update.
+    // What fastswitch would do with the services.
+    let t = std::time::Instant::now();
     let plan = fastswitch_json(vm, "apply-live --dry-run --json");
+    result.secs("plan_s", t.elapsed());
     let actions = service_actions(&plan);
-    let restarts: BTreeSet<String> = actions
+    let executed: BTreeMap<String, String> = actions
         .iter()
-        .filter(|(_, (a, _))| a == "restart")
-        .map(|(u, _)| u.clone())
+        .filter(|(_, (a, _))| a != "deferred" && a != "needs_restart")
+        .map(|(u, (a, _))| (u.clone(), a.clone()))
         .collect();
+    let reasons_of = |u: &str| -> Value {
+        plan["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["step"] == "services")
+            .flat_map(|s| s["actions"].as_array().unwrap().iter())
+            .find(|a| a["unit"] == u)
+            .map(|a| a["reasons"].clone())
+            .unwrap_or(Value::Null)
+    };
+    // Deferred (or left to the admin) units and fastswitch's reason, e.g.
+    // `{"class":"dbus","kind":"protected"}`.
     let deferred: BTreeMap<String, String> = actions
         .iter()
         .filter(|(_, (a, _))| a == "deferred" || a == "needs_restart")
-        .map(|(u, (_, r))| (u.clone(), r.clone()))
+        .map(|(u, (a, _))| {
+            let r = reasons_of(u);
+            let why = r
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["kind"] == "deferred")
+                .map_or_else(|| a.clone(), |r| r["why"].to_string());
+            (u.clone(), why)
+        })
         .collect();
     result.set(
-        "fastswitch_restarts",
-        restarts.iter().cloned().collect::<Vec<_>>(),
+        "fastswitch_planned",
+        serde_json::to_value(&executed).unwrap(),
     );
     result.set(
         "fastswitch_deferred",
         serde_json::to_value(&deferred).unwrap(),
     );
+    for u in executed.keys() {
+        assert!(
+            !fastswitch::services::ostree_staging_unit(u),
+            "fastswitch plans {u}, one of ostree's staging units: {actions:?}"
+        );
+    }
+
+    // The rung for the whole update (issue point 4): with services deferred, not live.
     let switch = fastswitch_json(vm, "switch --dry-run --json");
     let ladder = &switch["ladder"];
     result.set("rung", ladder["chosen"].clone());
     result.set("ladder", ladder.clone());
+    let reasons = |i: usize| ladder["rungs"][i]["reasons"].to_string();
     if deferred.is_empty() {
         assert_eq!(ladder["chosen"], "live", "{ladder}");
     } else {
-        // A live apply would leave deferred services on old code: a higher rung, and the live
-        // rung's rejection names them.
-        assert_ne!(ladder["chosen"], "live", "{ladder}");
-        assert_ne!(ladder["chosen"], "none", "{ladder}");
-        let live_reasons = ladder["rungs"][1]["reasons"].to_string();
+        // A live apply would leave deferred services on old code; the live rung's rejection
+        // names each of them, and the rung chosen is the cheapest that restarts everything.
+        assert_eq!(ladder["rungs"][1]["possible"], false, "{ladder}");
         for u in deferred.keys() {
             assert!(
-                live_reasons.contains(u.as_str()),
-                "live rejection does not name {u}: {live_reasons}"
+                reasons(1).contains(u.as_str()),
+                "live rejection does not name {u}: {}",
+                reasons(1)
             );
+        }
+        match vm.guest() {
+            Guest::Debian13 => assert_eq!(ladder["chosen"], "soft-reboot", "{ladder}"),
+            Guest::Debian12 => {
+                assert_eq!(ladder["chosen"], "kexec", "{ladder}");
+                assert!(
+                    reasons(2).contains("systemd 252")
+                        && reasons(2).contains("needs systemd ≥ 254"),
+                    "soft-reboot: {}",
+                    reasons(2)
+                );
+            }
         }
     }
 
     // The peer: swap /usr only, then ask needrestart which services run replaced code.
+    let t = std::time::Instant::now();
     let report = fastswitch_json(vm, "apply-live --no-services --json");
+    result.secs("apply_live_no_services_s", t.elapsed());
     assert_eq!(report["outcome"], "ok", "{report}");
     assert_eq!(
         service_pids(vm),
         before_pids,
         "--no-services restarted something"
     );
-    let (nr, nr_out) = needrestart(vm);
+    // The premise of the comparison: /usr is the target's.
+    let st = fastswitch_json(vm, "status --json");
+    assert_eq!(st["live"]["usr_is_target"], true, "{st}");
+    let (plain, plain_out) = needrestart(vm, NEEDRESTART);
+    result.set(
+        "needrestart_plain",
+        plain.iter().cloned().collect::<Vec<_>>(),
+    );
+    assert!(
+        plain.is_empty(),
+        "needrestart with map_files now lists services after a bind swap: {plain:?}; \
+         the oracle's premise (see NEEDRESTART_PATHS) no longer holds\n{plain_out}"
+    );
+    let t = std::time::Instant::now();
+    let (nr, nr_out) = needrestart(vm, NEEDRESTART_PATHS);
+    result.secs("needrestart_s", t.elapsed());
     eprintln!("[real-security] needrestart:\n{nr_out}");
+    result.set(
+        "needrestart_version",
+        nr_out
+            .lines()
+            .find_map(|l| l.strip_prefix("NEEDRESTART-VER: "))
+            .unwrap_or("?")
+            .trim(),
+    );
     result.set("needrestart", nr.iter().cloned().collect::<Vec<_>>());
-    let only_nr: Vec<&String> = nr.difference(&restarts).collect();
-    let only_fs: Vec<&String> = restarts.difference(&nr).collect();
-    let mut explained = BTreeMap::new();
-    for u in &only_nr {
-        let why = deferred.get(*u).unwrap_or_else(|| {
+    assert!(
+        !nr.is_empty(),
+        "needrestart sees no service on replaced code\n{nr_out}"
+    );
+
+    // needrestart's list against fastswitch's plan: equal, or each difference explained.
+    let nr_units: BTreeSet<&str> = nr.iter().map(|s| nr_unit(s)).collect();
+    let mut differences = BTreeMap::new();
+    let mut agreed = Vec::new();
+    for u in &nr_units {
+        if executed.contains_key(*u) {
+            agreed.push(u.to_string());
+        } else if let Some(why) = deferred.get(*u) {
+            differences.insert(
+                u.to_string(),
+                format!("needrestart lists it; fastswitch defers it on purpose (a live restart is unsafe, so the ladder takes a higher rung): {why}"),
+            );
+        } else if fastswitch::services::ostree_staging_unit(u) {
+            differences.insert(
+                u.to_string(),
+                "needrestart lists it; fastswitch leaves it: ostree's `finalize-staged --hold` \
+                 sits in pause() until shutdown and runs none of the replaced code again, and \
+                 restarting it would release /boot before the staged deployment is finalized"
+                    .to_owned(),
+            );
+        } else {
             panic!(
                 "needrestart lists {u}, fastswitch neither restarts nor defers it\n\
-                 fastswitch restarts {restarts:?}, defers {deferred:?}\n{nr_out}"
-            )
-        });
-        explained.insert((*u).clone(), format!("deferred by fastswitch: {why}"));
+                 fastswitch: {executed:?}, deferred {deferred:?}\n{nr_out}"
+            );
+        }
     }
-    assert!(
-        only_fs.is_empty(),
-        "fastswitch restarts {only_fs:?}, which needrestart does not list\n{nr_out}"
-    );
-    result.set("differences", serde_json::to_value(&explained).unwrap());
+    for (u, a) in &executed {
+        if nr_units.contains(u.as_str()) {
+            continue;
+        }
+        let r = reasons_of(u);
+        assert!(
+            !stale_only(&r),
+            "fastswitch plans `{a}` of {u} for replaced files needrestart does not see: {r}\n{nr_out}"
+        );
+        differences.insert(
+            u.clone(),
+            format!("fastswitch plans `{a}`; needrestart only looks at mapped files: {r}"),
+        );
+    }
+    eprintln!("[real-security] agreed {agreed:?}; differences {differences:#?}");
+    result.set("agreed", agreed);
+    result.set("differences", serde_json::to_value(&differences).unwrap());
 
     // Let fastswitch restart them: undo the /usr-only apply and apply with services.
+    let t = std::time::Instant::now();
     assert_eq!(fastswitch_json(vm, "reset --json")["outcome"], "ok");
+    result.secs("reset_s", t.elapsed());
     let t = std::time::Instant::now();
     let report = fastswitch_json(vm, "apply-live --json");
     result.secs("apply_live_s", t.elapsed());
     assert_eq!(report["outcome"], "ok", "{report}");
     result.set("apply_live_own_ms", report["own_ms"].clone());
     let after_pids = service_pids(vm);
+    let mut restarted = Vec::new();
     for (u, pid) in &before_pids {
         let now = after_pids.get(u);
-        if restarts.contains(u) {
+        if executed.contains_key(u) {
             assert_ne!(now, Some(pid), "{u} was planned to restart");
+            restarted.push(u.clone());
         } else {
             assert_eq!(
                 now,
@@ -341,26 +504,23 @@ fn security_update(vm: &Vm, image: &Image) {
             );
         }
     }
-    // Nothing left on replaced code but what fastswitch deferred, by needrestart and by
-    // fastswitch's own stale scan (the plan of `switch` after the apply).
-    let (left, nr_out) = needrestart(vm);
+    result.set("restarted", restarted);
+    // Nothing left on replaced code but what fastswitch leaves on purpose, by needrestart and by
+    // fastswitch's own stale scan.
+    let (left, nr_out) = needrestart(vm, NEEDRESTART_PATHS);
     result.set(
         "needrestart_after",
         left.iter().cloned().collect::<Vec<_>>(),
     );
-    let unexplained: Vec<&String> = left.iter().filter(|u| !deferred.contains_key(*u)).collect();
+    let unexplained: Vec<&String> = left
+        .iter()
+        .filter(|u| !differences.contains_key(nr_unit(u)))
+        .collect();
     assert!(
         unexplained.is_empty(),
-        "still stale: {unexplained:?}\n{nr_out}"
+        "still on replaced code after apply-live: {unexplained:?}\n{nr_out}"
     );
-    let again = fastswitch_json(vm, "switch --dry-run --json");
-    let live_reasons = again["ladder"]["rungs"][1]["reasons"].to_string();
-    result.set("ladder_after", again["ladder"].clone());
-    for u in &restarts {
-        assert!(
-            !live_reasons.contains(u.as_str()),
-            "fastswitch still sees {u} on old code: {live_reasons}"
-        );
-    }
+    // (fastswitch's own scan cannot be asked here: with a live apply active, every verb
+    // plans from the live target, which is the staged deployment, so there is nothing to scan.)
     assert_eq!(fastswitch_json(vm, "reset --json")["outcome"], "ok");
 }

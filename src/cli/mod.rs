@@ -260,6 +260,9 @@ pub struct ApplyLiveOpts {
 pub struct ResetOpts {
     #[command(flatten)]
     pub services: ServiceOpts,
+    /// Print the reset plan — what would be undone, step by step — and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Where verbs write. `--json` selects one JSON document on stdout.

@@ -84,6 +84,7 @@ pub(crate) fn verb_words(v: plan::Verb) -> &'static str {
         plan::Verb::ApplyLive => "apply-live",
         plan::Verb::Kexec => "kexec",
         plan::Verb::SoftReboot => "soft-reboot",
+        plan::Verb::Reset => "reset",
     }
 }
 
@@ -244,6 +245,11 @@ pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
                 source.display(),
                 dest.display()
             )?,
+            Step::PruneUsrCopies => writeln!(
+                o.out,
+                "{}. remove fastswitch's copies of /usr that no mount shows any more",
+                i + 1
+            )?,
             Step::SwapUsr { source, target } => writeln!(
                 o.out,
                 "{}. bind {} read-only over {}",
@@ -300,6 +306,21 @@ pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
             Step::SoftReboot => writeln!(
                 o.out,
                 "{}. point /run/ostree-booted at the new root, start soft-reboot.target: userspace restarts in the target, the kernel stays",
+                i + 1
+            )?,
+            Step::KexecUnload => writeln!(
+                o.out,
+                "{}. unload the kexec kernel (`systemctl kexec` then boots nothing new)",
+                i + 1
+            )?,
+            Step::UnmountUsr => writeln!(
+                o.out,
+                "{}. detach fastswitch's binds from /usr: it shows the booted deployment again",
+                i + 1
+            )?,
+            Step::RestoreEtc => writeln!(
+                o.out,
+                "{}. put back the /etc files the live apply changed (keeping any you edited since)",
                 i + 1
             )?,
         }

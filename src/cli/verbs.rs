@@ -451,6 +451,20 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
     let kexec = crate::system::kexec::RealKexec::default();
     let kexec_loaded = paths.root == Path::new("/")
         && crate::system::kexec::KexecLoader::is_loaded(&kexec).unwrap_or(false);
+    if opts.dry_run {
+        let host = discover::load(paths)?;
+        let booted = host.booted().with_context(|| {
+            format!("no booted deployment found in {}", paths.sysroot.display())
+        })?;
+        let plan = live::plan_reset(
+            &booted.into(),
+            &journal,
+            kexec_loaded.then_some(&kexec as &dyn crate::system::kexec::KexecLoader),
+            !opts.services.no_services,
+        )?;
+        print_plan(o, &plan)?;
+        return Ok(ExitCode::Ok);
+    }
     if journal.load()?.is_none() && !kexec_loaded {
         if o.json {
             o.json_value(&serde_json::json!({"schema_version": 1, "outcome": "nothing_to_do", "exit_code": 3}))?;

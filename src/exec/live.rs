@@ -10,7 +10,7 @@ use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
 use crate::diff::etc::EtcActionKind;
 use crate::discover::HostPaths;
 use crate::exit::{refuse, ExitCode};
-use crate::plan::{Plan, Step, Verb};
+use crate::plan::{Plan, Step};
 use crate::services::ServiceAction;
 use crate::system::mounts::{MountEntry, Mounts};
 use crate::system::systemd::Systemd;
@@ -169,11 +169,47 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
     }
     env.journal.save(&st)?;
 
+    let mut out = StepOutputs::default();
+    let reports = walk(plan, Some(&mut st), env, &mut out, |name| {
+        format!(
+            "step {name} failed; the system is partly switched to {}: fix the cause and re-run, or run `fastswitch reset` to return to {}",
+            plan.to.id, plan.from.id
+        )
+    })?;
+    let failed_units = out.failed_units;
+    st.finished_at = Some(now_secs());
+    env.journal.save(&st)?;
+    let code = if failed_units.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::AppliedWithFailures
+    };
+    Ok(report(plan, reports, t0, code, failed_units))
+}
+
+/// What steps hand back besides their report: units whose job failed, `/etc` paths kept
+/// because the admin changed them after the apply (reset).
+#[derive(Debug, Default)]
+struct StepOutputs {
+    failed_units: Vec<String>,
+    kept_etc: Vec<String>,
+}
+
+/// The step loop apply-live and reset share: each step not yet done is journaled as started,
+/// run, and journaled as done (or failed, with the error), with the fault hook around it.
+/// Without a record (`st` is `None`: a reset that only unloads a kexec kernel) steps run
+/// unjournaled.
+fn walk(
+    plan: &Plan,
+    mut st: Option<&mut LiveState>,
+    env: &mut LiveEnv<'_>,
+    out: &mut StepOutputs,
+    failure: impl Fn(&str) -> String,
+) -> Result<Vec<StepReport>> {
     let mut reports = Vec::new();
-    let mut failed_units = Vec::new();
     for step in &plan.steps {
         let name = step.name();
-        if st.step_done(name) {
+        if st.as_ref().is_some_and(|st| st.step_done(name)) {
             reports.push(StepReport {
                 step: name,
                 outcome: StepOutcome::AlreadyDone,
@@ -183,17 +219,21 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
             continue;
         }
         (env.progress)(&format!("{name}…"));
-        set_step(&mut st, name, StepStatus::Started, None, None);
-        env.journal.save(&st)?;
+        if let Some(st) = st.as_deref_mut() {
+            set_step(st, name, StepStatus::Started, None, None);
+            env.journal.save(st)?;
+        }
         fault_point(name, "before");
         let ts = Instant::now();
-        let result = run_step(step, &mut st, env, &mut failed_units);
+        let result = run_step(step, st.as_deref_mut(), env, out);
         let ms = ts.elapsed().as_millis() as u64;
         match result {
             Ok(detail) => {
                 fault_point(name, "after");
-                set_step(&mut st, name, StepStatus::Done, Some(ms), None);
-                env.journal.save(&st)?;
+                if let Some(st) = st.as_deref_mut() {
+                    set_step(st, name, StepStatus::Done, Some(ms), None);
+                    env.journal.save(st)?;
+                }
                 (env.progress)(&format!("{name} done in {ms} ms"));
                 reports.push(StepReport {
                     step: name,
@@ -203,29 +243,21 @@ pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result
                 });
             }
             Err(e) => {
-                set_step(
-                    &mut st,
-                    name,
-                    StepStatus::Failed,
-                    Some(ms),
-                    Some(format!("{e:#}")),
-                );
-                env.journal.save(&st)?;
-                return Err(e.context(format!(
-                    "step {name} failed; the system is partly switched to {}: fix the cause and re-run, or run `fastswitch reset` to return to {}",
-                    plan.to.id, plan.from.id
-                )));
+                if let Some(st) = st.as_deref_mut() {
+                    set_step(
+                        st,
+                        name,
+                        StepStatus::Failed,
+                        Some(ms),
+                        Some(format!("{e:#}")),
+                    );
+                    env.journal.save(st)?;
+                }
+                return Err(e.context(failure(name)));
             }
         }
     }
-    st.finished_at = Some(now_secs());
-    env.journal.save(&st)?;
-    let code = if failed_units.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::AppliedWithFailures
-    };
-    Ok(report(plan, reports, t0, code, failed_units))
+    Ok(reports)
 }
 
 fn report(
@@ -259,11 +291,24 @@ fn report(
 /// journal record it leaves; long for that reason (splitting would scatter the journaling).
 fn run_step(
     step: &Step,
-    st: &mut LiveState,
+    st: Option<&mut LiveState>,
     env: &mut LiveEnv<'_>,
-    failed_units: &mut Vec<String>,
+    out: &mut StepOutputs,
 ) -> Result<serde_json::Value> {
+    if let Step::KexecUnload = step {
+        let k = env
+            .kexec
+            .context("unloading the kexec kernel needs the running kernel's kexec interface")?;
+        k.unload()
+            .map_err(anyhow::Error::new)
+            .context("unloading the kexec kernel")?;
+        (env.progress)("unloaded the kexec kernel: `systemctl kexec` will not switch deployments now (a finalized deployment stays the default for the next boot)");
+        return Ok(serde_json::Value::Null);
+    }
+    let st = st.with_context(|| format!("step {} needs a live-apply record", step.name()))?;
     match step {
+        Step::UnmountUsr => unmount_usr(st, env),
+        Step::RestoreEtc => restore_etc(st, env, &mut out.kept_etc),
         Step::UnlockFinalization => {
             crate::system::ostree_state::unlock_finalization(env.paths)?;
             Ok(serde_json::json!({"staged_deployment": env.paths.staged_file()}))
@@ -304,9 +349,8 @@ fn run_step(
                             source.display()
                         );
                     }
-                    let removed = remove_unused_live_trees(env);
                     return Ok(
-                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy, "removed_live_trees": removed}),
+                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy}),
                     );
                 }
                 (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr bind over the previous one");
@@ -322,8 +366,11 @@ fn run_step(
                     source.display()
                 );
             }
+            Ok(serde_json::json!({"usr_binds": st.usr_binds}))
+        }
+        Step::PruneUsrCopies => {
             let removed = remove_unused_live_trees(env);
-            Ok(serde_json::json!({"usr_binds": st.usr_binds, "removed_live_trees": removed}))
+            Ok(serde_json::json!({"removed": removed}))
         }
         Step::MergeEtc {
             etc_dir,
@@ -424,7 +471,7 @@ fn run_step(
             let outcomes = super::unit_jobs::execute(actions, sd);
             for o in &outcomes {
                 if o.is_failure() {
-                    failed_units.push(o.unit.clone());
+                    out.failed_units.push(o.unit.clone());
                 }
                 if o.action.is_executed() && !st.unit_actions.iter().any(|t| t.unit == o.unit) {
                     st.unit_actions.push(UnitTouch {
@@ -439,7 +486,8 @@ fn run_step(
         | Step::KexecLoad { .. }
         | Step::KexecReboot
         | Step::PrepareNextroot { .. }
-        | Step::SoftReboot => {
+        | Step::SoftReboot
+        | Step::KexecUnload => {
             bail!("step {} does not belong in a live apply", step.name())
         }
     }
@@ -482,67 +530,98 @@ fn remove_unused_live_trees(env: &mut LiveEnv<'_>) -> Vec<String> {
     }
 }
 
-/// Long because reset is a fixed sequence of journaled phases (kexec unload, /usr, /etc,
-/// daemon-reload, units) read top to bottom; see `exec::live::tests` for each phase.
-///
-/// Undo a live apply. Returns the report (outcome `nothing_to_do` when there is no live state).
-pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Result<Report> {
-    let t0 = Instant::now();
-    let mut steps = Vec::new();
-    let loaded = match env.kexec {
+/// What the journal says `reset` has to undo, for [`crate::plan::reset_plan`].
+fn reset_inputs(
+    st: Option<&LiveState>,
+    kexec_loaded: bool,
+    manage_services: bool,
+) -> crate::plan::ResetInputs {
+    crate::plan::ResetInputs {
+        live_target: st.map(|s| s.target.clone()),
+        services: manage_services.then(|| {
+            st.map(|s| {
+                s.unit_actions
+                    .iter()
+                    .filter_map(|t| {
+                        Some(ServiceAction {
+                            unit: t.unit.clone(),
+                            action: t.inverse()?,
+                            reasons: vec![],
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+        }),
+        kexec_loaded,
+    }
+}
+
+/// The reset plan for this host now: from the journal, the kexec state (`kexec`: the running
+/// kernel's, `None` with `--root`) and whether services are managed. `reset --dry-run` prints
+/// it; [`reset`] walks it.
+pub fn plan_reset(
+    booted: &crate::diff::DeploymentRef,
+    journal: &Journal,
+    kexec: Option<&dyn crate::system::kexec::KexecLoader>,
+    manage_services: bool,
+) -> Result<Plan> {
+    let kexec_loaded = match kexec {
         Some(k) => k.is_loaded().map_err(anyhow::Error::new)?,
         None => false,
     };
-    if let (true, Some(k)) = (loaded, env.kexec) {
-        let ts = Instant::now();
-        fault_point("kexec_unload", "before");
-        k.unload()
-            .map_err(anyhow::Error::new)
-            .context("unloading the kexec kernel")?;
-        (env.progress)("unloaded the kexec kernel: `systemctl kexec` will not switch deployments now (a finalized deployment stays the default for the next boot)");
-        steps.push(StepReport {
-            step: "kexec_unload",
-            outcome: StepOutcome::Done,
-            duration_ms: ts.elapsed().as_millis() as u64,
-            detail: serde_json::Value::Null,
-        });
-    }
-    let Some(st) = env.journal.load()? else {
-        let plan = Plan {
-            schema_version: crate::plan::PLAN_SCHEMA_VERSION,
-            verb: Verb::ApplyLive,
-            from: booted.clone(),
-            to: booted.clone(),
-            decision: crate::diff::Decision {
-                kind: crate::diff::DecisionKind::None,
-                reasons: vec!["no live-apply state: the booted deployment is what runs".into()],
-            },
-            steps: vec![],
-            host_states: vec![],
-            ladder: None,
-            etc_conflicts: vec![],
-        };
-        let code = if steps.is_empty() {
-            ExitCode::NothingToDo
-        } else {
-            ExitCode::Ok
-        };
-        let mut rep = report(&plan, steps, t0, code, Vec::new());
-        rep.reset = true;
-        return Ok(rep);
-    };
-    env.journal.check_backups(&st)?;
-    let mut st = st;
-    // Journal that a reset is under way: an interrupted reset is re-run, not re-applied.
-    st.resetting = true;
-    env.journal.save(&st)?;
+    let st = journal.load()?;
+    Ok(crate::plan::reset_plan(
+        booted,
+        &reset_inputs(st.as_ref(), kexec_loaded, manage_services),
+    ))
+}
 
-    // 1. /usr: pop every fastswitch bind.
-    let ts = Instant::now();
+/// Undo a live apply: build the reset [`Plan`] and walk it with the same step loop as apply.
+/// The record is marked `resetting` before the first step, so an interrupted reset is re-run
+/// (its finished steps skipped), never mistaken for an apply. Returns the report (outcome
+/// `nothing_to_do` when there was nothing to reset).
+pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Result<Report> {
+    let t0 = Instant::now();
+    let plan = plan_reset(booted, &env.journal, env.kexec, env.systemd.is_some())?;
+    let mut out = StepOutputs::default();
+    let failure = |name: &str| {
+        format!("reset step {name} failed: fix the cause and re-run `fastswitch reset`")
+    };
+    let steps = match env.journal.load()? {
+        None => walk(&plan, None, env, &mut out, failure)?,
+        Some(mut st) => {
+            env.journal.check_backups(&st)?;
+            if !st.resetting {
+                // The apply's step records give way to the reset's.
+                st.resetting = true;
+                st.steps.clear();
+                env.journal.save(&st)?;
+            }
+            let steps = walk(&plan, Some(&mut st), env, &mut out, failure)?;
+            env.journal.clear()?;
+            steps
+        }
+    };
+    let code = if steps.is_empty() {
+        ExitCode::NothingToDo
+    } else if out.failed_units.is_empty() {
+        ExitCode::Ok
+    } else {
+        ExitCode::AppliedWithFailures
+    };
+    let mut plan = plan;
+    plan.etc_conflicts = std::mem::take(&mut out.kept_etc);
+    let mut rep = report(&plan, steps, t0, code, out.failed_units);
+    rep.reset = true;
+    Ok(rep)
+}
+
+/// `reset`'s /usr step: pop every fastswitch bind, then remove the live copies no mount shows.
+fn unmount_usr(st: &mut LiveState, env: &mut LiveEnv<'_>) -> Result<serde_json::Value> {
     let usr = env.paths.root.join("usr");
     let mut popped = 0;
     let mut lazy = false;
-    fault_point("unmount_usr", "before");
     loop {
         let stack = env.mounts.stack(&usr)?;
         match stack.last() {
@@ -559,28 +638,25 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
             );
         }
     }
-    fault_point("unmount_usr", "after");
     if lazy {
         (env.progress)("/usr was busy: detached lazily; processes started before keep the old files open until they exit");
     }
     st.usr_binds = 0;
-    set_step(&mut st, "unmount_usr", StepStatus::Done, None, None);
-    env.journal.save(&st)?;
     let removed = remove_unused_live_trees(env);
-    steps.push(StepReport {
-        step: "unmount_usr",
-        outcome: StepOutcome::Done,
-        duration_ms: ts.elapsed().as_millis() as u64,
-        detail: serde_json::json!({"unmounted": popped, "lazy": lazy, "removed_live_trees": removed}),
-    });
+    Ok(serde_json::json!({"unmounted": popped, "lazy": lazy, "removed_live_trees": removed}))
+}
 
-    // 2. /etc: restore in reverse order; each restored entry leaves the journal, so a re-run
-    // after a crash restores exactly what is left.
-    let ts = Instant::now();
+/// `reset`'s /etc step: restore newest first; each restored entry leaves the journal, so a
+/// re-run after a crash restores exactly what is left.
+fn restore_etc(
+    st: &mut LiveState,
+    env: &mut LiveEnv<'_>,
+    kept: &mut Vec<String>,
+) -> Result<serde_json::Value> {
     let etc_dir = env.paths.root.join("etc");
-    let mut kept = Vec::new();
     let mut restored = 0;
     let mut n = 0;
+    let first_kept = kept.len();
     while let Some(b) = st.etc_backups.last().cloned() {
         n += 1;
         fault_point(&format!("etc-restore-{n}"), "before");
@@ -590,70 +666,12 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         }
         fault_point(&format!("etc-restore-{n}"), "after");
         st.etc_backups.pop();
-        env.journal.save(&st)?;
+        env.journal.save(st)?;
     }
-    for k in &kept {
+    for k in &kept[first_kept..] {
         (env.progress)(&format!("kept {k}: it was changed after the live apply"));
     }
-    steps.push(StepReport {
-        step: "restore_etc",
-        outcome: StepOutcome::Done,
-        duration_ms: ts.elapsed().as_millis() as u64,
-        detail: serde_json::json!({"restored": restored, "kept_admin_changes": kept}),
-    });
-
-    // 3. services: reload unit files and restart what the apply touched.
-    let mut failed = Vec::new();
-    if let Some(sd) = env.systemd {
-        let ts = Instant::now();
-        sd.daemon_reload().context("systemd daemon-reload")?;
-        let again: Vec<ServiceAction> = st
-            .unit_actions
-            .iter()
-            .filter_map(|t| {
-                Some(ServiceAction {
-                    unit: t.unit.clone(),
-                    action: t.inverse()?,
-                    reasons: vec![],
-                })
-            })
-            .collect();
-        let outcomes = super::unit_jobs::execute(&again, sd);
-        failed = outcomes
-            .iter()
-            .filter(|o| o.is_failure())
-            .map(|o| o.unit.clone())
-            .collect();
-        steps.push(StepReport {
-            step: "services",
-            outcome: StepOutcome::Done,
-            duration_ms: ts.elapsed().as_millis() as u64,
-            detail: serde_json::to_value(&outcomes)?,
-        });
-    }
-    env.journal.clear()?;
-    let plan = Plan {
-        schema_version: crate::plan::PLAN_SCHEMA_VERSION,
-        verb: Verb::ApplyLive,
-        from: booted.clone(),
-        to: booted.clone(),
-        decision: crate::diff::Decision {
-            kind: crate::diff::DecisionKind::Live,
-            reasons: vec![format!("reset live apply of {}", st.target)],
-        },
-        steps: vec![],
-        host_states: vec![],
-        ladder: None,
-        etc_conflicts: kept,
-    };
-    let code = if failed.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::AppliedWithFailures
-    };
-    let mut rep = report(&plan, steps, t0, code, failed);
-    rep.reset = true;
-    Ok(rep)
+    Ok(serde_json::json!({"restored": restored, "kept_admin_changes": &kept[first_kept..]}))
 }
 
 /// The executor against recording fakes of the mounts, systemd and the child tools: apply,
@@ -663,7 +681,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
 mod tests {
     use super::*;
     use crate::diff::{Decision, DecisionKind, DeploymentRef};
-    use crate::plan::PLAN_SCHEMA_VERSION;
+    use crate::plan::{Verb, PLAN_SCHEMA_VERSION};
     use crate::services::{Action, Reason};
     use crate::testing::{RecordingMounts, RecordingSystemd, RecordingTools};
 

@@ -121,6 +121,7 @@ impl Report {
                 format!("soft-reboot: {to} is prepared to replace {from}{done}")
             }
             Verb::Kexec => format!("kexec: {to} is prepared to replace {from}{done}"),
+            Verb::Reset => format!("reset: {from} runs{done}"),
         }
     }
 

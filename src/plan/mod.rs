@@ -22,6 +22,8 @@ pub enum Verb {
     ApplyLive,
     Kexec,
     SoftReboot,
+    /// Undo a live apply (and unload a prepared kexec kernel): [`reset_plan`].
+    Reset,
 }
 
 /// One journaled step. Names are stable (`Step::name`) and used by the fault hook and reports.
@@ -38,6 +40,9 @@ pub enum Step {
     LinkUsr { source: PathBuf, dest: PathBuf },
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
+    /// Last: remove fastswitch's copies of `usr` no mount shows any more (the one just
+    /// replaced, those of earlier boots). Best effort.
+    PruneUsrCopies,
     /// Carry out ostree's 3-way merge on the live `/etc`.
     MergeEtc {
         etc_dir: PathBuf,
@@ -72,6 +77,13 @@ pub enum Step {
     /// Point `/run/ostree-booted` at the new root and start `soft-reboot.target`: systemd
     /// stops userspace and starts it again from `/run/nextroot`; kernel and firmware stay.
     SoftReboot,
+    /// `reset`: unload the kernel `kexec --load-only` (or an interrupted switch) left loaded.
+    KexecUnload,
+    /// `reset`: detach every fastswitch bind from `/usr`, so it shows the booted deployment.
+    UnmountUsr,
+    /// `reset`: put back every `/etc` file the live apply changed, newest first; files the
+    /// admin changed since are kept.
+    RestoreEtc,
 }
 
 impl Step {
@@ -80,6 +92,7 @@ impl Step {
             Step::UnlockFinalization => "unlock_finalization",
             Step::LinkUsr { .. } => "link_usr",
             Step::SwapUsr { .. } => "swap_usr",
+            Step::PruneUsrCopies => "prune_usr_copies",
             Step::MergeEtc { .. } => "merge_etc",
             Step::Sysusers { .. } => "sysusers",
             Step::Tmpfiles { .. } => "tmpfiles",
@@ -90,6 +103,9 @@ impl Step {
             Step::KexecReboot => "kexec_reboot",
             Step::PrepareNextroot { .. } => "prepare_nextroot",
             Step::SoftReboot => "soft_reboot",
+            Step::KexecUnload => "kexec_unload",
+            Step::UnmountUsr => "unmount_usr",
+            Step::RestoreEtc => "restore_etc",
         }
     }
 }
@@ -183,6 +199,7 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
                 });
             }
         }
+        steps.push(Step::PruneUsrCopies);
     }
     Plan {
         schema_version: PLAN_SCHEMA_VERSION,
@@ -193,6 +210,63 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         steps,
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
         host_states: inputs.host_states.clone(),
+        ladder: None,
+    }
+}
+
+/// What `reset` undoes, read from the live-apply journal by the executor.
+#[derive(Debug, Clone, Default)]
+pub struct ResetInputs {
+    /// The target of the live apply in this boot; `None` when there is none.
+    pub live_target: Option<String>,
+    /// Undo of each unit action the apply executed (a started unit is stopped, a restarted one
+    /// restarted again); `None` when services are not managed (`--no-services`).
+    pub services: Option<Vec<ServiceAction>>,
+    /// A kexec kernel is loaded (only the running kernel's state counts).
+    pub kexec_loaded: bool,
+}
+
+/// Pure: the reset plan, from the booted deployment back to itself. Unload a loaded kexec
+/// kernel; then, when a live apply happened: /usr, /etc, daemon-reload and the units it
+/// touched, in that order. No steps when there is nothing to reset.
+pub fn reset_plan(booted: &DeploymentRef, inputs: &ResetInputs) -> Plan {
+    let mut steps = Vec::new();
+    if inputs.kexec_loaded {
+        steps.push(Step::KexecUnload);
+    }
+    let reasons = match &inputs.live_target {
+        Some(target) => {
+            steps.push(Step::UnmountUsr);
+            steps.push(Step::RestoreEtc);
+            if let Some(services) = &inputs.services {
+                steps.push(Step::DaemonReload);
+                steps.push(Step::Services {
+                    actions: services.clone(),
+                });
+            }
+            vec![format!("reset live apply of {target}")]
+        }
+        None if inputs.kexec_loaded => {
+            vec!["no live-apply state; a kexec kernel is loaded".to_string()]
+        }
+        None => vec!["no live-apply state: the booted deployment is what runs".to_string()],
+    };
+    Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        verb: Verb::Reset,
+        from: booted.clone(),
+        to: booted.clone(),
+        decision: Decision {
+            kind: if inputs.live_target.is_some() {
+                DecisionKind::Live
+            } else {
+                DecisionKind::None
+            },
+            reasons,
+        },
+        steps,
+        etc_conflicts: vec![],
+        host_states: vec![],
         ladder: None,
     }
 }
@@ -274,5 +348,87 @@ pub fn soft_reboot_plan(
         etc_conflicts: diff.etc.conflicts.iter().map(|c| c.path.clone()).collect(),
         host_states: host_states.to_vec(),
         ladder: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::Action;
+
+    fn booted() -> DeploymentRef {
+        DeploymentRef {
+            index: 0,
+            id: "aaa.0".into(),
+            stateroot: "os".into(),
+            path: "/sysroot/ostree/deploy/os/deploy/aaa.0".into(),
+            booted: true,
+            staged: false,
+        }
+    }
+
+    fn names(p: &Plan) -> Vec<&'static str> {
+        p.steps.iter().map(Step::name).collect()
+    }
+
+    #[test]
+    fn reset_plan_undoes_what_the_journal_names_in_order() {
+        let undo = vec![ServiceAction {
+            unit: "demo.service".into(),
+            action: Action::Stop,
+            reasons: vec![],
+        }];
+        let all = reset_plan(
+            &booted(),
+            &ResetInputs {
+                live_target: Some("bbb.0".into()),
+                services: Some(undo.clone()),
+                kexec_loaded: true,
+            },
+        );
+        assert_eq!(all.verb, Verb::Reset);
+        assert_eq!(
+            (&all.from.id, &all.to.id),
+            (&"aaa.0".into(), &"aaa.0".into())
+        );
+        assert_eq!(
+            names(&all),
+            [
+                "kexec_unload",
+                "unmount_usr",
+                "restore_etc",
+                "daemon_reload",
+                "services"
+            ]
+        );
+        assert_eq!(all.steps[4], Step::Services { actions: undo });
+        assert_eq!(all.decision.kind, DecisionKind::Live);
+        assert!(all.decision.reasons[0].contains("bbb.0"));
+
+        let no_services = reset_plan(
+            &booted(),
+            &ResetInputs {
+                live_target: Some("bbb.0".into()),
+                services: None,
+                kexec_loaded: false,
+            },
+        );
+        assert_eq!(names(&no_services), ["unmount_usr", "restore_etc"]);
+
+        let kexec_only = reset_plan(
+            &booted(),
+            &ResetInputs {
+                kexec_loaded: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(names(&kexec_only), ["kexec_unload"]);
+        assert_eq!(kexec_only.decision.kind, DecisionKind::None);
+
+        let nothing = reset_plan(&booted(), &ResetInputs::default());
+        assert!(nothing.steps.is_empty());
+        // The JSON names the verb.
+        let v = serde_json::to_value(&nothing).unwrap();
+        assert_eq!(v["verb"], "reset");
     }
 }

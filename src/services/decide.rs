@@ -27,6 +27,11 @@
 //!   `X-RestartIfChanged=no` or `X-OnlyManualStart=yes`. [`DecideOptions::include`] lifts the
 //!   name-based deferral for the units it names (systemd itself still refuses a manual stop of a
 //!   `RefuseManualStop=yes` unit, so that one stays deferred).
+//! - left alone entirely: ostree's own staging units ([`ostree_staging_unit`]). They exist for
+//!   the staged deployment this switch applies and do their work when they are *stopped* at
+//!   shutdown; a restart would finalize or unhold it now. Their stale mappings are harmless
+//!   (the hold process sits in `pause()`), and a changed definition takes effect through
+//!   `daemon-reload` at that stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -195,6 +200,24 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// Whether `unit` is one of ostree's units for a staged deployment, which a switch never
+/// stops or restarts:
+/// - `ostree-finalize-staged.service` (`Type=oneshot`, `RemainAfterExit=yes`) finalizes the
+///   staged deployment in its `ExecStop=`: stopping or restarting it writes the bootloader
+///   entries now, mid-switch, instead of at shutdown;
+/// - `ostree-finalize-staged-hold.service` runs `ostree admin finalize-staged --hold`, which
+///   staging starts: it loads the sysroot (holding `/boot` open) and then only waits in
+///   `pause()` for the SIGTERM of shutdown. It maps libostree, libglib, libssl, zlib… so any
+///   update of those makes it "stale", yet it runs none of that code again; restarting it
+///   releases `/boot` (an automounted `/boot` may then expire before the finalize step needs
+///   it) and gains nothing.
+pub fn ostree_staging_unit(unit: &str) -> bool {
+    matches!(
+        unit,
+        "ostree-finalize-staged.service" | "ostree-finalize-staged-hold.service"
+    )
+}
+
 fn unit_type(unit: &str) -> &str {
     unit.rsplit_once('.').map_or("", |(_, s)| s)
 }
@@ -250,6 +273,7 @@ pub fn decide(
             .keys()
             .copied()
             .filter(|u| unit_pattern_matches(&ch.unit, u) && active(u))
+            .filter(|u| !ostree_staging_unit(u))
             .collect();
         match &ch.change {
             UnitChange::Modified { comparison } if !comparison.is_equal() => {
@@ -331,6 +355,9 @@ pub fn decide(
             ProcessOwner::Other { cgroup } => (cgroup.clone(), false),
         };
         if let ProcessOwner::SystemUnit { unit } = &p.owner {
+            if ostree_staging_unit(unit) {
+                continue;
+            }
             // The process is there, but systemd says the unit is down: nothing to restart.
             if facts
                 .get(unit.as_str())
@@ -609,6 +636,36 @@ mod tests {
                 facts: vec![fact("a.service", "active"), fact("b.service", "active")],
                 include: vec![],
                 want: vec![("b.service", Reload)],
+            },
+            Case {
+                // Seen on a real security update (libssl3, zlib1g, …): staging starts
+                // `ostree admin finalize-staged --hold`, which maps those libraries.
+                name: "ostree's staging units are never restarted, stale or changed",
+                changes: vec![
+                    modified("ostree-finalize-staged.service", restart_cmp()),
+                    modified("ostree-finalize-staged-hold.service", restart_cmp()),
+                ],
+                stale: vec![
+                    stale_in(
+                        90,
+                        sys("ostree-finalize-staged-hold.service"),
+                        StaleKind::Mapping,
+                        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                    ),
+                    stale_in(
+                        91,
+                        sys("ssh.service"),
+                        StaleKind::Mapping,
+                        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                    ),
+                ],
+                facts: vec![
+                    fact("ostree-finalize-staged.service", "active"),
+                    fact("ostree-finalize-staged-hold.service", "active"),
+                    fact("ssh.service", "active"),
+                ],
+                include: vec![],
+                want: vec![("ssh.service", Restart)],
             },
             Case {
                 name: "reload and stale exe merge into one restart",

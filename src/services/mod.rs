@@ -10,8 +10,8 @@ pub mod facts;
 pub mod stale;
 
 pub use decide::{
-    by_action, decide, protected_class, Action, DecideOptions, DeferWhy, Reason, ServiceAction,
-    UnitFacts, PID1_UNIT,
+    by_action, decide, ostree_staging_unit, protected_class, Action, DecideOptions, DeferWhy,
+    Reason, ServiceAction, UnitFacts, PID1_UNIT,
 };
 pub use facts::{plan_services, ServicePlan};
 pub use stale::{

@@ -15,6 +15,7 @@
 //! mount stays read-only.
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,49 +42,67 @@ pub struct LinkStats {
     pub links: u64,
 }
 
-/// Run `f` with `sysroot` writable. When it is already writable, `f` runs here; when its mount
-/// is read-only, `f` runs in a thread that unshares its mount namespace (private propagation)
-/// and remounts the sysroot read-write there, so nothing changes for the rest of the host.
+/// Run `f` on a thread pool whose threads may write to `sysroot`. When it is writable, that is
+/// a plain pool. When its mount is read-only, every pool thread first unshares its mount
+/// namespace (private propagation) and remounts the sysroot read-write there, as ostree does for
+/// its own writes; the host's mount stays read-only. Parallel because linking or removing a
+/// `/usr` of tens of thousands of entries is syscall-bound.
 pub fn with_writable_sysroot<T: Send>(
     sysroot: &Path,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
     let st = nix::sys::statvfs::statvfs(sysroot)
         .with_context(|| format!("statvfs {}", sysroot.display()))?;
-    if !st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-        return f();
+    let read_only = st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY);
+    let setup_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let mut builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    if read_only {
+        let sysroot = sysroot.to_path_buf();
+        let slot = setup_error.clone();
+        builder = builder.start_handler(move |_| {
+            if let Err(e) = writable_namespace(&sysroot) {
+                slot.lock().unwrap().get_or_insert(format!("{e:#}"));
+            }
+        });
     }
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<T> {
-            use nix::mount::{mount, MsFlags};
-            // CLONE_NEWNS implies CLONE_FS: only this thread moves to the new namespace.
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-                .context("unshare(CLONE_NEWNS) to write to the read-only sysroot")?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .context("making the private mount namespace's mounts private")?;
-            mount(
-                None::<&str>,
-                sysroot,
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_SILENT,
-                None::<&str>,
-            )
-            .with_context(|| {
-                format!(
-                    "remounting {} read-write in a private mount namespace (is the filesystem itself read-only?)",
-                    sysroot.display()
-                )
-            })?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread writing to {} panicked", sysroot.display()))?
+    let pool = builder
+        .build()
+        .context("starting the threads that write the live copy")?;
+    let result = pool.install(f);
+    drop(pool);
+    if let Some(e) = setup_error.lock().unwrap().take() {
+        bail!("{e}");
+    }
+    result
+}
+
+/// This thread only: a private mount namespace where `sysroot` is writable.
+fn writable_namespace(sysroot: &Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    // CLONE_NEWNS implies CLONE_FS: only this thread moves to the new namespace.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("unshare(CLONE_NEWNS) to write to the read-only sysroot")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making the private mount namespace's mounts private")?;
+    mount(
+        None::<&str>,
+        sysroot,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_SILENT,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "remounting {} read-write in a private mount namespace (is the filesystem itself read-only?)",
+            sysroot.display()
+        )
     })
 }
 
@@ -92,32 +111,39 @@ pub fn with_writable_sysroot<T: Send>(
 /// extended attributes (SELinux labels) and timestamps of its original (systemd's
 /// `ConditionNeedsUpdate=` reads the mtime of `/usr`). `dest` must not exist; its parent must.
 /// Built under `<dest>.tmp` and renamed, so `dest` only ever appears complete. Both must be on
-/// one mount (hardlinks cannot cross mounts).
+/// one mount (hardlinks cannot cross mounts). Runs in parallel on the current rayon pool.
 pub fn link_tree(src: &Path, dest: &Path) -> Result<LinkStats> {
     let tmp = dest.with_extension("tmp");
     if tmp.symlink_metadata().is_ok() {
-        std::fs::remove_dir_all(&tmp)
+        remove_tree(&tmp)
             .with_context(|| format!("removing the unfinished copy {}", tmp.display()))?;
     }
-    let dirs = AtomicU64::new(0);
+    let dirs = std::sync::Mutex::new(Vec::new());
     let links = AtomicU64::new(0);
     link_dir(src, &tmp, &dirs, &links)?;
+    // Timestamps last: creating entries changes a directory's mtime.
+    let dirs = dirs.into_inner().unwrap();
+    dirs.par_iter()
+        .try_for_each(|(dest, meta)| set_times(dest, meta))?;
     std::fs::rename(&tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     Ok(LinkStats {
-        dirs: dirs.into_inner(),
+        dirs: dirs.len() as u64,
         links: links.into_inner(),
     })
 }
 
-fn link_dir(src: &Path, dest: &Path, dirs: &AtomicU64, links: &AtomicU64) -> Result<()> {
+type DirTimes = std::sync::Mutex<Vec<(PathBuf, std::fs::Metadata)>>;
+
+fn link_dir(src: &Path, dest: &Path, dirs: &DirTimes, links: &AtomicU64) -> Result<()> {
     let meta = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
-    dirs.fetch_add(1, Ordering::Relaxed);
+    copy_dir_metadata(src, &meta, dest)?;
     let mut subdirs = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let entry = entry.with_context(|| format!("reading {}", src.display()))?;
         let from = entry.path();
@@ -129,23 +155,36 @@ fn link_dir(src: &Path, dest: &Path, dirs: &AtomicU64, links: &AtomicU64) -> Res
         {
             subdirs.push((from, to));
         } else {
-            std::fs::hard_link(&from, &to)
-                .with_context(|| format!("linking {} to {}", from.display(), to.display()))?;
-            links.fetch_add(1, Ordering::Relaxed);
+            files.push((from, to));
         }
     }
-    // Sequential on purpose: with a read-only sysroot this runs in a thread with its own mount
-    // namespace, and worker threads (rayon's) would write through the host's read-only mount.
-    for (from, to) in &subdirs {
-        link_dir(from, to, dirs, links)?;
+    dirs.lock().unwrap().push((dest.to_path_buf(), meta));
+    let link = |(from, to): &(PathBuf, PathBuf)| {
+        std::fs::hard_link(from, to)
+            .with_context(|| format!("linking {} to {}", from.display(), to.display()))
+    };
+    if files.len() > 64 {
+        files.par_iter().try_for_each(link)?;
+    } else {
+        files.iter().try_for_each(link)?;
     }
-    copy_dir_metadata(src, &meta, dest)
+    links.fetch_add(files.len() as u64, Ordering::Relaxed);
+    subdirs
+        .par_iter()
+        .try_for_each(|(from, to)| link_dir(from, to, dirs, links))
 }
 
-/// Owner, xattrs, mode, then timestamps (last: the children are in place by now).
+/// Owner (when not already ours), xattrs, mode.
 fn copy_dir_metadata(src: &Path, meta: &std::fs::Metadata, dest: &Path) -> Result<()> {
-    std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()))
-        .with_context(|| format!("chown {}", dest.display()))?;
+    if (meta.uid(), meta.gid())
+        != (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    {
+        std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("chown {}", dest.display()))?;
+    }
     match xattr::list(src) {
         Ok(names) => {
             for name in names {
@@ -163,13 +202,40 @@ fn copy_dir_metadata(src: &Path, meta: &std::fs::Metadata, dest: &Path) -> Resul
         }
     }
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .with_context(|| format!("chmod {}", dest.display()))?;
-    let times = std::fs::FileTimes::new()
-        .set_accessed(meta.accessed()?)
-        .set_modified(meta.modified()?);
-    std::fs::File::open(dest)
-        .and_then(|f| f.set_times(times))
-        .with_context(|| format!("setting the timestamps of {}", dest.display()))
+        .with_context(|| format!("chmod {}", dest.display()))
+}
+
+fn set_times(dest: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        dest,
+        &TimeSpec::new(meta.atime(), meta.atime_nsec()),
+        &TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .with_context(|| format!("setting the timestamps of {}", dest.display()))
+}
+
+/// `rm -rf`, in parallel on the current rayon pool.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    let mut subdirs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let path = entry.path();
+        if entry
+            .file_type()
+            .with_context(|| format!("stat {}", path.display()))?
+            .is_dir()
+        {
+            subdirs.push(path);
+        } else {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    subdirs.par_iter().try_for_each(|d| remove_tree(d))?;
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Make sure the live tree `usr` (a [`live_usr`] path) exists, linking it from
@@ -216,10 +282,9 @@ pub fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<PathBuf>> 
         return Ok(unused);
     }
     with_writable_sysroot(sysroot, || {
-        for d in &unused {
-            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
-        }
-        Ok(())
+        unused
+            .par_iter()
+            .try_for_each(|d| remove_tree(d).with_context(|| format!("removing {}", d.display())))
     })?;
     Ok(unused)
 }
