@@ -18,13 +18,13 @@ use std::time::Duration;
 use vm::{ostree_stage, Guest, Image, ScenarioResult, Vm, GUEST_FASTSWITCH};
 
 #[test]
-#[ignore = "VM scenario: run by scripts/test"]
+#[ignore = "VM benchmark: run by scripts/bench-status"]
 fn status_speed_debian12() {
     status_speed(Guest::Debian12, "status-speed");
 }
 
 #[test]
-#[ignore = "VM scenario: run by scripts/test"]
+#[ignore = "VM benchmark: run by scripts/bench-status"]
 fn status_speed_debian13() {
     status_speed(Guest::Debian13, "status-speed-debian13");
 }
