@@ -157,11 +157,11 @@ fn s1(guest: Guest, name: &str) {
     let status = fastswitch_json(&vm, "status --json");
     assert_eq!(status["live"]["complete"], true);
     assert_eq!(status["live"]["target"], plan["to"]["id"]);
-    // /usr is one read-only bind of the target's usr over the booted one.
+    // /usr is one read-only bind, of fastswitch's copy of the target's usr, over the booted one.
     let usr_src = vm.exec_ok("findmnt -no FSROOT,OPTIONS /usr | tail -1");
     assert!(
         usr_src.contains(&format!(
-            "/deploy/{}/usr",
+            "/ostree/fastswitch/live/{}/usr",
             plan["to"]["id"].as_str().unwrap()
         )),
         "{usr_src}"
