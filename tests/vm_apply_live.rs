@@ -1,7 +1,9 @@
 //! VM scenarios for `fastswitch apply-live` on a real ostree-booted guest:
 //! S1 a layered package (new binary, config default, enabled service, sysusers/tmpfiles) goes
 //! live without a reboot, and the next cold boot is the staged deployment with a consistent
-//! /etc; S2 a changed binary restarts exactly its service and nothing else.
+//! /etc (on Debian 12 the harness is the bootloader and must pick the newest BLS entry
+//! finalization wrote: this was `tests/vm_reboot.rs`, folded in to save a boot); S2 a changed
+//! binary restarts exactly its service and nothing else.
 
 mod vm;
 
@@ -169,14 +171,52 @@ fn s1(guest: Guest, name: &str) {
     assert!(usr_src.contains("ro"), "{usr_src}");
 
     // A cold reboot through firmware boots the staged deployment with a consistent /etc.
+    let old_deps = ostree_status(&vm);
+    let old_booted = old_deps.iter().find(|d| d.booted).expect("booted").id();
+    let old_entry = vm.boot_entry().clone();
     let timings = vm.cold_reboot();
     eprintln!("[s1] cold reboot: {timings:?}");
     result.secs("cold_reboot_s", timings.total);
     result.secs("cold_reboot_shutdown_s", timings.shutdown);
     result.set("cold_reboot_boot", timings.boot.report());
+    assert_ne!(timings.boot.boot_id, boot_id, "the boot id changes");
+    assert_eq!(
+        timings.boot.state, "running",
+        "failed units after the reboot:\n{}",
+        timings.boot.failed_units
+    );
+    // ostree: the layered commit is booted, the old deployment is the rollback.
     let deps = ostree_status(&vm);
+    assert_eq!(deps.len(), 2, "{deps:?}");
     let booted = deps.iter().find(|d| d.booted).expect("a booted deployment");
     assert_eq!(booted.checksum, image.ref_checksum("test/layered"));
+    assert_eq!(booted.refspec.as_deref(), Some("test/layered"));
+    assert!(!booted.staged && !booted.pending, "{booted:?}");
+    let rollback: Vec<_> = deps.iter().filter(|d| d.rollback).collect();
+    assert_eq!(rollback.len(), 1, "{deps:?}");
+    assert_eq!(rollback[0].id(), old_booted);
+    // The kernel command line's ostree= names the booted deployment (GRUB on Debian 13 read
+    // the grub.cfg finalization regenerated on /boot; on Debian 12 the harness, as the
+    // bootloader, must have picked the newest BLS entry finalization wrote).
+    let root = vm.exec_ok(
+        r#"for a in $(cat /proc/cmdline); do case $a in ostree=*) readlink -f "${a#ostree=}";; esac; done"#,
+    );
+    assert_eq!(
+        root.trim(),
+        format!(
+            "/sysroot/ostree/deploy/{}/deploy/{}",
+            booted.stateroot,
+            booted.id()
+        )
+    );
+    if guest == Guest::Debian12 {
+        let entry = vm.boot_entry();
+        assert!(
+            entry.version > old_entry.version,
+            "{entry:?} vs {old_entry:?}"
+        );
+        assert_ne!(entry.options, old_entry.options);
+    }
     vm.exec_ok("grep -qx greeting=hello-from-layered /etc/demo/extra.conf && systemctl is-active demo-extra");
     // The live apply's persistent /etc record was dropped at boot, not undone: its target
     // is what booted (extra.conf above is still there).

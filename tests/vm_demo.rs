@@ -9,6 +9,12 @@
 //! packaged `/usr/bin/fastswitch`. The next images (test/layered, test/kernel) are built on top
 //! of that image, so they carry fastswitch too.
 //!
+//! The demo is also the package scenario (it was `tests/vm_package.rs`, folded in because both
+//! built the same image in the guest): dpkg records the package, `man fastswitch` renders, bash
+//! completes a subcommand, staging the next image over the live one leaves the packaged binary
+//! running (from fastswitch's own copy of `/usr`), and reset leaves no copy behind. The timings
+//! and the verdict go to target/vm-results/demo-<guest>.json.
+//!
 //! Run: scripts/demo (or `cargo test --release --test vm_demo -- --ignored --nocapture`).
 //! To add a step (diff, apply-live, kexec): write a `step_*` function and call
 //! it from `demo()` in order; `Demo::time` records its duration.
@@ -18,8 +24,8 @@ mod vm;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use vm::{
-    fastswitch_deb, image_build_install, ostree_stage, ostree_status, Guest, Image, Vm, VmOptions,
-    GUEST_FASTSWITCH, PACKAGED,
+    fastswitch_deb, image_build_install, ostree_stage, ostree_status, Guest, Image, ScenarioResult,
+    Vm, VmOptions, GUEST_FASTSWITCH, PACKAGED,
 };
 
 /// fastswitch as the demo runs it after the package is live: from PATH, i.e. /usr/bin.
@@ -48,6 +54,63 @@ impl Demo {
             println!("  {what:<40} {:>7.1} s", d.as_secs_f64());
         }
     }
+
+    /// The timings table as `[{"step": .., "s": ..}]`, for the results JSON.
+    fn timings_json(&self) -> Value {
+        self.timings
+            .iter()
+            .map(|(what, d)| serde_json::json!({"step": what, "s": (d.as_secs_f64() * 10.0).round() / 10.0}))
+            .collect()
+    }
+}
+
+/// The bash completion the package installs, loaded the way an interactive bash loads it
+/// (bash-completion's on-demand loader finds /usr/share/bash-completion/completions/fastswitch),
+/// then asked to complete `fastswitch ap`. Prints `complete -p` and one `offered: WORD` a line.
+const COMPLETE_AP: &str = r#"set -e
+. /usr/share/bash-completion/bash_completion
+if declare -F _comp_load >/dev/null; then _comp_load fastswitch; else __load_completion fastswitch; fi
+complete -p fastswitch
+f=$(complete -p fastswitch | sed -n 's/.*-F \([^ ]*\) .*/\1/p')
+COMP_WORDS=(fastswitch ap); COMP_CWORD=1; COMP_LINE="fastswitch ap"; COMP_POINT=${#COMP_LINE}
+"$f" fastswitch ap fastswitch
+printf 'offered: %s\n' "${COMPREPLY[@]}"
+"#;
+
+/// What the package put on the live host: dpkg's record, the rendered man page, and bash
+/// completion of a subcommand.
+fn check_package(vm: &Vm, result: &mut ScenarioResult) {
+    let dpkg =
+        vm.exec_ok("dpkg --admindir=/usr/share/dpkg/database -s fastswitch | grep '^Status:'");
+    assert!(dpkg.contains("Status: install ok installed"), "{dpkg}");
+    let man = vm.exec_ok("set -e; man -w fastswitch; MANPAGER=cat MANWIDTH=100 man fastswitch");
+    let mut man_lines = man.lines();
+    assert_eq!(
+        man_lines.next(),
+        Some("/usr/share/man/man1/fastswitch.1.gz"),
+        "{man}"
+    );
+    let rendered: String = man_lines.collect::<Vec<_>>().join("\n");
+    assert!(rendered.contains("NAME"), "man fastswitch:\n{rendered}");
+    assert!(
+        rendered.contains("apply-live"),
+        "man fastswitch:\n{rendered}"
+    );
+    // rendered by groff, not the raw roff source
+    assert!(!rendered.contains(".TH "), "man fastswitch:\n{rendered}");
+    println!(
+        "man fastswitch: {} lines rendered",
+        rendered.lines().count()
+    );
+    result.set("man_lines", rendered.lines().count());
+    let comp = vm.exec_ok(&format!("bash -c '{}'", COMPLETE_AP.replace('\'', r"'\''")));
+    assert!(comp.contains("-F _fastswitch fastswitch"), "{comp}");
+    let offered: Vec<&str> = comp
+        .lines()
+        .filter_map(|l| l.strip_prefix("offered: "))
+        .collect();
+    println!("bash: fastswitch ap<TAB> offers {offered:?}");
+    assert_eq!(offered, ["apply-live"], "{comp}");
 }
 
 /// `fastswitch status` (human) and `--json` in the guest; returns the JSON.
@@ -83,7 +146,12 @@ fn demo() {
         Ok(_) => Guest::from_env(),
         Err(_) => Guest::Debian13,
     };
+    let mut result = ScenarioResult::new("demo", guest);
     let deb = fastswitch_deb();
+    result.set(
+        "deb",
+        deb.file_name().unwrap().to_string_lossy().into_owned(),
+    );
     let image = demo.time("guest image (build or cache)", || Image::get_guest(guest));
     demo.heading(&format!(
         "booting the test VM ({}, {})",
@@ -119,11 +187,26 @@ fn demo() {
         image_build_install(&vm, &booted, "test/fastswitch-pkg")
     });
     print!("{}", build.dpkg_log);
+    assert!(
+        build.dpkg_log.contains("Setting up fastswitch"),
+        "{}",
+        build.dpkg_log
+    );
     println!(
         "commit {}; fastswitch-recover.service in the new tree: {}",
         build.checksum, build.recover_unit
     );
-    assert_eq!(build.recover_unit, "enabled");
+    assert_eq!(build.recover_unit, "enabled", "postinst enables the unit");
+    print!(
+        "{}",
+        vm.exec_ok(&format!(
+            "ostree ls {} /usr/bin/fastswitch /usr/share/man/man1/fastswitch.1.gz \
+             /usr/share/bash-completion/completions/fastswitch \
+             /usr/lib/systemd/system/fastswitch-recover.service \
+             /usr/etc/systemd/system/sysinit.target.wants/fastswitch-recover.service",
+            build.checksum
+        ))
+    );
     demo.heading("ostree admin deploy --stage test/fastswitch-pkg");
     demo.time("ostree admin deploy --stage test/fastswitch-pkg", || {
         ostree_stage(&vm, "test/fastswitch-pkg", "")
@@ -144,6 +227,7 @@ fn demo() {
     );
     assert!(installed.contains("\nenabled\n"), "{installed}");
     assert!(installed.contains("NAME"), "{installed}");
+    check_package(&vm, &mut result);
 
     // The next images carry the package too: built on test/fastswitch-pkg.
     vm.exec_ok(
@@ -168,6 +252,8 @@ fn demo() {
     });
 
     let after = step_status(&mut demo, &vm, "test/layered-pkg staged");
+    // ostree deleted the deployment staged before, whose usr /usr shows: the packaged binary
+    // that printed this status ran from fastswitch's own copy of that usr.
     assert_eq!(ids_with(&after, "booted"), booted, "{after}");
     let staged = ids_with(&after, "staged");
     assert_eq!(staged.len(), 1, "{after}");
@@ -197,7 +283,8 @@ fn demo() {
     println!("demo-extra: {}", live.replace('\n', " "));
     assert!(live.starts_with("active"), "{live}");
     assert_eq!(vm.boot_id(), boot_id, "apply-live must not reboot");
-    step_status(&mut demo, &vm, "live");
+    let live = step_status(&mut demo, &vm, "live");
+    assert_eq!(live["live"]["usr_is_target"], true, "{live}");
 
     // reset: back to the booted deployment.
     demo.heading("fastswitch reset");
@@ -208,6 +295,11 @@ fn demo() {
     let after_reset = vm.exec_ok("command -v fastswitch || echo 'fastswitch: not installed'");
     println!("after reset: {}", after_reset.trim());
     assert!(!after_reset.starts_with(PACKAGED), "{after_reset}");
+    // nothing of the live image is left: no demo-extra, no copy of its /usr
+    vm.exec_ok(&format!(
+        "set -e; test ! -e {PACKAGED}; ! systemctl is-active demo-extra.service; \
+         test -z \"$(ls -A /ostree/fastswitch/live 2>/dev/null)\""
+    ));
 
     // kernel change: switch kexecs into the new deployment, which carries the package.
     demo.heading(
@@ -244,4 +336,5 @@ fn demo() {
 
     demo.time("poweroff", || vm.shutdown());
     demo.print_timings();
+    result.set("timings", demo.timings_json());
 }
