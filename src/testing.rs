@@ -72,6 +72,9 @@ impl Systemd for RecordingSystemd {
         self.log
             .borrow_mut()
             .push(format!("start-no-wait {unit} {mode}"));
+        if self.unreachable.contains(&unit) {
+            bail!("job for {unit} refused");
+        }
         Ok(())
     }
     fn version(&self) -> Result<String> {

@@ -268,7 +268,7 @@ fn soft_reboot(
     o.out.flush()?;
     if let Some(how) = hand_off {
         progress("starting soft-reboot.target: userspace stops and starts again in the target; the kernel stays");
-        crate::exec::kexec::hand_off(sd, how, &plan, paths)?;
+        crate::exec::kexec::hand_off(sd, &real_mounts, how, &plan, paths)?;
     }
     Ok(ExitCode::Ok)
 }

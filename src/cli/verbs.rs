@@ -677,7 +677,7 @@ pub(super) fn run_kexec(
         progress(
             "starting kexec.target: systemd stops services in order, then boots the loaded kernel",
         );
-        crate::exec::kexec::hand_off(&sd, how, &plan, paths)?;
+        crate::exec::kexec::hand_off(&sd, &real_mounts, how, &plan, paths)?;
     }
     Ok(ExitCode::Ok)
 }

@@ -2,6 +2,8 @@
 //! bootlink), load the kernel of its BLS entry with `kexec_file_load`, and hand off through
 //! systemd's `kexec.target` so services stop in order and filesystems are unmounted.
 
+#[cfg(test)]
+mod hand_off_tests;
 pub mod prepared;
 
 use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
@@ -276,31 +278,62 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
 ///
 /// For a soft reboot, first point `/run/ostree-booted` at the new root (it survives in `/run`,
 /// and ostree picks the booted deployment by its `backing-root-device-inode`), then start
-/// `soft-reboot.target` (like `systemctl soft-reboot`). If systemd refuses the job, the old
-/// `/run/ostree-booted` is put back.
-pub fn hand_off(sd: &dyn Systemd, how: HandOff, plan: &Plan, paths: &HostPaths) -> Result<()> {
+/// `soft-reboot.target` (like `systemctl soft-reboot`). If that fails (systemd refuses the job),
+/// the old `/run/ostree-booted` is put back and the next root mounted at `/run/nextroot` is
+/// detached: on systemd ≥ 254 a plain `systemctl reboot` soft-reboots by itself into whatever
+/// `/run/nextroot` holds, so a left-over tree would turn the admin's next reboot into a soft
+/// reboot.
+pub fn hand_off(
+    sd: &dyn Systemd,
+    mounts: &dyn crate::system::mounts::Mounts,
+    how: HandOff,
+    plan: &Plan,
+    paths: &HostPaths,
+) -> Result<()> {
     match how {
         HandOff::Kexec => sd
             .start_unit_no_wait("kexec.target", "replace-irreversibly")
             .context("starting kexec.target"),
         HandOff::SoftReboot => {
-            use std::os::unix::fs::MetadataExt;
-            let booted = paths.ostree_booted_file();
-            let old = crate::system::files::read(&booted, crate::system::files::Follow::Yes)
-                .with_context(|| format!("reading {}", booted.display()))?;
-            let m = std::fs::metadata(&plan.to.path)
-                .with_context(|| format!("stat {}", plan.to.path.display()))?;
-            let new = discover::state::with_backing_root(&old, m.dev(), m.ino())
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("rewriting {}", booted.display()))?;
-            crate::system::ostree_state::replace_run_file(&booted, &new)?;
-            if let Err(e) = sd.start_unit_no_wait("soft-reboot.target", "replace-irreversibly") {
-                crate::system::ostree_state::replace_run_file(&booted, &old)?;
-                return Err(e.context("starting soft-reboot.target"));
+            let started = start_soft_reboot(sd, plan, paths);
+            if started.is_err() {
+                for step in &plan.steps {
+                    if let Step::PrepareNextroot { nextroot } = step {
+                        if let Err(e) = mounts.detach_tree(&nextroot.dir) {
+                            return started.map_err(|err| {
+                                err.context(format!(
+                                    "and detaching {} failed too ({e:#}): run `umount -R {}` before the next reboot",
+                                    nextroot.dir.display(),
+                                    nextroot.dir.display()
+                                ))
+                            });
+                        }
+                    }
+                }
             }
-            Ok(())
+            started
         }
     }
+}
+
+/// Point `/run/ostree-booted` at the target and start `soft-reboot.target`; on a refusal, put
+/// the old `/run/ostree-booted` back.
+fn start_soft_reboot(sd: &dyn Systemd, plan: &Plan, paths: &HostPaths) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let booted = paths.ostree_booted_file();
+    let old = crate::system::files::read(&booted, crate::system::files::Follow::Yes)
+        .with_context(|| format!("reading {}", booted.display()))?;
+    let m = std::fs::metadata(&plan.to.path)
+        .with_context(|| format!("stat {}", plan.to.path.display()))?;
+    let new = discover::state::with_backing_root(&old, m.dev(), m.ino())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("rewriting {}", booted.display()))?;
+    crate::system::ostree_state::replace_run_file(&booted, &new)?;
+    if let Err(e) = sd.start_unit_no_wait("soft-reboot.target", "replace-irreversibly") {
+        crate::system::ostree_state::replace_run_file(&booted, &old)?;
+        return Err(e.context("starting soft-reboot.target"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
