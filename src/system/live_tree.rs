@@ -16,7 +16,10 @@
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -112,56 +115,111 @@ fn writable_namespace(sysroot: &Path) -> Result<()> {
 /// `ConditionNeedsUpdate=` reads the mtime of `/usr`). `dest` must not exist; its parent must.
 /// Built under `<dest>.tmp` and renamed, so `dest` only ever appears complete. Both must be on
 /// one mount (hardlinks cannot cross mounts). Runs in parallel on the current rayon pool.
+///
+/// Every call is relative to an open directory (`linkat`, `mkdirat`, `fchown`, `futimens`, …):
+/// the kernel resolves one name per call, not the ten or so components of a path below
+/// `/sysroot/ostree/deploy/<os>/deploy/<id>/usr` — which counts where syscalls are expensive
+/// (a TCG guest) and tens of thousands are made.
 pub fn link_tree(src: &Path, dest: &Path) -> Result<LinkStats> {
     let tmp = dest.with_extension("tmp");
     if tmp.symlink_metadata().is_ok() {
         remove_tree(&tmp)
             .with_context(|| format!("removing the unfinished copy {}", tmp.display()))?;
     }
-    let dirs = std::sync::Mutex::new(Vec::new());
+    let src_dir =
+        open_dir(rustix::fs::CWD, src).with_context(|| format!("opening {}", src.display()))?;
+    rustix::fs::mkdir(&tmp, rustix::fs::Mode::from_raw_mode(0o700))
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp_dir =
+        open_dir(rustix::fs::CWD, &tmp).with_context(|| format!("opening {}", tmp.display()))?;
+    let dirs = AtomicU64::new(0);
     let links = AtomicU64::new(0);
-    link_dir(src, &tmp, &dirs, &links)?;
-    // Timestamps last: creating entries changes a directory's mtime.
-    let dirs = dirs.into_inner().unwrap();
-    dirs.par_iter()
-        .try_for_each(|(dest, meta)| set_times(dest, meta))?;
+    link_dir(
+        &Pair {
+            src: &src_dir,
+            dest: &tmp_dir,
+            src_path: src,
+            dest_path: &tmp,
+        },
+        &dirs,
+        &links,
+    )?;
     std::fs::rename(&tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
     Ok(LinkStats {
-        dirs: dirs.len() as u64,
+        dirs: dirs.into_inner(),
         links: links.into_inner(),
     })
 }
 
-type DirTimes = std::sync::Mutex<Vec<(PathBuf, std::fs::Metadata)>>;
+/// Open a directory below `at` without following a symlink.
+fn open_dir(at: impl AsFd, name: impl rustix::path::Arg) -> rustix::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+}
 
-fn link_dir(src: &Path, dest: &Path, dirs: &DirTimes, links: &AtomicU64) -> Result<()> {
-    let meta = std::fs::symlink_metadata(src).with_context(|| format!("stat {}", src.display()))?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dest)
-        .with_context(|| format!("creating {}", dest.display()))?;
-    copy_dir_metadata(src, &meta, dest)?;
+/// The entries of an open directory, split into subdirectories and everything else.
+fn entries(dir: &File, path: &Path) -> Result<(Vec<CString>, Vec<CString>)> {
+    use rustix::fs::FileType;
     let mut subdirs = Vec::new();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
-        let entry = entry.with_context(|| format!("reading {}", src.display()))?;
-        let from = entry.path();
-        let to = dest.join(entry.file_name());
-        if entry
-            .file_type()
-            .with_context(|| format!("stat {}", from.display()))?
-            .is_dir()
-        {
-            subdirs.push((from, to));
+    let mut others = Vec::new();
+    let reading = || format!("reading {}", path.display());
+    for entry in rustix::fs::Dir::read_from(dir).with_context(reading)? {
+        let entry = entry.with_context(reading)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .with_context(|| format!("stat {}", child(path, name).display()))?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            }
+            _ => false,
+        };
+        if is_dir {
+            subdirs.push(name.to_owned());
         } else {
-            files.push((from, to));
+            others.push(name.to_owned());
         }
     }
-    dirs.lock().unwrap().push((dest.to_path_buf(), meta));
-    let link = |(from, to): &(PathBuf, PathBuf)| {
-        std::fs::hard_link(from, to)
-            .with_context(|| format!("linking {} to {}", from.display(), to.display()))
+    Ok((subdirs, others))
+}
+
+fn child(dir: &Path, name: &CStr) -> PathBuf {
+    dir.join(std::ffi::OsStr::from_bytes(name.to_bytes()))
+}
+
+/// An original directory and its copy, open, with their paths for messages.
+struct Pair<'a> {
+    src: &'a File,
+    dest: &'a File,
+    src_path: &'a Path,
+    dest_path: &'a Path,
+}
+
+fn link_dir(p: &Pair<'_>, dirs: &AtomicU64, links: &AtomicU64) -> Result<()> {
+    let st = rustix::fs::fstat(p.src).with_context(|| format!("stat {}", p.src_path.display()))?;
+    copy_dir_metadata(p, &st)?;
+    let (subdirs, files) = entries(p.src, p.src_path)?;
+    let link = |name: &CString| {
+        rustix::fs::linkat(p.src, name, p.dest, name, rustix::fs::AtFlags::empty()).with_context(
+            || {
+                format!(
+                    "linking {} to {}",
+                    child(p.src_path, name).display(),
+                    child(p.dest_path, name).display()
+                )
+            },
+        )
     };
     if files.len() > 64 {
         files.par_iter().try_for_each(link)?;
@@ -169,73 +227,106 @@ fn link_dir(src: &Path, dest: &Path, dirs: &DirTimes, links: &AtomicU64) -> Resu
         files.iter().try_for_each(link)?;
     }
     links.fetch_add(files.len() as u64, Ordering::Relaxed);
-    subdirs
-        .par_iter()
-        .try_for_each(|(from, to)| link_dir(from, to, dirs, links))
+    subdirs.par_iter().try_for_each(|name| {
+        let (src_path, dest_path) = (child(p.src_path, name), child(p.dest_path, name));
+        let src = open_dir(p.src, name.as_c_str())
+            .with_context(|| format!("opening {}", src_path.display()))?;
+        rustix::fs::mkdirat(p.dest, name, rustix::fs::Mode::from_raw_mode(0o700))
+            .with_context(|| format!("creating {}", dest_path.display()))?;
+        let dest = open_dir(p.dest, name.as_c_str())
+            .with_context(|| format!("opening {}", dest_path.display()))?;
+        let sub = Pair {
+            src: &src,
+            dest: &dest,
+            src_path: &src_path,
+            dest_path: &dest_path,
+        };
+        link_dir(&sub, dirs, links)
+    })?;
+    // Timestamps last: creating the entries above changed this directory's mtime, and nothing
+    // below it changes it any more.
+    let ts = |sec: i64, nsec: i64| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: ts(st.st_atime as i64, st.st_atime_nsec as i64),
+        last_modification: ts(st.st_mtime as i64, st.st_mtime_nsec as i64),
+    };
+    rustix::fs::futimens(p.dest, &times)
+        .with_context(|| format!("setting the timestamps of {}", p.dest_path.display()))?;
+    dirs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Owner (when not already ours), xattrs, mode.
-fn copy_dir_metadata(src: &Path, meta: &std::fs::Metadata, dest: &Path) -> Result<()> {
-    if (meta.uid(), meta.gid())
+fn copy_dir_metadata(p: &Pair<'_>, st: &rustix::fs::Stat) -> Result<()> {
+    use xattr::FileExt;
+    if (st.st_uid, st.st_gid)
         != (
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
         )
     {
-        std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("chown {}", dest.display()))?;
+        rustix::fs::fchown(
+            p.dest,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )
+        .with_context(|| format!("chown {}", p.dest_path.display()))?;
     }
-    match xattr::list(src) {
+    match p.src.list_xattr() {
         Ok(names) => {
             for name in names {
-                if let Some(value) = xattr::get(src, &name)
-                    .with_context(|| format!("reading xattr {name:?} of {}", src.display()))?
-                {
-                    xattr::set(dest, &name, &value)
-                        .with_context(|| format!("setting xattr {name:?} on {}", dest.display()))?;
+                if let Some(value) = p.src.get_xattr(&name).with_context(|| {
+                    format!("reading xattr {name:?} of {}", p.src_path.display())
+                })? {
+                    p.dest.set_xattr(&name, &value).with_context(|| {
+                        format!("setting xattr {name:?} on {}", p.dest_path.display())
+                    })?;
                 }
             }
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {}
         Err(e) => {
-            return Err(e).with_context(|| format!("listing xattrs of {}", src.display()));
+            return Err(e).with_context(|| format!("listing xattrs of {}", p.src_path.display()));
         }
     }
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .with_context(|| format!("chmod {}", dest.display()))
+    rustix::fs::fchmod(p.dest, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o7777))
+        .with_context(|| format!("chmod {}", p.dest_path.display()))
 }
 
-fn set_times(dest: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        dest,
-        &TimeSpec::new(meta.atime(), meta.atime_nsec()),
-        &TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .with_context(|| format!("setting the timestamps of {}", dest.display()))
-}
-
-/// `rm -rf`, in parallel on the current rayon pool.
+/// `rm -rf`, in parallel on the current rayon pool, relative to open directories as
+/// [`link_tree`].
 pub fn remove_tree(dir: &Path) -> Result<()> {
-    let mut subdirs = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let path = entry.path();
-        if entry
-            .file_type()
-            .with_context(|| format!("stat {}", path.display()))?
-            .is_dir()
-        {
-            subdirs.push(path);
-        } else {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    subdirs.par_iter().try_for_each(|d| remove_tree(d))?;
+    let fd =
+        open_dir(rustix::fs::CWD, dir).with_context(|| format!("opening {}", dir.display()))?;
+    remove_contents(&fd, dir)?;
+    drop(fd);
     std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+fn remove_contents(dir: &File, path: &Path) -> Result<()> {
+    use rustix::fs::AtFlags;
+    let (subdirs, others) = entries(dir, path)?;
+    let unlink = |name: &CString| {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())
+            .with_context(|| format!("removing {}", child(path, name).display()))
+    };
+    if others.len() > 64 {
+        others.par_iter().try_for_each(unlink)?;
+    } else {
+        others.iter().try_for_each(unlink)?;
+    }
+    subdirs.par_iter().try_for_each(|name| {
+        let sub_path = child(path, name);
+        let sub = open_dir(dir, name.as_c_str())
+            .with_context(|| format!("opening {}", sub_path.display()))?;
+        remove_contents(&sub, &sub_path)?;
+        drop(sub);
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+            .with_context(|| format!("removing {}", sub_path.display()))
+    })
 }
 
 /// Make sure the live tree `usr` (a [`live_usr`] path) exists, linking it from
@@ -292,6 +383,7 @@ pub fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<PathBuf>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn live_usr_roots() {
@@ -316,9 +408,32 @@ mod tests {
             .unwrap()
             .set_times(std::fs::FileTimes::new().set_modified(old))
             .unwrap();
+        // many files in one directory (linked in parallel), an xattr and (as root) an owner
+        for i in 0..100 {
+            std::fs::write(src.join(format!("lib/sub/f{i}")), b"").unwrap();
+        }
+        xattr::set(src.join("lib"), "user.fastswitch-test", b"label").unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            std::os::unix::fs::lchown(src.join("lib/sub"), Some(1234), Some(4321)).unwrap();
+        }
         let dest = t.path().join("dest");
         let stats = link_tree(&src, &dest).unwrap();
-        assert_eq!(stats, LinkStats { dirs: 3, links: 4 });
+        assert_eq!(
+            stats,
+            LinkStats {
+                dirs: 3,
+                links: 104
+            }
+        );
+        assert_eq!(
+            xattr::get(dest.join("lib"), "user.fastswitch-test").unwrap(),
+            Some(b"label".to_vec())
+        );
+        if root {
+            let m = std::fs::metadata(dest.join("lib/sub")).unwrap();
+            assert_eq!((m.uid(), m.gid()), (1234, 4321));
+        }
         let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
         for rel in ["lib/a.so", "lib/sub/b", "link", "dangling"] {
             assert_eq!(ino(&src.join(rel)), ino(&dest.join(rel)), "{rel}");
@@ -340,6 +455,11 @@ mod tests {
         std::fs::create_dir_all(dest2.with_extension("tmp").join("junk")).unwrap();
         link_tree(&src, &dest2).unwrap();
         assert!(!dest2.join("junk").exists());
+        // remove_tree takes a copy away and leaves the original
+        remove_tree(&dest).unwrap();
+        assert!(!dest.exists());
+        assert_eq!(std::fs::read(src.join("lib/a.so")).unwrap(), b"a");
+        assert!(src.join("lib/sub/f99").exists());
     }
 
     #[test]
