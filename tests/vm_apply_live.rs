@@ -233,7 +233,7 @@ fn s1(guest: Guest, name: &str) {
         Value::Null,
         "live state is gone with the boot"
     );
-    vm.shutdown();
+    vm.discard();
 }
 
 #[test]
@@ -289,7 +289,7 @@ fn wait_version(vm: &Vm, file: &str, want: &str) -> String {
 fn s2(guest: Guest, name: &str) {
     let mut result = ScenarioResult::new("s2", guest);
     let image = Image::get_guest(guest);
-    let mut vm = Vm::boot(&image, name);
+    let vm = Vm::boot(&image, name);
     result.set("boot", vm.boot_report());
     let booted = ostree_status(&vm)
         .into_iter()
@@ -448,7 +448,7 @@ fn s2(guest: Guest, name: &str) {
     vm.exec_ok("test ! -e /run/fastswitch/state.json");
     let left = vm.exec_ok("ls /ostree/fastswitch/live 2>/dev/null | wc -l");
     assert_eq!(left.trim(), "0", "reset leaves no live copy");
-    vm.shutdown();
+    vm.discard();
 }
 
 /// Stage `refspec`, check the plan's executed service actions are exactly `expect`, apply, and
@@ -517,7 +517,7 @@ fn s4_debian13_library_reload_only_and_dbus() {
 fn s4(guest: Guest, name: &str) {
     let mut result = ScenarioResult::new("s4", guest);
     let image = Image::get_guest(guest);
-    let mut vm = Vm::boot(&image, name);
+    let vm = Vm::boot(&image, name);
     result.set("boot", vm.boot_report());
 
     // (b) a changed shared library restarts exactly the service that maps it.
@@ -586,5 +586,5 @@ fn s4(guest: Guest, name: &str) {
         dbus_pid,
         "dbus was not restarted"
     );
-    vm.shutdown();
+    vm.discard();
 }

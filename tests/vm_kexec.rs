@@ -296,5 +296,5 @@ fn s3(guest: Guest, name: &str) {
     result.secs("kexec_total_s", kexec_total);
     result.secs("cold_reboot_s", cold.total);
     result.set("cold_reboot_boot", cold.boot.report());
-    vm.shutdown();
+    vm.discard();
 }

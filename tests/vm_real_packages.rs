@@ -44,11 +44,11 @@ fn real_packages_debian13() {
 
 fn real_packages(guest: Guest) {
     let image = Image::get_guest(guest);
-    let mut vm = Vm::boot(&image, &format!("real-packages-{}", guest.name()));
+    let vm = Vm::boot(&image, &format!("real-packages-{}", guest.name()));
     install_fastswitch(&vm);
     install_package(&vm, &image);
     security_update(&vm, &image);
-    vm.shutdown();
+    vm.discard();
 }
 
 /// Every running service and its main PID.
