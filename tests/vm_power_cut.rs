@@ -148,7 +148,7 @@ fn power_cut_during_apply_live_boots_the_old_deployment_with_its_etc() {
         assert_recovered(&vm, &boot, point, &base, &etc_before);
         eprintln!("[power-cut] {point}: booted the old deployment, /etc restored");
         covered += 1;
-        vm.shutdown();
+        vm.discard();
     }
     eprintln!("[power-cut] apply-live power-cut points covered: {covered}");
 }
@@ -302,7 +302,7 @@ fn kexec_preparation_killed_then_power_cut_boots_the_finalized_deployment() {
         "inactive",
         "no record, so the unit's condition skipped it"
     );
-    vm.shutdown();
+    vm.discard();
 }
 
 /// The system came up `running` after the power cut. One exception, the harness's own unit:
