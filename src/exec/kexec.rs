@@ -4,7 +4,7 @@
 
 pub mod prepared;
 
-use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use super::report::{Report, StepDetail, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
 use crate::discover::{self, Deployment, HostPaths};
 use crate::exit::{refuse, ExitCode};
 use crate::plan::{Plan, Step};
@@ -139,7 +139,7 @@ fn load_unless_prepared(
     Ok(Some(why))
 }
 
-fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {
+fn step_report(step: &'static str, t: Instant, detail: StepDetail) -> StepReport {
     StepReport {
         step,
         outcome: StepOutcome::Done,
@@ -173,7 +173,9 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "unlock_finalization",
                     t,
-                    serde_json::json!({"staged_deployment": env.paths.staged_file()}),
+                    StepDetail::Unlocked {
+                        staged_deployment: env.paths.staged_file(),
+                    },
                 ));
             }
             Step::FinalizeStaged => {
@@ -207,7 +209,13 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                         plan.to.id
                     );
                 }
-                steps.push(step_report("finalize_staged", t, serde_json::json!({"boot_entry": d.boot_entry.as_ref().map(|e| e.file.clone())})));
+                steps.push(step_report(
+                    "finalize_staged",
+                    t,
+                    StepDetail::Finalized {
+                        boot_entry: d.boot_entry.as_ref().map(|e| e.file.clone()),
+                    },
+                ));
             }
             Step::KexecLoad { .. } => {
                 host = discover::load_reusing(env.paths, Some(&host))?;
@@ -222,13 +230,13 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "kexec_load",
                     t,
-                    serde_json::json!({
-                        "kernel": kernel,
-                        "initrds": initrds,
-                        "cmdline": cmdline,
-                        "reused_prepared": reload_reason.is_none(),
-                        "reload_reason": reload_reason,
-                    }),
+                    StepDetail::KexecLoaded {
+                        cmdline,
+                        initrds,
+                        kernel,
+                        reused_prepared: reload_reason.is_none(),
+                        reload_reason,
+                    },
                 ));
             }
             Step::KexecReboot => hand_off_due = Some(HandOff::Kexec),
@@ -242,7 +250,10 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "prepare_nextroot",
                     t,
-                    serde_json::json!({"nextroot": nextroot.dir, "deployment": nextroot.deployment}),
+                    StepDetail::Nextroot {
+                        deployment: nextroot.deployment.clone(),
+                        nextroot: nextroot.dir.clone(),
+                    },
                 ));
             }
             Step::SoftReboot => hand_off_due = Some(HandOff::SoftReboot),

@@ -15,14 +15,15 @@ pub const RESTART_BATCH: usize = 4;
 /// Stops, reloads and starts issued at once.
 pub const OTHER_BATCH: usize = 16;
 
-/// What happened to one unit's action.
+/// What happened to one unit's action. The fields are in alphabetical order: the order the
+/// report's JSON has always had them in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitOutcome {
-    pub unit: String,
     pub action: Action,
-    pub result: JobResult,
     pub duration_ms: u64,
     pub error: Option<String>,
+    pub result: JobResult,
+    pub unit: String,
 }
 
 impl UnitOutcome {
