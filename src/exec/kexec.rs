@@ -336,3 +336,218 @@ mod csum_tests {
         assert_eq!(bootcsum_of_linux("/ostree/os-abc/vmlinuz", "os"), None);
     }
 }
+
+/// The kexec executor against recording fakes (no root, no kexec): `switch` reusing or
+/// reloading the kernel `prepare` loaded, refusals with their exit codes, and a soft-reboot
+/// plan up to its hand-off. The real syscall is exercised by the VM scenarios.
+#[cfg(test)]
+mod tests {
+    use super::prepared::{self, fixture};
+    use super::*;
+    use crate::diff::{Decision, DecisionKind};
+    use crate::exit::code_for;
+    use crate::plan::{Verb, PLAN_SCHEMA_VERSION};
+    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
+    use crate::system::kexec::KexecError;
+    use crate::system::mounts::NextRoot;
+    use crate::testing::{RecordingMounts, RecordingSystemd};
+
+    /// The staged deployment of `h` as finalization leaves it, with the command line
+    /// `prepare` predicted for it.
+    fn finalized(h: &discover::Host) -> (Deployment, PathBuf, Vec<PathBuf>, String) {
+        let mut d = h.deployments[0].clone();
+        d.staged = false;
+        let k = d.kernel.clone().unwrap();
+        let cmdline = "root=/dev/vda ostree=/ostree/boot.1/debian/new/0 quiet".to_owned();
+        (d, k.vmlinuz, vec![k.initramfs.unwrap()], cmdline)
+    }
+
+    fn run_load(
+        h: &discover::Host,
+        loader: &RecordingKexec,
+        cmdline: &str,
+    ) -> Result<Option<String>> {
+        let (mounts, sd) = (RecordingMounts::default(), RecordingSystemd::default());
+        let mut progress = |_: &str| {};
+        let mut env = KexecEnv {
+            paths: &h.paths,
+            mounts: &mounts,
+            host: h,
+            systemd: &sd,
+            loader,
+            progress: &mut progress,
+        };
+        let (d, kernel, initrds, _) = finalized(h);
+        load_unless_prepared(&mut env, &d, &kernel, &initrds, cmdline)
+    }
+
+    #[test]
+    fn switch_reuses_the_prepared_kernel_only_when_it_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let loader = RecordingKexec::default();
+        let (_, kernel, initrds, cmdline) = finalized(&h);
+
+        // Nothing prepared: switch loads.
+        let why = run_load(&h, &loader, &cmdline).unwrap();
+        assert_eq!(why.as_deref(), Some("nothing was prepared at staging"));
+        assert_eq!(loader.calls().len(), 1);
+
+        // Prepared in this boot with the command line finalization writes: reused, no load.
+        let boot_id = crate::exec::journal::current_boot_id().unwrap();
+        let loader = RecordingKexec::default();
+        let r = prepared::prepare_staged(&h, &loader, &boot_id).unwrap();
+        assert_eq!(r.outcome, "loaded", "{r:?}");
+        assert_eq!(run_load(&h, &loader, &cmdline).unwrap(), None);
+        assert_eq!(loader.calls().len(), 1, "{:?}", loader.calls());
+
+        // The boot entry says otherwise: loaded again, with the entry's command line.
+        let other = cmdline.replace("quiet", "debug");
+        let why = run_load(&h, &loader, &other).unwrap().unwrap();
+        assert!(why.contains("command line"), "{why}");
+        assert_eq!(
+            loader.calls().last(),
+            Some(&KexecCall::Load {
+                kernel,
+                initrds,
+                cmdline: other
+            })
+        );
+
+        // The prepared kernel was unloaded behind fastswitch's back: loaded again.
+        loader.unload().unwrap();
+        let why = run_load(&h, &loader, &cmdline).unwrap().unwrap();
+        assert!(why.contains("no kernel is loaded"), "{why}");
+    }
+
+    #[test]
+    fn a_failed_load_refuses_with_the_exit_code_its_cause_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (_, _, _, cmdline) = finalized(&h);
+        let failing = |e: fn() -> KexecError| RecordingKexec {
+            fail_load: Some(Box::new(move || e())),
+            ..Default::default()
+        };
+        // kexec disabled until reboot: only a firmware reboot reaches the target.
+        let err = run_load(&h, &failing(|| KexecError::Disabled), &cmdline).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::RebootNeeded, "{err:#}");
+        // Busy: a retry may work, so a plain error.
+        let err = run_load(&h, &failing(|| KexecError::Busy), &cmdline).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Error, "{err:#}");
+        // `prepare` refuses the same way and writes no record.
+        let err = prepared::prepare_staged(&h, &failing(|| KexecError::Disabled), "b").unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::RebootNeeded, "{err:#}");
+        assert!(prepared::read(&prepared::record_path(&h.paths))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn an_entry_naming_another_kernel_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (mut d, ..) = finalized(&h);
+        d.boot_entry = Some(crate::discover::bls::BootEntry {
+            file: "ostree-1-debian.conf".into(),
+            linux: Some(format!("/ostree/debian-{}/vmlinuz-6.1", "a".repeat(64))),
+            ..Default::default()
+        });
+        let err = check_entry_matches_tree(&d).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused, "{err:#}");
+        assert!(format!("{err}").contains("ostree-1-debian.conf"), "{err}");
+    }
+
+    fn plan(h: &discover::Host, verb: Verb, steps: Vec<Step>) -> Plan {
+        let r = |d: &Deployment| crate::diff::DeploymentRef {
+            index: d.index,
+            id: d.id.clone(),
+            stateroot: d.stateroot.clone(),
+            path: d.path.clone(),
+            booted: d.booted,
+            staged: d.staged,
+        };
+        Plan {
+            schema_version: PLAN_SCHEMA_VERSION,
+            verb,
+            from: r(&h.deployments[1]),
+            to: r(&h.deployments[0]),
+            decision: Decision {
+                kind: DecisionKind::Kexec,
+                reasons: vec![],
+            },
+            steps,
+            etc_conflicts: vec![],
+            host_states: vec![],
+            ladder: None,
+        }
+    }
+
+    #[test]
+    fn a_soft_reboot_plan_mounts_nextroot_and_leaves_the_hand_off_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (mounts, sd, loader) = (
+            RecordingMounts::default(),
+            RecordingSystemd::default(),
+            RecordingKexec::default(),
+        );
+        let mut progress = |_: &str| {};
+        let mut env = KexecEnv {
+            paths: &h.paths,
+            mounts: &mounts,
+            host: &h,
+            systemd: &sd,
+            loader: &loader,
+            progress: &mut progress,
+        };
+        let next = NextRoot {
+            dir: dir.path().join("run/nextroot"),
+            deployment: h.deployments[0].path.clone(),
+            var: dir.path().join("var"),
+            sysroot: dir.path().join("sysroot"),
+            boot: None,
+        };
+        let p = plan(
+            &h,
+            Verb::SoftReboot,
+            vec![
+                Step::PrepareNextroot {
+                    nextroot: next.clone(),
+                },
+                Step::SoftReboot,
+            ],
+        );
+        let (rep, due) = prepare(&p, &mut env).unwrap();
+        assert_eq!(due, Some(HandOff::SoftReboot));
+        let steps: Vec<_> = rep.steps.iter().map(|s| s.step).collect();
+        assert_eq!(steps, ["prepare_nextroot"]);
+        assert_eq!(
+            rep.steps[0].detail,
+            StepDetail::Nextroot {
+                deployment: next.deployment.clone(),
+                nextroot: next.dir.clone(),
+            }
+        );
+        assert!(
+            mounts
+                .log
+                .borrow()
+                .iter()
+                .any(|l| l.starts_with("nextroot ")),
+            "{:?}",
+            mounts.log.borrow()
+        );
+        assert!(sd.log.borrow().is_empty(), "no hand-off before the report");
+        assert!(loader.calls().is_empty());
+
+        // A live step in a kexec plan is refused before anything runs.
+        let p = plan(&h, Verb::Kexec, vec![Step::DaemonReload, Step::KexecReboot]);
+        let err = prepare(&p, &mut env).unwrap_err();
+        assert!(
+            format!("{err}").contains("does not belong in a kexec plan"),
+            "{err}"
+        );
+        assert!(sd.log.borrow().is_empty());
+    }
+}

@@ -371,11 +371,13 @@ pub fn forget(paths: &HostPaths) -> Result<()> {
     remove(&record_path(paths))
 }
 
+/// A host with a booted and a staged deployment, for the tests of `prepare` and of `switch`'s
+/// reuse of what it loaded (`super::tests`).
 #[cfg(test)]
-mod tests {
+pub(super) mod fixture {
     use super::*;
 
-    fn dep(id: &str) -> Deployment {
+    pub(crate) fn dep(id: &str) -> Deployment {
         let (checksum, serial) = id.split_once('.').unwrap();
         Deployment {
             index: 0,
@@ -401,9 +403,8 @@ mod tests {
 
     use crate::discover::kernel::{KernelFiles, KernelLayout};
     use crate::discover::state::StagedState;
-    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
 
-    fn kernel(dir: &Path, digest: &str) -> KernelFiles {
+    pub(crate) fn kernel(dir: &Path, digest: &str) -> KernelFiles {
         let k = dir.join(format!("vmlinuz-{digest}"));
         let i = dir.join(format!("initramfs-{digest}.img"));
         std::fs::write(&k, digest).unwrap();
@@ -421,7 +422,7 @@ mod tests {
     }
 
     /// A booted deployment with kernel `old` and a staged one with kernel `staged_digest`.
-    fn host(dir: &Path, staged_digest: &str) -> Host {
+    pub(crate) fn host(dir: &Path, staged_digest: &str) -> Host {
         let paths = HostPaths {
             sysroot: dir.join("sysroot"),
             root: dir.to_path_buf(),
@@ -458,6 +459,13 @@ mod tests {
             deployments: vec![staged, booted],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{dep, host};
+    use super::*;
+    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
 
     #[test]
     fn prepare_loads_once_switch_reuses_and_a_gone_deployment_is_unloaded() {
