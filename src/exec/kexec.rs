@@ -426,7 +426,7 @@ mod tests {
         let h = fixture::host(dir.path(), "new");
         let (_, _, _, cmdline) = finalized(&h);
         let failing = |e: fn() -> KexecError| RecordingKexec {
-            fail_load: Some(Box::new(move || e())),
+            fail_load: Some(Box::new(e)),
             ..Default::default()
         };
         // kexec disabled until reboot: only a firmware reboot reaches the target.
