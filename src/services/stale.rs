@@ -25,6 +25,7 @@
 //! processes that exit during the scan are ignored. The scan reads `proc_root`, so tests can
 //! point it at a fake `/proc`; [`parse_maps_line`] and [`parse_cgroup`] are pure.
 
+use crate::system::proc_text::unescape_octal;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -95,14 +96,10 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         dev_major: u32::from_str_radix(major, 16).ok()?,
         dev_minor: u32::from_str_radix(minor, 16).ok()?,
         inode: inode.parse().ok()?,
-        path: (!path.is_empty()).then(|| unescape_octal(path)),
+        // `\012` is the one escape in maps: a newline in the file name.
+        path: (!path.is_empty()).then(|| unescape_octal(path, |b| b == b'\n')),
         deleted,
     })
-}
-
-/// The kernel writes a newline in a mapped path as `\012`.
-fn unescape_octal(s: &str) -> String {
-    s.replace("\\012", "\n")
 }
 
 /// The cgroup path of a process from `/proc/PID/cgroup`: the unified (`0::`) line, else the

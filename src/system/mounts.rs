@@ -5,6 +5,7 @@
 //! source mount, `mount_setattr(MOUNT_ATTR_RDONLY)` makes it read-only while still detached, and
 //! one `move_mount` attaches it over `/usr`. Nobody can observe a half-swapped or writable tree.
 
+use super::proc_text::unescape_octal;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -191,35 +192,13 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             Some(MountEntry {
                 mount_id: f[0].parse().ok()?,
                 parent_id: f[1].parse().ok()?,
-                root: unescape_octal(f[3]),
-                mount_point: PathBuf::from(unescape_octal(f[4])),
+                root: unescape_octal(f[3], |_| true),
+                mount_point: PathBuf::from(unescape_octal(f[4], |_| true)),
                 read_only: f[5].split(',').any(|o| o == "ro"),
                 fs_type: post.split(' ').next().unwrap_or("").to_owned(),
             })
         })
         .collect()
-}
-
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // The kernel escapes space, tab, newline and backslash as three octal digits (`\040` …);
-        // anything that is not a valid byte escape (first digit 0–3) is kept as it is.
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mounts stacked at `mount_point`, bottom first, in the caller's namespace.
