@@ -3,7 +3,7 @@
 //!
 //! - [`usr`]: the `/usr` tree diff (equal to `ostree diff` restricted to `/usr`);
 //! - [`etc`]: ostree's 3-way `/etc` merge, as per-path actions on the live `/etc`;
-//! - [`crate::units::diff`]: unit files, drop-ins and enablement links;
+//! - [`crate::units::changes`]: unit files, drop-ins and enablement links;
 //! - [`kernel`]: boot digest, kernel version, kargs minus `ostree=`, SELinux policy.
 
 pub mod etc;
@@ -83,7 +83,7 @@ pub struct DeploymentDiff {
     /// Top-level content outside `/usr` that differs ([`outside`]); a live apply cannot swap it.
     pub outside_usr: Vec<outside::OutsideChange>,
     pub etc: etc::EtcPlan,
-    pub units: Vec<crate::units::diff::UnitFileChange>,
+    pub units: Vec<crate::units::changes::UnitFileChange>,
     /// How long each part of the diff took.
     pub timings: DiffTimings,
 }
@@ -275,7 +275,7 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     timings.etc_ms = ms(t);
     let t = std::time::Instant::now();
-    let units = crate::units::diff::diff_units(&from.path, &to.path)
+    let units = crate::units::changes::diff_units(&from.path, &to.path)
         .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
     timings.units_ms = ms(t);
     let etc_changes = etc

@@ -7,7 +7,7 @@ use super::{
 };
 use super::{UnitFacts, PID1_UNIT};
 use crate::system::systemd::Systemd;
-use crate::units::diff::{unit_pattern_matches, UnitChange, UnitFileChange};
+use crate::units::changes::{unit_pattern_matches, UnitChange, UnitFileChange};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Diff the systemd units of two deployment trees.
+//! The unit changes between two deployment trees (the units part of `crate::diff`).
 //!
 //! Decides: which units a deployment switch touches, and how — a unit added, removed (or
 //! masked), or modified (with its [`UnitComparison`]), and which units became newly wanted or
