@@ -10,11 +10,5 @@ pub mod changes;
 pub mod compare;
 pub mod parse;
 
-pub use changes::{
-    diff_units, diff_units_in, unit_pattern_matches, Dependency, FileChange, UnitChange,
-    UnitFileChange, UnitFlags,
-};
-pub use compare::{compare_units, Change, KeyChange, UnitComparison};
-pub use parse::{
-    load_unit, LoadedUnit, ParseError, Unit, UnitLookup, DEPLOYMENT_UNIT_DIRS, HOST_UNIT_DIRS,
-};
+pub(crate) use changes::{unit_pattern_matches, UnitChange, UnitFileChange, UnitFlags};
+pub(crate) use compare::UnitComparison;
