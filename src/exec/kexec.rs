@@ -14,27 +14,30 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub struct KexecEnv<'a> {
-    pub paths: &'a HostPaths,
+pub(crate) struct KexecEnv<'a> {
+    pub(crate) paths: &'a HostPaths,
     /// For the soft-reboot rung's `/run/nextroot`.
-    pub mounts: &'a dyn crate::system::mounts::Mounts,
+    pub(crate) mounts: &'a dyn crate::system::mounts::Mounts,
     /// The host the plan was made from; re-reads after finalization reuse its kernel digests.
-    pub host: &'a discover::Host,
-    pub systemd: &'a dyn Systemd,
-    pub loader: &'a dyn KexecLoader,
-    pub progress: &'a mut dyn FnMut(&str),
+    pub(crate) host: &'a discover::Host,
+    pub(crate) systemd: &'a dyn Systemd,
+    pub(crate) loader: &'a dyn KexecLoader,
+    pub(crate) progress: &'a mut dyn FnMut(&str),
 }
 
 /// A BLS path (`/ostree/…` relative to the boot directory, or `/boot/ostree/…` when ostree
 /// wrote it for a `/boot` on the root filesystem) inside the host's boot directory.
-pub fn boot_path(boot: &Path, bls_path: &str) -> PathBuf {
+pub(crate) fn boot_path(boot: &Path, bls_path: &str) -> PathBuf {
     let rel = bls_path.trim_start_matches('/');
     let rel = rel.strip_prefix("boot/").unwrap_or(rel);
     boot.join(rel)
 }
 
 /// Kernel, initrds and command line of a written (finalized) deployment, from its BLS entry.
-pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<PathBuf>, String)> {
+pub(crate) fn boot_files(
+    paths: &HostPaths,
+    d: &Deployment,
+) -> Result<(PathBuf, Vec<PathBuf>, String)> {
     let e = d.boot_entry.as_ref().with_context(|| {
         format!(
             "deployment {} has no boot entry (is it still staged and not finalized?)",
@@ -62,7 +65,7 @@ pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<Pat
 
 /// The bootcsum in a BLS `linux` path: the `<stateroot>-<bootcsum>` directory ostree copied
 /// the kernel to (`/ostree/<stateroot>-<bootcsum>/vmlinuz-…`, or with a `/boot` prefix).
-pub fn bootcsum_of_linux<'a>(linux: &'a str, stateroot: &str) -> Option<&'a str> {
+pub(crate) fn bootcsum_of_linux<'a>(linux: &'a str, stateroot: &str) -> Option<&'a str> {
     let mut parts = linux.trim_start_matches('/').split('/');
     let mut first = parts.next()?;
     if first == "boot" {
@@ -150,7 +153,7 @@ fn step_report(step: &'static str, t: Instant, detail: StepDetail) -> StepReport
 
 /// What ends the running userspace once the plan is prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandOff {
+pub(crate) enum HandOff {
     /// `kexec.target`: the loaded kernel boots.
     Kexec,
     /// `soft-reboot.target`: userspace restarts from `/run/nextroot`.
@@ -159,7 +162,7 @@ pub enum HandOff {
 
 /// Execute the plan up to (not including) the hand-off; returns the report and the hand-off
 /// that is due. The caller prints the report, then calls [`hand_off`].
-pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
+pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
     let t0 = Instant::now();
     let mut steps = Vec::new();
     let mut hand_off_due = None;
@@ -289,7 +292,12 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
 /// and ostree picks the booted deployment by its `backing-root-device-inode`), then start
 /// `soft-reboot.target` (like `systemctl soft-reboot`). If systemd refuses the job, the old
 /// `/run/ostree-booted` is put back.
-pub fn hand_off(sd: &dyn Systemd, how: HandOff, plan: &Plan, paths: &HostPaths) -> Result<()> {
+pub(crate) fn hand_off(
+    sd: &dyn Systemd,
+    how: HandOff,
+    plan: &Plan,
+    paths: &HostPaths,
+) -> Result<()> {
     match how {
         HandOff::Kexec => sd
             .start_unit_no_wait("kexec.target", "replace-irreversibly")

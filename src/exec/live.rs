@@ -21,22 +21,22 @@ use std::time::Instant;
 
 /// What the executor is handed: where things are, and the side-effect interfaces.
 pub struct LiveEnv<'a> {
-    pub paths: &'a HostPaths,
-    pub journal: Journal,
-    pub mounts: &'a dyn Mounts,
+    pub(crate) paths: &'a HostPaths,
+    pub(crate) journal: Journal,
+    pub(crate) mounts: &'a dyn Mounts,
     /// `None` when the caller asked not to manage services (`--no-services`).
-    pub systemd: Option<&'a dyn Systemd>,
+    pub(crate) systemd: Option<&'a dyn Systemd>,
     /// systemd-sysusers and systemd-tmpfiles.
-    pub tools: &'a dyn crate::system::tools::ConfigTools,
+    pub(crate) tools: &'a dyn crate::system::tools::ConfigTools,
     /// For `reset`: unload a kernel that `fastswitch kexec --load-only` (or an interrupted
     /// switch) left loaded. `None` when the running kernel is not the host's (`--root`).
-    pub kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
+    pub(crate) kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
     /// Progress lines for humans (stderr).
-    pub progress: &'a mut dyn FnMut(&str),
+    pub(crate) progress: &'a mut dyn FnMut(&str),
 }
 
 /// Whether two paths are the same file (device and inode).
-pub fn same_inode(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
         _ => false,
@@ -83,7 +83,7 @@ fn set_step(
 
 /// Refuse a live apply while an earlier boot's `/etc` changes wait for `recover`, or while a
 /// reset is unfinished. Nothing is changed either way.
-pub fn check_can_apply(journal: &Journal) -> Result<()> {
+pub(crate) fn check_can_apply(journal: &Journal) -> Result<()> {
     if let Some(old) = journal.stale_persistent()? {
         return Err(refuse(
             ExitCode::Refused,
@@ -111,7 +111,7 @@ pub fn check_can_apply(journal: &Journal) -> Result<()> {
 /// step loop; both belong together.
 ///
 /// Execute a live plan. The caller holds the run lock and checked privileges.
-pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
+pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();
     check_can_apply(&env.journal)?;
     let prior = env.journal.load()?;
@@ -575,7 +575,7 @@ fn reset_inputs(
 /// The reset plan for this host now: from the journal, the kexec state (`kexec`: the running
 /// kernel's, `None` with `--root`) and whether services are managed. `reset --dry-run` prints
 /// it; [`reset`] walks it.
-pub fn plan_reset(
+pub(crate) fn plan_reset(
     booted: &crate::diff::DeploymentRef,
     journal: &Journal,
     kexec: Option<&dyn crate::system::kexec::KexecLoader>,

@@ -99,7 +99,7 @@ pub struct Phase {
 /// Steps whose time is spent waiting on systemd (daemon-reload, unit jobs, the hand-off) or on
 /// child tools (systemd-sysusers, systemd-tmpfiles, ostree's finalization, the kernel's
 /// kexec_file_load): not fastswitch's own work.
-pub const WAITING_STEPS: [&str; 6] = [
+pub(crate) const WAITING_STEPS: [&str; 6] = [
     "daemon_reload",
     "services",
     "sysusers",
@@ -152,7 +152,7 @@ impl Report {
     }
 
     /// What happened, in words: the first line of the human report.
-    pub fn title(&self) -> String {
+    pub(crate) fn title(&self) -> String {
         let (from, to) = (short(&self.from.id), short(&self.to.id));
         let failed = self.outcome != ExitCode::Ok && self.outcome != ExitCode::NothingToDo;
         if self.reset {
@@ -317,7 +317,7 @@ fn action_rank(a: Action) -> u8 {
 }
 
 /// The infinitive of a unit action: `restart`, `reload`, …
-pub fn action_word(a: Action) -> &'static str {
+pub(crate) fn action_word(a: Action) -> &'static str {
     match a {
         Action::Stop => "stop",
         Action::DaemonReexec => "re-execute systemd",
@@ -341,7 +341,7 @@ fn done_word(a: Action) -> &'static str {
     }
 }
 
-pub fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     match id.split_once('.') {
         Some((c, s)) if c.len() > 12 => format!("{}….{}", &c[..12], s),
         _ => id.to_owned(),
