@@ -172,11 +172,11 @@ pub struct NextRoot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountEntry {
     pub mount_id: i32,
-    pub parent_id: i32,
+    pub(crate) parent_id: i32,
     /// Path of the mount's root inside its filesystem (e.g. `/ostree/deploy/x/deploy/<id>/usr`).
-    pub root: String,
+    pub(crate) root: String,
     pub mount_point: PathBuf,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     pub fs_type: String,
 }
 
@@ -202,7 +202,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 }
 
 /// The mounts stacked at `mount_point`, bottom first, in the caller's namespace.
-pub fn mounts_at(mount_point: &Path) -> Result<Vec<MountEntry>> {
+pub(crate) fn mounts_at(mount_point: &Path) -> Result<Vec<MountEntry>> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let all = parse_mountinfo(&text);
@@ -380,7 +380,7 @@ impl Mounts for RealMounts {
 /// Enter PID 1's mount namespace if the caller is in another one (e.g. started from a unit with
 /// `PrivateMounts=`), so the swap is seen system-wide. Must run before any thread is spawned.
 /// Returns whether a switch happened.
-pub fn enter_pid1_mount_namespace(proc_root: &Path) -> Result<bool> {
+pub(crate) fn enter_pid1_mount_namespace(proc_root: &Path) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let own = proc_root.join("self/ns/mnt");
     let init = proc_root.join("1/ns/mnt");

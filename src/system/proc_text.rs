@@ -5,7 +5,7 @@
 /// (`mountinfo` escapes space, tab, newline, backslash and `#`; `maps` only newline: a
 /// backslash there is a literal backslash). Anything else, including a `\` not followed by a
 /// valid byte escape (first digit 0–3), is kept as it is.
-pub fn unescape_octal(s: &str, escaped: impl Fn(u8) -> bool) -> String {
+pub(crate) fn unescape_octal(s: &str, escaped: impl Fn(u8) -> bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
