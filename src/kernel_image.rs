@@ -507,6 +507,8 @@ fn pe_has_signature(bytes: &[u8]) -> bool {
     dir.size > 0 && u64::from(dir.virtual_address) + u64::from(dir.size) <= bytes.len() as u64
 }
 
+/// Reads the x86 boot protocol header field by field, in offset order, each check naming its
+/// field; long because splitting it would scatter the header offsets.
 fn inspect_bzimage(bytes: &[u8], running: &str, efi_stub: bool) -> Result<KernelImage, ImageError> {
     let len = bytes.len() as u64;
     if bytes.len() < SETUP_HEADER_END {

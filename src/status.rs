@@ -143,6 +143,8 @@ pub(crate) fn composefs_of(host: &Host) -> crate::discover::composefs::Composefs
 }
 
 /// Human output, modelled on `ostree admin status`.
+///
+/// Long: one `writeln!` per line of the output, in output order.
 pub(crate) fn write_human(
     out: &mut dyn Write,
     host: &Host,

@@ -38,6 +38,8 @@ const FILES: &[(&str, &str)] = &[
 
 /// Render fastswitch(1): one page with every command, its options, the DEP syntax, the exit
 /// codes and the files.
+///
+/// Long: the page's sections in the order they print.
 pub(crate) fn man(out: &mut dyn Write) -> Result<ExitCode> {
     let cmd = Cli::command();
     let page = clap_mangen::Man::new(cmd.clone()).manual("fastswitch manual");

@@ -24,6 +24,9 @@ pub(crate) struct LiveStatus {
     pub(crate) lines: Vec<String>,
 }
 
+///
+/// Long: the three states (unreadable, a record of an earlier boot, this boot's record), each
+/// with its JSON and its lines built side by side so they cannot disagree.
 pub(crate) fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
     let journal = Journal::for_host(paths)?;
     // The journal is private to root (0700 directories): another user sees that it cannot tell.
@@ -286,6 +289,8 @@ pub(super) fn live_target(journal: &Journal) -> Result<Option<String>> {
         .map(|st| st.target))
 }
 
+/// `apply-live`: preflight, discover, diff, plan, then a dry-run print or the executor; long
+/// because each phase is timed into the report's `phases` in the order it runs.
 pub(crate) fn apply_live(
     paths: &HostPaths,
     opts: &ApplyLiveOpts,

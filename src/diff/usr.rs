@@ -406,6 +406,8 @@ impl Ctx {
 
     /// Diff the children of a directory pair whose own metadata the caller has compared.
     /// `trees`: the pair's dirtree checksums, when known.
+    /// Long: the one place a pair of entries is judged (kind, metadata, content, then descend),
+    /// so every change kind is decided in the same order; parts would pass the same arguments.
     #[allow(clippy::too_many_arguments)]
     fn diff_pair(
         &self,

@@ -177,6 +177,8 @@ fn checksum_dir_recurse(
 
 /// `get_kernel_from_tree_usrlib_modules`. With `recorded`, the files are located but not
 /// hashed, and the recorded checksum is the digest.
+/// Long: it follows libostree's function step by step, in its order, so the two can be
+/// compared line by line.
 fn from_usrlib_modules(
     root: BorrowedFd<'_>,
     deploy_dir: &Path,

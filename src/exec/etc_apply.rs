@@ -147,6 +147,9 @@ pub(crate) fn backup_once(live: &Path, backup: &Path) -> Result<()> {
 
 /// Apply one action. Idempotent: re-running after a crash converges (a backup is taken only
 /// once, so the original survives).
+///
+/// Long: `/etc` itself, then the backup, then the write or removal through a parent opened
+/// without following symlinks; kept in one function so that order stays visible.
 pub(crate) fn apply_action(
     etc_dir: &Path,
     new_defaults: &Path,

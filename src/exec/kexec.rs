@@ -162,6 +162,9 @@ pub(crate) enum HandOff {
 
 /// Execute the plan up to (not including) the hand-off; returns the report and the hand-off
 /// that is due. The caller prints the report, then calls [`hand_off`].
+///
+/// One arm per kexec-plan step, each the whole effect of its step next to the report it
+/// leaves (as `live::run_step`); long for that reason.
 pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
     let t0 = Instant::now();
     let mut steps = Vec::new();

@@ -175,6 +175,9 @@ pub(crate) fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFil
 }
 
 /// Diff the units of two trees over `dirs` (relative to each root, highest priority first).
+///
+/// Long: three passes over the same two scans (file changes, per-unit grouping with the
+/// comparison, enablement links) that share their maps.
 pub(crate) fn diff_units_in(
     from_root: &Path,
     to_root: &Path,

@@ -252,6 +252,9 @@ fn finalized_kargs(host: &Host, d: &Deployment) -> Vec<String> {
 /// is nothing staged, when the staged deployment boots the same kernel with the same kargs as
 /// the booted one (no kexec needed), or when its finalization is locked (it would not get its
 /// bootlink at shutdown). Unloads a kernel prepared earlier for a deployment that is gone.
+///
+/// Long: the reasons not to load, in the order they are checked (each early return is one
+/// `not_needed` with its reason), then the load and its record.
 pub(crate) fn prepare_staged(
     host: &Host,
     loader: &dyn KexecLoader,
