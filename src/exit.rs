@@ -27,7 +27,7 @@ impl ExitCode {
 
 /// Every exit code with its meaning, in order. The source of `--help`'s "Exit codes:" text, the
 /// man page's EXIT STATUS section and the README table (a test checks the README matches).
-pub const EXIT_CODES: &[(ExitCode, &str)] = &[
+pub(crate) const EXIT_CODES: &[(ExitCode, &str)] = &[
     (ExitCode::Ok, "success (printed, or applied)"),
     (ExitCode::Error, "error (the message names the path or unit)"),
     (ExitCode::Usage, "bad command line"),
@@ -55,7 +55,7 @@ pub const EXIT_CODES: &[(ExitCode, &str)] = &[
 ];
 
 /// The "Exit codes:" block shown after `--help`.
-pub fn exit_codes_help() -> String {
+pub(crate) fn exit_codes_help() -> String {
     let mut s = String::from("Exit codes:");
     for (code, meaning) in EXIT_CODES {
         s.push('\n');
@@ -66,7 +66,7 @@ pub fn exit_codes_help() -> String {
 
 /// `label` then `text` wrapped at 80 columns, continuation lines indented to the text, so help
 /// paragraphs keep their columns (clap only rewraps lines wider than the terminal).
-pub fn hanging(label: &str, text: &str) -> String {
+pub(crate) fn hanging(label: &str, text: &str) -> String {
     let indent = label.chars().count();
     let mut out = label.to_string();
     let mut col = indent;
@@ -97,13 +97,13 @@ pub fn exit_codes_markdown() -> String {
 
 /// An error that maps to a specific exit code. Everything else exits with [`ExitCode::Error`].
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: ExitCode,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Refusal {
-    pub fn new(code: ExitCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ExitCode, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
@@ -128,7 +128,7 @@ pub fn code_for(err: &anyhow::Error) -> ExitCode {
 }
 
 /// Shorthand: `return Err(refuse(ExitCode::Refused, "…"))`.
-pub fn refuse(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn refuse(code: ExitCode, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Refusal::new(code, message))
 }
 

@@ -50,7 +50,7 @@ const SETUP_HEADER_END: usize = 0x250;
 const HDRS_MAGIC: &[u8; 4] = b"HdrS";
 const BOOT_FLAG: u16 = 0xAA55;
 /// `kexec_file_load` on x86_64 needs boot protocol 2.12 or later.
-pub const MIN_BOOT_PROTOCOL: BootProtocol = BootProtocol(0x020C);
+pub(crate) const MIN_BOOT_PROTOCOL: BootProtocol = BootProtocol(0x020C);
 const LOADED_HIGH: u8 = 0x01;
 const XLF_KERNEL_64: u16 = 0x01;
 const XLF_CAN_BE_LOADED_ABOVE_4G: u16 = 0x02;
@@ -74,10 +74,10 @@ const PE_MACHINE_X86_64: u16 = 0x8664;
 pub struct BootProtocol(pub u16);
 
 impl BootProtocol {
-    pub fn major(self) -> u8 {
+    pub(crate) fn major(self) -> u8 {
         (self.0 >> 8) as u8
     }
-    pub fn minor(self) -> u8 {
+    pub(crate) fn minor(self) -> u8 {
         (self.0 & 0xFF) as u8
     }
 }
@@ -117,8 +117,8 @@ impl fmt::Display for ImageKind {
 /// A byte range inside the inspected file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Span {
-    pub offset: u64,
-    pub len: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
 }
 
 impl Span {
@@ -152,7 +152,7 @@ pub struct UkiParts {
     pub uname: Option<String>,
     /// `Some(0)` when the UKI has `.profile` sections and profile 0 was applied over the base.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub profile: Option<u32>,
+    pub(crate) profile: Option<u32>,
     /// The outer PE carries an Authenticode signature (present, not verified). `kexec_file_load`
     /// never sees it: only the embedded kernel's own signature counts there.
     pub envelope_signed: bool,
@@ -507,6 +507,8 @@ fn pe_has_signature(bytes: &[u8]) -> bool {
     dir.size > 0 && u64::from(dir.virtual_address) + u64::from(dir.size) <= bytes.len() as u64
 }
 
+/// Reads the x86 boot protocol header field by field, in offset order, each check naming its
+/// field; long because splitting it would scatter the header offsets.
 fn inspect_bzimage(bytes: &[u8], running: &str, efi_stub: bool) -> Result<KernelImage, ImageError> {
     let len = bytes.len() as u64;
     if bytes.len() < SETUP_HEADER_END {
@@ -916,7 +918,7 @@ pub enum FileProblem {
 #[error("{}: {problem}", path.display())]
 pub struct FileCheckError {
     pub path: PathBuf,
-    pub problem: FileProblem,
+    pub(crate) problem: FileProblem,
 }
 
 impl FileCheckError {
@@ -969,15 +971,15 @@ pub fn check_initramfs_file(path: &Path) -> Result<InitramfsFormat, FileCheckErr
 #[cfg(test)]
 pub(crate) mod synth {
     /// A minimal bzImage: a valid x86 setup header and `payload` as the protected-mode part.
-    pub struct BzImage {
-        pub setup_sects: u8,
+    pub(crate) struct BzImage {
+        pub(crate) setup_sects: u8,
         pub protocol: u16,
-        pub loadflags: u8,
-        pub xloadflags: u16,
+        pub(crate) loadflags: u8,
+        pub(crate) xloadflags: u16,
         pub version: Option<&'static str>,
         /// Write `MZ` and a PE signature with this COFF machine (an EFI-stub kernel).
-        pub pe_machine: Option<u16>,
-        pub payload: Vec<u8>,
+        pub(crate) pe_machine: Option<u16>,
+        pub(crate) payload: Vec<u8>,
     }
 
     impl Default for BzImage {
@@ -995,7 +997,7 @@ pub(crate) mod synth {
     }
 
     impl BzImage {
-        pub fn build(&self) -> Vec<u8> {
+        pub(crate) fn build(&self) -> Vec<u8> {
             let sects = if self.setup_sects == 0 {
                 4
             } else {
@@ -1034,11 +1036,11 @@ pub(crate) mod synth {
         }
     }
 
-    pub const SECTION_TABLE_OFFSET: usize = 0x40 + 4 + 20 + 240;
+    pub(crate) const SECTION_TABLE_OFFSET: usize = 0x40 + 4 + 20 + 240;
 
     /// A minimal PE32+ EFI application with the given sections, each placed at a 512-byte aligned
     /// file offset with `SizeOfRawData` padded to 512 and `VirtualSize` = the data length.
-    pub fn pe(machine: u16, sections: &[(&str, &[u8])]) -> Vec<u8> {
+    pub(crate) fn pe(machine: u16, sections: &[(&str, &[u8])]) -> Vec<u8> {
         let nsec = sections.len();
         let headers_end = SECTION_TABLE_OFFSET + 40 * nsec;
         let align = |n: usize| n.div_ceil(512) * 512;
@@ -1079,12 +1081,12 @@ pub(crate) mod synth {
     }
 
     /// Offset of section `index`'s header in a file built by [`pe`].
-    pub fn section_header(index: usize) -> usize {
+    pub(crate) fn section_header(index: usize) -> usize {
         SECTION_TABLE_OFFSET + 40 * index
     }
 
-    pub const OSREL: &str = "NAME=\"Test OS\"\nID=test\n# comment\nVERSION_ID='42'\n";
-    pub const CMDLINE: &str = "root=LABEL=root ro quiet\n\0";
+    pub(crate) const OSREL: &str = "NAME=\"Test OS\"\nID=test\n# comment\nVERSION_ID='42'\n";
+    pub(crate) const CMDLINE: &str = "root=LABEL=root ro quiet\n\0";
 
     /// A UKI around the default synthetic bzImage.
     pub fn uki(kernel: &[u8]) -> Vec<u8> {

@@ -6,81 +6,81 @@ use serde::Serialize;
 use std::io::Write;
 
 /// Bumped on any incompatible change of the JSON below.
-pub const STATUS_SCHEMA_VERSION: u32 = 1;
+pub(crate) const STATUS_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize)]
-pub struct StatusJson {
+pub(crate) struct StatusJson {
     pub schema_version: u32,
-    pub sysroot: String,
+    pub(crate) sysroot: String,
     /// The boot directory read for boot entries: the mounted `/boot` on a booted host that
     /// has the `loader` link there (a boot partition), else `<sysroot>/boot`.
-    pub boot_dir: String,
-    pub ostree_booted: bool,
+    pub(crate) boot_dir: String,
+    pub(crate) ostree_booted: bool,
     /// Finalization of the staged deployment is locked (it will not be applied at shutdown).
-    pub finalization_locked: bool,
+    pub(crate) finalization_locked: bool,
     /// `/run/ostree-booted`'s `root.transient` and `transient-etc` (`etc.transient`).
-    pub root_transient: bool,
-    pub transient_etc: Option<String>,
+    pub(crate) root_transient: bool,
+    pub(crate) transient_etc: Option<String>,
     /// Whether `/` is composefs and with which guarantees (`mode`: off, unverified, verity,
     /// signed), from `/run/ostree-booted`'s composefs keys and the mount table.
-    pub composefs: crate::discover::composefs::Composefs,
-    pub deployments: Vec<DeploymentJson>,
+    pub(crate) composefs: crate::discover::composefs::Composefs,
+    pub(crate) deployments: Vec<DeploymentJson>,
     /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot (or a
     /// record of an earlier boot waits for `fastswitch recover`).
-    pub live: Option<serde_json::Value>,
+    pub(crate) live: Option<serde_json::Value>,
     /// The running kernel's kexec state; absent when `--root` names another system.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kexec: Option<KexecJson>,
+    pub(crate) kexec: Option<KexecJson>,
     /// How `switch` would reach the staged (else pending) deployment from what runs now, with
     /// every lower rung's rejection (default bounds; services not examined); `null` when the
     /// host is not ostree-booted or has nothing to switch to.
-    pub ladder: Option<crate::plan::ladder::Ladder>,
+    pub(crate) ladder: Option<crate::plan::ladder::Ladder>,
     /// Why the ladder could not be worked out (e.g. the diff could not read a file as this
     /// user); `status` itself still succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ladder_error: Option<String>,
+    pub(crate) ladder_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct KexecJson {
+pub(crate) struct KexecJson {
     /// A kernel is loaded for `systemctl kexec` (`/sys/kernel/kexec_loaded`).
-    pub loaded: bool,
+    pub(crate) loaded: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DeploymentJson {
+pub(crate) struct DeploymentJson {
     pub index: usize,
     pub id: String,
     pub stateroot: String,
-    pub checksum: String,
-    pub serial: u32,
+    pub(crate) checksum: String,
+    pub(crate) serial: u32,
     pub booted: bool,
     pub staged: bool,
-    pub pending: bool,
-    pub rollback: bool,
-    pub pinned: bool,
-    pub origin: Option<OriginJson>,
-    pub kernel: Option<KernelJson>,
-    pub kargs: Vec<String>,
+    pub(crate) pending: bool,
+    pub(crate) rollback: bool,
+    pub(crate) pinned: bool,
+    pub(crate) origin: Option<OriginJson>,
+    pub(crate) kernel: Option<KernelJson>,
+    pub(crate) kargs: Vec<String>,
     /// The BLS entry file, absent for a staged deployment.
-    pub boot_entry: Option<String>,
+    pub(crate) boot_entry: Option<String>,
     /// `ostree admin unlock` state (`development`, `transient`, `hotfix`), if unlocked.
-    pub unlocked: Option<String>,
+    pub(crate) unlocked: Option<String>,
     /// rpm-ostree applied changes live to it this boot.
-    pub rpm_ostree_live: bool,
+    pub(crate) rpm_ostree_live: bool,
 }
 
 #[derive(Debug, Serialize)]
-pub struct OriginJson {
-    pub refspec: Option<String>,
-    pub container_image_reference: Option<String>,
+pub(crate) struct OriginJson {
+    pub(crate) refspec: Option<String>,
+    pub(crate) container_image_reference: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct KernelJson {
-    pub version: String,
-    pub boot_digest: String,
-    pub has_initramfs: bool,
+pub(crate) struct KernelJson {
+    pub(crate) version: String,
+    pub(crate) boot_digest: String,
+    pub(crate) has_initramfs: bool,
 }
 
 fn deployment_json(d: &Deployment) -> DeploymentJson {
@@ -111,7 +111,7 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
     }
 }
 
-pub fn to_json(
+pub(crate) fn to_json(
     host: &Host,
     live: Option<serde_json::Value>,
     kexec: Option<KexecJson>,
@@ -137,13 +137,19 @@ pub fn to_json(
 }
 
 /// The composefs state of the running root (off when the host is not ostree-booted).
-pub fn composefs_of(host: &Host) -> crate::discover::composefs::Composefs {
+pub(crate) fn composefs_of(host: &Host) -> crate::discover::composefs::Composefs {
     let none = crate::discover::BootedState::default();
     crate::discover::composefs::composefs(host.booted_state.as_ref().unwrap_or(&none))
 }
 
 /// Human output, modelled on `ostree admin status`.
-pub fn write_human(out: &mut dyn Write, host: &Host, live_lines: &[String]) -> std::io::Result<()> {
+///
+/// Long: one `writeln!` per line of the output, in output order.
+pub(crate) fn write_human(
+    out: &mut dyn Write,
+    host: &Host,
+    live_lines: &[String],
+) -> std::io::Result<()> {
     if host.deployments.is_empty() {
         writeln!(out, "No deployments.")?;
     }

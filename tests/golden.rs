@@ -10,7 +10,9 @@
 mod common;
 use common::*;
 use fastswitch::diff::{Decision, DecisionKind, DeploymentRef};
-use fastswitch::exec::report::{Phase, Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use fastswitch::exec::report::{
+    Phase, Report, StepDetail, StepOutcome, StepReport, REPORT_SCHEMA_VERSION,
+};
 use fastswitch::exec::unit_jobs::UnitOutcome;
 use fastswitch::exit::ExitCode;
 use fastswitch::plan::Verb;
@@ -238,7 +240,7 @@ fn dref(id: &str, booted: bool) -> DeploymentRef {
 const FROM: &str = "1111111111111111111111111111111111111111111111111111111111111111.0";
 const TO: &str = "2222222222222222222222222222222222222222222222222222222222222222.0";
 
-fn step(name: &'static str, ms: u64, detail: serde_json::Value) -> StepReport {
+fn step(name: &'static str, ms: u64, detail: StepDetail) -> StepReport {
     StepReport {
         step: name,
         outcome: StepOutcome::Done,
@@ -325,10 +327,10 @@ fn apply_live_report() {
         Verb::ApplyLive,
         TO,
         vec![
-            step("swap_usr", 5, serde_json::json!({"usr_binds": 1})),
-            step("merge_etc", 40, serde_json::json!({"changed": 3})),
-            step("daemon_reload", 300, serde_json::Value::Null),
-            step("services", 900, serde_json::to_value(&outcomes).unwrap()),
+            step("swap_usr", 5, StepDetail::BoundUsr { usr_binds: 1 }),
+            step("merge_etc", 40, StepDetail::MergedEtc { changed: 3 }),
+            step("daemon_reload", 300, StepDetail::None),
+            step("services", 900, StepDetail::Services(outcomes.clone())),
         ],
         ExitCode::AppliedWithFailures,
     );
@@ -350,14 +352,21 @@ fn reset_report() {
             step(
                 "unmount_usr",
                 3,
-                serde_json::json!({"unmounted": 1, "lazy": false}),
+                StepDetail::Unmounted {
+                    lazy: false,
+                    removed_live_trees: vec![],
+                    unmounted: 1,
+                },
             ),
             step(
                 "restore_etc",
                 8,
-                serde_json::json!({"restored": 11, "kept_admin_changes": ["/etc/demo/a.conf"]}),
+                StepDetail::Restored {
+                    kept_admin_changes: vec!["/etc/demo/a.conf".into()],
+                    restored: 11,
+                },
             ),
-            step("services", 400, serde_json::to_value(&outcomes).unwrap()),
+            step("services", 400, StepDetail::Services(outcomes.clone())),
         ],
         ExitCode::Ok,
     );
@@ -372,8 +381,8 @@ fn kexec_report() {
         Verb::Kexec,
         TO,
         vec![
-            step("finalize_staged", 2000, serde_json::Value::Null),
-            step("kexec_load", 150, serde_json::Value::Null),
+            step("finalize_staged", 2000, StepDetail::None),
+            step("kexec_load", 150, StepDetail::None),
         ],
         ExitCode::Ok,
     );

@@ -38,7 +38,9 @@ const FILES: &[(&str, &str)] = &[
 
 /// Render fastswitch(1): one page with every command, its options, the DEP syntax, the exit
 /// codes and the files.
-pub fn man(out: &mut dyn Write) -> Result<ExitCode> {
+///
+/// Long: the page's sections in the order they print.
+pub(crate) fn man(out: &mut dyn Write) -> Result<ExitCode> {
     let cmd = Cli::command();
     let page = clap_mangen::Man::new(cmd.clone()).manual("fastswitch manual");
     page.render_title(out)?;
@@ -191,7 +193,7 @@ fn arg_label(arg: &Arg) -> Vec<Inline> {
 }
 
 /// Print the completion script for `shell`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<ExitCode> {
+pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> Result<ExitCode> {
     let mut cmd = Cli::command();
     // Into a buffer first: clap_complete panics on a write error (e.g. `| head`).
     let mut buf = Vec::new();

@@ -31,7 +31,7 @@ pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// Options every command takes (shown in their own "Global options" section).
@@ -40,20 +40,20 @@ pub struct Cli {
 pub struct GlobalOpts {
     /// Physical sysroot holding ostree/ and boot/ [default: /sysroot when ostree-booted, else /]
     #[arg(long, global = true, value_name = "DIR")]
-    pub sysroot: Option<PathBuf>,
+    pub(crate) sysroot: Option<PathBuf>,
     /// Root of the running system, where /usr and /etc live [default: /]
     #[arg(long, global = true, value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    pub(crate) root: Option<PathBuf>,
     /// Runtime state directory holding ostree-booted and ostree/staged-deployment [default: /run]
     #[arg(long = "run-dir", global = true, value_name = "DIR")]
-    pub run_dir: Option<PathBuf>,
+    pub(crate) run_dir: Option<PathBuf>,
     /// Print machine-readable JSON (with a schema_version) instead of text
     #[arg(long, global = true)]
     pub json: bool,
 }
 
 impl GlobalOpts {
-    pub fn paths(&self) -> HostPaths {
+    pub(crate) fn paths(&self) -> HostPaths {
         HostPaths::resolve(
             self.sysroot.clone(),
             self.root.clone(),
@@ -63,10 +63,10 @@ impl GlobalOpts {
 }
 
 /// The help heading of [`GlobalOpts`].
-pub const GLOBAL_OPTIONS: &str = "Global options";
+pub(crate) const GLOBAL_OPTIONS: &str = "Global options";
 
 /// What a DEP argument accepts ([`crate::discover::Host::select`]), as (form, meaning).
-pub const DEP_FORMS: &[(&str, &str)] = &[
+pub(crate) const DEP_FORMS: &[(&str, &str)] = &[
     ("booted", "the running deployment"),
     (
         "staged",
@@ -88,7 +88,7 @@ pub const DEP_FORMS: &[(&str, &str)] = &[
 ];
 
 /// The DEP paragraph shown after the help of every command that takes a DEP.
-pub fn dep_help() -> String {
+pub(crate) fn dep_help() -> String {
     let mut s = String::from("DEP selects a deployment:");
     for (form, meaning) in DEP_FORMS {
         s.push('\n');
@@ -98,7 +98,7 @@ pub fn dep_help() -> String {
 }
 
 #[derive(Debug, Subcommand, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// List deployments with their marks (booted, staged, pending, rollback, pinned), origin,
     /// kernel and kernel arguments, and any live-apply state.
     Status,
@@ -150,71 +150,71 @@ pub enum Command {
 }
 
 #[derive(Debug, Args, PartialEq, Clone)]
-pub struct CompletionsOpts {
+pub(crate) struct CompletionsOpts {
     /// The shell to complete for
     #[arg(value_enum, value_name = "SHELL")]
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct KexecOpts {
+pub(crate) struct KexecOpts {
     /// Print the plan and change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Finalize and load, but do not start the hand-off (run `systemctl kexec` later)
     #[arg(long)]
-    pub load_only: bool,
+    pub(crate) load_only: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
     /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
     #[arg(long)]
-    pub unlock: bool,
+    pub(crate) unlock: bool,
     /// The target deployment [default: staged, else pending]
     #[arg(long, value_name = "DEP")]
     pub to: Option<String>,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct SwitchOpts {
+pub(crate) struct SwitchOpts {
     /// Print the plan and change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// When no rung without firmware is possible (kexec disabled, lockdown, unsupported image),
     /// reboot through firmware instead of refusing
     #[arg(long)]
-    pub reboot_fallback: bool,
+    pub(crate) reboot_fallback: bool,
     /// The lowest rung to consider [default: none]
     #[arg(long, value_name = "RUNG")]
-    pub min_rung: Option<crate::plan::ladder::Rung>,
+    pub(crate) min_rung: Option<crate::plan::ladder::Rung>,
     /// The highest rung allowed [default: reboot]; when the change needs a higher one, switch
     /// refuses (exit 5) and says why each allowed rung is not possible
     #[arg(long, value_name = "RUNG")]
-    pub max_rung: Option<crate::plan::ladder::Rung>,
+    pub(crate) max_rung: Option<crate::plan::ladder::Rung>,
     /// Kexec although a volume in /etc/crypttab unlocks through a TPM2 token: the kexec'd
     /// initrd may not unseal it (PCRs are not reset by kexec)
     #[arg(long)]
-    pub allow_tpm_kexec: bool,
+    pub(crate) allow_tpm_kexec: bool,
     /// On a composefs root with fs-verity required or a signed image, run the target from its
     /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
     /// reboot): until the next boot its files are checked by no fs-verity digest and no
     /// signature. Without it a live apply is refused (exit 6) and switch skips the live and soft-reboot rungs
     #[arg(long)]
-    pub allow_unverified_usr: bool,
+    pub(crate) allow_unverified_usr: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
     /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
     #[arg(long)]
-    pub unlock: bool,
+    pub(crate) unlock: bool,
     /// The target deployment [default: staged, else pending]
     #[arg(long, value_name = "DEP")]
     pub to: Option<String>,
     #[command(flatten)]
-    pub services: ServiceOpts,
+    pub(crate) services: ServiceOpts,
 }
 
 /// Which two deployments. DEP: booted, staged, pending, rollback, an index, or <checksum>.<serial>.
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct PairOpts {
+pub(crate) struct PairOpts {
     /// The running side [default: booted]
     #[arg(long, value_name = "DEP")]
     pub from: Option<String>,
@@ -224,55 +224,55 @@ pub struct PairOpts {
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct ServiceOpts {
+pub(crate) struct ServiceOpts {
     /// Do not talk to systemd: no daemon-reload, no unit jobs (the plan lists none)
     #[arg(long)]
-    pub no_services: bool,
+    pub(crate) no_services: bool,
     /// Handle this unit even though it is deferred by policy (dbus, logind, gettys, …); repeatable,
     /// globs allowed
     #[arg(long, value_name = "UNIT")]
-    pub include: Vec<String>,
+    pub(crate) include: Vec<String>,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct ApplyLiveOpts {
+pub(crate) struct ApplyLiveOpts {
     /// Print the plan and change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
     /// --lock-finalization): unlock it, as `ostree admin lock-finalization --unlock` does, and
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
     #[arg(long)]
-    pub unlock: bool,
+    pub(crate) unlock: bool,
     /// On a composefs root with fs-verity required or a signed image, run the target from its
     /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
     /// reboot): until the next boot its files are checked by no fs-verity digest and no
     /// signature. Without it a live apply is refused (exit 6)
     #[arg(long)]
-    pub allow_unverified_usr: bool,
+    pub(crate) allow_unverified_usr: bool,
     #[command(flatten)]
-    pub pair: PairOpts,
+    pub(crate) pair: PairOpts,
     #[command(flatten)]
-    pub services: ServiceOpts,
+    pub(crate) services: ServiceOpts,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
-pub struct ResetOpts {
+pub(crate) struct ResetOpts {
     #[command(flatten)]
-    pub services: ServiceOpts,
+    pub(crate) services: ServiceOpts,
     /// Print the reset plan — what would be undone, step by step — and change nothing
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 /// Where verbs write. `--json` selects one JSON document on stdout.
-pub struct Output<'a> {
+pub(crate) struct Output<'a> {
     pub json: bool,
-    pub out: &'a mut dyn Write,
+    pub(crate) out: &'a mut dyn Write,
 }
 
 impl Output<'_> {
-    pub fn json_value<T: serde::Serialize>(&mut self, v: &T) -> Result<()> {
+    pub(crate) fn json_value<T: serde::Serialize>(&mut self, v: &T) -> Result<()> {
         serde_json::to_writer_pretty(&mut *self.out, v)?;
         writeln!(self.out)?;
         Ok(())

@@ -8,7 +8,7 @@ use crate::system::{kexec::RealKexec, lock, privileges};
 use anyhow::Result;
 use std::path::Path;
 
-pub fn prepare(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
+pub(crate) fn prepare(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
     if paths.root != Path::new("/") {
         return Err(refuse(
             ExitCode::Usage,

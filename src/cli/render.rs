@@ -165,8 +165,8 @@ fn reason_words(r: &services::Reason) -> String {
 }
 
 /// A unit-file change in words.
-pub(crate) fn unit_change_words(c: &crate::units::diff::UnitChange) -> String {
-    use crate::units::diff::{Dependency, UnitChange};
+pub(crate) fn unit_change_words(c: &crate::units::changes::UnitChange) -> String {
+    use crate::units::changes::{Dependency, UnitChange};
     let dep = |d: &Dependency| match d {
         Dependency::Wants => "wants",
         Dependency::Requires => "requires",

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 
 /// Long because it is the verb's whole story in order — preflight, one discovery, one diff,
 /// the facts, the ladder — ending in one `match` over the rungs whose arms are calls.
-pub fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+pub(crate) fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let started = std::time::Instant::now();
     // Before the diff spawns worker threads. Each rung checks its own capabilities before its
     // first change; without root there is nothing to lock (every rung that changes something

@@ -19,12 +19,15 @@ use std::path::Path;
 use std::time::Instant;
 
 /// Live-apply state for `status`: JSON and human lines.
-pub struct LiveStatus {
+pub(crate) struct LiveStatus {
     pub json: serde_json::Value,
-    pub lines: Vec<String>,
+    pub(crate) lines: Vec<String>,
 }
 
-pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
+///
+/// Long: the three states (unreadable, a record of an earlier boot, this boot's record), each
+/// with its JSON and its lines built side by side so they cannot disagree.
+pub(crate) fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
     let journal = Journal::for_host(paths)?;
     // The journal is private to root (0700 directories): another user sees that it cannot tell.
     let denied = |e: &anyhow::Error| {
@@ -119,7 +122,7 @@ pub fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
 }
 
 /// Whether the running kernel has a kexec kernel loaded; `None` with `--root` (another system).
-pub fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecJson> {
+pub(crate) fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecJson> {
     if paths.root != Path::new("/") {
         return None;
     }
@@ -137,7 +140,7 @@ struct DiffJson<'a> {
     ladder: crate::plan::ladder::Ladder,
 }
 
-pub fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+pub(crate) fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Result<ExitCode> {
     let host = discover::load(paths)?;
     let (from, to) = diff::select_pair(&host, pair.from.as_deref(), pair.to.as_deref())?;
     let d = diff::diff_deployments(from, to)?;
@@ -180,7 +183,7 @@ fn host_ladder(
 
 /// `status --json`: the ladder from what userspace runs to the staged (else pending)
 /// deployment, when the host is ostree-booted and has one; `None` otherwise.
-pub fn status_ladder(
+pub(crate) fn status_ladder(
     paths: &HostPaths,
     host: &Host,
 ) -> Result<Option<crate::plan::ladder::Ladder>> {
@@ -286,7 +289,13 @@ pub(super) fn live_target(journal: &Journal) -> Result<Option<String>> {
         .map(|st| st.target))
 }
 
-pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+/// `apply-live`: preflight, discover, diff, plan, then a dry-run print or the executor; long
+/// because each phase is timed into the report's `phases` in the order it runs.
+pub(crate) fn apply_live(
+    paths: &HostPaths,
+    opts: &ApplyLiveOpts,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
     let started = Instant::now();
     let mut phases = Vec::new();
     let _lock = if opts.dry_run {
@@ -381,15 +390,15 @@ pub fn apply_live(paths: &HostPaths, opts: &ApplyLiveOpts, o: &mut Output<'_>) -
 /// A live apply decided by `apply-live` or `switch`: its diff, host states and service
 /// decision, made once.
 pub(super) struct LiveRun<'a> {
-    pub host: &'a Host,
-    pub d: &'a DeploymentDiff,
-    pub host_states: Vec<preconditions::HostBlocker>,
+    pub(crate) host: &'a Host,
+    pub(crate) d: &'a DeploymentDiff,
+    pub(crate) host_states: Vec<preconditions::HostBlocker>,
     /// `None`: services not managed (`--no-services`).
-    pub services: Option<Vec<services::ServiceAction>>,
+    pub(crate) services: Option<Vec<services::ServiceAction>>,
     /// `switch`: the ladder that chose live, shown with the plan.
-    pub ladder: Option<crate::plan::ladder::Ladder>,
-    pub dry_run: bool,
-    pub unlock: bool,
+    pub(crate) ladder: Option<crate::plan::ladder::Ladder>,
+    pub(crate) dry_run: bool,
+    pub(crate) unlock: bool,
 }
 
 /// Build the live plan, print it (`--dry-run`) or carry it out and report. The caller holds
@@ -510,7 +519,7 @@ pub fn reset(paths: &HostPaths, opts: &ResetOpts, o: &mut Output<'_>) -> Result<
     Ok(report.outcome)
 }
 
-pub fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
+pub(crate) fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
     let journal = Journal::for_host(paths)?;
     if journal.stale_persistent()?.is_none() {
         let rep = crate::exec::recover::recover(&journal, &paths.root.join("etc"), "")?;
@@ -592,12 +601,12 @@ fn checked_tree_kernel(
 /// How the kexec path runs.
 #[derive(Debug, Clone)]
 pub(super) struct KexecMode {
-    pub dry_run: bool,
-    pub load_only: bool,
-    pub reboot_fallback: bool,
-    pub unlock: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) load_only: bool,
+    pub(crate) reboot_fallback: bool,
+    pub(crate) unlock: bool,
     /// `switch`: the ladder that chose kexec, shown with the plan.
-    pub ladder: Option<crate::plan::ladder::Ladder>,
+    pub(crate) ladder: Option<crate::plan::ladder::Ladder>,
 }
 
 /// The caller holds the run lock ([`preflight`]) unless this is a dry run.
@@ -696,7 +705,11 @@ pub(super) fn booted_host(paths: &HostPaths) -> Result<Host> {
     Ok(host)
 }
 
-pub fn kexec(paths: &HostPaths, opts: &super::KexecOpts, o: &mut Output<'_>) -> Result<ExitCode> {
+pub(crate) fn kexec(
+    paths: &HostPaths,
+    opts: &super::KexecOpts,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
     let _lock = if opts.dry_run {
         None
     } else {

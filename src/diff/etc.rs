@@ -36,7 +36,7 @@
 //! ([`EtcMergeError::NewDefaultNotDirectory`]): ostree would follow such a symlink.
 //! `etc/.updated`, which ostree deletes after its merge, is treated like any admin file.
 
-pub use super::walk::FileType;
+pub(crate) use super::walk::FileType;
 use super::walk::{self, Meta};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -66,15 +66,15 @@ pub struct EtcAction {
     pub path: String,
     pub action: EtcActionKind,
     /// Type of the live path now (`None`: absent).
-    pub from_type: Option<FileType>,
+    pub(crate) from_type: Option<FileType>,
     /// Type of the live path after the action (`None`: absent).
-    pub to_type: Option<FileType>,
+    pub(crate) to_type: Option<FileType>,
 }
 
 /// Why a path is a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ConflictReason {
+pub(crate) enum ConflictReason {
     /// The admin changed the path and its default changed (or was removed) too; local wins.
     BothChanged,
     /// The admin created the path and a different new default now exists there; local wins.
@@ -87,11 +87,11 @@ pub enum ConflictReason {
 
 /// A path where the admin's change and the new defaults meet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EtcConflict {
+pub(crate) struct EtcConflict {
     pub path: String,
     /// The action taken for it (also listed in [`EtcPlan::actions`]).
     pub action: EtcActionKind,
-    pub reason: ConflictReason,
+    pub(crate) reason: ConflictReason,
 }
 
 /// The `/etc` merge decisions.
@@ -99,7 +99,7 @@ pub struct EtcConflict {
 pub struct EtcPlan {
     pub actions: Vec<EtcAction>,
     /// Sorted by path, component-wise.
-    pub conflicts: Vec<EtcConflict>,
+    pub(crate) conflicts: Vec<EtcConflict>,
 }
 
 /// A merge ostree would refuse; the plan must not be applied.

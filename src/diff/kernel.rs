@@ -12,18 +12,18 @@ use std::path::Path;
 
 /// What identifies the boot-level state of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KernelIdentity {
+pub(crate) struct KernelIdentity {
     /// Kernel release (directory under `usr/lib/modules`, or the `<kver>` of a legacy
     /// `vmlinuz-<kver>-<bootcsum>`), if the tree has a kernel.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// ostree's `bootcsum`: sha256 over vmlinuz, initramfs, devicetree or `dtb/`, or the
     /// checksum in a legacy kernel's file name.
-    pub boot_digest: Option<String>,
-    pub has_initramfs: bool,
+    pub(crate) boot_digest: Option<String>,
+    pub(crate) has_initramfs: bool,
     /// Kernel arguments without `ostree=`.
-    pub kargs: Vec<String>,
+    pub(crate) kargs: Vec<String>,
     /// sha256 of the SELinux policy file(s) in `usr/etc/selinux/*/policy/`, if any.
-    pub selinux_policy: Option<String>,
+    pub(crate) selinux_policy: Option<String>,
 }
 
 /// One reason the kernel-level state differs.
@@ -53,7 +53,7 @@ pub enum KernelReason {
 }
 
 impl KernelReason {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let short = |s: &Option<String>| {
             s.as_deref()
                 .map(|x| x.get(..12).unwrap_or(x).to_owned())
@@ -85,7 +85,7 @@ impl KernelReason {
 }
 
 /// Read the identity of a deployment (the kernel was already found by discovery).
-pub fn identity(d: &Deployment) -> Result<KernelIdentity> {
+pub(crate) fn identity(d: &Deployment) -> Result<KernelIdentity> {
     Ok(KernelIdentity {
         version: d.kernel.as_ref().map(|k| k.version.clone()),
         boot_digest: d.kernel.as_ref().map(|k| k.boot_digest.clone()),
@@ -97,7 +97,7 @@ pub fn identity(d: &Deployment) -> Result<KernelIdentity> {
 }
 
 /// sha256 over every `usr/etc/selinux/<type>/policy/policy.*` file, in name order.
-pub fn selinux_policy_digest(deploy_dir: &Path) -> Result<Option<String>> {
+pub(crate) fn selinux_policy_digest(deploy_dir: &Path) -> Result<Option<String>> {
     let base = deploy_dir.join("usr/etc/selinux");
     let types = match std::fs::read_dir(&base) {
         Ok(rd) => rd,
@@ -131,7 +131,7 @@ pub fn selinux_policy_digest(deploy_dir: &Path) -> Result<Option<String>> {
 }
 
 /// Pure: the reasons `to` cannot be reached without booting its kernel.
-pub fn compare(from: &KernelIdentity, to: &KernelIdentity) -> Vec<KernelReason> {
+pub(crate) fn compare(from: &KernelIdentity, to: &KernelIdentity) -> Vec<KernelReason> {
     let mut r = Vec::new();
     if from.version != to.version {
         r.push(KernelReason::KernelVersionChanged {

@@ -3,7 +3,7 @@
 //!
 //! - [`usr`]: the `/usr` tree diff (equal to `ostree diff` restricted to `/usr`);
 //! - [`etc`]: ostree's 3-way `/etc` merge, as per-path actions on the live `/etc`;
-//! - [`crate::units::diff`]: unit files, drop-ins and enablement links;
+//! - [`crate::units::changes`]: unit files, drop-ins and enablement links;
 //! - [`kernel`]: boot digest, kernel version, kargs minus `ostree=`, SELinux policy.
 
 pub mod etc;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped on any incompatible change of the diff JSON.
-pub const DIFF_SCHEMA_VERSION: u32 = 1;
+pub(crate) const DIFF_SCHEMA_VERSION: u32 = 1;
 
 /// Which deployment, as shown in diff, plan and report JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ pub struct Decision {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KernelDiff {
+pub(crate) struct KernelDiff {
     pub from: kernel::KernelIdentity,
     pub to: kernel::KernelIdentity,
     pub reasons: Vec<kernel::KernelReason>,
@@ -73,33 +73,33 @@ pub struct KernelDiff {
 
 /// The full comparison of two deployments.
 #[derive(Debug, Clone, Serialize)]
-pub struct DeploymentDiff {
+pub(crate) struct DeploymentDiff {
     pub schema_version: u32,
     pub from: DeploymentRef,
     pub to: DeploymentRef,
     pub decision: Decision,
-    pub kernel: KernelDiff,
+    pub(crate) kernel: KernelDiff,
     pub usr: usr::UsrDiff,
     /// Top-level content outside `/usr` that differs ([`outside`]); a live apply cannot swap it.
-    pub outside_usr: Vec<outside::OutsideChange>,
-    pub etc: etc::EtcPlan,
-    pub units: Vec<crate::units::diff::UnitFileChange>,
+    pub(crate) outside_usr: Vec<outside::OutsideChange>,
+    pub(crate) etc: etc::EtcPlan,
+    pub(crate) units: Vec<crate::units::changes::UnitFileChange>,
     /// How long each part of the diff took.
-    pub timings: DiffTimings,
+    pub(crate) timings: DiffTimings,
 }
 
 /// Milliseconds per part of [`diff_deployments`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct DiffTimings {
-    pub kernel_ms: u64,
-    pub usr_ms: u64,
-    pub outside_usr_ms: u64,
-    pub etc_ms: u64,
-    pub units_ms: u64,
+pub(crate) struct DiffTimings {
+    pub(crate) kernel_ms: u64,
+    pub(crate) usr_ms: u64,
+    pub(crate) outside_usr_ms: u64,
+    pub(crate) etc_ms: u64,
+    pub(crate) units_ms: u64,
 }
 
 impl DiffTimings {
-    pub fn parts(&self) -> [(&'static str, u64); 5] {
+    pub(crate) fn parts(&self) -> [(&'static str, u64); 5] {
         [
             ("kernel", self.kernel_ms),
             ("usr", self.usr_ms),
@@ -113,10 +113,10 @@ impl DiffTimings {
 /// Files under `/usr` that only the initramfs reads, at boot: a change to one of them takes a
 /// boot, like a kernel change. (ostree-prepare-root reads its configuration before the root is
 /// mounted; changing it live changes nothing until the next boot.)
-pub const BOOT_TIME_USR_FILES: [&str; 1] = ["/usr/lib/ostree/prepare-root.conf"];
+pub(crate) const BOOT_TIME_USR_FILES: [&str; 1] = ["/usr/lib/ostree/prepare-root.conf"];
 
 /// Pure: the decision from the parts.
-pub(crate) fn decision(
+pub fn decision(
     usr: &usr::UsrDiff,
     outside_usr: &[outside::OutsideChange],
     units_changed: usize,
@@ -173,7 +173,7 @@ pub(crate) fn decision(
 }
 
 /// Pick `from`/`to` by the user's selectors: from = booted, to = staged else pending.
-pub fn select_pair<'h>(
+pub(crate) fn select_pair<'h>(
     host: &'h Host,
     from: Option<&str>,
     to: Option<&str>,
@@ -206,7 +206,7 @@ pub fn select_pair<'h>(
 /// The pair a switch of the running system compares. As [`select_pair`], except that `from`
 /// defaults to what userspace runs: `live_target` (the target of a live apply completed in this
 /// boot) when there is one, else the booted deployment.
-pub fn select_running_pair<'h>(
+pub(crate) fn select_running_pair<'h>(
     host: &'h Host,
     live_target: Option<&str>,
     from: Option<&str>,
@@ -225,7 +225,7 @@ pub fn select_running_pair<'h>(
 
 /// What `apply-live` and `switch` say when the live target is no longer a deployment: they plan
 /// from the booted deployment instead. `None` when the live target is still there (or none).
-pub fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> Option<String> {
+pub(crate) fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> Option<String> {
     let id = live_target?;
     if host.deployments.iter().any(|d| d.id == id) {
         return None;
@@ -238,7 +238,7 @@ pub fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> Option<S
 
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
-pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
     let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let mut timings = DiffTimings::default();
     let t = std::time::Instant::now();
@@ -275,7 +275,7 @@ pub fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Deployment
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     timings.etc_ms = ms(t);
     let t = std::time::Instant::now();
-    let units = crate::units::diff::diff_units(&from.path, &to.path)
+    let units = crate::units::changes::diff_units(&from.path, &to.path)
         .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
     timings.units_ms = ms(t);
     let etc_changes = etc

@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Top-level names that are not part of the image's content as a live apply sees it.
-pub const NOT_CONTENT: [&str; 10] = [
+pub(crate) const NOT_CONTENT: [&str; 10] = [
     "usr", "etc", "var", "boot", "sysroot", "run", "proc", "sys", "dev", "tmp",
 ];
 
@@ -101,7 +101,7 @@ fn compare<T: PartialEq>(
 }
 
 /// The top-level entries outside `/usr` that differ between two deployment directories.
-pub fn diff_outside_usr(from_deploy: &Path, to_deploy: &Path) -> Result<Vec<OutsideChange>> {
+pub(crate) fn diff_outside_usr(from_deploy: &Path, to_deploy: &Path) -> Result<Vec<OutsideChange>> {
     if let (Some((repo, ca)), Some((_, cb))) = (
         Repo::of_deployment(from_deploy),
         Repo::of_deployment(to_deploy),

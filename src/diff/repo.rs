@@ -13,7 +13,7 @@ use zvariant::serialized::{Context, Data};
 use zvariant::{OwnedValue, LE};
 
 /// A SHA-256 object checksum.
-pub type Csum = [u8; 32];
+pub(crate) type Csum = [u8; 32];
 
 /// A directory's content (dirtree) and metadata (dirmeta) checksums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct DirCsums {
 }
 
 /// The subdirectories of one dirtree, by name.
-pub type SubDirs = HashMap<Vec<u8>, DirCsums>;
+pub(crate) type SubDirs = HashMap<Vec<u8>, DirCsums>;
 
 // See discover::state: zvariant's GVariant format is deprecated only in favour of a future crate.
 #[allow(deprecated)]
@@ -187,7 +187,7 @@ impl Repo {
     }
 
     /// The root directory of a commit.
-    pub fn commit_root(&self, commit: &str) -> Option<DirCsums> {
+    pub(crate) fn commit_root(&self, commit: &str) -> Option<DirCsums> {
         parse_commit_root(&self.read(commit, "commit")?)
     }
 
@@ -223,14 +223,14 @@ impl Repo {
 
     /// The files (regular files and symlinks) of the dirtree `tree`, by name, with their
     /// content checksums: the whole object decoded.
-    pub fn files(&self, tree: &Csum) -> Option<FileCsums> {
+    pub(crate) fn files(&self, tree: &Csum) -> Option<FileCsums> {
         parse_files(&self.read(&crate::discover::kernel::hex(tree), "dirtree")?)
     }
 }
 
 /// The files of one dirtree (regular files and symlinks), by name: their content checksums
 /// (the `.file` object names: content, uid/gid/mode and xattrs together).
-pub type FileCsums = HashMap<Vec<u8>, Csum>;
+pub(crate) type FileCsums = HashMap<Vec<u8>, Csum>;
 
 type DirTreeVariant = (Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>, Vec<u8>)>);
 
@@ -245,7 +245,7 @@ pub fn parse_files(bytes: &[u8]) -> Option<FileCsums> {
 
 /// What a commit holds at a path under `/usr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsrEntry {
+pub(crate) enum UsrEntry {
     /// A regular file or symlink, with its content checksum.
     File(Csum),
     Dir,
@@ -256,7 +256,7 @@ pub enum UsrEntry {
 /// cached: which content a path has, without reading the file. ostree hardlinks the checkout
 /// to these objects, so the checksum is the content of the deployment's file.
 #[derive(Debug)]
-pub struct CommitUsr {
+pub(crate) struct CommitUsr {
     repo: Repo,
     usr: DirCsums,
     dirs: HashMap<Csum, Option<SubDirs>>,
@@ -266,7 +266,7 @@ pub struct CommitUsr {
 impl CommitUsr {
     /// The commit of the deployment directory `deploy` (`…/deploy/<commit>.<serial>`), when
     /// its repository has the commit and its `/usr`.
-    pub fn of_deployment(deploy: &Path) -> Option<CommitUsr> {
+    pub(crate) fn of_deployment(deploy: &Path) -> Option<CommitUsr> {
         let (repo, commit) = Repo::of_deployment(deploy)?;
         let usr = repo.usr(&commit)?;
         Some(CommitUsr {
@@ -295,7 +295,7 @@ impl CommitUsr {
 
     /// What the commit has at `rel` (relative to `/usr`); `None` when the repository cannot
     /// say (a missing or unparsable object, a path through a symlink, `..`).
-    pub fn entry(&mut self, rel: &Path) -> Option<UsrEntry> {
+    pub(crate) fn entry(&mut self, rel: &Path) -> Option<UsrEntry> {
         use std::os::unix::ffi::OsStrExt;
         use std::path::Component;
         let names: Vec<&[u8]> = rel

@@ -30,7 +30,7 @@
 //! path, component-wise, so parents come before their children.
 
 use super::repo::{Csum, DirCsums, Repo};
-pub use super::walk::FileType;
+pub(crate) use super::walk::FileType;
 use super::walk::{self, FsTraits, Listing, Meta, XattrSource};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -52,7 +52,7 @@ pub enum Change {
 /// What differs about a modified path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
+pub(crate) enum ChangeKind {
     /// File bytes (or device number) differ.
     Content,
     /// Permission bits (including setuid/setgid/sticky) differ.
@@ -75,19 +75,19 @@ pub struct UsrEntry {
     pub path: String,
     pub change: Change,
     /// Sorted; empty for added and removed paths.
-    pub kinds: Vec<ChangeKind>,
+    pub(crate) kinds: Vec<ChangeKind>,
     /// Type in the `from` tree (`None` when added).
-    pub from_type: Option<FileType>,
+    pub(crate) from_type: Option<FileType>,
     /// Type in the `to` tree (`None` when removed).
-    pub to_type: Option<FileType>,
+    pub(crate) to_type: Option<FileType>,
 }
 
 /// Number of entries per change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsrCounts {
-    pub added: usize,
-    pub removed: usize,
-    pub modified: usize,
+pub(crate) struct UsrCounts {
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
+    pub(crate) modified: usize,
 }
 
 /// The `/usr` diff.
@@ -95,7 +95,7 @@ pub struct UsrCounts {
 pub struct UsrDiff {
     /// Sorted by path, component-wise (as [`Path`] orders them): parents before children.
     pub entries: Vec<UsrEntry>,
-    pub counts: UsrCounts,
+    pub(crate) counts: UsrCounts,
 }
 
 impl UsrDiff {
@@ -406,6 +406,8 @@ impl Ctx {
 
     /// Diff the children of a directory pair whose own metadata the caller has compared.
     /// `trees`: the pair's dirtree checksums, when known.
+    /// Long: the one place a pair of entries is judged (kind, metadata, content, then descend),
+    /// so every change kind is decided in the same order; parts would pass the same arguments.
     #[allow(clippy::too_many_arguments)]
     fn diff_pair(
         &self,

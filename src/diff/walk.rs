@@ -23,7 +23,7 @@ use std::path::Path;
 /// The type of a filesystem object, as recorded in diffs and plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FileType {
+pub(crate) enum FileType {
     /// Regular file.
     File,
     /// Directory.
@@ -36,7 +36,7 @@ pub enum FileType {
 
 impl FileType {
     /// The type encoded in the `S_IFMT` bits of an `st_mode`.
-    pub fn from_mode(mode: u32) -> FileType {
+    pub(crate) fn from_mode(mode: u32) -> FileType {
         match mode & libc::S_IFMT {
             libc::S_IFREG => FileType::File,
             libc::S_IFDIR => FileType::Dir,
@@ -60,13 +60,13 @@ impl FileType {
 /// The `lstat` fields the diffs compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Meta {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub rdev: u64,
-    pub dev: u64,
-    pub ino: u64,
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) size: u64,
+    pub(crate) rdev: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 impl Meta {
@@ -82,21 +82,21 @@ impl Meta {
         }
     }
 
-    pub fn file_type(&self) -> FileType {
+    pub(crate) fn file_type(&self) -> FileType {
         FileType::from_mode(self.mode)
     }
 
     /// Permission bits including setuid/setgid/sticky.
-    pub fn perm(&self) -> u32 {
+    pub(crate) fn perm(&self) -> u32 {
         self.mode & 0o7777
     }
 
     /// `S_IFMT` bits.
-    pub fn fmt(&self) -> u32 {
+    pub(crate) fn fmt(&self) -> u32 {
         self.mode & libc::S_IFMT
     }
 
-    pub fn same_inode(&self, other: &Meta) -> bool {
+    pub(crate) fn same_inode(&self, other: &Meta) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
 }
@@ -138,21 +138,21 @@ pub(crate) fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Resul
 pub(crate) struct FsTraits {
     /// `d_ino` equals `st_ino` and is unique per device. overlayfs and FUSE may break this,
     /// so the same-inode shortcut is not taken there.
-    pub dirent_inodes: bool,
+    pub(crate) dirent_inodes: bool,
     /// The filesystem fills the `getdents64` buffer until it is full or the directory ends
     /// (ext2/3/4, XFS, btrfs, tmpfs all do), so a batch that left room for one more entry of
     /// maximal size was the last one and the EOF call can be skipped.
-    pub greedy_getdents: bool,
+    pub(crate) greedy_getdents: bool,
 }
 
 impl FsTraits {
     /// Nothing assumed: every listing reads to the end-of-directory call.
-    pub const CONSERVATIVE: FsTraits = FsTraits {
+    pub(crate) const CONSERVATIVE: FsTraits = FsTraits {
         dirent_inodes: false,
         greedy_getdents: false,
     };
 
-    pub fn of(fd: BorrowedFd<'_>) -> FsTraits {
+    pub(crate) fn of(fd: BorrowedFd<'_>) -> FsTraits {
         const EXT_SUPER_MAGIC: i64 = 0xEF53;
         const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
         const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -178,7 +178,7 @@ impl FsTraits {
     }
 
     /// What holds for both of two trees.
-    pub fn both(self, other: FsTraits) -> FsTraits {
+    pub(crate) fn both(self, other: FsTraits) -> FsTraits {
         FsTraits {
             dirent_inodes: self.dirent_inodes && other.dirent_inodes,
             greedy_getdents: self.greedy_getdents && other.greedy_getdents,
@@ -200,9 +200,9 @@ pub(crate) struct Ent {
     off: u32,
     len: u32,
     /// `d_ino`: the inode number as seen by `getdents`.
-    pub ino: u64,
+    pub(crate) ino: u64,
     /// `d_type`, or `None` when the filesystem reports `DT_UNKNOWN`.
-    pub dtype: Option<FileType>,
+    pub(crate) dtype: Option<FileType>,
 }
 
 /// The entries of one directory (without `.` and `..`), sorted by name bytes.
@@ -223,7 +223,7 @@ impl Listing {
     /// `fdopendir`, no dup); `fd` must be at offset 0, as a new descriptor is. With
     /// `greedy_getdents` (see [`FsTraits`]) a batch that left room for another entry ends the
     /// listing without the extra empty call.
-    pub fn read(fd: BorrowedFd<'_>, traits: FsTraits) -> rustix::io::Result<Listing> {
+    pub(crate) fn read(fd: BorrowedFd<'_>, traits: FsTraits) -> rustix::io::Result<Listing> {
         DIRENT_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             // RawDir may skip up to 7 bytes to align the buffer.
@@ -262,21 +262,21 @@ impl Listing {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ents.len()
     }
 
-    pub fn ent(&self, i: usize) -> &Ent {
+    pub(crate) fn ent(&self, i: usize) -> &Ent {
         &self.ents[i]
     }
 
     /// The name bytes of entry `i` (no NUL).
-    pub fn name(&self, i: usize) -> &[u8] {
+    pub(crate) fn name(&self, i: usize) -> &[u8] {
         name_of(&self.names, &self.ents[i])
     }
 
     /// The name of entry `i` as a C string, for `*at` calls.
-    pub fn cname(&self, i: usize) -> &CStr {
+    pub(crate) fn cname(&self, i: usize) -> &CStr {
         let e = &self.ents[i];
         let start = e.off as usize;
         let end = start + e.len as usize + 1;

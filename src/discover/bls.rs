@@ -9,15 +9,15 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct BootEntry {
     /// File name of the entry, e.g. `ostree-1-debian.conf`.
-    pub file: String,
+    pub(crate) file: String,
     pub title: Option<String>,
     pub version: Option<String>,
     pub linux: Option<String>,
     /// `initrd` may repeat (overlay initrds follow the main one).
-    pub initrd: Vec<String>,
-    pub options: Option<String>,
-    pub devicetree: Option<String>,
-    pub extra: Vec<(String, String)>,
+    pub(crate) initrd: Vec<String>,
+    pub(crate) options: Option<String>,
+    pub(crate) devicetree: Option<String>,
+    pub(crate) extra: Vec<(String, String)>,
 }
 
 impl BootEntry {
@@ -72,7 +72,7 @@ pub fn parse_entry(file: &str, text: &str) -> Result<BootEntry, String> {
 
 /// Order entries as libostree does: by `version`, highest first (versions compared like
 /// `strverscmp`, so "10" sorts above "9"); ties broken by file name.
-pub fn sort_entries(entries: &mut [BootEntry]) {
+pub(crate) fn sort_entries(entries: &mut [BootEntry]) {
     entries.sort_by(|a, b| {
         let va = a.version.as_deref().unwrap_or("");
         let vb = b.version.as_deref().unwrap_or("");
@@ -119,10 +119,10 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// The parts of an `ostree=/ostree/boot.N/<stateroot>/<bootcsum>/<bootserial>` bootlink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Bootlink {
-    pub bootversion: u8,
+    pub(crate) bootversion: u8,
     pub stateroot: String,
-    pub bootcsum: String,
-    pub bootserial: u32,
+    pub(crate) bootcsum: String,
+    pub(crate) bootserial: u32,
 }
 
 /// Parse an `ostree=` value with the same shape libostree's generator accepts:

@@ -21,7 +21,7 @@ use std::path::Path;
 /// The mount at the running root, from one line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootMount {
-    pub mount_id: u64,
+    pub(crate) mount_id: u64,
     pub fs_type: String,
     /// The mount source (`composefs`, `composefs:<name>`, `/dev/vda3`, …).
     pub source: String,
@@ -129,7 +129,7 @@ pub enum ComposefsMode {
 }
 
 impl ComposefsMode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ComposefsMode::Off => "off",
             ComposefsMode::Unverified => "unverified",
@@ -141,25 +141,26 @@ impl ComposefsMode {
 
 /// The composefs state of the running root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Composefs {
-    pub mode: ComposefsMode,
+pub(crate) struct Composefs {
+    pub(crate) mode: ComposefsMode,
     /// `/run/ostree-booted` has `composefs` true.
-    pub booted_file: bool,
+    pub(crate) booted_file: bool,
     /// The mount table shows a composefs overlay at the root.
-    pub mount_table: bool,
+    pub(crate) mount_table: bool,
     /// fs-verity is required (`composefs.verity`, or `verity=require` on the root overlay).
-    pub verity: bool,
+    pub(crate) verity: bool,
     /// The key file that verified the signed commit (`composefs.signed`).
     pub signed: Option<String>,
 }
 
 impl Composefs {
-    pub fn enabled(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn enabled(&self) -> bool {
         self.mode != ComposefsMode::Off
     }
 
     /// One line for `status`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!("composefs: {}", self.mode.name());
         match self.mode {
             ComposefsMode::Off => return s,
@@ -184,7 +185,7 @@ impl Composefs {
 }
 
 /// Pure: the composefs state from `/run/ostree-booted` (with the root mount discover found).
-pub fn composefs(bs: &BootedState) -> Composefs {
+pub(crate) fn composefs(bs: &BootedState) -> Composefs {
     let mount_table = bs
         .root_mount
         .as_ref()

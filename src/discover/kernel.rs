@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 /// Where in the tree the kernel was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum KernelLayout {
+pub(crate) enum KernelLayout {
     /// `usr/lib/modules/<kver>/vmlinuz`.
     UsrLibModules,
     /// `usr/lib/ostree-boot/vmlinuz-<kver>-<bootcsum>`.
@@ -52,7 +52,7 @@ pub enum KernelLayout {
 /// Where a [`KernelFiles::boot_digest`] comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DigestSource {
+pub(crate) enum DigestSource {
     /// Hashed from the tree's files (ostree's algorithm).
     Computed,
     /// The checksum in a legacy kernel's file name (what ostree itself uses).
@@ -66,22 +66,22 @@ pub enum DigestSource {
 /// The kernel files of one deployment tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelFiles {
-    pub layout: KernelLayout,
+    pub(crate) layout: KernelLayout,
     /// Kernel release: the directory name under `usr/lib/modules`, or the `<kver>` of a legacy
     /// `vmlinuz-<kver>-<bootcsum>`.
     pub version: String,
-    pub vmlinuz: PathBuf,
-    pub initramfs: Option<PathBuf>,
+    pub(crate) vmlinuz: PathBuf,
+    pub(crate) initramfs: Option<PathBuf>,
     /// A `devicetree` file, or a `dtb/` directory (see [`KernelFiles::devicetree_is_dir`]).
-    pub devicetree: Option<PathBuf>,
+    pub(crate) devicetree: Option<PathBuf>,
     /// The device tree is a directory of device trees (`dtb/`, ostree writes `fdtdir`).
-    pub devicetree_is_dir: bool,
+    pub(crate) devicetree_is_dir: bool,
     /// ostree's bootcsum for this tree (hex sha256).
     pub boot_digest: String,
     /// Where `boot_digest` comes from: only [`DigestSource::Computed`] and
     /// [`DigestSource::FileName`] were read from the tree; a recorded one is checked against
     /// the tree by [`verify_boot_digest`].
-    pub digest_source: DigestSource,
+    pub(crate) digest_source: DigestSource,
 }
 
 const DIR: OFlags = OFlags::RDONLY
@@ -177,6 +177,8 @@ fn checksum_dir_recurse(
 
 /// `get_kernel_from_tree_usrlib_modules`. With `recorded`, the files are located but not
 /// hashed, and the recorded checksum is the digest.
+/// Long: it follows libostree's function step by step, in its order, so the two can be
+/// compared line by line.
 fn from_usrlib_modules(
     root: BorrowedFd<'_>,
     deploy_dir: &Path,
@@ -370,7 +372,7 @@ pub fn find_kernel(deploy_dir: &Path) -> Result<Option<KernelFiles>> {
 
 /// [`find_kernel`], taking the bootcsum ostree recorded for this deployment (`recorded`, when
 /// it is a checksum) instead of hashing the kernel, initramfs and device trees.
-pub fn find_kernel_recorded(
+pub(crate) fn find_kernel_recorded(
     deploy_dir: &Path,
     recorded: Option<(&str, DigestSource)>,
 ) -> Result<Option<KernelFiles>> {
@@ -391,7 +393,7 @@ pub fn find_kernel_recorded(
 /// Check a recorded boot digest against the tree: hash the kernel files of `deploy_dir` as
 /// ostree does and compare. A digest read from the tree (hashed, or a legacy file name) needs
 /// no check. The error names the deployment, both checksums and where the record came from.
-pub fn verify_boot_digest(deploy_dir: &Path, k: &KernelFiles) -> Result<()> {
+pub(crate) fn verify_boot_digest(deploy_dir: &Path, k: &KernelFiles) -> Result<()> {
     if matches!(
         k.digest_source,
         DigestSource::Computed | DigestSource::FileName
@@ -416,7 +418,7 @@ pub fn verify_boot_digest(deploy_dir: &Path, k: &KernelFiles) -> Result<()> {
 }
 
 /// Lower-case hex of a byte string.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -22,10 +22,10 @@ use serde::Serialize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub use bls::BootEntry;
-pub use kernel::{DigestSource, KernelFiles};
-pub use origin::Origin;
-pub use state::{BootedState, StagedState};
+pub(crate) use bls::BootEntry;
+pub(crate) use kernel::{DigestSource, KernelFiles};
+pub(crate) use origin::Origin;
+pub(crate) use state::{BootedState, StagedState};
 
 /// Where to look. Every verb takes these, so tests can point at fixtures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,9 +33,9 @@ pub struct HostPaths {
     /// The physical sysroot holding `ostree/` and `boot/` (`/sysroot` when booted).
     pub sysroot: PathBuf,
     /// The running system's root (`/`): where `/usr` and `/etc` are swapped and merged.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The runtime state directory (`/run`).
-    pub run: PathBuf,
+    pub(crate) run: PathBuf,
     /// The boot directory holding `loader` → `loader.N` and the kernels the entries name. On a
     /// booted host this is the mounted `/boot` when it holds the `loader` link (a boot partition,
     /// or ostree-prepare-root's bind of `<sysroot>/boot`), else `<sysroot>/boot` — the directory
@@ -78,22 +78,22 @@ impl HostPaths {
         }
     }
 
-    pub fn ostree_booted_file(&self) -> PathBuf {
+    pub(crate) fn ostree_booted_file(&self) -> PathBuf {
         self.run.join("ostree-booted")
     }
 
-    pub fn staged_file(&self) -> PathBuf {
+    pub(crate) fn staged_file(&self) -> PathBuf {
         self.run.join("ostree/staged-deployment")
     }
 
     /// The legacy finalization lock file ostree still writes next to the staged state.
-    pub fn staged_locked_file(&self) -> PathBuf {
+    pub(crate) fn staged_locked_file(&self) -> PathBuf {
         self.run.join("ostree/staged-deployment-locked")
     }
 
     /// ostree's per-deployment runtime state directory (`unlocked-*` flags, rpm-ostree's
     /// live stamp).
-    pub fn deployment_state_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn deployment_state_dir(&self, id: &str) -> PathBuf {
         self.run.join("ostree/deployment-state").join(id)
     }
 }
@@ -102,41 +102,41 @@ impl HostPaths {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Deployment {
     /// Position in ostree's order (staged first, then BLS order).
-    pub index: usize,
+    pub(crate) index: usize,
     /// `<checksum>.<serial>`.
-    pub id: String,
-    pub stateroot: String,
-    pub checksum: String,
-    pub serial: u32,
+    pub(crate) id: String,
+    pub(crate) stateroot: String,
+    pub(crate) checksum: String,
+    pub(crate) serial: u32,
     /// Physical deployment directory `…/ostree/deploy/<stateroot>/deploy/<id>`.
     pub path: PathBuf,
     pub booted: bool,
     pub staged: bool,
-    pub pending: bool,
-    pub rollback: bool,
-    pub pinned: bool,
-    pub origin: Option<Origin>,
-    pub kernel: Option<KernelFiles>,
+    pub(crate) pending: bool,
+    pub(crate) rollback: bool,
+    pub(crate) pinned: bool,
+    pub(crate) origin: Option<Origin>,
+    pub(crate) kernel: Option<KernelFiles>,
     /// The BLS entry, absent for a staged deployment (not finalized yet).
-    pub boot_entry: Option<BootEntry>,
+    pub(crate) boot_entry: Option<BootEntry>,
     /// Kernel arguments: the BLS `options`; for a staged deployment the override it was
     /// staged with, else the ones it inherits from its merge deployment.
-    pub kargs: Vec<String>,
+    pub(crate) kargs: Vec<String>,
     /// `ostree admin unlock` state: `development` or `transient` (runtime flags under
     /// `<run>/ostree/deployment-state/<id>/`), or `hotfix` (the origin's `unlocked=`). `/usr` is
     /// then a writable overlay, not the deployment's tree.
-    pub unlocked: Option<String>,
+    pub(crate) unlocked: Option<String>,
     /// rpm-ostree applied a change live to this deployment this boot
     /// (`<run>/ostree/deployment-state/<id>/rpmostree-is-live.stamp`): `/usr` is an overlay.
-    pub rpm_ostree_live: bool,
+    pub(crate) rpm_ostree_live: bool,
     /// (st_dev, st_ino) of the deployment directory.
     #[serde(skip)]
-    pub dev_ino: (u64, u64),
+    pub(crate) dev_ino: (u64, u64),
 }
 
 impl Deployment {
     /// Kernel arguments without `ostree=`, which differs between any two deployments.
-    pub fn kargs_without_ostree(&self) -> Vec<String> {
+    pub(crate) fn kargs_without_ostree(&self) -> Vec<String> {
         self.kargs
             .iter()
             .filter(|a| !a.starts_with("ostree="))
@@ -148,18 +148,18 @@ impl Deployment {
 /// Everything discovered about a sysroot.
 #[derive(Debug, Clone, Serialize)]
 pub struct Host {
-    pub paths: HostPaths,
+    pub(crate) paths: HostPaths,
     /// `<run>/ostree-booted` exists.
-    pub ostree_booted: bool,
-    pub booted_state: Option<BootedState>,
-    pub staged_state: Option<StagedState>,
+    pub(crate) ostree_booted: bool,
+    pub(crate) booted_state: Option<BootedState>,
+    pub(crate) staged_state: Option<StagedState>,
     /// The current bootversion (`boot/loader` → `loader.N`), if any entries were written.
-    pub bootversion: Option<u8>,
+    pub(crate) bootversion: Option<u8>,
     /// The staged deployment must not be finalized until unlocked: `locked` in
     /// `<run>/ostree/staged-deployment`, or the older `<run>/ostree/staged-deployment-locked`
     /// file (bootc `--download-only`, rpm-ostree `--lock-finalization`,
     /// `ostree admin deploy --lock-finalization`).
-    pub finalization_locked: bool,
+    pub(crate) finalization_locked: bool,
     pub deployments: Vec<Deployment>,
 }
 
@@ -170,10 +170,10 @@ impl Host {
     pub fn staged(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.staged)
     }
-    pub fn pending(&self) -> Option<&Deployment> {
+    pub(crate) fn pending(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.pending)
     }
-    pub fn rollback(&self) -> Option<&Deployment> {
+    pub(crate) fn rollback(&self) -> Option<&Deployment> {
         self.deployments.iter().find(|d| d.rollback)
     }
 
@@ -201,7 +201,7 @@ impl Host {
     /// Resolve a user's deployment selector: `booted`, `staged`, `pending`, `rollback`, an index,
     /// or `<checksum>.<serial>` (a unique checksum prefix with its serial also works). Every
     /// error names the value given and what is accepted.
-    pub fn select(&self, sel: &str) -> Result<&Deployment> {
+    pub(crate) fn select(&self, sel: &str) -> Result<&Deployment> {
         let found = match sel {
             "booted" => self.booted(),
             "staged" => self.staged(),
@@ -250,7 +250,7 @@ impl Host {
 }
 
 /// Check a deployment directory name: `<64 hex>.<serial>`. Returns (checksum, serial).
-pub fn parse_deploy_name(name: &str) -> Result<(String, u32)> {
+pub(crate) fn parse_deploy_name(name: &str) -> Result<(String, u32)> {
     let (csum, serial) = name
         .rsplit_once('.')
         .with_context(|| format!("deployment name {name:?} is not <checksum>.<serial>"))?;
@@ -295,7 +295,7 @@ pub fn load(paths: &HostPaths) -> Result<Host> {
 /// [`load`] again after a change (e.g. finalization), reusing the kernel digests of `prior`
 /// for deployment directories that are unchanged (same id and directory inode): their kernel
 /// files are immutable ostree objects, and hashing tens of MB per deployment is not free.
-pub fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
+pub(crate) fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Host> {
     let deploy_root = paths.sysroot.join("ostree/deploy");
     if !deploy_root.is_dir() {
         // A refusal (exit 6), not an error: a host without ostree is a precondition not met.
@@ -534,7 +534,7 @@ fn mark_pending_and_rollback(deployments: &mut [Deployment]) {
 /// Check a deployment's recorded boot digest against its tree ([`kernel::verify_boot_digest`]):
 /// call it before loading the deployment's kernel, since discovery takes ostree's recorded
 /// bootcsum instead of hashing. A mismatch is a refusal (exit 6) naming both checksums.
-pub fn verify_kernel(d: &Deployment) -> Result<()> {
+pub(crate) fn verify_kernel(d: &Deployment) -> Result<()> {
     let Some(k) = &d.kernel else {
         return Ok(());
     };
@@ -670,7 +670,7 @@ fn read_boot_entries(boot: &Path) -> Result<(Option<u8>, Vec<BootEntry>)> {
 /// Resolve `/ostree/boot.N/<stateroot>/<bootcsum>/<serial>` inside the sysroot to a deployment
 /// name, without ever leaving the sysroot: `ostree/boot.N` must be a symlink to `boot.N.M`, and
 /// the bootlink a symlink to `../../../deploy/<stateroot>/deploy/<checksum>.<serial>`.
-pub fn resolve_bootlink(sysroot: &Path, link: &bls::Bootlink) -> Result<String> {
+pub(crate) fn resolve_bootlink(sysroot: &Path, link: &bls::Bootlink) -> Result<String> {
     let bootn = sysroot.join(format!("ostree/boot.{}", link.bootversion));
     let sub = std::fs::read_link(&bootn).with_context(|| {
         format!(

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Origin {
     /// `[origin] refspec=` for plain ostree deployments.
-    pub refspec: Option<String>,
+    pub(crate) refspec: Option<String>,
     /// `[origin] container-image-reference=` for bootc / rpm-ostree container deployments.
-    pub container_image_reference: Option<String>,
+    pub(crate) container_image_reference: Option<String>,
     /// Every group → key → raw value, including the two above.
-    pub groups: BTreeMap<String, BTreeMap<String, String>>,
+    pub(crate) groups: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Origin {
@@ -28,7 +28,7 @@ impl Origin {
         self.get("origin", "unlocked")
     }
 
-    pub fn get(&self, group: &str, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, group: &str, key: &str) -> Option<&str> {
         self.groups.get(group)?.get(key).map(String::as_str)
     }
 }

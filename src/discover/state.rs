@@ -13,47 +13,47 @@ use zvariant::{OwnedValue, Value, LE};
 pub struct BootedState {
     /// `backing-root-device-inode` `(tt)`: (st_dev, st_ino) of the booted deployment directory.
     /// Absent on older ostree (2022.7 writes an empty file); then the root is stat'ed instead.
-    pub backing_root_device_inode: Option<(u64, u64)>,
+    pub(crate) backing_root_device_inode: Option<(u64, u64)>,
     /// `root.transient`: `/` is an overlay with a tmpfs upper (prepare-root.conf `[root]
     /// transient=true`); writes anywhere in the root, `/usr` included, vanish at reboot.
-    pub root_transient: bool,
+    pub(crate) root_transient: bool,
     /// `transient-etc`: `/etc` is an overlay of `usr/etc` with its upper in this directory
     /// (prepare-root.conf `[etc] transient=true`); the admin's `/etc` vanishes at reboot.
-    pub transient_etc: Option<String>,
+    pub(crate) transient_etc: Option<String>,
     /// `composefs` (b): ostree-prepare-root mounted `/` as composefs (an overlay over the
     /// deployment's EROFS image `.ostree.cfs`, with the repo's objects as a data-only lower
     /// layer). ostree writes it only when the composefs mount succeeded.
-    pub composefs: bool,
+    pub(crate) composefs: bool,
     /// `composefs.verity` (b): that mount required fs-verity (`verity=require`: every file's
     /// content is checked against the digest recorded in the image).
-    pub composefs_verity: bool,
+    pub(crate) composefs_verity: bool,
     /// `composefs.signed` (s): the public key file that verified the commit's signature (and
     /// thereby the image's expected digest); absent when the image is not signed.
-    pub composefs_signed: Option<String>,
+    pub(crate) composefs_signed: Option<String>,
     /// `sysroot-ro` (b): `/sysroot` is mounted read-only (`sysroot.readonly`).
-    pub sysroot_ro: bool,
+    pub(crate) sysroot_ro: bool,
     /// The mount at the running root, from the mount table (not from the file): filled by
     /// [`crate::discover::load`]; see [`crate::discover::composefs`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub root_mount: Option<super::composefs::RootMount>,
+    pub(crate) root_mount: Option<super::composefs::RootMount>,
     /// Every key present, with its GVariant type signature, for diagnostics.
-    pub keys: Vec<(String, String)>,
+    pub(crate) keys: Vec<(String, String)>,
 }
 
 /// Decoded `/run/ostree/staged-deployment`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StagedState {
     /// `target.name`: `<checksum>.<serial>`.
-    pub name: String,
-    pub osname: String,
-    pub bootcsum: String,
+    pub(crate) name: String,
+    pub(crate) osname: String,
+    pub(crate) bootcsum: String,
     /// `kargs` override, when the stager gave one (`ostree admin deploy --stage --karg…`).
-    pub kargs: Option<Vec<String>>,
+    pub(crate) kargs: Option<Vec<String>>,
     /// `merge-deployment.name`, when present.
-    pub merge_deployment: Option<String>,
-    pub overlay_initrds: Vec<String>,
+    pub(crate) merge_deployment: Option<String>,
+    pub(crate) overlay_initrds: Vec<String>,
     /// `locked`: finalization is locked (the staged deployment will not be finalized at shutdown).
-    pub locked: bool,
+    pub(crate) locked: bool,
 }
 
 // zvariant 5 marks its GVariant format deprecated in favour of a future separate crate; it is
@@ -159,7 +159,7 @@ pub fn with_locked(bytes: &[u8], locked: bool) -> Result<Vec<u8>, String> {
 /// `/run/ostree-booted` pointing at another deployment directory: `backing-root-device-inode`
 /// set to its (st_dev, st_ino), every other key kept. ostree picks the booted deployment by this
 /// key, and `/run` survives a soft reboot, so it must name the new root before the switch.
-pub fn with_backing_root(bytes: &[u8], dev: u64, ino: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn with_backing_root(bytes: &[u8], dev: u64, ino: u64) -> Result<Vec<u8>, String> {
     parse_booted(bytes)?;
     with_key(bytes, "backing-root-device-inode", Value::from((dev, ino)))
 }

@@ -113,7 +113,7 @@ fn copy_dir_metadata(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// Digest of what was written (file content hash, symlink target, or "dir").
-pub fn fingerprint(p: &Path) -> Option<String> {
+pub(crate) fn fingerprint(p: &Path) -> Option<String> {
     let m = std::fs::symlink_metadata(p).ok()?;
     if m.file_type().is_symlink() {
         return Some(format!("symlink:{}", std::fs::read_link(p).ok()?.display()));
@@ -135,7 +135,7 @@ pub fn fingerprint(p: &Path) -> Option<String> {
 
 /// Copy `live` to `backup` unless a backup is already there (the first one is the original),
 /// durably.
-pub fn backup_once(live: &Path, backup: &Path) -> Result<()> {
+pub(crate) fn backup_once(live: &Path, backup: &Path) -> Result<()> {
     if std::fs::symlink_metadata(backup).is_ok() {
         return Ok(());
     }
@@ -147,7 +147,10 @@ pub fn backup_once(live: &Path, backup: &Path) -> Result<()> {
 
 /// Apply one action. Idempotent: re-running after a crash converges (a backup is taken only
 /// once, so the original survives).
-pub fn apply_action(
+///
+/// Long: `/etc` itself, then the backup, then the write or removal through a parent opened
+/// without following symlinks; kept in one function so that order stays visible.
+pub(crate) fn apply_action(
     etc_dir: &Path,
     new_defaults: &Path,
     backup_dir: &Path,
@@ -232,7 +235,7 @@ pub fn apply_action(
 
 /// Undo one recorded change: restore the backup, or remove what the apply added. An entry the
 /// admin changed after the apply (fingerprint differs) is kept and returned as `Err(path)`.
-pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), String>> {
+pub(crate) fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), String>> {
     let rel = rel_of(&b.path)?;
     let name = rel.file_name().context("empty /etc path")?.to_owned();
     let parent = match open_parent_nofollow(etc_dir, &rel) {
@@ -285,7 +288,7 @@ pub fn restore(etc_dir: &Path, b: &EtcBackup) -> Result<std::result::Result<(), 
 /// Before anything changes: every `/etc` action's parent directories must be real directories
 /// (or not exist yet, when an earlier action creates them), never symlinks. A symlink in the
 /// way — possibly pointing outside /etc — refuses the whole apply.
-pub fn preflight(etc_dir: &Path, actions: &[EtcAction]) -> Result<()> {
+pub(crate) fn preflight(etc_dir: &Path, actions: &[EtcAction]) -> Result<()> {
     for a in actions {
         if !matches!(
             a.action,

@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const STATE_SCHEMA_VERSION: u32 = 1;
+pub(crate) const STATE_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StepStatus {
+pub(crate) enum StepStatus {
     Started,
     Done,
     Failed,
@@ -23,8 +23,8 @@ pub enum StepStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
-    pub name: String,
-    pub status: StepStatus,
+    pub(crate) name: String,
+    pub(crate) status: StepStatus,
     pub duration_ms: Option<u64>,
     pub detail: Option<String>,
 }
@@ -66,7 +66,7 @@ pub struct LiveState {
 
 impl LiveState {
     /// The tree a completed apply shows at `/usr`.
-    pub fn usr_shown(&self) -> PathBuf {
+    pub(crate) fn usr_shown(&self) -> PathBuf {
         self.usr_source
             .clone()
             .unwrap_or_else(|| self.target_path.join("usr"))
@@ -81,7 +81,7 @@ pub struct UnitTouch {
 
 impl UnitTouch {
     /// The action that undoes this one once the old /usr is back.
-    pub fn inverse(&self) -> Option<crate::services::Action> {
+    pub(crate) fn inverse(&self) -> Option<crate::services::Action> {
         use crate::services::Action::*;
         match self.action {
             Start => Some(Stop),
@@ -105,7 +105,7 @@ pub struct EtcBackup {
 
 impl LiveState {
     /// The step that was started but never finished, if the previous run died mid-way.
-    pub fn interrupted_step(&self) -> Option<&StepRecord> {
+    pub(crate) fn interrupted_step(&self) -> Option<&StepRecord> {
         self.steps
             .iter()
             .rev()
@@ -113,20 +113,20 @@ impl LiveState {
     }
 
     /// The step to name for an interrupted run: `reset` while resetting.
-    pub fn interrupted_at(&self) -> Option<String> {
+    pub(crate) fn interrupted_at(&self) -> Option<String> {
         if self.resetting {
             return Some("reset".into());
         }
         self.interrupted_step().map(|s| s.name.clone())
     }
 
-    pub fn step_done(&self, name: &str) -> bool {
+    pub(crate) fn step_done(&self, name: &str) -> bool {
         self.steps
             .iter()
             .any(|s| s.name == name && s.status == StepStatus::Done)
     }
 
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.finished_at.is_some()
     }
 }
@@ -135,8 +135,8 @@ impl LiveState {
 /// `<root>/var/lib/fastswitch` (what must survive a reboot: `/etc` backups).
 #[derive(Debug)]
 pub struct Journal {
-    pub dir: PathBuf,
-    pub persist_dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    pub(crate) persist_dir: PathBuf,
     /// The current boot's id, stamped into every saved state.
     pub boot_id: String,
     writes: std::cell::Cell<u32>,
@@ -159,7 +159,7 @@ fn write_durably(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// fsync a directory, making renames and creations in it durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("fsync {}", dir.display()))
@@ -201,34 +201,34 @@ impl Journal {
     }
 
     /// The journal of this host, stamped with the current boot id.
-    pub fn for_host(paths: &crate::discover::HostPaths) -> Result<Journal> {
+    pub(crate) fn for_host(paths: &crate::discover::HostPaths) -> Result<Journal> {
         Ok(Journal::new(&paths.run, &paths.root, &current_boot_id()?))
     }
 
-    pub fn state_path(&self) -> PathBuf {
+    pub(crate) fn state_path(&self) -> PathBuf {
         self.dir.join("state.json")
     }
 
     /// The persistent copy, present while `/etc` changes are recorded.
-    pub fn persistent_state_path(&self) -> PathBuf {
+    pub(crate) fn persistent_state_path(&self) -> PathBuf {
         self.persist_dir.join("state.json")
     }
 
-    pub fn backup_dir(&self) -> PathBuf {
+    pub(crate) fn backup_dir(&self) -> PathBuf {
         self.persist_dir.join("etc-backup")
     }
 
-    pub fn load(&self) -> Result<Option<LiveState>> {
+    pub(crate) fn load(&self) -> Result<Option<LiveState>> {
         load_json(&self.state_path())
     }
 
-    pub fn load_persistent(&self) -> Result<Option<LiveState>> {
+    pub(crate) fn load_persistent(&self) -> Result<Option<LiveState>> {
         load_json(&self.persistent_state_path())
     }
 
     /// Before reset or recover copy a record's backups into /etc as root: every backup must lie
     /// in [`Journal::backup_dir`], so a record naming another file is refused.
-    pub fn check_backups(&self, st: &LiveState) -> Result<()> {
+    pub(crate) fn check_backups(&self, st: &LiveState) -> Result<()> {
         let dir = self.backup_dir();
         for b in &st.etc_backups {
             if let Some(backup) = &b.backup {
@@ -250,7 +250,7 @@ impl Journal {
     }
 
     /// A persistent record left by an earlier boot (its `/etc` changes were never undone).
-    pub fn stale_persistent(&self) -> Result<Option<LiveState>> {
+    pub(crate) fn stale_persistent(&self) -> Result<Option<LiveState>> {
         Ok(self
             .load_persistent()?
             .filter(|st| st.boot_id != self.boot_id))
@@ -278,7 +278,7 @@ impl Journal {
     }
 
     /// Forget everything: this boot's state, the persistent copy and the backups.
-    pub fn clear(&self) -> Result<()> {
+    pub(crate) fn clear(&self) -> Result<()> {
         fault_point("journal-clear", "before");
         self.clear_persistent()?;
         remove_if_exists(&self.state_path())
@@ -286,7 +286,7 @@ impl Journal {
 
     /// Drop the persistent copy (first, so a crash never leaves a record without backups),
     /// then the backups.
-    pub fn clear_persistent(&self) -> Result<()> {
+    pub(crate) fn clear_persistent(&self) -> Result<()> {
         remove_if_exists(&self.persistent_state_path())?;
         if self.persist_dir.is_dir() {
             sync_dir(&self.persist_dir)?;
@@ -303,7 +303,7 @@ impl Journal {
 /// `finalize_staged`, `kexec_load`), `journal-write-<n>` for the n-th journal write of the run,
 /// `etc-restore-<n>` for reset's n-th restored `/etc` entry, and `journal-clear`.
 #[cfg(feature = "fault-injection")]
-pub fn fault_point(point: &str, when: &str) {
+pub(crate) fn fault_point(point: &str, when: &str) {
     let Ok(v) = std::env::var("FASTSWITCH_FAULT") else {
         return;
     };
@@ -323,9 +323,9 @@ pub fn fault_point(point: &str, when: &str) {
 /// Without the `fault-injection` feature the hook is not there: the environment is not read.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn fault_point(_point: &str, _when: &str) {}
+pub(crate) fn fault_point(_point: &str, _when: &str) {}
 
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

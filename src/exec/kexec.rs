@@ -6,7 +6,7 @@
 mod hand_off_tests;
 pub mod prepared;
 
-use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use super::report::{Report, StepDetail, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
 use crate::discover::{self, Deployment, HostPaths};
 use crate::exit::{refuse, ExitCode};
 use crate::plan::{Plan, Step};
@@ -16,27 +16,30 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub struct KexecEnv<'a> {
-    pub paths: &'a HostPaths,
+pub(crate) struct KexecEnv<'a> {
+    pub(crate) paths: &'a HostPaths,
     /// For the soft-reboot rung's `/run/nextroot`.
-    pub mounts: &'a dyn crate::system::mounts::Mounts,
+    pub(crate) mounts: &'a dyn crate::system::mounts::Mounts,
     /// The host the plan was made from; re-reads after finalization reuse its kernel digests.
-    pub host: &'a discover::Host,
-    pub systemd: &'a dyn Systemd,
-    pub loader: &'a dyn KexecLoader,
-    pub progress: &'a mut dyn FnMut(&str),
+    pub(crate) host: &'a discover::Host,
+    pub(crate) systemd: &'a dyn Systemd,
+    pub(crate) loader: &'a dyn KexecLoader,
+    pub(crate) progress: &'a mut dyn FnMut(&str),
 }
 
 /// A BLS path (`/ostree/…` relative to the boot directory, or `/boot/ostree/…` when ostree
 /// wrote it for a `/boot` on the root filesystem) inside the host's boot directory.
-pub fn boot_path(boot: &Path, bls_path: &str) -> PathBuf {
+pub(crate) fn boot_path(boot: &Path, bls_path: &str) -> PathBuf {
     let rel = bls_path.trim_start_matches('/');
     let rel = rel.strip_prefix("boot/").unwrap_or(rel);
     boot.join(rel)
 }
 
 /// Kernel, initrds and command line of a written (finalized) deployment, from its BLS entry.
-pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<PathBuf>, String)> {
+pub(crate) fn boot_files(
+    paths: &HostPaths,
+    d: &Deployment,
+) -> Result<(PathBuf, Vec<PathBuf>, String)> {
     let e = d.boot_entry.as_ref().with_context(|| {
         format!(
             "deployment {} has no boot entry (is it still staged and not finalized?)",
@@ -64,7 +67,7 @@ pub fn boot_files(paths: &HostPaths, d: &Deployment) -> Result<(PathBuf, Vec<Pat
 
 /// The bootcsum in a BLS `linux` path: the `<stateroot>-<bootcsum>` directory ostree copied
 /// the kernel to (`/ostree/<stateroot>-<bootcsum>/vmlinuz-…`, or with a `/boot` prefix).
-pub fn bootcsum_of_linux<'a>(linux: &'a str, stateroot: &str) -> Option<&'a str> {
+pub(crate) fn bootcsum_of_linux<'a>(linux: &'a str, stateroot: &str) -> Option<&'a str> {
     let mut parts = linux.trim_start_matches('/').split('/');
     let mut first = parts.next()?;
     if first == "boot" {
@@ -141,7 +144,7 @@ fn load_unless_prepared(
     Ok(Some(why))
 }
 
-fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> StepReport {
+fn step_report(step: &'static str, t: Instant, detail: StepDetail) -> StepReport {
     StepReport {
         step,
         outcome: StepOutcome::Done,
@@ -152,7 +155,7 @@ fn step_report(step: &'static str, t: Instant, detail: serde_json::Value) -> Ste
 
 /// What ends the running userspace once the plan is prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandOff {
+pub(crate) enum HandOff {
     /// `kexec.target`: the loaded kernel boots.
     Kexec,
     /// `soft-reboot.target`: userspace restarts from `/run/nextroot`.
@@ -161,7 +164,10 @@ pub enum HandOff {
 
 /// Execute the plan up to (not including) the hand-off; returns the report and the hand-off
 /// that is due. The caller prints the report, then calls [`hand_off`].
-pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
+///
+/// One arm per kexec-plan step, each the whole effect of its step next to the report it
+/// leaves (as `live::run_step`); long for that reason.
+pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<HandOff>)> {
     let t0 = Instant::now();
     let mut steps = Vec::new();
     let mut hand_off_due = None;
@@ -175,7 +181,9 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "unlock_finalization",
                     t,
-                    serde_json::json!({"staged_deployment": env.paths.staged_file()}),
+                    StepDetail::Unlocked {
+                        staged_deployment: env.paths.staged_file(),
+                    },
                 ));
             }
             Step::FinalizeStaged => {
@@ -209,7 +217,13 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                         plan.to.id
                     );
                 }
-                steps.push(step_report("finalize_staged", t, serde_json::json!({"boot_entry": d.boot_entry.as_ref().map(|e| e.file.clone())})));
+                steps.push(step_report(
+                    "finalize_staged",
+                    t,
+                    StepDetail::Finalized {
+                        boot_entry: d.boot_entry.as_ref().map(|e| e.file.clone()),
+                    },
+                ));
             }
             Step::KexecLoad { .. } => {
                 host = discover::load_reusing(env.paths, Some(&host))?;
@@ -224,13 +238,13 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "kexec_load",
                     t,
-                    serde_json::json!({
-                        "kernel": kernel,
-                        "initrds": initrds,
-                        "cmdline": cmdline,
-                        "reused_prepared": reload_reason.is_none(),
-                        "reload_reason": reload_reason,
-                    }),
+                    StepDetail::KexecLoaded {
+                        cmdline,
+                        initrds,
+                        kernel,
+                        reused_prepared: reload_reason.is_none(),
+                        reload_reason,
+                    },
                 ));
             }
             Step::KexecReboot => hand_off_due = Some(HandOff::Kexec),
@@ -244,7 +258,10 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
                 steps.push(step_report(
                     "prepare_nextroot",
                     t,
-                    serde_json::json!({"nextroot": nextroot.dir, "deployment": nextroot.deployment}),
+                    StepDetail::Nextroot {
+                        deployment: nextroot.deployment.clone(),
+                        nextroot: nextroot.dir.clone(),
+                    },
                 ));
             }
             Step::SoftReboot => hand_off_due = Some(HandOff::SoftReboot),
@@ -283,7 +300,7 @@ pub fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Option<Ha
 /// detached: on systemd ≥ 254 a plain `systemctl reboot` soft-reboots by itself into whatever
 /// `/run/nextroot` holds, so a left-over tree would turn the admin's next reboot into a soft
 /// reboot.
-pub fn hand_off(
+pub(crate) fn hand_off(
     sd: &dyn Systemd,
     mounts: &dyn crate::system::mounts::Mounts,
     how: HandOff,
@@ -356,5 +373,220 @@ mod csum_tests {
         );
         assert_eq!(bootcsum_of_linux("/vmlinuz", "os"), None);
         assert_eq!(bootcsum_of_linux("/ostree/os-abc/vmlinuz", "os"), None);
+    }
+}
+
+/// The kexec executor against recording fakes (no root, no kexec): `switch` reusing or
+/// reloading the kernel `prepare` loaded, refusals with their exit codes, and a soft-reboot
+/// plan up to its hand-off. The real syscall is exercised by the VM scenarios.
+#[cfg(test)]
+mod tests {
+    use super::prepared::{self, fixture};
+    use super::*;
+    use crate::diff::{Decision, DecisionKind};
+    use crate::exit::code_for;
+    use crate::plan::{Verb, PLAN_SCHEMA_VERSION};
+    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
+    use crate::system::kexec::KexecError;
+    use crate::system::mounts::NextRoot;
+    use crate::testing::{RecordingMounts, RecordingSystemd};
+
+    /// The staged deployment of `h` as finalization leaves it, with the command line
+    /// `prepare` predicted for it.
+    fn finalized(h: &discover::Host) -> (Deployment, PathBuf, Vec<PathBuf>, String) {
+        let mut d = h.deployments[0].clone();
+        d.staged = false;
+        let k = d.kernel.clone().unwrap();
+        let cmdline = "root=/dev/vda ostree=/ostree/boot.1/debian/new/0 quiet".to_owned();
+        (d, k.vmlinuz, vec![k.initramfs.unwrap()], cmdline)
+    }
+
+    fn run_load(
+        h: &discover::Host,
+        loader: &RecordingKexec,
+        cmdline: &str,
+    ) -> Result<Option<String>> {
+        let (mounts, sd) = (RecordingMounts::default(), RecordingSystemd::default());
+        let mut progress = |_: &str| {};
+        let mut env = KexecEnv {
+            paths: &h.paths,
+            mounts: &mounts,
+            host: h,
+            systemd: &sd,
+            loader,
+            progress: &mut progress,
+        };
+        let (d, kernel, initrds, _) = finalized(h);
+        load_unless_prepared(&mut env, &d, &kernel, &initrds, cmdline)
+    }
+
+    #[test]
+    fn switch_reuses_the_prepared_kernel_only_when_it_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let loader = RecordingKexec::default();
+        let (_, kernel, initrds, cmdline) = finalized(&h);
+
+        // Nothing prepared: switch loads.
+        let why = run_load(&h, &loader, &cmdline).unwrap();
+        assert_eq!(why.as_deref(), Some("nothing was prepared at staging"));
+        assert_eq!(loader.calls().len(), 1);
+
+        // Prepared in this boot with the command line finalization writes: reused, no load.
+        let boot_id = crate::exec::journal::current_boot_id().unwrap();
+        let loader = RecordingKexec::default();
+        let r = prepared::prepare_staged(&h, &loader, &boot_id).unwrap();
+        assert_eq!(r.outcome, "loaded", "{r:?}");
+        assert_eq!(run_load(&h, &loader, &cmdline).unwrap(), None);
+        assert_eq!(loader.calls().len(), 1, "{:?}", loader.calls());
+
+        // The boot entry says otherwise: loaded again, with the entry's command line.
+        let other = cmdline.replace("quiet", "debug");
+        let why = run_load(&h, &loader, &other).unwrap().unwrap();
+        assert!(why.contains("command line"), "{why}");
+        assert_eq!(
+            loader.calls().last(),
+            Some(&KexecCall::Load {
+                kernel,
+                initrds,
+                cmdline: other
+            })
+        );
+
+        // The prepared kernel was unloaded behind fastswitch's back: loaded again.
+        loader.unload().unwrap();
+        let why = run_load(&h, &loader, &cmdline).unwrap().unwrap();
+        assert!(why.contains("no kernel is loaded"), "{why}");
+    }
+
+    #[test]
+    fn a_failed_load_refuses_with_the_exit_code_its_cause_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (_, _, _, cmdline) = finalized(&h);
+        let failing = |e: fn() -> KexecError| RecordingKexec {
+            fail_load: Some(Box::new(e)),
+            ..Default::default()
+        };
+        // kexec disabled until reboot: only a firmware reboot reaches the target.
+        let err = run_load(&h, &failing(|| KexecError::Disabled), &cmdline).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::RebootNeeded, "{err:#}");
+        // Busy: a retry may work, so a plain error.
+        let err = run_load(&h, &failing(|| KexecError::Busy), &cmdline).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Error, "{err:#}");
+        // `prepare` refuses the same way and writes no record.
+        let err = prepared::prepare_staged(&h, &failing(|| KexecError::Disabled), "b").unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::RebootNeeded, "{err:#}");
+        assert!(prepared::read(&prepared::record_path(&h.paths))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn an_entry_naming_another_kernel_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (mut d, ..) = finalized(&h);
+        d.boot_entry = Some(crate::discover::bls::BootEntry {
+            file: "ostree-1-debian.conf".into(),
+            linux: Some(format!("/ostree/debian-{}/vmlinuz-6.1", "a".repeat(64))),
+            ..Default::default()
+        });
+        let err = check_entry_matches_tree(&d).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused, "{err:#}");
+        assert!(format!("{err}").contains("ostree-1-debian.conf"), "{err}");
+    }
+
+    fn plan(h: &discover::Host, verb: Verb, steps: Vec<Step>) -> Plan {
+        let r = |d: &Deployment| crate::diff::DeploymentRef {
+            index: d.index,
+            id: d.id.clone(),
+            stateroot: d.stateroot.clone(),
+            path: d.path.clone(),
+            booted: d.booted,
+            staged: d.staged,
+        };
+        Plan {
+            schema_version: PLAN_SCHEMA_VERSION,
+            verb,
+            from: r(&h.deployments[1]),
+            to: r(&h.deployments[0]),
+            decision: Decision {
+                kind: DecisionKind::Kexec,
+                reasons: vec![],
+            },
+            steps,
+            etc_conflicts: vec![],
+            host_states: vec![],
+            ladder: None,
+        }
+    }
+
+    #[test]
+    fn a_soft_reboot_plan_mounts_nextroot_and_leaves_the_hand_off_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = fixture::host(dir.path(), "new");
+        let (mounts, sd, loader) = (
+            RecordingMounts::default(),
+            RecordingSystemd::default(),
+            RecordingKexec::default(),
+        );
+        let mut progress = |_: &str| {};
+        let mut env = KexecEnv {
+            paths: &h.paths,
+            mounts: &mounts,
+            host: &h,
+            systemd: &sd,
+            loader: &loader,
+            progress: &mut progress,
+        };
+        let next = NextRoot {
+            dir: dir.path().join("run/nextroot"),
+            deployment: h.deployments[0].path.clone(),
+            var: dir.path().join("var"),
+            sysroot: dir.path().join("sysroot"),
+            boot: None,
+        };
+        let p = plan(
+            &h,
+            Verb::SoftReboot,
+            vec![
+                Step::PrepareNextroot {
+                    nextroot: next.clone(),
+                },
+                Step::SoftReboot,
+            ],
+        );
+        let (rep, due) = prepare(&p, &mut env).unwrap();
+        assert_eq!(due, Some(HandOff::SoftReboot));
+        let steps: Vec<_> = rep.steps.iter().map(|s| s.step).collect();
+        assert_eq!(steps, ["prepare_nextroot"]);
+        assert_eq!(
+            rep.steps[0].detail,
+            StepDetail::Nextroot {
+                deployment: next.deployment.clone(),
+                nextroot: next.dir.clone(),
+            }
+        );
+        assert!(
+            mounts
+                .log
+                .borrow()
+                .iter()
+                .any(|l| l.starts_with("nextroot ")),
+            "{:?}",
+            mounts.log.borrow()
+        );
+        assert!(sd.log.borrow().is_empty(), "no hand-off before the report");
+        assert!(loader.calls().is_empty());
+
+        // A live step in a kexec plan is refused before anything runs.
+        let p = plan(&h, Verb::Kexec, vec![Step::DaemonReload, Step::KexecReboot]);
+        let err = prepare(&p, &mut env).unwrap_err();
+        assert!(
+            format!("{err}").contains("does not belong in a kexec plan"),
+            "{err}"
+        );
+        assert!(sd.log.borrow().is_empty());
     }
 }

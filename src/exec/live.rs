@@ -6,7 +6,7 @@ use super::journal::{
     fault_point, now_secs, EtcBackup, Journal, LiveState, StepRecord, StepStatus, UnitTouch,
     STATE_SCHEMA_VERSION,
 };
-use super::report::{Report, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
+use super::report::{Report, StepDetail, StepOutcome, StepReport, REPORT_SCHEMA_VERSION};
 use crate::diff::etc::EtcActionKind;
 use crate::discover::HostPaths;
 use crate::exit::{refuse, ExitCode};
@@ -21,22 +21,22 @@ use std::time::Instant;
 
 /// What the executor is handed: where things are, and the side-effect interfaces.
 pub struct LiveEnv<'a> {
-    pub paths: &'a HostPaths,
-    pub journal: Journal,
-    pub mounts: &'a dyn Mounts,
+    pub(crate) paths: &'a HostPaths,
+    pub(crate) journal: Journal,
+    pub(crate) mounts: &'a dyn Mounts,
     /// `None` when the caller asked not to manage services (`--no-services`).
-    pub systemd: Option<&'a dyn Systemd>,
+    pub(crate) systemd: Option<&'a dyn Systemd>,
     /// systemd-sysusers and systemd-tmpfiles.
-    pub tools: &'a dyn crate::system::tools::ConfigTools,
+    pub(crate) tools: &'a dyn crate::system::tools::ConfigTools,
     /// For `reset`: unload a kernel that `fastswitch kexec --load-only` (or an interrupted
     /// switch) left loaded. `None` when the running kernel is not the host's (`--root`).
-    pub kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
+    pub(crate) kexec: Option<&'a dyn crate::system::kexec::KexecLoader>,
     /// Progress lines for humans (stderr).
-    pub progress: &'a mut dyn FnMut(&str),
+    pub(crate) progress: &'a mut dyn FnMut(&str),
 }
 
 /// Whether two paths are the same file (device and inode).
-pub fn same_inode(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_inode(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
         _ => false,
@@ -83,7 +83,7 @@ fn set_step(
 
 /// Refuse a live apply while an earlier boot's `/etc` changes wait for `recover`, or while a
 /// reset is unfinished. Nothing is changed either way.
-pub fn check_can_apply(journal: &Journal) -> Result<()> {
+pub(crate) fn check_can_apply(journal: &Journal) -> Result<()> {
     if let Some(old) = journal.stale_persistent()? {
         return Err(refuse(
             ExitCode::Refused,
@@ -111,7 +111,7 @@ pub fn check_can_apply(journal: &Journal) -> Result<()> {
 /// step loop; both belong together.
 ///
 /// Execute a live plan. The caller holds the run lock and checked privileges.
-pub fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
+pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) -> Result<Report> {
     let t0 = Instant::now();
     check_can_apply(&env.journal)?;
     let prior = env.journal.load()?;
@@ -214,7 +214,7 @@ fn walk(
                 step: name,
                 outcome: StepOutcome::AlreadyDone,
                 duration_ms: 0,
-                detail: serde_json::Value::Null,
+                detail: StepDetail::None,
             });
             continue;
         }
@@ -294,7 +294,7 @@ fn run_step(
     st: Option<&mut LiveState>,
     env: &mut LiveEnv<'_>,
     out: &mut StepOutputs,
-) -> Result<serde_json::Value> {
+) -> Result<StepDetail> {
     if let Step::KexecUnload = step {
         let k = env
             .kexec
@@ -303,7 +303,7 @@ fn run_step(
             .map_err(anyhow::Error::new)
             .context("unloading the kexec kernel")?;
         (env.progress)("unloaded the kexec kernel: `systemctl kexec` will not switch deployments now (a finalized deployment stays the default for the next boot)");
-        return Ok(serde_json::Value::Null);
+        return Ok(StepDetail::None);
     }
     let st = st.with_context(|| format!("step {} needs a live-apply record", step.name()))?;
     match step {
@@ -311,20 +311,27 @@ fn run_step(
         Step::RestoreEtc => restore_etc(st, env, &mut out.kept_etc),
         Step::UnlockFinalization => {
             crate::system::ostree_state::unlock_finalization(env.paths)?;
-            Ok(serde_json::json!({"staged_deployment": env.paths.staged_file()}))
+            Ok(StepDetail::Unlocked {
+                staged_deployment: env.paths.staged_file(),
+            })
         }
         Step::LinkUsr { source, dest } => {
             let made = env
                 .mounts
                 .ensure_live_usr(&env.paths.sysroot, source, dest)?;
             Ok(match made {
-                Some(n) => serde_json::json!({"dirs": n.dirs, "links": n.links}),
-                None => serde_json::json!({"reused": true}),
+                Some(n) => StepDetail::LinkedUsr {
+                    dirs: n.dirs,
+                    links: n.links,
+                },
+                None => StepDetail::ReusedUsr { reused: true },
             })
         }
         Step::SwapUsr { source, target } => {
             if same_inode(target, source) {
-                return Ok(serde_json::json!({"already_mounted": true}));
+                return Ok(StepDetail::AlreadyMounted {
+                    already_mounted: true,
+                });
             }
             // A newer target over an earlier live apply: replace that bind in place where the
             // kernel can (Linux ≥ 6.5), so /usr keeps exactly one fastswitch bind.
@@ -349,9 +356,11 @@ fn run_step(
                             source.display()
                         );
                     }
-                    return Ok(
-                        serde_json::json!({"usr_binds": st.usr_binds, "replaced": true, "old_detached_lazily": lazy}),
-                    );
+                    return Ok(StepDetail::ReplacedUsr {
+                        old_detached_lazily: lazy,
+                        replaced: true,
+                        usr_binds: st.usr_binds,
+                    });
                 }
                 (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr bind over the previous one");
             }
@@ -366,11 +375,13 @@ fn run_step(
                     source.display()
                 );
             }
-            Ok(serde_json::json!({"usr_binds": st.usr_binds}))
+            Ok(StepDetail::BoundUsr {
+                usr_binds: st.usr_binds,
+            })
         }
         Step::PruneUsrCopies => {
             let removed = remove_unused_live_trees(env);
-            Ok(serde_json::json!({"removed": removed}))
+            Ok(StepDetail::Pruned { removed })
         }
         Step::MergeEtc {
             etc_dir,
@@ -406,7 +417,7 @@ fn run_step(
                     }
                 }
             }
-            Ok(serde_json::json!({"changed": written}))
+            Ok(StepDetail::MergedEtc { changed: written })
         }
         Step::Sysusers { files } => {
             // systemd-sysusers edits the user and group databases in /etc: back them up and
@@ -449,20 +460,24 @@ fn run_step(
                     }
                 }
             }
-            Ok(serde_json::json!({"files": files}))
+            Ok(StepDetail::ConfigFiles {
+                files: files.clone(),
+            })
         }
         Step::Tmpfiles { files } => {
             env.tools
                 .tmpfiles_create(&env.paths.root, files)
                 .context("creating runtime directories for the new tmpfiles.d entries")?;
-            Ok(serde_json::json!({"files": files}))
+            Ok(StepDetail::ConfigFiles {
+                files: files.clone(),
+            })
         }
         Step::DaemonReload => {
             let sd = env.systemd.context(
                 "daemon-reload needs systemd, but services are not managed (--no-services)",
             )?;
             sd.daemon_reload().context("systemd daemon-reload")?;
-            Ok(serde_json::Value::Null)
+            Ok(StepDetail::None)
         }
         Step::Services { actions } => {
             let sd = env.systemd.context(
@@ -480,7 +495,7 @@ fn run_step(
                     });
                 }
             }
-            Ok(serde_json::to_value(&outcomes)?)
+            Ok(StepDetail::Services(outcomes))
         }
         Step::FinalizeStaged
         | Step::KexecLoad { .. }
@@ -560,7 +575,7 @@ fn reset_inputs(
 /// The reset plan for this host now: from the journal, the kexec state (`kexec`: the running
 /// kernel's, `None` with `--root`) and whether services are managed. `reset --dry-run` prints
 /// it; [`reset`] walks it.
-pub fn plan_reset(
+pub(crate) fn plan_reset(
     booted: &crate::diff::DeploymentRef,
     journal: &Journal,
     kexec: Option<&dyn crate::system::kexec::KexecLoader>,
@@ -618,7 +633,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
 }
 
 /// `reset`'s /usr step: pop every fastswitch bind, then remove the live copies no mount shows.
-fn unmount_usr(st: &mut LiveState, env: &mut LiveEnv<'_>) -> Result<serde_json::Value> {
+fn unmount_usr(st: &mut LiveState, env: &mut LiveEnv<'_>) -> Result<StepDetail> {
     let usr = env.paths.root.join("usr");
     let mut popped = 0;
     let mut lazy = false;
@@ -643,7 +658,11 @@ fn unmount_usr(st: &mut LiveState, env: &mut LiveEnv<'_>) -> Result<serde_json::
     }
     st.usr_binds = 0;
     let removed = remove_unused_live_trees(env);
-    Ok(serde_json::json!({"unmounted": popped, "lazy": lazy, "removed_live_trees": removed}))
+    Ok(StepDetail::Unmounted {
+        lazy,
+        removed_live_trees: removed,
+        unmounted: popped,
+    })
 }
 
 /// `reset`'s /etc step: restore newest first; each restored entry leaves the journal, so a
@@ -652,7 +671,7 @@ fn restore_etc(
     st: &mut LiveState,
     env: &mut LiveEnv<'_>,
     kept: &mut Vec<String>,
-) -> Result<serde_json::Value> {
+) -> Result<StepDetail> {
     let etc_dir = env.paths.root.join("etc");
     let mut restored = 0;
     let mut n = 0;
@@ -671,7 +690,10 @@ fn restore_etc(
     for k in &kept[first_kept..] {
         (env.progress)(&format!("kept {k}: it was changed after the live apply"));
     }
-    Ok(serde_json::json!({"restored": restored, "kept_admin_changes": &kept[first_kept..]}))
+    Ok(StepDetail::Restored {
+        kept_admin_changes: kept[first_kept..].to_vec(),
+        restored,
+    })
 }
 
 /// The executor against recording fakes of the mounts, systemd and the child tools: apply,

@@ -49,7 +49,7 @@ pub struct RecoverReport {
 
 /// Undo (or drop) a persistent record from an earlier boot. `etc_dir` is the live `/etc`,
 /// `booted_id` the booted deployment's `<checksum>.<serial>`.
-pub fn recover(journal: &Journal, etc_dir: &Path, booted_id: &str) -> Result<RecoverReport> {
+pub(crate) fn recover(journal: &Journal, etc_dir: &Path, booted_id: &str) -> Result<RecoverReport> {
     let t0 = std::time::Instant::now();
     let mut rep = RecoverReport {
         schema_version: RECOVER_SCHEMA_VERSION,

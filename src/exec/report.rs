@@ -6,6 +6,7 @@ use crate::exit::ExitCode;
 use crate::plan::Verb;
 use crate::services::Action;
 use serde::Serialize;
+use std::path::PathBuf;
 
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
@@ -23,7 +24,69 @@ pub struct StepReport {
     pub outcome: StepOutcome,
     pub duration_ms: u64,
     /// Step-specific facts (e.g. lazy unmount, files written, unit outcomes).
-    pub detail: serde_json::Value,
+    pub detail: StepDetail,
+}
+
+/// What a step reports besides its time: one variant per kind of step (and per way a step can
+/// end). Serialized untagged, so `steps[].detail` is the plain object, array or `null` scripts
+/// read; each variant's fields are in alphabetical order, the order that JSON has always had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StepDetail {
+    /// Nothing to add: daemon-reload, the kexec unload, a step an earlier run already did.
+    None,
+    /// `unlock_finalization`: the staged deployment's file whose lock was removed.
+    Unlocked { staged_deployment: PathBuf },
+    /// `link_usr`: the live copy of the target's usr was made.
+    LinkedUsr { dirs: u64, links: u64 },
+    /// `link_usr`: a copy made earlier was reused (`reused` is always true).
+    ReusedUsr { reused: bool },
+    /// `swap_usr`: `/usr` already showed the target's usr (`already_mounted` is always true).
+    AlreadyMounted { already_mounted: bool },
+    /// `swap_usr`: an earlier live apply's bind was replaced in place (`replaced` is always
+    /// true).
+    ReplacedUsr {
+        old_detached_lazily: bool,
+        replaced: bool,
+        usr_binds: u32,
+    },
+    /// `swap_usr`: the target's usr was bound over `/usr`.
+    BoundUsr { usr_binds: u32 },
+    /// `prune_usr_copies`: live copies no mount showed any more.
+    Pruned { removed: Vec<String> },
+    /// `merge_etc`: how many `/etc` paths were written.
+    MergedEtc { changed: u64 },
+    /// `sysusers`, `tmpfiles`: the configuration files the tool was run on.
+    ConfigFiles { files: Vec<String> },
+    /// `services`: every unit's action and job result.
+    Services(Vec<UnitOutcome>),
+    /// `unmount_usr` (reset): binds popped, whether `/usr` was busy, live copies removed.
+    Unmounted {
+        lazy: bool,
+        removed_live_trees: Vec<String>,
+        unmounted: u32,
+    },
+    /// `restore_etc` (reset): paths restored, and those kept because the admin changed them.
+    Restored {
+        kept_admin_changes: Vec<String>,
+        restored: u64,
+    },
+    /// `finalize_staged`: the boot entry ostree wrote.
+    Finalized { boot_entry: Option<String> },
+    /// `kexec_load`: what was loaded, or that the kernel `prepare` loaded was reused.
+    KexecLoaded {
+        cmdline: String,
+        initrds: Vec<PathBuf>,
+        kernel: PathBuf,
+        /// Why the prepared kernel could not be reused (`None` when it was).
+        reload_reason: Option<String>,
+        reused_prepared: bool,
+    },
+    /// `prepare_nextroot`: the deployment mounted at `/run/nextroot`.
+    Nextroot {
+        deployment: PathBuf,
+        nextroot: PathBuf,
+    },
 }
 
 /// One phase before the first step (discover, diff parts, facts, stale scan, plan).
@@ -36,7 +99,7 @@ pub struct Phase {
 /// Steps whose time is spent waiting on systemd (daemon-reload, unit jobs, the hand-off) or on
 /// child tools (systemd-sysusers, systemd-tmpfiles, ostree's finalization, the kernel's
 /// kexec_file_load): not fastswitch's own work.
-pub const WAITING_STEPS: [&str; 6] = [
+pub(crate) const WAITING_STEPS: [&str; 6] = [
     "daemon_reload",
     "services",
     "sysusers",
@@ -89,7 +152,7 @@ impl Report {
     }
 
     /// What happened, in words: the first line of the human report.
-    pub fn title(&self) -> String {
+    pub(crate) fn title(&self) -> String {
         let (from, to) = (short(&self.from.id), short(&self.to.id));
         let failed = self.outcome != ExitCode::Ok && self.outcome != ExitCode::NothingToDo;
         if self.reset {
@@ -139,8 +202,8 @@ impl Report {
                 "  {:<16} {:>8} ms  {outcome}{sep}{words}",
                 s.step, s.duration_ms
             )?;
-            if s.step == "services" {
-                write_unit_outcomes(out, &s.detail)?;
+            if let StepDetail::Services(outcomes) = &s.detail {
+                write_unit_outcomes(out, outcomes)?;
             }
         }
         for c in &self.etc_conflicts {
@@ -176,59 +239,46 @@ impl Report {
 
 /// A step's detail in words (empty when it has nothing to add).
 fn step_words(s: &StepReport) -> String {
-    let d = &s.detail;
-    let n = |k: &str| d.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    let list = |k: &str| {
-        d.get(k)
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
-    match s.step {
-        "swap_usr" if d.get("already_mounted").is_some() => {
-            "the target's /usr was already mounted".into()
-        }
-        "swap_usr" if d.get("replaced").is_some() => format!(
+    match &s.detail {
+        StepDetail::AlreadyMounted { .. } => "the target's /usr was already mounted".into(),
+        StepDetail::ReplacedUsr {
+            old_detached_lazily,
+            ..
+        } => format!(
             "replaced the earlier live /usr{}",
-            if d["old_detached_lazily"] == true {
+            if *old_detached_lazily {
                 " (old one detached lazily)"
             } else {
                 ""
             }
         ),
-        "swap_usr" => "the target's /usr is mounted read-only over /usr".into(),
-        "merge_etc" => format!("{} /etc path(s) written", n("changed")),
-        "sysusers" | "tmpfiles" => list("files").join(" "),
-        "unmount_usr" => format!(
-            "{} live /usr mount(s) removed{}",
-            n("unmounted"),
-            if d["lazy"] == true {
+        StepDetail::BoundUsr { .. } => "the target's /usr is mounted read-only over /usr".into(),
+        StepDetail::MergedEtc { changed } => format!("{changed} /etc path(s) written"),
+        StepDetail::ConfigFiles { files } => files.join(" "),
+        StepDetail::Unmounted {
+            unmounted, lazy, ..
+        } => format!(
+            "{unmounted} live /usr mount(s) removed{}",
+            if *lazy {
                 " (busy: detached lazily)"
             } else {
                 ""
             }
         ),
-        "restore_etc" => format!("{} /etc path(s) restored", n("restored")),
-        "services" => {
-            let outcomes = unit_outcomes(d);
-            format!("{} unit(s)", outcomes.len())
-        }
+        StepDetail::Restored { restored, .. } => format!("{restored} /etc path(s) restored"),
+        StepDetail::Services(outcomes) => format!("{} unit(s)", outcomes.len()),
         _ => String::new(),
     }
-}
-
-fn unit_outcomes(detail: &serde_json::Value) -> Vec<UnitOutcome> {
-    serde_json::from_value(detail.clone()).unwrap_or_default()
 }
 
 /// The unit outcomes of a `services` step, one line per kind of outcome, naming every unit.
 fn write_unit_outcomes(
     out: &mut dyn std::io::Write,
-    detail: &serde_json::Value,
+    outcomes: &[UnitOutcome],
 ) -> std::io::Result<()> {
     use std::collections::BTreeMap;
     let mut groups: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
-    for o in unit_outcomes(detail) {
+    for o in outcomes.iter().cloned() {
         let ok = o.result.is_success();
         let key = match (o.action, ok) {
             (Action::Deferred, _) => (6, "deferred (restart it yourself)".to_owned()),
@@ -267,7 +317,7 @@ fn action_rank(a: Action) -> u8 {
 }
 
 /// The infinitive of a unit action: `restart`, `reload`, …
-pub fn action_word(a: Action) -> &'static str {
+pub(crate) fn action_word(a: Action) -> &'static str {
     match a {
         Action::Stop => "stop",
         Action::DaemonReexec => "re-execute systemd",
@@ -291,7 +341,7 @@ fn done_word(a: Action) -> &'static str {
     }
 }
 
-pub fn short(id: &str) -> String {
+pub(crate) fn short(id: &str) -> String {
     match id.split_once('.') {
         Some((c, s)) if c.len() > 12 => format!("{}….{}", &c[..12], s),
         _ => id.to_owned(),
@@ -308,7 +358,7 @@ mod tests {
             step: name,
             outcome: StepOutcome::Done,
             duration_ms: ms,
-            detail: serde_json::Value::Null,
+            detail: StepDetail::None,
         };
         let r = DeploymentRef {
             index: 0,
@@ -361,5 +411,56 @@ mod tests {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("discover"), "{text}");
         assert!(text.contains("own work 200 ms"), "{text}");
+    }
+
+    /// The typed details print exactly the JSON the ad-hoc objects printed before them (keys,
+    /// shapes, order), so the scripts and VM checks reading `steps[].detail` keep working.
+    #[test]
+    fn step_details_keep_their_json() {
+        use serde_json::json;
+        let same = |d: StepDetail, v: serde_json::Value| {
+            assert_eq!(
+                serde_json::to_string(&d).unwrap(),
+                serde_json::to_string(&v).unwrap()
+            )
+        };
+        same(StepDetail::None, serde_json::Value::Null);
+        same(
+            StepDetail::ReplacedUsr {
+                old_detached_lazily: false,
+                replaced: true,
+                usr_binds: 1,
+            },
+            json!({"usr_binds": 1, "replaced": true, "old_detached_lazily": false}),
+        );
+        same(
+            StepDetail::KexecLoaded {
+                cmdline: "root=/dev/vda".into(),
+                initrds: vec!["/boot/initrd".into()],
+                kernel: "/boot/vmlinuz".into(),
+                reload_reason: None,
+                reused_prepared: true,
+            },
+            json!({"kernel": "/boot/vmlinuz", "initrds": ["/boot/initrd"],
+                   "cmdline": "root=/dev/vda", "reused_prepared": true, "reload_reason": null}),
+        );
+        same(
+            StepDetail::Restored {
+                kept_admin_changes: vec!["/etc/a".into()],
+                restored: 2,
+            },
+            json!({"restored": 2, "kept_admin_changes": ["/etc/a"]}),
+        );
+        let outcome = UnitOutcome {
+            action: Action::Restart,
+            duration_ms: 4,
+            error: None,
+            result: crate::system::systemd::JobResult::Done,
+            unit: "a.service".into(),
+        };
+        same(
+            StepDetail::Services(vec![outcome.clone()]),
+            serde_json::to_value(vec![outcome]).unwrap(),
+        );
     }
 }

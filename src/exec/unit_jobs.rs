@@ -11,22 +11,23 @@ use std::time::{Duration, Instant};
 
 /// Restarts issued at once before waiting (a restart storm can trip start limits and starve the
 /// machine; needrestart#340).
-pub const RESTART_BATCH: usize = 4;
+pub(crate) const RESTART_BATCH: usize = 4;
 /// Stops, reloads and starts issued at once.
-pub const OTHER_BATCH: usize = 16;
+pub(crate) const OTHER_BATCH: usize = 16;
 
-/// What happened to one unit's action.
+/// What happened to one unit's action. The fields are in alphabetical order: the order the
+/// report's JSON has always had them in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitOutcome {
-    pub unit: String,
     pub action: Action,
-    pub result: JobResult,
     pub duration_ms: u64,
     pub error: Option<String>,
+    pub result: JobResult,
+    pub unit: String,
 }
 
 impl UnitOutcome {
-    pub fn is_failure(&self) -> bool {
+    pub(crate) fn is_failure(&self) -> bool {
         !(self.result.is_success() || self.result == JobResult::NotExecuted)
     }
 }
@@ -34,7 +35,7 @@ impl UnitOutcome {
 /// Carry out `actions`: stops, then `daemon-reexec`, then reloads, then restarts (at most
 /// [`RESTART_BATCH`] at a time), then starts. Each batch is issued, then awaited. Failures are
 /// recorded and do not stop the rest; deferred and manual actions are recorded, not executed.
-pub fn execute(actions: &[ServiceAction], sd: &dyn Systemd) -> Vec<UnitOutcome> {
+pub(crate) fn execute(actions: &[ServiceAction], sd: &dyn Systemd) -> Vec<UnitOutcome> {
     let of = |kind: Action| -> Vec<&ServiceAction> {
         let mut v: Vec<&ServiceAction> = actions.iter().filter(|a| a.action == kind).collect();
         v.sort_by(|a, b| a.unit.cmp(&b.unit));

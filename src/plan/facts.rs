@@ -13,23 +13,23 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Where the host facts come from.
-pub struct FactSources<'a> {
+pub(crate) struct FactSources<'a> {
     /// The running system's root: the kexec state is read only when it is `/` (this host).
-    pub root: &'a Path,
+    pub(crate) root: &'a Path,
     /// A live apply is active in this boot (its journal exists).
-    pub live_active: bool,
+    pub(crate) live_active: bool,
     /// systemd on the system bus; `None`: not reachable (the soft-reboot rung is rejected,
     /// services are not examined).
-    pub systemd: Option<&'a dyn Systemd>,
+    pub(crate) systemd: Option<&'a dyn Systemd>,
     /// Decide services (scan `/proc`, ask systemd) with these `--include` patterns when the
     /// live rung is otherwise possible; `None`: not examined (`--no-services`, `diff`,
     /// `status`), the live rung is judged on files alone.
-    pub services: Option<&'a [String]>,
+    pub(crate) services: Option<&'a [String]>,
 }
 
 /// The ladder's inputs and, when services were examined, their decision (reused by the live
 /// rung: no second scan).
-pub fn ladder_inputs(
+pub(crate) fn ladder_inputs(
     d: &DeploymentDiff,
     host_states: &[HostBlocker],
     src: &FactSources<'_>,
@@ -75,7 +75,7 @@ pub fn ladder_inputs(
 
 /// The ladder within the default bounds, services not examined: what `status --json` and
 /// `diff --json` show.
-pub fn default_ladder(
+pub(crate) fn default_ladder(
     d: &DeploymentDiff,
     host_states: &[HostBlocker],
     src: &FactSources<'_>,

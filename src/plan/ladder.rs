@@ -38,7 +38,7 @@ pub enum Rung {
 }
 
 impl Rung {
-    pub const ALL: [Rung; 5] = [
+    pub(crate) const ALL: [Rung; 5] = [
         Rung::None,
         Rung::Live,
         Rung::SoftReboot,
@@ -46,7 +46,7 @@ impl Rung {
         Rung::Reboot,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Rung::None => "none",
             Rung::Live => "live",
@@ -74,46 +74,46 @@ impl std::str::FromStr for Rung {
 
 /// Everything the decision needs, gathered beforehand (see `cli` for where each comes from).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LadderInputs {
+pub(crate) struct LadderInputs {
     /// The two deployments are identical in every part the diff looks at.
-    pub identical: bool,
+    pub(crate) identical: bool,
     /// Kernel identity differences (boot digest, version, kernel arguments, SELinux policy).
-    pub kernel_changes: Vec<String>,
+    pub(crate) kernel_changes: Vec<String>,
     /// Files only the initramfs reads changed (e.g. prepare-root.conf).
-    pub boot_time_changes: Vec<String>,
+    pub(crate) boot_time_changes: Vec<String>,
     /// Top-level content outside `/usr` that changed.
-    pub outside_usr: Vec<String>,
+    pub(crate) outside_usr: Vec<String>,
     /// Host states that rule out a live apply (rpm-ostree live, admin unlock, another
     /// stateroot, transient `/etc` or root).
-    pub live_host_states: Vec<String>,
+    pub(crate) live_host_states: Vec<String>,
     /// Host states that rule out a soft-reboot (transient `/etc` or root: fastswitch does not
     /// rebuild prepare-root's overlays in `/run/nextroot`).
-    pub soft_reboot_host_states: Vec<String>,
+    pub(crate) soft_reboot_host_states: Vec<String>,
     /// Units a live apply would have to defer (dbus, logind, display managers,
     /// `RefuseManualStop=`, …), with why.
-    pub deferred_units: Vec<String>,
+    pub(crate) deferred_units: Vec<String>,
     /// Processes running replaced code that no restartable unit owns (user sessions, scopes).
-    pub unowned_stale: Vec<String>,
+    pub(crate) unowned_stale: Vec<String>,
     /// Services were not examined (`--no-services`): the live rung is judged on files alone.
-    pub services_unchecked: bool,
+    pub(crate) services_unchecked: bool,
     /// Why soft-reboot is impossible on this host (`None` = possible): e.g. systemd < 254.
-    pub soft_reboot_unavailable: Option<String>,
+    pub(crate) soft_reboot_unavailable: Option<String>,
     /// Why kexec is impossible on this host (`None` = possible): disabled, lockdown, arch.
-    pub kexec_unavailable: Option<String>,
+    pub(crate) kexec_unavailable: Option<String>,
     /// Volumes unlocked through a TPM2 token (`/etc/crypttab` `tpm2-device=`): a kexec'd initrd
     /// may not unseal them (PCR 11 is extended by systemd at each boot phase).
-    pub tpm2_volumes: Vec<String>,
+    pub(crate) tpm2_volumes: Vec<String>,
 }
 
 /// The admin's bounds and permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LadderBounds {
-    pub min: Rung,
-    pub max: Rung,
+pub(crate) struct LadderBounds {
+    pub(crate) min: Rung,
+    pub(crate) max: Rung,
     /// `--reboot-fallback`: a firmware reboot may be the answer.
-    pub allow_reboot: bool,
+    pub(crate) allow_reboot: bool,
     /// `--allow-tpm-kexec`: kexec although a TPM2-unlocked volume may not unlock.
-    pub allow_tpm_kexec: bool,
+    pub(crate) allow_tpm_kexec: bool,
 }
 
 impl Default for LadderBounds {
@@ -129,10 +129,10 @@ impl Default for LadderBounds {
 
 /// One rung's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RungVerdict {
-    pub rung: Rung,
+pub(crate) struct RungVerdict {
+    pub(crate) rung: Rung,
     /// Complete and safe here (before the admin's bounds).
-    pub possible: bool,
+    pub(crate) possible: bool,
     /// Why it is not possible, or why it was not taken although possible (bounds).
     pub reasons: Vec<String>,
 }
@@ -141,18 +141,19 @@ pub struct RungVerdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ladder {
     /// The rung to take; `None` when no rung within the bounds is possible.
-    pub chosen: Option<Rung>,
+    pub(crate) chosen: Option<Rung>,
     /// Every rung, lowest first.
-    pub rungs: Vec<RungVerdict>,
+    pub(crate) rungs: Vec<RungVerdict>,
 }
 
 impl Ladder {
-    pub fn verdict(&self, rung: Rung) -> &RungVerdict {
+    #[cfg(test)]
+    pub(crate) fn verdict(&self, rung: Rung) -> &RungVerdict {
         &self.rungs[rung as usize]
     }
 
     /// Reasons every rung below `rung` was rejected, as "rung: reason" lines.
-    pub fn rejections_below(&self, rung: Rung) -> Vec<String> {
+    pub(crate) fn rejections_below(&self, rung: Rung) -> Vec<String> {
         self.rungs
             .iter()
             .filter(|v| v.rung < rung)
@@ -224,7 +225,7 @@ fn blockers(inputs: &LadderInputs, rung: Rung) -> Vec<String> {
 /// Pure: pick the rung. A rung is *possible* when nothing above rules it out; the choice is the
 /// lowest possible rung within `[min, max]`, where kexec with a TPM2-unlocked volume needs
 /// `allow_tpm_kexec` and reboot needs `allow_reboot`.
-pub fn choose(inputs: &LadderInputs, bounds: &LadderBounds) -> Ladder {
+pub(crate) fn choose(inputs: &LadderInputs, bounds: &LadderBounds) -> Ladder {
     let mut chosen = None;
     let mut rungs = Vec::new();
     for rung in Rung::ALL {
@@ -265,7 +266,7 @@ pub fn choose(inputs: &LadderInputs, bounds: &LadderBounds) -> Ladder {
 
 /// Parse `/etc/crypttab` text (pure): the volumes whose options ask for a TPM2 token
 /// (`tpm2-device=`).
-pub fn tpm2_volumes(crypttab: &str) -> Vec<String> {
+pub(crate) fn tpm2_volumes(crypttab: &str) -> Vec<String> {
     crypttab
         .lines()
         .map(str::trim)
@@ -282,7 +283,7 @@ pub fn tpm2_volumes(crypttab: &str) -> Vec<String> {
 
 /// Pure: the systemd version from the manager's `Version` property (`"257.13-1~deb13u1"`,
 /// `"252"`, `"systemd 254 (254.5-1.fc39)"`): the first run of digits.
-pub fn systemd_major(version: &str) -> Option<u32> {
+pub(crate) fn systemd_major(version: &str) -> Option<u32> {
     let start = version.find(|c: char| c.is_ascii_digit())?;
     let digits: String = version[start..]
         .chars()
@@ -292,7 +293,7 @@ pub fn systemd_major(version: &str) -> Option<u32> {
 }
 
 /// The first systemd release with `systemctl soft-reboot`.
-pub const SOFT_REBOOT_SYSTEMD: u32 = 254;
+pub(crate) const SOFT_REBOOT_SYSTEMD: u32 = 254;
 
 #[cfg(test)]
 mod tests {

@@ -87,7 +87,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Step::UnlockFinalization => "unlock_finalization",
             Step::LinkUsr { .. } => "link_usr",
@@ -144,22 +144,22 @@ fn config_snippets(diff: &DeploymentDiff, dir: &str) -> Vec<String> {
 
 /// Inputs the live plan needs besides the diff.
 #[derive(Debug, Clone)]
-pub struct LiveInputs {
+pub(crate) struct LiveInputs {
     /// The running system's root (`/`).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The physical sysroot, where the live copy of the target's `usr` is made.
-    pub sysroot: PathBuf,
+    pub(crate) sysroot: PathBuf,
     /// Service actions decided by [`crate::services`]; `None` when services are not managed
     /// (`--no-services`): the plan then has no daemon-reload and no unit jobs.
-    pub services: Option<Vec<ServiceAction>>,
+    pub(crate) services: Option<Vec<ServiceAction>>,
     /// Host states found by [`preconditions::blockers`].
     pub host_states: Vec<HostBlocker>,
     /// Unlock a locked finalization first (`--unlock`).
-    pub unlock_finalization: bool,
+    pub(crate) unlock_finalization: bool,
 }
 
 /// Pure: the live-apply plan. When the decision is not `live`, the plan has no steps.
-pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
+pub(crate) fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
     let mut steps = Vec::new();
     if diff.decision.kind == DecisionKind::Live {
         if inputs.unlock_finalization && locked(&inputs.host_states) {
@@ -216,20 +216,20 @@ pub fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
 
 /// What `reset` undoes, read from the live-apply journal by the executor.
 #[derive(Debug, Clone, Default)]
-pub struct ResetInputs {
+pub(crate) struct ResetInputs {
     /// The target of the live apply in this boot; `None` when there is none.
-    pub live_target: Option<String>,
+    pub(crate) live_target: Option<String>,
     /// Undo of each unit action the apply executed (a started unit is stopped, a restarted one
     /// restarted again); `None` when services are not managed (`--no-services`).
-    pub services: Option<Vec<ServiceAction>>,
+    pub(crate) services: Option<Vec<ServiceAction>>,
     /// A kexec kernel is loaded (only the running kernel's state counts).
-    pub kexec_loaded: bool,
+    pub(crate) kexec_loaded: bool,
 }
 
 /// Pure: the reset plan, from the booted deployment back to itself. Unload a loaded kexec
 /// kernel; then, when a live apply happened: /usr, /etc, daemon-reload and the units it
 /// touched, in that order. No steps when there is nothing to reset.
-pub fn reset_plan(booted: &DeploymentRef, inputs: &ResetInputs) -> Plan {
+pub(crate) fn reset_plan(booted: &DeploymentRef, inputs: &ResetInputs) -> Plan {
     let mut steps = Vec::new();
     if inputs.kexec_loaded {
         steps.push(Step::KexecUnload);
@@ -280,7 +280,7 @@ fn locked(states: &[HostBlocker]) -> bool {
 /// Pure: the kexec plan. `finalize` when the target is staged (it has no BLS entry and no
 /// bootlink until finalized); the kernel and initrd named here are the target tree's, checked
 /// before anything irreversible; the load itself uses the BLS entry written by finalization.
-pub fn kexec_plan(
+pub(crate) fn kexec_plan(
     diff: &DeploymentDiff,
     kernel: Option<(PathBuf, Vec<PathBuf>)>,
     load_only: bool,
@@ -321,7 +321,7 @@ pub fn kexec_plan(
 
 /// Pure: the soft-reboot plan: unlock finalization when asked, finalize the staged target, mount
 /// it at `/run/nextroot`, switch.
-pub fn soft_reboot_plan(
+pub(crate) fn soft_reboot_plan(
     diff: &DeploymentDiff,
     nextroot: crate::system::mounts::NextRoot,
     host_states: &[HostBlocker],

@@ -59,7 +59,7 @@ pub enum HostBlocker {
 
 impl HostBlocker {
     /// Does this state rule out `rung`? `unlock` is the admin's explicit `--unlock`.
-    pub fn blocks(&self, rung: Rung, unlock: bool) -> bool {
+    pub(crate) fn blocks(&self, rung: Rung, unlock: bool) -> bool {
         match self {
             // Every rung that switches (all but none) uses the staged deployment.
             HostBlocker::FinalizationLocked { .. } => !unlock && rung != Rung::None,
@@ -73,7 +73,7 @@ impl HostBlocker {
     }
 
     /// One sentence: what the state is, and what ends it.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             HostBlocker::FinalizationLocked { deployment } => format!(
                 "finalization of the staged deployment {deployment} is locked (bootc --download-only, rpm-ostree --lock-finalization or ostree admin deploy --lock-finalization): pass --unlock to unlock it and switch anyway, or unlock it with `ostree admin lock-finalization --unlock` (ostree ≥ 2023.8)"
@@ -127,7 +127,7 @@ impl HostBlocker {
 /// `--allow-unverified-usr`: the admin accepts running the target from its plain checkout on a
 /// composefs host with fs-verity or a signed image. The state stays in the plan, marked allowed,
 /// so the plan still says what is given up.
-pub fn allow_unverified_usr(states: &mut [HostBlocker]) {
+pub(crate) fn allow_unverified_usr(states: &mut [HostBlocker]) {
     for s in states {
         if let HostBlocker::ComposefsVerified { allowed, .. } = s {
             *allowed = true;
@@ -136,7 +136,7 @@ pub fn allow_unverified_usr(states: &mut [HostBlocker]) {
 }
 
 /// Every host state that matters for switching from `from` to `to`.
-pub fn blockers(host: &Host, from: &Deployment, to: &Deployment) -> Vec<HostBlocker> {
+pub(crate) fn blockers(host: &Host, from: &Deployment, to: &Deployment) -> Vec<HostBlocker> {
     let mut out = Vec::new();
     if to.staged && host.finalization_locked {
         out.push(HostBlocker::FinalizationLocked {
@@ -189,12 +189,12 @@ pub fn blockers(host: &Host, from: &Deployment, to: &Deployment) -> Vec<HostBloc
 }
 
 /// The blockers that rule out `rung`, given `--unlock`.
-pub fn blocking(blockers: &[HostBlocker], rung: Rung, unlock: bool) -> Vec<&HostBlocker> {
+pub(crate) fn blocking(blockers: &[HostBlocker], rung: Rung, unlock: bool) -> Vec<&HostBlocker> {
     blockers.iter().filter(|b| b.blocks(rung, unlock)).collect()
 }
 
 /// The refusal text for a rung ruled out by `blocking`: every reason, one per line.
-pub fn refusal_text(what: &str, blocking: &[&HostBlocker]) -> String {
+pub(crate) fn refusal_text(what: &str, blocking: &[&HostBlocker]) -> String {
     let mut s = format!("{what} refused; nothing was changed:");
     for b in blocking {
         s.push_str("\n  - ");

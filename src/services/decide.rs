@@ -50,7 +50,7 @@ pub use crate::system::systemd::UnitFacts;
 pub struct DecideOptions {
     /// Units (exact names or `*` globs) the admin wants handled even though they are deferred
     /// by name.
-    pub include: Vec<String>,
+    pub(crate) include: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ pub enum Action {
 
 impl Action {
     /// Whether [`crate::exec::unit_jobs::execute`] carries it out.
-    pub fn is_executed(self) -> bool {
+    pub(crate) fn is_executed(self) -> bool {
         !matches!(self, Action::Deferred | Action::NeedsRestart)
     }
 }
@@ -525,7 +525,8 @@ pub fn by_action(actions: &[ServiceAction]) -> BTreeMap<Action, BTreeSet<String>
 mod tests {
     use super::*;
     use crate::services::stale::{StaleFile, StaleWhy};
-    use crate::units::{Change, Dependency, FileChange, KeyChange};
+    use crate::units::changes::{Dependency, FileChange};
+    use crate::units::compare::{Change, KeyChange};
 
     fn fact(name: &str, state: &str) -> UnitFacts {
         UnitFacts {

@@ -7,7 +7,7 @@ use super::{
 };
 use super::{UnitFacts, PID1_UNIT};
 use crate::system::systemd::Systemd;
-use crate::units::diff::{unit_pattern_matches, UnitChange, UnitFileChange};
+use crate::units::changes::{unit_pattern_matches, UnitChange, UnitFileChange};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,15 +15,15 @@ use std::time::Instant;
 
 /// The service decision and what gathering its facts cost.
 #[derive(Debug, Clone, Default)]
-pub struct ServicePlan {
-    pub actions: Vec<ServiceAction>,
+pub(crate) struct ServicePlan {
+    pub(crate) actions: Vec<ServiceAction>,
     /// `(part, milliseconds)`: `stale_scan`, `unit_facts`.
-    pub timings: Vec<(&'static str, u64)>,
+    pub(crate) timings: Vec<(&'static str, u64)>,
 }
 
 /// Facts from the `/proc` scan (processes mapping files of `from_usr` that `to_usr` replaces)
 /// and from systemd, then the pure decision.
-pub fn plan_services(
+pub(crate) fn plan_services(
     units: &[UnitFileChange],
     from_usr: PathBuf,
     to_usr: PathBuf,

@@ -13,8 +13,5 @@ pub use decide::{
     by_action, decide, ostree_staging_unit, protected_class, Action, DecideOptions, DeferWhy,
     Reason, ServiceAction, UnitFacts, PID1_UNIT,
 };
-pub use facts::{plan_services, ServicePlan};
-pub use stale::{
-    owner_of, parse_cgroup, parse_maps_line, scan_stale, ProcessOwner, ScanConfig, StaleFile,
-    StaleKind, StaleProcess, StaleScan, StaleWhy,
-};
+pub(crate) use facts::plan_services;
+pub(crate) use stale::{scan_stale, ProcessOwner, ScanConfig, StaleScan};

@@ -25,6 +25,7 @@
 //! processes that exit during the scan are ignored. The scan reads `proc_root`, so tests can
 //! point it at a fake `/proc`; [`parse_maps_line`] and [`parse_cgroup`] are pure.
 
+use crate::system::proc_text::unescape_octal;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -38,17 +39,17 @@ use serde::{Deserialize, Serialize};
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapsEntry {
-    pub start: u64,
-    pub end: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
     /// `r-xp` and the like.
-    pub perms: String,
-    pub offset: u64,
-    pub dev_major: u32,
-    pub dev_minor: u32,
-    pub inode: u64,
+    pub(crate) perms: String,
+    pub(crate) offset: u64,
+    pub(crate) dev_major: u32,
+    pub(crate) dev_minor: u32,
+    pub(crate) inode: u64,
     /// The path or pseudo-name (`[heap]`), without the ` (deleted)` marker.
     pub path: Option<String>,
-    pub deleted: bool,
+    pub(crate) deleted: bool,
 }
 
 impl MapsEntry {
@@ -95,14 +96,10 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         dev_major: u32::from_str_radix(major, 16).ok()?,
         dev_minor: u32::from_str_radix(minor, 16).ok()?,
         inode: inode.parse().ok()?,
-        path: (!path.is_empty()).then(|| unescape_octal(path)),
+        // `\012` is the one escape in maps: a newline in the file name.
+        path: (!path.is_empty()).then(|| unescape_octal(path, |b| b == b'\n')),
         deleted,
     })
-}
-
-/// The kernel writes a newline in a mapped path as `\012`.
-fn unescape_octal(s: &str) -> String {
-    s.replace("\\012", "\n")
 }
 
 /// The cgroup path of a process from `/proc/PID/cgroup`: the unified (`0::`) line, else the
@@ -128,7 +125,7 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
 /// Who a process belongs to, from the systemd point of view.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ProcessOwner {
+pub(crate) enum ProcessOwner {
     /// PID 1, the system manager itself.
     Pid1,
     /// A unit of the system manager (`foo.service`, also a `.scope`, `.mount`, …).
@@ -140,7 +137,7 @@ pub enum ProcessOwner {
 }
 
 /// Attribute a cgroup path to its owner. `pid` 1 is always [`ProcessOwner::Pid1`].
-pub fn owner_of(pid: u32, cgroup: &str) -> ProcessOwner {
+pub(crate) fn owner_of(pid: u32, cgroup: &str) -> ProcessOwner {
     if pid == 1 {
         return ProcessOwner::Pid1;
     }
@@ -199,9 +196,9 @@ pub struct StaleFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaleProcess {
     pub pid: u32,
-    pub comm: String,
-    pub cgroup: String,
-    pub owner: ProcessOwner,
+    pub(crate) comm: String,
+    pub(crate) cgroup: String,
+    pub(crate) owner: ProcessOwner,
     pub files: Vec<StaleFile>,
 }
 
@@ -308,7 +305,7 @@ fn is_interpreter(exe: &Path) -> bool {
 
 /// The script path an interpreter runs, from its argv: the first argument after the
 /// interpreter's options. `None` for `-c`/`-m`/`-e` (code or a module, not a file).
-pub fn script_arg(argv: &[String]) -> Option<&str> {
+pub(crate) fn script_arg(argv: &[String]) -> Option<&str> {
     const STOP: &[&str] = &[
         "-c",
         "-m",
@@ -719,7 +716,7 @@ impl<'a> Judge<'a> {
 }
 
 /// Same inode, or same size and bytes. A missing side is "different".
-pub fn files_identical(a: &Path, b: &Path) -> Result<bool> {
+pub(crate) fn files_identical(a: &Path, b: &Path) -> Result<bool> {
     let meta = |p: &Path| match std::fs::metadata(p) {
         Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

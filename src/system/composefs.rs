@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The name of a deployment's composefs image (`OSTREE_COMPOSEFS_NAME`).
-pub const IMAGE_NAME: &str = ".ostree.cfs";
+pub(crate) const IMAGE_NAME: &str = ".ostree.cfs";
 
 /// What to mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,12 +14,12 @@ use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 /// Why a read-only input could not be opened. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     #[error("{path} does not exist")]
     Missing { path: PathBuf },
     #[error("{path} is a dangling symbolic link (to {target}); expected a regular file")]
@@ -37,18 +37,6 @@ pub enum FileError {
     },
 }
 
-impl FileError {
-    pub fn path(&self) -> &Path {
-        match self {
-            FileError::Missing { path }
-            | FileError::Dangling { path, .. }
-            | FileError::NotRegular { path, .. }
-            | FileError::Swapped { path, .. }
-            | FileError::Io { path, .. } => path,
-        }
-    }
-}
-
 impl From<FileError> for std::io::Error {
     fn from(e: FileError) -> std::io::Error {
         let kind = match &e {
@@ -64,7 +52,7 @@ impl From<FileError> for std::io::Error {
 
 /// Whether a symlink as the last path component is followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
+pub(crate) enum Follow {
     /// Follow it (the file may legitimately be a symlink; a dangling one is an error).
     Yes,
     /// Refuse it (`O_NOFOLLOW`): used for fastswitch's own state files.
@@ -72,7 +60,7 @@ pub enum Follow {
 }
 
 /// Human name of the `S_IFMT` bits of a mode.
-pub fn kind_name(mode: u32) -> &'static str {
+pub(crate) fn kind_name(mode: u32) -> &'static str {
     match mode & libc::S_IFMT {
         libc::S_IFREG => "regular file",
         libc::S_IFDIR => "directory",
@@ -96,7 +84,7 @@ fn io(path: &Path, action: &'static str, e: Errno) -> FileError {
 /// Open `name` relative to `dir` (an absolute `name` ignores `dir`) for reading, refusing
 /// anything but a regular file. `shown` is the path used in errors. `Ok(None)`: nothing is at
 /// that path (or a parent directory is missing).
-pub fn open_regular_at(
+pub(crate) fn open_regular_at(
     dir: BorrowedFd<'_>,
     name: &Path,
     shown: &Path,
@@ -163,12 +151,12 @@ pub fn open_regular_at(
 }
 
 /// [`open_regular_at`] for a path (relative paths are relative to the working directory).
-pub fn open_regular_opt(path: &Path, follow: Follow) -> Result<Option<File>, FileError> {
+pub(crate) fn open_regular_opt(path: &Path, follow: Follow) -> Result<Option<File>, FileError> {
     open_regular_at(CWD, path, path, follow)
 }
 
 /// Like [`open_regular_opt`], but a missing file is an error too.
-pub fn open_regular(path: &Path, follow: Follow) -> Result<File, FileError> {
+pub(crate) fn open_regular(path: &Path, follow: Follow) -> Result<File, FileError> {
     open_regular_opt(path, follow)?.ok_or_else(|| FileError::Missing {
         path: path.to_path_buf(),
     })
@@ -185,24 +173,24 @@ fn read_all(mut f: File, shown: &Path) -> Result<Vec<u8>, FileError> {
 }
 
 /// The whole content of a regular file; `Ok(None)` when nothing is at `path`.
-pub fn read_opt(path: &Path, follow: Follow) -> Result<Option<Vec<u8>>, FileError> {
+pub(crate) fn read_opt(path: &Path, follow: Follow) -> Result<Option<Vec<u8>>, FileError> {
     open_regular_opt(path, follow)?
         .map(|f| read_all(f, path))
         .transpose()
 }
 
 /// The whole content of a regular file; missing is an error.
-pub fn read(path: &Path, follow: Follow) -> Result<Vec<u8>, FileError> {
+pub(crate) fn read(path: &Path, follow: Follow) -> Result<Vec<u8>, FileError> {
     read_all(open_regular(path, follow)?, path)
 }
 
 /// [`read`] as UTF-8 text.
-pub fn read_to_string(path: &Path, follow: Follow) -> Result<String, FileError> {
+pub(crate) fn read_to_string(path: &Path, follow: Follow) -> Result<String, FileError> {
     utf8(read(path, follow)?, path)
 }
 
 /// [`read_opt`] as UTF-8 text.
-pub fn read_to_string_opt(path: &Path, follow: Follow) -> Result<Option<String>, FileError> {
+pub(crate) fn read_to_string_opt(path: &Path, follow: Follow) -> Result<Option<String>, FileError> {
     read_opt(path, follow)?.map(|b| utf8(b, path)).transpose()
 }
 
@@ -212,18 +200,6 @@ fn utf8(b: Vec<u8>, path: &Path) -> Result<String, FileError> {
         action: "reading",
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })
-}
-
-/// Read a regular file relative to a directory descriptor; `Ok(None)` when absent.
-pub fn read_at_opt(
-    dir: impl AsFd,
-    name: &Path,
-    shown: &Path,
-    follow: Follow,
-) -> Result<Option<Vec<u8>>, FileError> {
-    open_regular_at(dir.as_fd(), name, shown, follow)?
-        .map(|f| read_all(f, shown))
-        .transpose()
 }
 
 #[cfg(test)]

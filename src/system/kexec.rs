@@ -17,13 +17,12 @@ pub mod recording;
 pub mod state;
 pub mod syscall;
 
-pub use error::{map_errno, KexecError};
-pub use load_files::{prepare_load, PreparedLoad};
-pub use state::{
-    is_loaded, load_disabled, load_limit_reboot, lockdown, parse_flag, parse_int, parse_lockdown,
-    parse_secure_boot, secure_boot, KexecStatus, Lockdown,
+pub(crate) use error::{map_errno, KexecError};
+pub(crate) use load_files::{prepare_load, PreparedLoad};
+pub(crate) use state::{
+    is_loaded, load_disabled, load_limit_reboot, lockdown, secure_boot, KexecStatus,
 };
-pub use syscall::{kexec_file_load, kexec_file_unload};
+pub(crate) use syscall::{kexec_file_load, kexec_file_unload};
 
 use nix::errno::Errno;
 use std::os::fd::AsFd;
@@ -32,10 +31,10 @@ use std::path::{Path, PathBuf};
 /// The file in `<run>/fastswitch` that describes a kernel `fastswitch prepare` loaded (see
 /// `crate::exec::kexec::prepared`). Any other load or unload makes it stale, so
 /// [`RealKexec`] removes it.
-pub const PREPARED_RECORD: &str = "kexec-prepared.json";
+pub(crate) const PREPARED_RECORD: &str = "kexec-prepared.json";
 
 /// Loads (or unloads) the kernel that the next `systemctl kexec` will start.
-pub trait KexecLoader {
+pub(crate) trait KexecLoader {
     /// Load `kernel` (a bzImage or a UKI) with `initrds` concatenated in order (after a UKI's own
     /// `.ucode`/`.initrd`) and `cmdline`. Replaces any kernel loaded before.
     fn load(&self, kernel: &Path, initrds: &[PathBuf], cmdline: &str) -> Result<(), KexecError>;
@@ -49,10 +48,10 @@ pub trait KexecLoader {
 /// (normally `/proc`).
 #[derive(Debug, Clone)]
 pub struct RealKexec {
-    pub sys_root: PathBuf,
-    pub proc_root: PathBuf,
+    pub(crate) sys_root: PathBuf,
+    pub(crate) proc_root: PathBuf,
     /// The [`PREPARED_RECORD`] removed before every load and unload (`None`: none).
-    pub prepared_record: Option<PathBuf>,
+    pub(crate) prepared_record: Option<PathBuf>,
 }
 
 impl Default for RealKexec {
@@ -66,7 +65,8 @@ impl Default for RealKexec {
 }
 
 impl RealKexec {
-    pub fn new(sys_root: impl Into<PathBuf>, proc_root: impl Into<PathBuf>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(sys_root: impl Into<PathBuf>, proc_root: impl Into<PathBuf>) -> Self {
         Self {
             sys_root: sys_root.into(),
             proc_root: proc_root.into(),
@@ -100,7 +100,7 @@ impl RealKexec {
     }
 
     /// Read everything that decides whether a load can work.
-    pub fn status(&self) -> Result<KexecStatus, KexecError> {
+    pub(crate) fn status(&self) -> Result<KexecStatus, KexecError> {
         Ok(KexecStatus {
             loaded: is_loaded(&self.sys_root)?,
             load_disabled: load_disabled(&self.proc_root)?,
@@ -158,6 +158,7 @@ impl KexecLoader for RealKexec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::system::kexec::state::Lockdown;
 
     /// A fake /sys and /proc with the given kexec state.
     fn fake_roots(

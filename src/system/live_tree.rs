@@ -24,25 +24,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where live trees live, below the physical sysroot.
-pub fn live_dir(sysroot: &Path) -> PathBuf {
+pub(crate) fn live_dir(sysroot: &Path) -> PathBuf {
     sysroot.join("ostree/fastswitch/live")
 }
 
 /// The `usr` of the live tree for deployment `id`.
-pub fn live_usr(sysroot: &Path, id: &str) -> PathBuf {
+pub(crate) fn live_usr(sysroot: &Path, id: &str) -> PathBuf {
     live_dir(sysroot).join(id).join("usr")
 }
 
 /// Is a mount whose mountinfo `root` is `root` a bind of a live tree's `usr`?
-pub fn is_live_usr_root(root: &str) -> bool {
+pub(crate) fn is_live_usr_root(root: &str) -> bool {
     root.ends_with("/usr") && root.contains("/ostree/fastswitch/live/")
 }
 
 /// What [`link_tree`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
-    pub dirs: u64,
-    pub links: u64,
+    pub(crate) dirs: u64,
+    pub(crate) links: u64,
 }
 
 /// Run `f` on a thread pool whose threads may write to `sysroot`. When it is writable, that is
@@ -50,7 +50,7 @@ pub struct LinkStats {
 /// namespace (private propagation) and remounts the sysroot read-write there, as ostree does for
 /// its own writes; the host's mount stays read-only. Parallel because linking or removing a
 /// `/usr` of tens of thousands of entries is syscall-bound.
-pub fn with_writable_sysroot<T: Send>(
+pub(crate) fn with_writable_sysroot<T: Send>(
     sysroot: &Path,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
@@ -120,7 +120,7 @@ fn writable_namespace(sysroot: &Path) -> Result<()> {
 /// the kernel resolves one name per call, not the ten or so components of a path below
 /// `/sysroot/ostree/deploy/<os>/deploy/<id>/usr` — which counts where syscalls are expensive
 /// (a TCG guest) and tens of thousands are made.
-pub fn link_tree(src: &Path, dest: &Path) -> Result<LinkStats> {
+pub(crate) fn link_tree(src: &Path, dest: &Path) -> Result<LinkStats> {
     let tmp = dest.with_extension("tmp");
     if tmp.symlink_metadata().is_ok() {
         remove_tree(&tmp)
@@ -298,7 +298,7 @@ fn copy_dir_metadata(p: &Pair<'_>, st: &rustix::fs::Stat) -> Result<()> {
 
 /// `rm -rf`, in parallel on the current rayon pool, relative to open directories as
 /// [`link_tree`].
-pub fn remove_tree(dir: &Path) -> Result<()> {
+pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
     let fd =
         open_dir(rustix::fs::CWD, dir).with_context(|| format!("opening {}", dir.display()))?;
     remove_contents(&fd, dir)?;
@@ -331,7 +331,11 @@ fn remove_contents(dir: &File, path: &Path) -> Result<()> {
 
 /// Make sure the live tree `usr` (a [`live_usr`] path) exists, linking it from
 /// `deployment_usr` if needed. Returns `None` when it already existed (an earlier run made it).
-pub fn ensure(sysroot: &Path, usr: &Path, deployment_usr: &Path) -> Result<Option<LinkStats>> {
+pub(crate) fn ensure(
+    sysroot: &Path,
+    usr: &Path,
+    deployment_usr: &Path,
+) -> Result<Option<LinkStats>> {
     if usr.is_dir() {
         return Ok(None);
     }
@@ -352,7 +356,7 @@ pub fn ensure(sysroot: &Path, usr: &Path, deployment_usr: &Path) -> Result<Optio
 /// Remove the live trees no mount shows any more (`in_use`: mountinfo `root` fields of the
 /// mounts in PID 1's namespace). Processes that still run files of a removed tree keep them:
 /// an unlinked file lives until its last user closes it. Returns the removed directories.
-pub fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<PathBuf>> {
+pub(crate) fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<PathBuf>> {
     let dir = live_dir(sysroot);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(Vec::new());

@@ -10,6 +10,7 @@ pub mod lock;
 pub mod mounts;
 pub mod ostree_state;
 pub mod privileges;
+pub mod proc_text;
 pub mod secure_write;
 pub mod systemd;
 pub mod tools;

@@ -5,6 +5,7 @@
 //! source mount, `mount_setattr(MOUNT_ATTR_RDONLY)` makes it read-only while still detached, and
 //! one `move_mount` attaches it over `/usr`. Nobody can observe a half-swapped or writable tree.
 
+use super::proc_text::unescape_octal;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
@@ -171,11 +172,11 @@ pub struct NextRoot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountEntry {
     pub mount_id: i32,
-    pub parent_id: i32,
+    pub(crate) parent_id: i32,
     /// Path of the mount's root inside its filesystem (e.g. `/ostree/deploy/x/deploy/<id>/usr`).
-    pub root: String,
+    pub(crate) root: String,
     pub mount_point: PathBuf,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     pub fs_type: String,
 }
 
@@ -191,8 +192,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             Some(MountEntry {
                 mount_id: f[0].parse().ok()?,
                 parent_id: f[1].parse().ok()?,
-                root: unescape_octal(f[3]),
-                mount_point: PathBuf::from(unescape_octal(f[4])),
+                root: unescape_octal(f[3], |_| true),
+                mount_point: PathBuf::from(unescape_octal(f[4], |_| true)),
                 read_only: f[5].split(',').any(|o| o == "ro"),
                 fs_type: post.split(' ').next().unwrap_or("").to_owned(),
             })
@@ -200,30 +201,8 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // The kernel escapes space, tab, newline and backslash as three octal digits (`\040` …);
-        // anything that is not a valid byte escape (first digit 0–3) is kept as it is.
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The mounts stacked at `mount_point`, bottom first, in the caller's namespace.
-pub fn mounts_at(mount_point: &Path) -> Result<Vec<MountEntry>> {
+pub(crate) fn mounts_at(mount_point: &Path) -> Result<Vec<MountEntry>> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let all = parse_mountinfo(&text);
@@ -401,7 +380,7 @@ impl Mounts for RealMounts {
 /// Enter PID 1's mount namespace if the caller is in another one (e.g. started from a unit with
 /// `PrivateMounts=`), so the swap is seen system-wide. Must run before any thread is spawned.
 /// Returns whether a switch happened.
-pub fn enter_pid1_mount_namespace(proc_root: &Path) -> Result<bool> {
+pub(crate) fn enter_pid1_mount_namespace(proc_root: &Path) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
     let own = proc_root.join("self/ns/mnt");
     let init = proc_root.join("1/ns/mnt");

@@ -28,7 +28,7 @@ pub fn unlock_finalization(paths: &HostPaths) -> Result<()> {
 
 /// Replace a small runtime state file atomically (temp file in the same directory, fsync,
 /// rename), mode 0644 like ostree's own.
-pub fn replace_run_file(path: &std::path::Path, data: &[u8]) -> Result<()> {
+pub(crate) fn replace_run_file(path: &std::path::Path, data: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;

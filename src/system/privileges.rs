@@ -6,7 +6,7 @@ use caps::{CapSet, Capability};
 
 /// Refuse (exit code "refused") unless every capability in `needed` is effective, naming the
 /// missing ones and what needs them.
-pub fn require(needed: &[(Capability, &str)]) -> Result<()> {
+pub(crate) fn require(needed: &[(Capability, &str)]) -> Result<()> {
     let mut missing = Vec::new();
     for (cap, why) in needed {
         let has = caps::has_cap(None, CapSet::Effective, *cap)

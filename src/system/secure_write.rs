@@ -29,19 +29,19 @@ use std::path::{Path, PathBuf};
 
 /// The owner, mode and xattrs an entry gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryMeta {
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct EntryMeta {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     /// Permission bits, including setuid/setgid/sticky (`& 0o7777`).
-    pub mode: u32,
+    pub(crate) mode: u32,
     /// Extended attributes (the SELinux label among them).
-    pub xattrs: Vec<(OsString, Vec<u8>)>,
+    pub(crate) xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
 impl EntryMeta {
     /// The owner, mode and xattrs of `path` (not followed if it is a symlink; a symlink's
     /// xattrs are not read).
-    pub fn of(path: &Path) -> Result<EntryMeta> {
+    pub(crate) fn of(path: &Path) -> Result<EntryMeta> {
         let m =
             std::fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
         let xattrs = if m.file_type().is_symlink() {
@@ -58,7 +58,7 @@ impl EntryMeta {
     }
 
     /// Owned by this process's effective user and group, with `mode`, no xattrs.
-    pub fn private(mode: u32) -> EntryMeta {
+    pub(crate) fn private(mode: u32) -> EntryMeta {
         EntryMeta {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -86,7 +86,7 @@ fn read_xattrs(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
 }
 
 /// Open a directory (the last component is not followed if it is a symlink).
-pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         path,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -136,7 +136,7 @@ fn set_meta(fd: &OwnedFd, meta: &EntryMeta, what: &dyn Fn() -> String) -> Result
 /// Write `name` in `dir` with `content` and `meta`, atomically replacing whatever file or symlink
 /// was there; no one but root can open the new file before it has its final owner, xattrs and
 /// mode. Not durable by itself: fsync `dir` to make the rename survive a power cut.
-pub fn write_file_at(
+pub(crate) fn write_file_at(
     dir: &impl AsFd,
     name: &OsStr,
     meta: &EntryMeta,
@@ -223,7 +223,7 @@ fn write_file_inner(
 
 /// Create directory `name` in `dir` (it must not exist) with `meta`: made `0700`, then given its
 /// owner, xattrs and mode.
-pub fn create_dir_at(dir: &impl AsFd, name: &OsStr, meta: &EntryMeta) -> Result<()> {
+pub(crate) fn create_dir_at(dir: &impl AsFd, name: &OsStr, meta: &EntryMeta) -> Result<()> {
     let what = || describe(dir, name);
     rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
         .with_context(|| format!("mkdir {}", what()))?;
@@ -239,7 +239,7 @@ pub fn create_dir_at(dir: &impl AsFd, name: &OsStr, meta: &EntryMeta) -> Result<
 
 /// Give the existing directory `path` (not followed if a symlink) `meta`'s owner, xattrs and
 /// mode; while it changes, its mode is never looser than both the old and the new one.
-pub fn set_dir_meta(path: &Path, meta: &EntryMeta) -> Result<()> {
+pub(crate) fn set_dir_meta(path: &Path, meta: &EntryMeta) -> Result<()> {
     let fd = open_dir(path)?;
     let old = rustix::fs::fstat(&fd).with_context(|| format!("stat {}", path.display()))?;
     let both = old.st_mode & meta.mode & 0o7777;
@@ -250,7 +250,7 @@ pub fn set_dir_meta(path: &Path, meta: &EntryMeta) -> Result<()> {
 
 /// Create symlink `name` → `target` in `dir` (it must not exist), owned by `meta`'s user and
 /// group.
-pub fn create_symlink_at(
+pub(crate) fn create_symlink_at(
     dir: &impl AsFd,
     name: &OsStr,
     target: &Path,
@@ -272,7 +272,7 @@ pub fn create_symlink_at(
 /// user), creating it (and missing parents, with the default mode) if needed. An existing
 /// directory with another owner or a looser mode is fixed, and that is reported on stderr. A
 /// symlink is refused.
-pub fn private_dir(path: &Path) -> Result<()> {
+pub(crate) fn private_dir(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -323,7 +323,7 @@ pub fn private_dir(path: &Path) -> Result<()> {
 
 /// Create `path` and its missing parents as directories with mode `0700` (existing ones are
 /// left as they are).
-pub fn create_dir_all_private(path: &Path) -> Result<()> {
+pub(crate) fn create_dir_all_private(path: &Path) -> Result<()> {
     if std::fs::symlink_metadata(path).is_ok() {
         return Ok(());
     }
@@ -342,7 +342,7 @@ pub fn create_dir_all_private(path: &Path) -> Result<()> {
 
 /// Replace `path` with `data`, mode `0600`, in a [`private_dir`], atomically and durably (the
 /// file, then the directory, are fsynced).
-pub fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().context("state path has no parent")?;
     let name = path.file_name().context("state path has no file name")?;
     private_dir(dir)?;

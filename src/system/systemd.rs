@@ -26,9 +26,9 @@ const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
 
 /// How long to wait for one job by default: systemd's default start and stop timeouts (90 s
 /// each) for a restart, plus slack.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `daemon-reload`/`daemon-reexec` may take.
-pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(180);
+pub(crate) const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -70,7 +70,7 @@ trait Manager {
 /// A unit job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum JobOp {
+pub(crate) enum JobOp {
     Start,
     Stop,
     Restart,
@@ -108,7 +108,7 @@ pub enum JobResult {
 
 impl JobResult {
     /// Map systemd's `JobRemoved` result string.
-    pub fn from_systemd(s: &str) -> JobResult {
+    pub(crate) fn from_systemd(s: &str) -> JobResult {
         match s {
             "done" => JobResult::Done,
             "skipped" => JobResult::Skipped,
@@ -128,33 +128,33 @@ impl JobResult {
     }
 
     /// The job achieved its goal (`skipped`: nothing to do in the unit's current state).
-    pub fn is_success(self) -> bool {
+    pub(crate) fn is_success(self) -> bool {
         matches!(self, JobResult::Done | JobResult::Skipped)
     }
 }
 
 /// A job systemd accepted and that has not been awaited yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingJob {
-    pub op: JobOp,
-    pub unit: String,
+pub(crate) struct PendingJob {
+    pub(crate) op: JobOp,
+    pub(crate) unit: String,
     /// The job's object path.
-    pub job: String,
-    pub issued: Instant,
+    pub(crate) job: String,
+    pub(crate) issued: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobOutcome {
-    pub op: JobOp,
-    pub unit: String,
-    pub job: String,
-    pub result: JobResult,
+pub(crate) struct JobOutcome {
+    pub(crate) op: JobOp,
+    pub(crate) unit: String,
+    pub(crate) job: String,
+    pub(crate) result: JobResult,
     /// From issuing the job to systemd reporting its end (or the wait giving up).
-    pub duration: Duration,
+    pub(crate) duration: Duration,
 }
 
 /// The narrow interface to the service manager.
-pub trait Systemd {
+pub(crate) trait Systemd {
     /// `daemon-reload`; returns once systemd finished reloading.
     fn daemon_reload(&self) -> Result<()>;
     /// `daemon-reexec`; returns once the re-executed manager answers again.
@@ -186,11 +186,9 @@ pub trait Systemd {
     fn stop(&self, unit: &str) -> Result<JobOutcome> {
         self.run_job(JobOp::Stop, unit)
     }
+    #[cfg(test)]
     fn restart(&self, unit: &str) -> Result<JobOutcome> {
         self.run_job(JobOp::Restart, unit)
-    }
-    fn reload(&self, unit: &str) -> Result<JobOutcome> {
-        self.run_job(JobOp::Reload, unit)
     }
 }
 
@@ -212,24 +210,24 @@ impl LowercaseFirst for String {
 /// Runtime facts about one loaded unit, as systemd reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitFacts {
-    pub name: String,
+    pub(crate) name: String,
     /// `active`, `reloading`, `inactive`, `failed`, `activating`, `deactivating`, …
-    pub active_state: String,
-    pub sub_state: String,
-    pub refuse_manual_start: bool,
-    pub refuse_manual_stop: bool,
-    pub can_reload: bool,
+    pub(crate) active_state: String,
+    pub(crate) sub_state: String,
+    pub(crate) refuse_manual_start: bool,
+    pub(crate) refuse_manual_stop: bool,
+    pub(crate) can_reload: bool,
     /// The units that trigger this one (`TriggeredBy=`: sockets, paths, timers).
-    pub triggered_by: Vec<String>,
+    pub(crate) triggered_by: Vec<String>,
     /// Some active unit wants/requires/upholds it (e.g. an active target).
-    pub wanted_by_active_target: bool,
-    pub main_pid: Option<u32>,
+    pub(crate) wanted_by_active_target: bool,
+    pub(crate) main_pid: Option<u32>,
     /// `ExecMainStartTimestamp`, µs since the epoch.
-    pub exec_main_start_timestamp_us: Option<u64>,
+    pub(crate) exec_main_start_timestamp_us: Option<u64>,
 }
 
 impl UnitFacts {
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         matches!(
             self.active_state.as_str(),
             "active" | "activating" | "reloading" | "refreshing"
@@ -247,7 +245,7 @@ struct JobRemovedEvent {
 }
 
 /// The real client: blocking zbus on the system bus.
-pub struct SystemdDbus {
+pub(crate) struct SystemdDbus {
     conn: zbus::blocking::Connection,
     manager: ManagerProxy<'static>,
     events: Mutex<Receiver<JobRemovedEvent>>,
@@ -267,13 +265,13 @@ impl std::fmt::Debug for SystemdDbus {
 }
 
 /// The system bus socket (`/var/run` is a symlink to `/run`).
-pub const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
+pub(crate) const SYSTEM_BUS_ADDRESS: &str = "unix:path=/run/dbus/system_bus_socket";
 
 impl SystemdDbus {
     /// Connect to the system bus and subscribe to job completions. The socket is the fixed
     /// system path: `DBUS_SYSTEM_BUS_ADDRESS` is not read, so whoever sets a root process's
     /// environment cannot hand fastswitch another "systemd".
-    pub fn connect() -> Result<SystemdDbus> {
+    pub(crate) fn connect() -> Result<SystemdDbus> {
         let conn = zbus::blocking::connection::Builder::address(SYSTEM_BUS_ADDRESS)
             .context("connecting to the D-Bus system bus")?
             // Reload() replies only when the reload is finished, which can take long.
@@ -284,7 +282,7 @@ impl SystemdDbus {
     }
 
     /// Use an existing connection (e.g. a peer-to-peer one to `/run/systemd/private`).
-    pub fn with_connection(conn: zbus::blocking::Connection) -> Result<SystemdDbus> {
+    pub(crate) fn with_connection(conn: zbus::blocking::Connection) -> Result<SystemdDbus> {
         let manager = ManagerProxy::builder(&conn)
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
@@ -320,16 +318,6 @@ impl SystemdDbus {
             job_timeout: DEFAULT_JOB_TIMEOUT,
             reload_timeout: DEFAULT_RELOAD_TIMEOUT,
         })
-    }
-
-    pub fn with_job_timeout(mut self, timeout: Duration) -> SystemdDbus {
-        self.job_timeout = timeout;
-        self
-    }
-
-    pub fn with_reload_timeout(mut self, timeout: Duration) -> SystemdDbus {
-        self.reload_timeout = timeout;
-        self
     }
 
     fn ping(&self) -> Result<()> {
@@ -556,7 +544,7 @@ impl Systemd for SystemdDbus {
 
 /// Build [`UnitFacts`] from the `Unit` (and, for services, `Service`) properties. `active` maps
 /// loaded unit names to their ActiveState, to tell whether a unit wanting this one is active.
-pub fn facts_from_properties(
+pub(crate) fn facts_from_properties(
     name: &str,
     unit: &HashMap<String, OwnedValue>,
     service: Option<&HashMap<String, OwnedValue>>,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Apply `sysusers.d` and `tmpfiles.d` snippets to the system at `root`.
-pub trait ConfigTools {
+pub(crate) trait ConfigTools {
     /// `systemd-sysusers [--root=ROOT] FILES…`: create the users and groups they declare.
     fn sysusers(&self, root: &Path, files: &[String]) -> Result<()>;
     /// `systemd-tmpfiles --create [--root=ROOT] FILES…`: create what they declare.
@@ -14,7 +14,7 @@ pub trait ConfigTools {
 }
 
 /// The real tools, run by absolute path with a clean environment.
-pub struct RealTools;
+pub(crate) struct RealTools;
 
 impl ConfigTools for RealTools {
     fn sysusers(&self, root: &Path, files: &[String]) -> Result<()> {

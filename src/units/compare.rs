@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::parse::Unit;
 
 /// `[Unit]` keys whose change never needs a restart (from switch-to-configuration-ng).
-pub const IGNORED_UNIT_KEYS: &[&str] = &[
+pub(crate) const IGNORED_UNIT_KEYS: &[&str] = &[
     "Description",
     "Documentation",
     "OnFailure",
@@ -60,15 +60,15 @@ impl UnitComparison {
 /// Which setting differs, and how.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyChange {
-    pub section: String,
+    pub(crate) section: String,
     /// `None` when a whole (empty) section appeared or disappeared.
-    pub key: Option<String>,
-    pub change: Change,
+    pub(crate) key: Option<String>,
+    pub(crate) change: Change,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Change {
+pub(crate) enum Change {
     Added,
     Removed,
     Modified,

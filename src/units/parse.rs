@@ -20,14 +20,11 @@ use serde::{Deserialize, Serialize};
 
 /// The unit directories of a deployment's *defaults* (what the image ships), highest priority
 /// first, relative to the deployment root.
-pub const DEPLOYMENT_UNIT_DIRS: &[&str] = &["usr/etc/systemd/system", "usr/lib/systemd/system"];
-
-/// The unit directories systemd reads on a running host (or a deployment's merged `/etc`),
-/// highest priority first, relative to the root.
-pub const HOST_UNIT_DIRS: &[&str] = &["etc/systemd/system", "usr/lib/systemd/system"];
+pub(crate) const DEPLOYMENT_UNIT_DIRS: &[&str] =
+    &["usr/etc/systemd/system", "usr/lib/systemd/system"];
 
 /// Unit type suffixes systemd knows (`systemd.unit(5)`).
-pub const UNIT_SUFFIXES: &[&str] = &[
+pub(crate) const UNIT_SUFFIXES: &[&str] = &[
     "service",
     "socket",
     "device",
@@ -47,7 +44,7 @@ pub const UNIT_SUFFIXES: &[&str] = &[
 /// systemd does for list settings. Keys and sections are case-sensitive.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unit {
-    pub sections: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    pub(crate) sections: BTreeMap<String, BTreeMap<String, Vec<String>>>,
 }
 
 /// A syntax error in a unit file, naming the file and the (first) line.
@@ -55,8 +52,8 @@ pub struct Unit {
 #[error("{}:{line}: {message}", path.display())]
 pub struct ParseError {
     pub path: PathBuf,
-    pub line: usize,
-    pub message: String,
+    pub(crate) line: usize,
+    pub(crate) message: String,
 }
 
 impl Unit {
@@ -68,7 +65,7 @@ impl Unit {
     }
 
     /// Parse `text` (a fragment or a drop-in) on top of what is already in `self`.
-    pub fn merge_str(&mut self, text: &str, source: &Path) -> Result<(), ParseError> {
+    pub(crate) fn merge_str(&mut self, text: &str, source: &Path) -> Result<(), ParseError> {
         let err = |line: usize, message: String| ParseError {
             path: source.to_path_buf(),
             line,
@@ -163,7 +160,7 @@ impl Unit {
     }
 
     /// All values of `section`/`key`, if the key was assigned at all.
-    pub fn values(&self, section: &str, key: &str) -> Option<&[String]> {
+    pub(crate) fn values(&self, section: &str, key: &str) -> Option<&[String]> {
         self.sections
             .get(section)
             .and_then(|s| s.get(key))
@@ -171,7 +168,7 @@ impl Unit {
     }
 
     /// The last value of `section`/`key` (what systemd uses for single-valued settings).
-    pub fn last(&self, section: &str, key: &str) -> Option<&str> {
+    pub(crate) fn last(&self, section: &str, key: &str) -> Option<&str> {
         self.values(section, key)
             .and_then(|v| v.last())
             .map(String::as_str)
@@ -194,7 +191,7 @@ impl Unit {
 }
 
 /// systemd's boolean spellings (`parse_boolean()`).
-pub fn parse_bool(v: &str) -> Option<bool> {
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Some(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Some(false),
@@ -222,7 +219,7 @@ fn strip_continuation(line: &str) -> Option<&str> {
 
 /// Whether `name` is a syntactically plausible unit name (`foo.service`, `foo@.service`,
 /// `foo@bar.service`).
-pub fn is_unit_name(name: &str) -> bool {
+pub(crate) fn is_unit_name(name: &str) -> bool {
     match name.rsplit_once('.') {
         Some((stem, suffix)) => {
             !stem.is_empty() && UNIT_SUFFIXES.contains(&suffix) && !name.contains('/')
@@ -231,13 +228,8 @@ pub fn is_unit_name(name: &str) -> bool {
     }
 }
 
-/// The unit type suffix of `name` (`"service"` for `foo.service`).
-pub fn unit_suffix(name: &str) -> Option<&str> {
-    name.rsplit_once('.').map(|(_, s)| s)
-}
-
 /// `foo@bar.service` → `Some("foo@.service")`; `None` for non-instances.
-pub fn template_of(name: &str) -> Option<String> {
+pub(crate) fn template_of(name: &str) -> Option<String> {
     let (stem, suffix) = name.rsplit_once('.')?;
     let (prefix, instance) = stem.split_once('@')?;
     if instance.is_empty() {
@@ -249,7 +241,7 @@ pub fn template_of(name: &str) -> Option<String> {
 /// Where a unit was found and what it says, for one tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum UnitLookup {
+pub(crate) enum UnitLookup {
     /// No fragment in any of the directories.
     NotFound,
     /// The fragment is a symlink to `/dev/null` or an empty file.
@@ -261,12 +253,12 @@ pub enum UnitLookup {
 
 /// A unit read from one tree, with the files it came from (absolute in-tree paths).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoadedUnit {
-    pub name: String,
+pub(crate) struct LoadedUnit {
+    pub(crate) name: String,
     /// The fragment that was read (after following aliases inside the tree).
-    pub fragment: PathBuf,
+    pub(crate) fragment: PathBuf,
     /// Drop-ins in the order they were applied.
-    pub dropins: Vec<PathBuf>,
+    pub(crate) dropins: Vec<PathBuf>,
     pub unit: Unit,
 }
 
@@ -275,7 +267,7 @@ pub struct LoadedUnit {
 ///
 /// Template instances fall back to the template's fragment (`foo@bar.service` →
 /// `foo@.service`). Errors name the file (and line, for syntax errors).
-pub fn load_unit(root: &Path, dirs: &[&str], name: &str) -> Result<UnitLookup> {
+pub(crate) fn load_unit(root: &Path, dirs: &[&str], name: &str) -> Result<UnitLookup> {
     let mut fragment: Option<(PathBuf, Resolved)> = None;
     let mut candidates = vec![name.to_string()];
     candidates.extend(template_of(name));
@@ -315,7 +307,7 @@ pub fn load_unit(root: &Path, dirs: &[&str], name: &str) -> Result<UnitLookup> {
 
 /// Merge only the drop-ins found in `<dir>/<dropin_dir_name>` for every dir (used for type-level
 /// `service.d/` and dash-prefix `foo-.service.d/` directories, which have no fragment).
-pub fn load_dropins_only(root: &Path, dirs: &[&str], dropin_dir_name: &str) -> Result<Unit> {
+pub(crate) fn load_dropins_only(root: &Path, dirs: &[&str], dropin_dir_name: &str) -> Result<Unit> {
     let mut unit = Unit::default();
     for dropin in find_dropins(root, dirs, &[dropin_dir_name.to_string()])? {
         let text = read_in_root(root, &dropin)?;
@@ -327,7 +319,7 @@ pub fn load_dropins_only(root: &Path, dirs: &[&str], dropin_dir_name: &str) -> R
 /// The `*.d` directory names systemd consults for `name`, most specific first:
 /// `foo-bar@x.service.d`, `foo-bar@.service.d`, `foo-bar-.service.d`, `foo-.service.d`,
 /// `service.d`.
-pub fn dropin_dir_names(name: &str) -> Vec<String> {
+pub(crate) fn dropin_dir_names(name: &str) -> Vec<String> {
     let mut out = vec![format!("{name}.d")];
     let Some((stem, suffix)) = name.rsplit_once('.') else {
         return out;
@@ -397,7 +389,7 @@ enum Resolved {
 }
 
 /// `root` + absolute in-tree `path`.
-pub fn host_path(root: &Path, in_tree: &Path) -> PathBuf {
+pub(crate) fn host_path(root: &Path, in_tree: &Path) -> PathBuf {
     let rel = in_tree.strip_prefix("/").unwrap_or(in_tree);
     root.join(rel)
 }

@@ -22,24 +22,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The record's file name in `<run>/fastswitch`.
-pub const RECORD: &str = crate::system::kexec::PREPARED_RECORD;
+pub(crate) const RECORD: &str = crate::system::kexec::PREPARED_RECORD;
 
-pub fn record_path(paths: &HostPaths) -> PathBuf {
+pub(crate) fn record_path(paths: &HostPaths) -> PathBuf {
     paths.run.join("fastswitch").join(RECORD)
 }
 
 /// Identity of a loaded file at load time: if any of it changed, the file may have too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileId {
+pub(crate) struct FileId {
     pub path: PathBuf,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i128,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i128,
 }
 
 impl FileId {
-    pub fn of(path: &Path) -> Result<FileId> {
+    pub(crate) fn of(path: &Path) -> Result<FileId> {
         let m = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
         Ok(FileId {
             path: path.to_path_buf(),
@@ -53,19 +53,19 @@ impl FileId {
 
 /// What `prepare` loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PreparedKexec {
+pub(crate) struct PreparedKexec {
     /// `<checksum>.<serial>` of the staged deployment.
-    pub deployment: String,
+    pub(crate) deployment: String,
     /// ostree's bootcsum of its kernel + initramfs.
-    pub bootcsum: String,
+    pub(crate) bootcsum: String,
     /// Kernel first, then the initrds, as loaded.
-    pub files: Vec<FileId>,
-    pub cmdline: String,
+    pub(crate) files: Vec<FileId>,
+    pub(crate) cmdline: String,
     /// The boot this was loaded in (a loaded kernel does not outlive it).
     pub boot_id: String,
 }
 
-pub fn read(path: &Path) -> Result<Option<PreparedKexec>> {
+pub(crate) fn read(path: &Path) -> Result<Option<PreparedKexec>> {
     match std::fs::read(path) {
         Ok(b) => Ok(serde_json::from_slice(&b).ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -73,25 +73,20 @@ pub fn read(path: &Path) -> Result<Option<PreparedKexec>> {
     }
 }
 
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// The `ostree=` bootlink ostree writes when it finalizes `d` as the first deployment of the new
 /// list: the other bootversion, bootserial 0.
-pub fn predicted_bootlink(d: &Deployment, bootcsum: &str, bootversion: Option<u8>) -> String {
+pub(crate) fn predicted_bootlink(
+    d: &Deployment,
+    bootcsum: &str,
+    bootversion: Option<u8>,
+) -> String {
     let next = 1 - bootversion.unwrap_or(0).min(1);
     format!("/ostree/boot.{next}/{}/{bootcsum}/0", d.stateroot)
 }
 
 /// The staged deployment's kargs with `ostree=` replaced in place by `bootlink` (appended when
 /// there is none), as ostree writes the BLS `options` line.
-pub fn predicted_cmdline(kargs: &[String], bootlink: &str) -> String {
+pub(crate) fn predicted_cmdline(kargs: &[String], bootlink: &str) -> String {
     let link = format!("ostree={bootlink}");
     let mut out: Vec<&str> = Vec::with_capacity(kargs.len() + 1);
     let mut replaced = false;
@@ -113,7 +108,7 @@ pub fn predicted_cmdline(kargs: &[String], bootlink: &str) -> String {
 
 /// Why the recorded kernel cannot stand for the one `switch` is about to load, or `None` when
 /// it can. Pure apart from `files_now`, the current identity of the recorded files.
-pub fn mismatch(
+pub(crate) fn mismatch(
     rec: &PreparedKexec,
     d: &Deployment,
     bootcsum: &str,
@@ -160,7 +155,7 @@ pub fn mismatch(
 /// Whether the kernel loaded at staging is the one `switch` would load now (`Ok(None)`: reuse
 /// it) or why not. `d` is the finalized target, `bootcsum` its entry's (already checked
 /// against the tree), `initrds`/`cmdline` from its boot entry.
-pub fn check_reuse(
+pub(crate) fn check_reuse(
     paths: &HostPaths,
     loader: &dyn KexecLoader,
     d: &Deployment,
@@ -189,15 +184,15 @@ pub fn check_reuse(
 
 /// What `fastswitch prepare` did.
 #[derive(Debug, Clone, Serialize)]
-pub struct PrepareReport {
+pub(crate) struct PrepareReport {
     pub schema_version: u32,
     /// `loaded`, `already_loaded`, `not_needed`, `unloaded`.
     pub outcome: &'static str,
-    pub deployment: Option<String>,
-    pub kernel: Option<PathBuf>,
-    pub initrds: Vec<PathBuf>,
-    pub cmdline: Option<String>,
-    pub reason: String,
+    pub(crate) deployment: Option<String>,
+    pub(crate) kernel: Option<PathBuf>,
+    pub(crate) initrds: Vec<PathBuf>,
+    pub(crate) cmdline: Option<String>,
+    pub(crate) reason: String,
     pub duration_ms: u64,
 }
 
@@ -257,7 +252,10 @@ fn finalized_kargs(host: &Host, d: &Deployment) -> Vec<String> {
 /// is nothing staged, when the staged deployment boots the same kernel with the same kargs as
 /// the booted one (no kexec needed), or when its finalization is locked (it would not get its
 /// bootlink at shutdown). Unloads a kernel prepared earlier for a deployment that is gone.
-pub fn prepare_staged(
+///
+/// Long: the reasons not to load, in the order they are checked (each early return is one
+/// `not_needed` with its reason), then the load and its record.
+pub(crate) fn prepare_staged(
     host: &Host,
     loader: &dyn KexecLoader,
     boot_id: &str,
@@ -366,16 +364,13 @@ pub fn prepare_staged(
     Ok(report)
 }
 
-/// Remove the record (after a load for another purpose it no longer describes the kernel).
-pub fn forget(paths: &HostPaths) -> Result<()> {
-    remove(&record_path(paths))
-}
-
+/// A host with a booted and a staged deployment, for the tests of `prepare` and of `switch`'s
+/// reuse of what it loaded (`super::tests`).
 #[cfg(test)]
-mod tests {
+pub(super) mod fixture {
     use super::*;
 
-    fn dep(id: &str) -> Deployment {
+    pub(crate) fn dep(id: &str) -> Deployment {
         let (checksum, serial) = id.split_once('.').unwrap();
         Deployment {
             index: 0,
@@ -401,9 +396,8 @@ mod tests {
 
     use crate::discover::kernel::{KernelFiles, KernelLayout};
     use crate::discover::state::StagedState;
-    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
 
-    fn kernel(dir: &Path, digest: &str) -> KernelFiles {
+    pub(crate) fn kernel(dir: &Path, digest: &str) -> KernelFiles {
         let k = dir.join(format!("vmlinuz-{digest}"));
         let i = dir.join(format!("initramfs-{digest}.img"));
         std::fs::write(&k, digest).unwrap();
@@ -421,7 +415,7 @@ mod tests {
     }
 
     /// A booted deployment with kernel `old` and a staged one with kernel `staged_digest`.
-    fn host(dir: &Path, staged_digest: &str) -> Host {
+    pub(crate) fn host(dir: &Path, staged_digest: &str) -> Host {
         let paths = HostPaths {
             sysroot: dir.join("sysroot"),
             root: dir.to_path_buf(),
@@ -458,6 +452,13 @@ mod tests {
             deployments: vec![staged, booted],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{dep, host};
+    use super::*;
+    use crate::system::kexec::recording::{KexecCall, RecordingKexec};
 
     #[test]
     fn prepare_loads_once_switch_reuses_and_a_gone_deployment_is_unloaded() {

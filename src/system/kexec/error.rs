@@ -125,7 +125,7 @@ fn secure_boot_note(secure_boot: Option<bool>) -> &'static str {
 impl KexecError {
     /// Kexec cannot work this boot (or for this kernel): fall back to a full reboot rather than
     /// retrying. Only [`KexecError::Busy`] and [`KexecError::OutOfMemory`] are worth a retry.
-    pub fn needs_full_reboot(&self) -> bool {
+    pub(crate) fn needs_full_reboot(&self) -> bool {
         !matches!(self, KexecError::Busy | KexecError::OutOfMemory)
     }
 }
@@ -147,7 +147,7 @@ fn is_signature_errno(errno: Errno) -> bool {
 
 /// Map a failed `kexec_file_load` to an actionable error, using the state read around the call.
 /// `kernel` and `cmdline_len` describe a load; `None` means an unload.
-pub fn map_errno(
+pub(crate) fn map_errno(
     errno: Errno,
     status: &KexecStatus,
     kernel: Option<&Path>,

@@ -29,7 +29,7 @@ enum InitrdPiece<'a> {
 
 /// Check the kernel, initrds and cmdline and open (or build) the fds, without loading
 /// anything. Every refusal here names the file at fault.
-pub fn prepare_load(
+pub(crate) fn prepare_load(
     kernel: &Path,
     initrds: &[PathBuf],
     cmdline: &str,

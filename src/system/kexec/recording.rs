@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 /// One call a [`RecordingKexec`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KexecCall {
+pub(crate) enum KexecCall {
     Load {
         kernel: PathBuf,
         initrds: Vec<PathBuf>,
@@ -19,14 +19,14 @@ pub enum KexecCall {
 /// A [`KexecLoader`] for tests of the code that drives kexec: records every call, tracks the
 /// loaded state, and fails loads with `fail_load` when set (the error is built per call).
 #[derive(Default)]
-pub struct RecordingKexec {
-    pub calls: Mutex<Vec<KexecCall>>,
-    pub loaded: Mutex<bool>,
-    pub fail_load: Option<Box<dyn Fn() -> KexecError + Send + Sync>>,
+pub(crate) struct RecordingKexec {
+    pub(crate) calls: Mutex<Vec<KexecCall>>,
+    pub(crate) loaded: Mutex<bool>,
+    pub(crate) fail_load: Option<Box<dyn Fn() -> KexecError + Send + Sync>>,
 }
 
 impl RecordingKexec {
-    pub fn calls(&self) -> Vec<KexecCall> {
+    pub(crate) fn calls(&self) -> Vec<KexecCall> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -20,7 +20,7 @@ pub enum Lockdown {
 
 impl Lockdown {
     /// Lockdown is on: an unsigned kernel is refused with EPERM.
-    pub fn is_active(self) -> bool {
+    pub(crate) fn is_active(self) -> bool {
         self != Lockdown::None
     }
 }
@@ -36,7 +36,7 @@ impl std::fmt::Display for Lockdown {
 }
 
 /// The active mode in `none [integrity] confidentiality`: the bracketed word.
-pub fn parse_lockdown(content: &str) -> Option<Lockdown> {
+pub(crate) fn parse_lockdown(content: &str) -> Option<Lockdown> {
     let start = content.find('[')? + 1;
     let end = start + content[start..].find(']')?;
     match &content[start..end] {
@@ -48,7 +48,7 @@ pub fn parse_lockdown(content: &str) -> Option<Lockdown> {
 }
 
 /// A `0`/`1` sysfs or sysctl flag.
-pub fn parse_flag(content: &str) -> Option<bool> {
+pub(crate) fn parse_flag(content: &str) -> Option<bool> {
     match content.trim() {
         "0" => Some(false),
         "1" => Some(true),
@@ -57,12 +57,12 @@ pub fn parse_flag(content: &str) -> Option<bool> {
 }
 
 /// A sysctl integer (`kexec_load_limit_reboot`: -1 is unlimited).
-pub fn parse_int(content: &str) -> Option<i64> {
+pub(crate) fn parse_int(content: &str) -> Option<i64> {
     content.trim().parse().ok()
 }
 
 /// The `SecureBoot` EFI variable as read from efivarfs: 4 attribute bytes, then the value byte.
-pub fn parse_secure_boot(efivar: &[u8]) -> Option<bool> {
+pub(crate) fn parse_secure_boot(efivar: &[u8]) -> Option<bool> {
     match efivar.get(4) {
         Some(0) => Some(false),
         Some(1) => Some(true),
@@ -95,7 +95,7 @@ fn bad_state(path: &Path, content: &str, expected: &str) -> KexecError {
 
 /// `<sys>/kernel/kexec_loaded`: a kernel is loaded and `systemctl kexec` (or a plain
 /// `systemctl reboot`) will start it.
-pub fn is_loaded(sys: &Path) -> Result<bool, KexecError> {
+pub(crate) fn is_loaded(sys: &Path) -> Result<bool, KexecError> {
     let path = sys.join("kernel/kexec_loaded");
     let content = read_state(&path)?.ok_or_else(|| KexecError::StateFile {
         path: path.clone(),
@@ -108,7 +108,7 @@ pub fn is_loaded(sys: &Path) -> Result<bool, KexecError> {
 
 /// `<proc>/sys/kernel/kexec_load_disabled`: once 1, no kexec load is possible until reboot.
 /// A missing file reads as "not disabled".
-pub fn load_disabled(proc: &Path) -> Result<bool, KexecError> {
+pub(crate) fn load_disabled(proc: &Path) -> Result<bool, KexecError> {
     let path = proc.join("sys/kernel/kexec_load_disabled");
     match read_state(&path)? {
         None => Ok(false),
@@ -118,7 +118,7 @@ pub fn load_disabled(proc: &Path) -> Result<bool, KexecError> {
 
 /// `<proc>/sys/kernel/kexec_load_limit_reboot` (Linux 6.6+): loads left, -1 unlimited; `None` if
 /// the kernel has no such limit.
-pub fn load_limit_reboot(proc: &Path) -> Result<Option<i64>, KexecError> {
+pub(crate) fn load_limit_reboot(proc: &Path) -> Result<Option<i64>, KexecError> {
     let path = proc.join("sys/kernel/kexec_load_limit_reboot");
     match read_state(&path)? {
         None => Ok(None),
@@ -129,7 +129,7 @@ pub fn load_limit_reboot(proc: &Path) -> Result<Option<i64>, KexecError> {
 }
 
 /// `<sys>/kernel/security/lockdown`; `None` if the lockdown LSM is not enabled.
-pub fn lockdown(sys: &Path) -> Result<Option<Lockdown>, KexecError> {
+pub(crate) fn lockdown(sys: &Path) -> Result<Option<Lockdown>, KexecError> {
     let path = sys.join("kernel/security/lockdown");
     match read_state(&path)? {
         None => Ok(None),
@@ -140,31 +140,31 @@ pub fn lockdown(sys: &Path) -> Result<Option<Lockdown>, KexecError> {
 }
 
 /// Secure Boot state from efivarfs; `None` on a non-EFI boot or when efivarfs is not mounted.
-pub fn secure_boot(sys: &Path) -> Option<bool> {
+pub(crate) fn secure_boot(sys: &Path) -> Option<bool> {
     let path = sys.join("firmware/efi/efivars").join(SECURE_BOOT_VAR);
     std::fs::read(path).ok().and_then(|b| parse_secure_boot(&b))
 }
 
 /// Everything that decides whether a kexec load can work, as read before trying.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct KexecStatus {
+pub(crate) struct KexecStatus {
     /// A kernel is loaded (`/sys/kernel/kexec_loaded`).
-    pub loaded: bool,
+    pub(crate) loaded: bool,
     /// `kernel.kexec_load_disabled`.
-    pub load_disabled: bool,
+    pub(crate) load_disabled: bool,
     /// `kernel.kexec_load_limit_reboot`, if the kernel has it.
-    pub load_limit_reboot: Option<i64>,
+    pub(crate) load_limit_reboot: Option<i64>,
     /// Lockdown mode, if the lockdown LSM is enabled.
-    pub lockdown: Option<Lockdown>,
+    pub(crate) lockdown: Option<Lockdown>,
     /// Secure Boot as the firmware reports it, on EFI systems.
-    pub secure_boot: Option<bool>,
+    pub(crate) secure_boot: Option<bool>,
     /// This process has CAP_SYS_BOOT in its effective set (`None` if that could not be read).
-    pub cap_sys_boot: Option<bool>,
+    pub(crate) cap_sys_boot: Option<bool>,
 }
 
 impl KexecStatus {
     /// A reason why any load is certain to fail, known without trying.
-    pub fn blocker(&self) -> Option<KexecError> {
+    pub(crate) fn blocker(&self) -> Option<KexecError> {
         if self.cap_sys_boot == Some(false) {
             return Some(KexecError::PermissionDenied {
                 cap_sys_boot: Some(false),

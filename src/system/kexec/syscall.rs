@@ -5,11 +5,9 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// `KEXEC_FILE_UNLOAD`: unload the loaded image (fds -1, no cmdline).
-pub const KEXEC_FILE_UNLOAD: libc::c_ulong = 0x1;
-/// `KEXEC_FILE_ON_CRASH`: load as the kdump image (not used by fastswitch).
-pub const KEXEC_FILE_ON_CRASH: libc::c_ulong = 0x2;
+pub(crate) const KEXEC_FILE_UNLOAD: libc::c_ulong = 0x1;
 /// `KEXEC_FILE_NO_INITRAMFS`: there is no initrd; `initrd_fd` is ignored.
-pub const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 0x4;
+pub(crate) const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 0x4;
 
 // --- the syscall ----------------------------------------------------------------------------------
 
@@ -18,7 +16,7 @@ pub const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 0x4;
 /// `cmdline_len` passed to the kernel includes the terminating NUL, as the kernel requires.
 /// `KEXEC_FILE_NO_INITRAMFS` is added when `initrd` is `None`. A `cmdline` containing a NUL byte
 /// is refused with `EINVAL` before the call (the kernel would cut it there).
-pub fn kexec_file_load(
+pub(crate) fn kexec_file_load(
     kernel: BorrowedFd<'_>,
     initrd: Option<BorrowedFd<'_>>,
     cmdline: &str,
@@ -33,7 +31,7 @@ pub fn kexec_file_load(
 }
 
 /// Unload the currently loaded kexec image (`KEXEC_FILE_UNLOAD`). Succeeds if none is loaded.
-pub fn kexec_file_unload() -> nix::Result<()> {
+pub(crate) fn kexec_file_unload() -> nix::Result<()> {
     raw_kexec_file_load(-1, -1, None, KEXEC_FILE_UNLOAD)
 }
 

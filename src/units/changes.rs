@@ -1,4 +1,4 @@
-//! Diff the systemd units of two deployment trees.
+//! The unit changes between two deployment trees (the units part of `crate::diff`).
 //!
 //! Decides: which units a deployment switch touches, and how — a unit added, removed (or
 //! masked), or modified (with its [`UnitComparison`]), and which units became newly wanted or
@@ -34,16 +34,16 @@ use super::parse::{
 pub struct UnitFileChange {
     /// A unit name, a template (`foo@.service`) or a drop-in glob (`*.service`, `foo-*.service`).
     pub unit: String,
-    pub change: UnitChange,
+    pub(crate) change: UnitChange,
     /// The files behind this change (fragment, drop-ins or dependency links), in-tree paths.
     pub files: Vec<FileChange>,
     /// Switch-related settings of the unit (from the new tree, or the old one if removed).
-    pub flags: UnitFlags,
+    pub(crate) flags: UnitFlags,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum UnitChange {
+pub(crate) enum UnitChange {
     /// The unit exists only in the new tree (or was unmasked).
     Added,
     /// The unit no longer exists in the new tree, or is masked there.
@@ -58,7 +58,7 @@ pub enum UnitChange {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Dependency {
+pub(crate) enum Dependency {
     Wants,
     Requires,
     Upholds,
@@ -79,28 +79,28 @@ impl Dependency {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChange {
     pub path: PathBuf,
-    pub change: Change,
+    pub(crate) change: Change,
 }
 
 /// The unit settings that steer a live switch (NixOS's `X-` keys plus systemd's own refusals).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitFlags {
+pub(crate) struct UnitFlags {
     /// `[Unit] RefuseManualStart=`
-    pub refuse_manual_start: bool,
+    pub(crate) refuse_manual_start: bool,
     /// `[Unit] RefuseManualStop=`
-    pub refuse_manual_stop: bool,
+    pub(crate) refuse_manual_stop: bool,
     /// `[Service] X-RestartIfChanged=` (default true); false: never restart it live.
-    pub restart_if_changed: bool,
+    pub(crate) restart_if_changed: bool,
     /// `[Service] X-ReloadIfChanged=`: reload instead of restart when its unit changed.
-    pub reload_if_changed: bool,
+    pub(crate) reload_if_changed: bool,
     /// `[Unit] X-StopOnRemoval=` (default true).
-    pub stop_on_removal: bool,
+    pub(crate) stop_on_removal: bool,
     /// `[Unit] X-OnlyManualStart=`
-    pub only_manual_start: bool,
+    pub(crate) only_manual_start: bool,
     /// `[Service] X-NotSocketActivated=`
-    pub not_socket_activated: bool,
+    pub(crate) not_socket_activated: bool,
     /// `[Service] Sockets=`
-    pub sockets: Vec<String>,
+    pub(crate) sockets: Vec<String>,
 }
 
 impl Default for UnitFlags {
@@ -119,7 +119,7 @@ impl Default for UnitFlags {
 }
 
 impl UnitFlags {
-    pub fn from_unit(u: &Unit) -> UnitFlags {
+    pub(crate) fn from_unit(u: &Unit) -> UnitFlags {
         let d = UnitFlags::default();
         UnitFlags {
             refuse_manual_start: u
@@ -149,7 +149,7 @@ impl UnitFlags {
 }
 
 /// Whether a [`UnitFileChange::unit`] (a name, template or glob) covers the concrete `unit`.
-pub fn unit_pattern_matches(pattern: &str, unit: &str) -> bool {
+pub(crate) fn unit_pattern_matches(pattern: &str, unit: &str) -> bool {
     if pattern == unit {
         return true;
     }
@@ -170,12 +170,15 @@ pub fn unit_pattern_matches(pattern: &str, unit: &str) -> bool {
 
 /// Diff the units of two deployment trees using the deployment's default unit directories
 /// ([`DEPLOYMENT_UNIT_DIRS`]).
-pub fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFileChange>> {
+pub(crate) fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFileChange>> {
     diff_units_in(from_root, to_root, DEPLOYMENT_UNIT_DIRS)
 }
 
 /// Diff the units of two trees over `dirs` (relative to each root, highest priority first).
-pub fn diff_units_in(
+///
+/// Long: three passes over the same two scans (file changes, per-unit grouping with the
+/// comparison, enablement links) that share their maps.
+pub(crate) fn diff_units_in(
     from_root: &Path,
     to_root: &Path,
     dirs: &[&str],
