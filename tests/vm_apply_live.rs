@@ -1,4 +1,5 @@
-//! VM scenarios for `fastswitch apply-live` on a real ostree-booted guest:
+//! VM scenarios for `fastswitch apply-live` on a real ostree-booted guest (S1 runs S0's checks
+//! of the guest first, `tests/vm/s0.rs`):
 //! S1 a layered package (new binary, config default, enabled service, sysusers/tmpfiles) goes
 //! live without a reboot, and the next cold boot is the staged deployment with a consistent
 //! /etc (on Debian 12 the harness is the bootloader and must pick the newest BLS entry
@@ -67,13 +68,20 @@ fn s1_debian13_layered_package_goes_live_then_boots() {
 }
 
 fn s1(guest: Guest, name: &str) {
+    let mut s0 = ScenarioResult::new("s0", guest);
     let mut result = ScenarioResult::new("s1", guest);
     let image = Image::get_guest(guest);
     let mut vm = Vm::boot(&image, name);
     result.set("boot", vm.boot_report());
+    // S0 first: the guest as booted, then the same staging as S1's.
+    let base = vm::s0::before_staging(&vm, &image, guest, &mut s0);
     install_fastswitch(&vm);
     let boot_id = vm.boot_id();
-    ostree_stage(&vm, "test/layered", "");
+    let stage = ostree_stage(&vm, "test/layered", "");
+    s0.secs("stage_s", stage);
+    result.secs("stage_s", stage);
+    vm::s0::after_staging(&vm, &image, &base);
+    drop(s0);
 
     // diff sees the layered package and decides "live".
     let diff = fastswitch_json(&vm, "diff --json");

@@ -28,6 +28,7 @@ mod b64;
 pub mod disk;
 pub mod ostree;
 mod qmp;
+pub mod s0;
 
 pub use agent::{AgentError, Output};
 

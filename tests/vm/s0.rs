@@ -1,18 +1,16 @@
-//! Scenario S0: the test VM is a real ostree-booted host, its demo fixtures
-//! behave as later scenarios expect, and `fastswitch status --json` agrees
-//! with `ostree admin status`, before and after staging `test/layered`.
-//! It runs on both guests: Debian 12 (the harness boots the BLS entry) and
-//! Debian 13 (OVMF + GRUB, /boot on its own partition).
+//! Scenario S0: the test VM is a real ostree-booted host, its demo fixtures behave as later
+//! scenarios expect, and `fastswitch status --json` agrees with `ostree admin status`, before and
+//! after staging `test/layered`. On Debian 13 it also checks the firmware boot: UEFI, GRUB
+//! (LoaderInfo), and `/boot` and the ESP on their own partitions.
+//!
+//! S0 runs inside S1 (tests/vm_apply_live.rs), which stages the same `test/layered` on the same
+//! restored guest: [`before_staging`] right after the boot, [`after_staging`] right after S1's
+//! staging. It was its own scenario until the CI time ran short; a restore, a staging and a
+//! poweroff per guest less. It still writes `target/vm-results/s0-<guest>.json`.
 
-mod vm;
-
-use std::time::Instant;
-
+use super::ostree::Deployment;
+use super::{fastswitch_json, ostree_status, Guest, Image, ScenarioResult, Vm, GUEST_FASTSWITCH};
 use serde_json::Value;
-use vm::{
-    fastswitch_json, ostree_stage, ostree_status, Guest, Image, ScenarioResult, Vm,
-    GUEST_FASTSWITCH,
-};
 
 /// The deployment objects of `fastswitch status --json` with `key == true`.
 fn marked<'a>(status: &'a Value, key: &str) -> Vec<&'a Value> {
@@ -25,7 +23,7 @@ fn marked<'a>(status: &'a Value, key: &str) -> Vec<&'a Value> {
 }
 
 /// Check one deployment of `fastswitch status --json` against ostree's view.
-fn assert_same_deployment(json: &Value, ostree: &vm::ostree::Deployment) {
+fn assert_same_deployment(json: &Value, ostree: &super::ostree::Deployment) {
     assert_eq!(json["id"], Value::from(ostree.id()), "{json}");
     assert_eq!(
         json["checksum"],
@@ -58,7 +56,7 @@ fn assert_same_deployment(json: &Value, ostree: &vm::ostree::Deployment) {
     );
 }
 
-fn assert_status_matches_ostree(status: &Value, ostree: &[vm::ostree::Deployment]) {
+fn assert_status_matches_ostree(status: &Value, ostree: &[super::ostree::Deployment]) {
     assert_eq!(status["schema_version"], Value::from(1), "{status}");
     let deps = status["deployments"].as_array().expect("deployments");
     assert_eq!(deps.len(), ostree.len(), "deployment count: {status}");
@@ -69,18 +67,6 @@ fn assert_status_matches_ostree(status: &Value, ostree: &[vm::ostree::Deployment
             .unwrap_or_else(|| panic!("fastswitch status lacks deployment {}: {status}", o.id()));
         assert_same_deployment(j, o);
     }
-}
-
-#[test]
-#[ignore = "VM scenario: run by scripts/test"]
-fn s0_ostree_guest_and_status() {
-    s0(Guest::Debian12, "s0");
-}
-
-#[test]
-#[ignore = "VM scenario: run by scripts/test"]
-fn s0_debian13_firmware_grub_separate_boot() {
-    s0(Guest::Debian13, "s0-debian13");
 }
 
 /// Checks only a guest booted by firmware + GRUB with a separate /boot has.
@@ -130,22 +116,21 @@ fn check_firmware_boot_layout(vm: &Vm, image: &Image) {
     assert!(cfg.starts_with("loader."), "{cfg}");
 }
 
-fn s0(guest: Guest, name: &str) {
-    let mut result = ScenarioResult::new("s0", guest);
-    let t = Instant::now();
-    let image = Image::get_guest(guest);
-    result.secs("image_s", t.elapsed());
-    let t = Instant::now();
-    let mut vm = Vm::boot(&image, name);
-    result.secs("boot_s", t.elapsed());
+/// The checks on the freshly booted guest; returns its booted deployment.
+pub fn before_staging(
+    vm: &Vm,
+    image: &Image,
+    guest: Guest,
+    result: &mut ScenarioResult,
+) -> Deployment {
     result.set("boot", vm.boot_report());
     if guest.firmware_boot() {
-        check_firmware_boot_layout(&vm, &image);
+        check_firmware_boot_layout(vm, image);
     }
 
     // --- the guest is ostree-booted from the image's base commit -------------
     vm.exec_ok("test -e /run/ostree-booted");
-    let deployments = ostree_status(&vm);
+    let deployments = ostree_status(vm);
     assert_eq!(deployments.len(), 1, "{deployments:?}");
     let booted = deployments[0].clone();
     assert!(booted.booted, "{booted:?}");
@@ -211,7 +196,7 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
 
     // --- fastswitch status --json agrees with ostree ----------------------------
     vm.exec_ok(&format!("test -x {GUEST_FASTSWITCH}"));
-    let status = fastswitch_json(&vm, "status --json");
+    let status = fastswitch_json(vm, "status --json");
     assert_status_matches_ostree(&status, &deployments);
     let b = marked(&status, "booted");
     assert_eq!(b.len(), 1, "{status}");
@@ -233,9 +218,13 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
         );
     }
 
-    // --- stage test/layered -----------------------------------------------------
-    result.secs("stage_s", ostree_stage(&vm, "test/layered", ""));
-    let deployments = ostree_status(&vm);
+    booted
+}
+
+/// The checks once `test/layered` is staged on top of `booted`.
+pub fn after_staging(vm: &Vm, image: &Image, booted: &Deployment) {
+    // --- test/layered staged ----------------------------------------------------
+    let deployments = ostree_status(vm);
     assert_eq!(deployments.len(), 2, "{deployments:?}");
     let staged: Vec<_> = deployments.iter().filter(|d| d.staged).collect();
     assert_eq!(staged.len(), 1, "{deployments:?}");
@@ -246,7 +235,7 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
     assert_eq!(still_booted.len(), 1);
     assert_eq!(still_booted[0].id(), booted.id());
 
-    let status = fastswitch_json(&vm, "status --json");
+    let status = fastswitch_json(vm, "status --json");
     assert_status_matches_ostree(&status, &deployments);
     let s = marked(&status, "staged");
     assert_eq!(s.len(), 1, "{status}");
@@ -255,7 +244,7 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
     assert_eq!(marked(&status, "booted")[0]["id"], Value::from(booted.id()));
 
     // --- fastswitch diff --json sees the layered package --------------------------
-    let diff = fastswitch_json(&vm, "diff --json");
+    let diff = fastswitch_json(vm, "diff --json");
     assert_eq!(diff["schema_version"], Value::from(1), "{diff}");
     assert_eq!(diff["from"]["id"], Value::from(booted.id()), "{diff}");
     assert_eq!(diff["to"]["id"], Value::from(staged[0].id()), "{diff}");
@@ -318,6 +307,4 @@ echo "$(cat /run/demo/reload.exec-reload) $(cat /run/demo/reload.reloads) $([ "$
         v
     };
     assert_eq!(ours, truth, "fastswitch diff vs ostree diff");
-
-    result.secs("poweroff_s", vm.shutdown());
 }
