@@ -1,7 +1,8 @@
 //! VM scenario: the kernel side changed (new initramfs + a new karg) → `fastswitch switch`
-//! finalizes the staged deployment and kexecs into it through systemd's orderly shutdown. Then
-//! the same guest cold-reboots through firmware, so kexec and firmware reboot are measured side
-//! by side in one run.
+//! finalizes the staged deployment and kexecs into it through systemd's orderly shutdown. On
+//! Debian 13 the same guest then reboots through firmware (OVMF + GRUB), so kexec and firmware
+//! reboot are measured side by side in one run, and GRUB must boot the finalized deployment with
+//! the new karg. Debian 12 stops after the kexec: its bootloader is the harness.
 
 mod vm;
 
@@ -216,11 +217,22 @@ fn s3(guest: Guest, name: &str) {
     let kexec_phases = vm.boot_phases();
     let prepare = Duration::from_millis(report["total_ms"].as_u64().unwrap());
 
+    result.set("switch_reused_prepared_kernel", true);
+    result.secs("switch_prepare_s", prepare);
+    result.secs("kexec_total_s", kexec_total);
+    if guest == Guest::Debian12 {
+        // No firmware on this guest: a cold reboot would time the harness, which is the
+        // bootloader here, and S1 already checks that it boots the newest entry ostree's
+        // finalization wrote. The comparison with a firmware reboot is Debian 13's.
+        vm.discard();
+        return;
+    }
+
     // The same guest through firmware, for comparison.
     let cold = vm.cold_reboot();
     let cold_phases = vm.boot_phases();
-    // The bootloader (the harness, or GRUB reading the grub.cfg ostree regenerated at
-    // finalization) boots the same deployment with the new karg.
+    // GRUB, reading the grub.cfg ostree regenerated at finalization on /boot, boots the same
+    // deployment with the new karg.
     let deps = ostree_status(&vm);
     let booted = deps.iter().find(|d| d.booted).expect("booted deployment");
     assert_eq!(booted.checksum, image.ref_checksum("test/kernel"));
@@ -231,8 +243,8 @@ fn s3(guest: Guest, name: &str) {
     );
     let s = |d: Duration| d.as_secs_f64();
     // What the new boot's own clock does not cover: for kexec, the orderly shutdown and the
-    // hand-over after the report was written; for the cold path, the shutdown, the harness's
-    // bootloader and QEMU's start.
+    // hand-over after the report was written; for the cold path, the shutdown, QEMU's start,
+    // the firmware and GRUB.
     let kexec_before_kernel = kexec_total.saturating_sub(prepare + kexec_phases.total);
     let cold_before_kernel = cold.total.saturating_sub(cold_phases.total);
     eprintln!("[s3] phase            kexec     cold");
@@ -282,18 +294,11 @@ fn s3(guest: Guest, name: &str) {
         kexec_total.as_secs_f64() / cold.total.as_secs_f64()
     );
     let ratio = kexec_total.as_secs_f64() / cold.total.as_secs_f64();
-    if guest == Guest::Debian13 {
-        eprintln!(
-            "[s3] goal: switch → new kernel ≤ 0.85× the firmware reboot: {ratio:.2} ({})",
-            if ratio <= 0.85 { "met" } else { "not met" }
-        );
-    } else {
-        eprintln!("[s3] vs the harness reboot (no firmware on this guest): {ratio:.2}");
-    }
+    eprintln!(
+        "[s3] goal: switch → new kernel ≤ 0.85× the firmware reboot: {ratio:.2} ({})",
+        if ratio <= 0.85 { "met" } else { "not met" }
+    );
     result.set("ratio_kexec_cold", ratio);
-    result.set("switch_reused_prepared_kernel", true);
-    result.secs("switch_prepare_s", prepare);
-    result.secs("kexec_total_s", kexec_total);
     result.secs("cold_reboot_s", cold.total);
     result.set("cold_reboot_boot", cold.boot.report());
     vm.discard();
