@@ -22,7 +22,11 @@
 //!   not look at. After a full `apply-live` needrestart must list nothing but those, every
 //!   planned service has a new PID and every other one keeps its PID.
 //!
-//! Both run on both guests, in one boot per guest (restored from the saved guest).
+//! The security update runs on both guests (its packages, its rung and needrestart's version
+//! differ); the install runs on Debian 13 only: on Debian 12 it went through the same steps as
+//! S1 there (new unit started, sysusers, tmpfiles, /etc merge) and passed in every earlier run,
+//! and one staging less keeps CI under the hour. One boot per guest (restored from the saved
+//! guest).
 
 mod vm;
 
@@ -46,7 +50,9 @@ fn real_packages(guest: Guest) {
     let image = Image::get_guest(guest);
     let vm = Vm::boot(&image, &format!("real-packages-{}", guest.name()));
     install_fastswitch(&vm);
-    install_package(&vm, &image);
+    if guest == Guest::Debian13 {
+        install_package(&vm, &image);
+    }
     security_update(&vm, &image);
     vm.discard();
 }
