@@ -1123,8 +1123,8 @@ impl Vm {
     /// End a scenario without a clean poweroff: QEMU is killed and the run directory (the disk
     /// overlay) removed, as when the `Vm` is dropped. A poweroff at the end would prove nothing
     /// that the scenarios' own reboots (S1, S3) do not: a clean shutdown with a live `/usr` and
-    /// ostree's finalization at shutdown. It costs 10–30 s of TCG each (more with a staged
-    /// deployment to finalize), so only S0 keeps one, and times it.
+    /// ostree's finalization at shutdown. It cost 10–30 s of TCG each (more with a staged
+    /// deployment to finalize). [`Vm::shutdown`] stays for scenarios that need a clean poweroff.
     pub fn discard(self) {}
 
     /// Power the guest off cleanly and wait for QEMU to exit.
