@@ -172,7 +172,7 @@ impl Mounts for RecordingMounts {
         crate::system::live_tree::ensure(sysroot, dest, source)
     }
     /// The real thing, against the fake mount table.
-    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>> {
+    fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>> {
         let roots: Vec<String> = self
             .stacks
             .borrow()
@@ -180,7 +180,7 @@ impl Mounts for RecordingMounts {
             .flatten()
             .map(|m| m.root.clone())
             .collect();
-        crate::system::live_tree::remove_unused(sysroot, &roots)
+        crate::system::live_tree::remove_unused(sysroot, &roots, keep)
     }
 }
 

@@ -355,7 +355,12 @@ fn s2(guest: Guest, name: &str) {
     );
     let link = report["steps"][0].clone();
     assert_eq!(link["step"], "link_usr", "{report}");
+    assert!(
+        steps(&report).contains(&"prune_usr_copies".to_owned()),
+        "{report}"
+    );
     result.set("link_usr", link.clone());
+    result.set("first_apply_own_ms", report["own_ms"].clone());
     result.set("usr_binds_after_first_apply", first.len());
     result.secs("s2_first_apply_s", t.elapsed());
     eprintln!(
@@ -387,6 +392,16 @@ fn s2(guest: Guest, name: &str) {
     result.set("usr_bin_files_after_first_target_removed", files);
     // The plan runs from the booted deployment (the live target is gone); the stale scan still
     // finds demo-hello running v2, so it goes back to v1, and demo-lib goes to v2.
+    // What fastswitch-prepare.path runs after staging (S3 runs it through the unit): the same
+    // kernel, so it links the live copy of the new target now; the first target's copy is
+    // mounted, so it stays.
+    let prepared = fastswitch_json(&vm, "prepare --json");
+    let copy = &prepared["live_copy"];
+    assert_eq!(copy["outcome"], "linked", "{prepared}");
+    assert_eq!(prepared["kexec"]["outcome"], "not_needed", "{prepared}");
+    assert_eq!(copy["pruned"], serde_json::json!([]), "{prepared}");
+    eprintln!("[s2] prepare after staging: {copy}");
+    result.set("prepare_live_copy", copy.clone());
     let plan2 = fastswitch_json(&vm, "apply-live --dry-run --json");
     let second_target = plan2["to"]["id"].as_str().unwrap().to_owned();
     assert_ne!(second_target, first_target);
@@ -399,6 +414,15 @@ fn s2(guest: Guest, name: &str) {
     eprintln!("[s2] second apply-live plans: {actions2:?}");
     let report2 = fastswitch_json(&vm, "apply-live --json");
     assert_eq!(report2["outcome"], "ok", "{report2}");
+    // The prepared copy is reused, and pruning is left to the next prepare or reset.
+    assert_eq!(report2["steps"][0]["step"], "link_usr", "{report2}");
+    assert_eq!(report2["steps"][0]["detail"]["reused"], true, "{report2}");
+    assert!(
+        !steps(&report2).contains(&"prune_usr_copies".to_owned()),
+        "{report2}"
+    );
+    result.set("second_apply_own_ms", report2["own_ms"].clone());
+    result.set("second_apply_link_usr", report2["steps"][0].clone());
     let swap = report2["steps"]
         .as_array()
         .unwrap()

@@ -127,10 +127,12 @@ pub(crate) enum Command {
     /// shuts down in order. No firmware, no bootloader.
     #[command(after_help = dep_help())]
     Kexec(KexecOpts),
-    /// Load the staged deployment's kernel now (kexec_file_load), with the ostree= bootlink its
-    /// finalization will write, so that `switch` only finalizes and hands off. Run by
-    /// fastswitch-prepare.path when a deployment is staged; unloads a kernel it prepared for a
-    /// deployment that is no longer staged
+    /// Do the slow part of the staged deployment's rung now. A new kernel or kargs: load the
+    /// kernel (kexec_file_load) with the ostree= bootlink its finalization will write, so that
+    /// `switch` only finalizes and hands off. The same kernel and kargs: link the live copy of
+    /// its /usr, so that `apply-live` only swaps. Run by fastswitch-prepare.path when a
+    /// deployment is staged; unloads a kernel it prepared for a deployment that is no longer
+    /// staged, and removes live copies that nothing mounts and no staged deployment needs
     Prepare,
     /// Make the system run the staged deployment the cheapest safe way: the lowest rung of
     /// none, live, soft-reboot, kexec, reboot that leaves only the target's code running.

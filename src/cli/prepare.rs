@@ -1,5 +1,6 @@
-//! `fastswitch prepare`: load the staged deployment's kernel right after staging (run by
-//! `fastswitch-prepare.path`), so that `switch` only finalizes and hands off.
+//! `fastswitch prepare`: right after staging (run by `fastswitch-prepare.path`), load the staged
+//! deployment's kernel, or link its live copy of `usr` ([`crate::exec::prepare`]), so that
+//! `switch` and `apply-live` only swap and hand off.
 
 use super::Output;
 use crate::discover::{self, HostPaths};
@@ -23,21 +24,37 @@ pub(crate) fn prepare(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode>
         prepared_record: Some(crate::exec::kexec::prepared::record_path(paths)),
         ..RealKexec::default()
     };
-    let rep = crate::exec::kexec::prepared::prepare_staged(&host, &loader, &journal.boot_id)?;
+    let rep = crate::exec::prepare::prepare(
+        &host,
+        &loader,
+        &crate::system::mounts::RealMounts,
+        &journal.boot_id,
+    )?;
     if o.json {
         o.json_value(&rep)?;
     } else {
+        let k = &rep.kexec;
+        let l = &rep.live_copy;
+        let dep = |d: &Option<String>| d.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
         writeln!(
             o.out,
-            "{}{}: {} ({} ms)",
-            rep.outcome,
-            rep.deployment
-                .as_deref()
-                .map(|d| format!(" {d}"))
-                .unwrap_or_default(),
-            rep.reason,
-            rep.duration_ms
+            "kexec: {}{}: {} ({} ms)",
+            k.outcome,
+            dep(&k.deployment),
+            k.reason,
+            k.duration_ms
         )?;
+        writeln!(
+            o.out,
+            "live copy: {}{}: {} ({} ms)",
+            l.outcome,
+            dep(&l.deployment),
+            l.reason,
+            l.duration_ms
+        )?;
+        for p in &l.pruned {
+            writeln!(o.out, "  removed the unused live copy {p}")?;
+        }
     }
     Ok(ExitCode::Ok)
 }

@@ -169,6 +169,7 @@ fn nothing_to_do(
                 services: Some(vec![]),
                 host_states,
                 unlock_finalization: false,
+                live_copy_ready: crate::system::live_tree::is_ready(&paths.sysroot, &d.to.id),
             },
         );
         p.ladder = Some(ladder);

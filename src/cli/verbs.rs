@@ -358,7 +358,7 @@ pub(crate) fn apply_live(
             if !o.json {
                 writeln!(o.out, "nothing to do: {} and {} are identical", short(&from.id), short(&to.id))?;
             } else {
-                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), sysroot: paths.sysroot.clone(), services: Some(vec![]), host_states, unlock_finalization: false }))?;
+                o.json_value(&plan::live_plan(&d, &plan::LiveInputs { root: paths.root.clone(), sysroot: paths.sysroot.clone(), services: Some(vec![]), host_states, unlock_finalization: false, live_copy_ready: crate::system::live_tree::is_ready(&paths.sysroot, &d.to.id) }))?;
             }
             return Ok(ExitCode::NothingToDo);
         }
@@ -419,6 +419,7 @@ pub(super) fn run_live(
             services: run.services,
             host_states: run.host_states,
             unlock_finalization: run.unlock,
+            live_copy_ready: crate::system::live_tree::is_ready(&paths.sysroot, &run.d.to.id),
         },
     );
     plan.ladder = run.ladder;
@@ -544,7 +545,8 @@ pub(crate) fn recover(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode>
     let rep = crate::exec::recover::recover(&journal, &paths.root.join("etc"), &booted.id)?;
     // No live apply survives a reboot: the live copies of /usr of earlier boots go too.
     use crate::system::mounts::Mounts;
-    if let Err(e) = crate::system::mounts::RealMounts.remove_unused_live_trees(&paths.sysroot) {
+    if let Err(e) = crate::system::mounts::RealMounts.remove_unused_live_trees(&paths.sysroot, &[])
+    {
         eprintln!("fastswitch: warning: could not remove unused live copies of /usr: {e:#}");
     }
     if o.json {

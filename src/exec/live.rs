@@ -534,7 +534,7 @@ fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
 /// Remove the live copies no mount shows any more (the one replaced just now, those of earlier
 /// boots). Best effort: a failure is reported, never fatal — the copies only cost disk space.
 fn remove_unused_live_trees(env: &mut LiveEnv<'_>) -> Vec<String> {
-    match env.mounts.remove_unused_live_trees(&env.paths.sysroot) {
+    match env.mounts.remove_unused_live_trees(&env.paths.sysroot, &[]) {
         Ok(removed) => removed.iter().map(|p| p.display().to_string()).collect(),
         Err(e) => {
             (env.progress)(&format!(

@@ -5,6 +5,7 @@ pub mod etc_apply;
 pub mod journal;
 pub mod kexec;
 pub mod live;
+pub(crate) mod prepare;
 pub mod recover;
 pub mod report;
 pub mod unit_jobs;

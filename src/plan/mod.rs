@@ -41,7 +41,8 @@ pub enum Step {
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
     /// Last: remove fastswitch's copies of `usr` no mount shows any more (the one just
-    /// replaced, those of earlier boots). Best effort.
+    /// replaced, those of earlier boots). Best effort. Planned only when this run links the
+    /// copy itself: when `fastswitch prepare` made it at staging, pruning is prepare's job too.
     PruneUsrCopies,
     /// Carry out ostree's 3-way merge on the live `/etc`.
     MergeEtc {
@@ -156,6 +157,10 @@ pub(crate) struct LiveInputs {
     pub host_states: Vec<HostBlocker>,
     /// Unlock a locked finalization first (`--unlock`).
     pub(crate) unlock_finalization: bool,
+    /// The live copy of the target's `usr` exists already (made by `fastswitch prepare` when
+    /// the deployment was staged, [`crate::system::live_tree::is_ready`]): linking it costs
+    /// nothing, and this run leaves pruning older copies to the next `prepare` or `reset`.
+    pub(crate) live_copy_ready: bool,
 }
 
 /// Pure: the live-apply plan. When the decision is not `live`, the plan has no steps.
@@ -199,7 +204,9 @@ pub(crate) fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
                 });
             }
         }
-        steps.push(Step::PruneUsrCopies);
+        if !inputs.live_copy_ready {
+            steps.push(Step::PruneUsrCopies);
+        }
     }
     Plan {
         schema_version: PLAN_SCHEMA_VERSION,
@@ -430,5 +437,74 @@ mod tests {
         // The JSON names the verb.
         let v = serde_json::to_value(&nothing).unwrap();
         assert_eq!(v["verb"], "reset");
+    }
+
+    fn identity() -> crate::diff::kernel::KernelIdentity {
+        crate::diff::kernel::KernelIdentity {
+            version: Some("6.1.0".into()),
+            boot_digest: Some("b00t".into()),
+            has_initramfs: true,
+            kargs: vec![],
+            selinux_policy: None,
+        }
+    }
+
+    /// A live change of one binary, with no /etc, unit or sysusers changes.
+    fn live_diff() -> DeploymentDiff {
+        let to = DeploymentRef {
+            index: 1,
+            id: "bbb.0".into(),
+            path: "/sysroot/ostree/deploy/os/deploy/bbb.0".into(),
+            booted: false,
+            staged: true,
+            ..booted()
+        };
+        DeploymentDiff {
+            schema_version: 1,
+            from: booted(),
+            to,
+            decision: Decision {
+                kind: DecisionKind::Live,
+                reasons: vec![],
+            },
+            kernel: crate::diff::KernelDiff {
+                from: identity(),
+                to: identity(),
+                reasons: vec![],
+            },
+            usr: Default::default(),
+            outside_usr: vec![],
+            etc: Default::default(),
+            units: vec![],
+            timings: Default::default(),
+        }
+    }
+
+    /// Pruning older live copies is planned by the run that links the copy; when `prepare` made
+    /// it at staging, the copy is only reused and pruning stays prepare's (or reset's) job.
+    #[test]
+    fn live_plan_prunes_only_when_it_links_the_copy_itself() {
+        let inputs = |ready| LiveInputs {
+            root: "/".into(),
+            sysroot: "/sysroot".into(),
+            services: None,
+            host_states: vec![],
+            unlock_finalization: false,
+            live_copy_ready: ready,
+        };
+        let linking = live_plan(&live_diff(), &inputs(false));
+        assert_eq!(
+            names(&linking),
+            ["link_usr", "swap_usr", "prune_usr_copies"]
+        );
+        assert_eq!(
+            linking.steps[0],
+            Step::LinkUsr {
+                source: "/sysroot/ostree/deploy/os/deploy/bbb.0/usr".into(),
+                dest: "/sysroot/ostree/fastswitch/live/bbb.0/usr".into(),
+            }
+        );
+        let prepared = live_plan(&live_diff(), &inputs(true));
+        assert_eq!(names(&prepared), ["link_usr", "swap_usr"]);
     }
 }

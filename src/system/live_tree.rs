@@ -33,6 +33,12 @@ pub(crate) fn live_usr(sysroot: &Path, id: &str) -> PathBuf {
     live_dir(sysroot).join(id).join("usr")
 }
 
+/// Does the live copy of deployment `id`'s `usr` exist (complete: [`link_tree`] renames it into
+/// place only when done)?
+pub(crate) fn is_ready(sysroot: &Path, id: &str) -> bool {
+    live_usr(sysroot, id).is_dir()
+}
+
 /// Is a mount whose mountinfo `root` is `root` a bind of a live tree's `usr`?
 pub(crate) fn is_live_usr_root(root: &str) -> bool {
     root.ends_with("/usr") && root.contains("/ostree/fastswitch/live/")
@@ -354,9 +360,15 @@ pub(crate) fn ensure(
 }
 
 /// Remove the live trees no mount shows any more (`in_use`: mountinfo `root` fields of the
-/// mounts in PID 1's namespace). Processes that still run files of a removed tree keep them:
-/// an unlinked file lives until its last user closes it. Returns the removed directories.
-pub(crate) fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<PathBuf>> {
+/// mounts in PID 1's namespace), except those of the deployments in `keep` (`<checksum>.<serial>`:
+/// the copy `fastswitch prepare` made for the staged deployment). Processes that still run files
+/// of a removed tree keep them: an unlinked file lives until its last user closes it. Returns the
+/// removed directories.
+pub(crate) fn remove_unused(
+    sysroot: &Path,
+    in_use: &[String],
+    keep: &[String],
+) -> Result<Vec<PathBuf>> {
     let dir = live_dir(sysroot);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(Vec::new());
@@ -365,6 +377,9 @@ pub(crate) fn remove_unused(sysroot: &Path, in_use: &[String]) -> Result<Vec<Pat
     for entry in entries {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if keep.contains(&name) {
+            continue;
+        }
         let needle = format!("/ostree/fastswitch/live/{name}/");
         let mounted = in_use
             .iter()
@@ -480,9 +495,15 @@ mod tests {
         let err = ensure(sysroot, &live_usr(sysroot, "bbb.0"), &gone).unwrap_err();
         assert!(format!("{err:#}").contains("bbb.0/usr"), "{err:#}");
         std::fs::create_dir_all(live_dir(sysroot).join("ccc.0/usr")).unwrap();
-        let removed =
-            remove_unused(sysroot, &["/ostree/fastswitch/live/aaa.0/usr".to_string()]).unwrap();
+        std::fs::create_dir_all(live_dir(sysroot).join("ddd.0/usr")).unwrap();
+        let removed = remove_unused(
+            sysroot,
+            &["/ostree/fastswitch/live/aaa.0/usr".to_string()],
+            &["ddd.0".to_string()],
+        )
+        .unwrap();
         assert_eq!(removed, vec![live_dir(sysroot).join("ccc.0")]);
         assert!(live_usr(sysroot, "aaa.0").join("bin/x").exists());
+        assert!(live_usr(sysroot, "ddd.0").is_dir(), "kept");
     }
 }

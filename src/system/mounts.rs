@@ -263,8 +263,9 @@ pub trait Mounts {
         source: &Path,
         dest: &Path,
     ) -> Result<Option<super::live_tree::LinkStats>>;
-    /// Remove the live copies of `usr` that no mount shows ([`super::live_tree::remove_unused`]).
-    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>>;
+    /// Remove the live copies of `usr` that no mount shows, but those of the deployments in
+    /// `keep` ([`super::live_tree::remove_unused`]).
+    fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>>;
 }
 
 /// Real syscalls in the current mount namespace.
@@ -365,11 +366,11 @@ impl Mounts for RealMounts {
         super::live_tree::ensure(sysroot, dest, source)
     }
 
-    fn remove_unused_live_trees(&self, sysroot: &Path) -> Result<Vec<PathBuf>> {
+    fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string("/proc/self/mountinfo")
             .context("reading /proc/self/mountinfo")?;
         let roots: Vec<String> = parse_mountinfo(&text).into_iter().map(|m| m.root).collect();
-        super::live_tree::remove_unused(sysroot, &roots)
+        super::live_tree::remove_unused(sysroot, &roots, keep)
     }
 
     fn stack(&self, target: &Path) -> Result<Vec<MountEntry>> {

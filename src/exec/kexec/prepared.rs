@@ -182,10 +182,10 @@ pub(crate) fn check_reuse(
     ))
 }
 
-/// What `fastswitch prepare` did.
+/// What `fastswitch prepare` did about the kexec kernel (the `kexec` part of
+/// [`crate::exec::prepare::PrepareReport`]).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct PrepareReport {
-    pub schema_version: u32,
+pub(crate) struct KexecPrepareReport {
     /// `loaded`, `already_loaded`, `not_needed`, `unloaded`.
     pub outcome: &'static str,
     pub(crate) deployment: Option<String>,
@@ -196,10 +196,9 @@ pub(crate) struct PrepareReport {
     pub duration_ms: u64,
 }
 
-impl PrepareReport {
+impl KexecPrepareReport {
     fn new(outcome: &'static str, reason: impl Into<String>) -> Self {
-        PrepareReport {
-            schema_version: 1,
+        KexecPrepareReport {
             outcome,
             deployment: None,
             kernel: None,
@@ -259,7 +258,7 @@ pub(crate) fn prepare_staged(
     host: &Host,
     loader: &dyn KexecLoader,
     boot_id: &str,
-) -> Result<PrepareReport> {
+) -> Result<KexecPrepareReport> {
     let t0 = Instant::now();
     let paths = &host.paths;
     let record = record_path(paths);
@@ -273,12 +272,12 @@ pub(crate) fn prepare_staged(
     }
     let not_needed = |reason: String| {
         let mut r = if unloaded {
-            PrepareReport::new(
+            KexecPrepareReport::new(
                 "unloaded",
                 format!("{reason}; unloaded the kernel prepared for a deployment that is gone"),
             )
         } else {
-            PrepareReport::new("not_needed", reason)
+            KexecPrepareReport::new("not_needed", reason)
         };
         r.deployment = staged.map(|d| d.id.clone());
         r.duration_ms = t0.elapsed().as_millis() as u64;
@@ -335,7 +334,7 @@ pub(crate) fn prepare_staged(
         cmdline: cmdline.clone(),
         boot_id: boot_id.to_owned(),
     };
-    let mut report = PrepareReport::new("loaded", "");
+    let mut report = KexecPrepareReport::new("loaded", "");
     if rec.as_ref() == Some(&want) && loader.is_loaded().map_err(anyhow::Error::new)? {
         report.outcome = "already_loaded";
         report.reason = "the same kernel, initrd and command line are loaded".into();
@@ -367,7 +366,7 @@ pub(crate) fn prepare_staged(
 /// A host with a booted and a staged deployment, for the tests of `prepare` and of `switch`'s
 /// reuse of what it loaded (`super::tests`).
 #[cfg(test)]
-pub(super) mod fixture {
+pub(crate) mod fixture {
     use super::*;
 
     pub(crate) fn dep(id: &str) -> Deployment {
