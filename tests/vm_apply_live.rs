@@ -361,6 +361,8 @@ fn s2(guest: Guest, name: &str) {
     );
     result.set("link_usr", link.clone());
     result.set("first_apply_own_ms", report["own_ms"].clone());
+    result.set("first_apply_phases", report["phases"].clone());
+    result.set("first_apply_wall_ms", report["wall_ms"].clone());
     result.set("usr_binds_after_first_apply", first.len());
     result.secs("s2_first_apply_s", t.elapsed());
     eprintln!(
@@ -422,6 +424,9 @@ fn s2(guest: Guest, name: &str) {
         "{report2}"
     );
     result.set("second_apply_own_ms", report2["own_ms"].clone());
+    result.set("second_apply_phases", report2["phases"].clone());
+    result.set("second_apply_wall_ms", report2["wall_ms"].clone());
+    result.set("second_apply_steps", report2["steps"].clone());
     result.set("second_apply_link_usr", report2["steps"][0].clone());
     let swap = report2["steps"]
         .as_array()
