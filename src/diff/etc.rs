@@ -139,7 +139,11 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
         copy_modified(&l, &mut n, p)?;
     }
 
-    // 3. What the live /etc needs to become the merged tree.
+    // 3. What the live /etc needs to become the merged tree. A path present in O and L was
+    // visited by step 1 (its ancestors are directories in both), so "the admin changed it" is
+    // whether step 1 listed it as modified: no file is read twice.
+    let modified: std::collections::HashSet<&Path> =
+        d.modified.iter().map(PathBuf::as_path).collect();
     let mut paths = BTreeSet::new();
     l.top.collect(&mut PathBuf::new(), &mut paths);
     n.collect(&mut PathBuf::new(), &mut paths);
@@ -150,7 +154,7 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
     for p in &paths {
         let (on, ln, wn, nn) = (o.get(p), l.get(p), w.get(p), n.get(p));
         let admin_changed = match (on, ln) {
-            (Some(on), Some(ln)) => !same(&o, on, &l, ln, p)?,
+            (Some(_), Some(_)) => modified.contains(p.as_path()),
             (None, None) => false,
             _ => true,
         };
@@ -194,6 +198,12 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
                         let wn = wn.expect("a node taken from the new defaults exists there");
                         if nn.ftype == FileType::Dir && ln.file_type() == FileType::Dir {
                             nn.attrs == Src::Local || same_attrs(&wn.meta, &ln.meta)
+                        } else if !admin_changed
+                            && on.is_some_and(|on| on.meta.same_inode(&wn.meta))
+                        {
+                            // L equals O (not modified), and O and W are one object (both
+                            // checkouts hardlink it): L equals W without reading either.
+                            true
                         } else {
                             same(&w, wn, &l, ln, p)?
                         }

@@ -261,7 +261,11 @@ pub fn guest_binary() -> PathBuf {
     match std::env::var_os("FASTSWITCH_VM_BIN") {
         Some(p) if !p.is_empty() => {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "FASTSWITCH_VM_BIN={}: no such file", p.display());
+            assert!(
+                p.is_file(),
+                "FASTSWITCH_VM_BIN={}: no such file",
+                p.display()
+            );
             p
         }
         _ => PathBuf::from(env!("CARGO_BIN_EXE_fastswitch")),
