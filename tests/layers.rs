@@ -24,7 +24,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "diff", "discover", "exit", "plan", "services", "system", "testing", "units",
         ],
     ),
-    ("status", &["discover", "plan"]),
+    ("status", &["diff", "discover", "exec", "plan", "system"]),
     ("testing", &["system"]),
 ];
 

@@ -2,9 +2,7 @@
 //! and carry that rung out (or print its plan with `--dry-run`).
 
 use super::render::{print_plan, short};
-use super::verbs::{
-    booted_host, live_target, preflight, progress, run_kexec, run_live, KexecMode, LiveRun,
-};
+use super::verbs::{booted_host, preflight, progress, run_kexec, run_live, KexecMode, LiveRun};
 use super::{Output, SwitchOpts};
 use crate::diff::{self, DeploymentDiff};
 use crate::discover::{Host, HostPaths};
@@ -32,7 +30,7 @@ pub(crate) fn switch(paths: &HostPaths, opts: &SwitchOpts, o: &mut Output<'_>) -
     };
     let host = booted_host(paths)?;
     let journal = Journal::for_host(paths)?;
-    let live = live_target(&journal)?;
+    let live = journal.running_target()?;
     let (from, to) = diff::select_running_pair(&host, live.as_deref(), None, opts.to.as_deref())?;
     if let Some(note) = diff::gone_live_target_note(&host, live.as_deref()) {
         progress(&note);

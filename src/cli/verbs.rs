@@ -18,120 +18,6 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
 
-/// Live-apply state for `status`: JSON and human lines.
-pub(crate) struct LiveStatus {
-    pub json: serde_json::Value,
-    pub(crate) lines: Vec<String>,
-}
-
-///
-/// Long: the three states (unreadable, a record of an earlier boot, this boot's record), each
-/// with its JSON and its lines built side by side so they cannot disagree.
-pub(crate) fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
-    let journal = Journal::for_host(paths)?;
-    // The journal is private to root (0700 directories): another user sees that it cannot tell.
-    let denied = |e: &anyhow::Error| {
-        e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-        })
-    };
-    let unreadable = || LiveStatus {
-        lines: vec![format!(
-            "live: unknown (the live-apply journal in {} is readable by root only)",
-            journal.dir.display()
-        )],
-        json: serde_json::json!({"readable": false}),
-    };
-    let loaded = match journal.load() {
-        Err(e) if denied(&e) => return Ok(Some(unreadable())),
-        other => other?,
-    };
-    let Some(st) = loaded else {
-        let stale = match journal.stale_persistent() {
-            Err(e) if denied(&e) => return Ok(Some(unreadable())),
-            other => other?,
-        };
-        return Ok(stale.map(|old| LiveStatus {
-            lines: vec![format!(
-                "live: a live apply of {} in an earlier boot ({}) left /etc changes; run `fastswitch recover`",
-                old.target, old.boot_id
-            )],
-            json: serde_json::json!({
-                "booted": old.booted,
-                "target": old.target,
-                "recover_pending": true,
-                "record_boot_id": old.boot_id,
-                "etc_changes": old.etc_backups.len(),
-            }),
-        }));
-    };
-    // What /usr really shows, not just what the journal says.
-    let usr_is_target = live::same_inode(&paths.root.join("usr"), &st.usr_shown());
-    let mut lines = vec![format!(
-        "live: booted {} running {} since {} (unix time){}",
-        st.booted,
-        st.target,
-        st.started_at,
-        if st.is_complete() {
-            ""
-        } else {
-            " — INCOMPLETE"
-        }
-    )];
-    if st.resetting {
-        lines.push("live: a reset was interrupted; re-run `fastswitch reset` to finish".into());
-    } else if let Some(s) = st.interrupted_step() {
-        lines.push(format!(
-            "live: interrupted at step {}; re-run `fastswitch apply-live` to finish, or `fastswitch reset`",
-            s.name
-        ));
-    }
-    lines.push(format!(
-        "live: /usr shows {}; {} /etc path(s) backed up for reset (written by the merge or systemd-sysusers)",
-        if usr_is_target {
-            "the target"
-        } else {
-            "the booted deployment"
-        },
-        st.etc_backups.len()
-    ));
-    if !st.target_path.is_dir() {
-        lines.push(format!(
-            "live: the deployment {} is gone (a newer one was staged); /usr shows fastswitch's own copy {}; `fastswitch reset` returns to the booted deployment",
-            st.target,
-            st.usr_shown().display()
-        ));
-    }
-    let json = serde_json::json!({
-        "booted": st.booted,
-        "target": st.target,
-        "started_at": st.started_at,
-        "finished_at": st.finished_at,
-        "complete": st.is_complete(),
-        "interrupted_step": st.interrupted_at(),
-        "resetting": st.resetting,
-        "usr_is_target": usr_is_target,
-        "usr_source": st.usr_shown(),
-        "target_deployment_present": st.target_path.is_dir(),
-        "etc_changes": st.etc_backups.len(),
-        "recover_pending": false,
-        "steps": st.steps,
-    });
-    Ok(Some(LiveStatus { json, lines }))
-}
-
-/// Whether the running kernel has a kexec kernel loaded; `None` with `--root` (another system).
-pub(crate) fn kexec_status(paths: &HostPaths) -> Option<crate::status::KexecJson> {
-    if paths.root != Path::new("/") {
-        return None;
-    }
-    let k = crate::system::kexec::RealKexec::default();
-    crate::system::kexec::KexecLoader::is_loaded(&k)
-        .ok()
-        .map(|loaded| crate::status::KexecJson { loaded })
-}
-
 /// `diff --json`: the diff with the ladder it gives (default bounds, services not examined).
 #[derive(serde::Serialize)]
 struct DiffJson<'a> {
@@ -146,61 +32,12 @@ pub(crate) fn diff(paths: &HostPaths, pair: &PairOpts, o: &mut Output<'_>) -> Re
     let d = diff::diff_deployments(from, to)?;
     if o.json {
         let host_states = preconditions::blockers(&host, from, to);
-        let ladder = host_ladder(paths, &d, &host_states)?;
+        let ladder = crate::status::ladder::for_diff(paths, &d, &host_states)?;
         o.json_value(&DiffJson { diff: &d, ladder })?;
     } else {
         write_diff_human(o.out, &d)?;
     }
     Ok(ExitCode::Ok)
-}
-
-/// The ladder `status --json` and `diff --json` show: systemd asked only on this host (not
-/// with `--root`), best effort; no live-apply journal counts as none.
-fn host_ladder(
-    paths: &HostPaths,
-    d: &DeploymentDiff,
-    host_states: &[preconditions::HostBlocker],
-) -> Result<crate::plan::ladder::Ladder> {
-    let sd = if paths.root == Path::new("/") {
-        systemd::SystemdDbus::connect().ok()
-    } else {
-        None
-    };
-    let live_active = Journal::for_host(paths)
-        .and_then(|j| j.load())
-        .is_ok_and(|st| st.is_some());
-    crate::plan::facts::default_ladder(
-        d,
-        host_states,
-        &crate::plan::facts::FactSources {
-            root: &paths.root,
-            live_active,
-            systemd: sd.as_ref().map(|s| s as &dyn systemd::Systemd),
-            services: None,
-        },
-    )
-}
-
-/// `status --json`: the ladder from what userspace runs to the staged (else pending)
-/// deployment, when the host is ostree-booted and has one; `None` otherwise.
-pub(crate) fn status_ladder(
-    paths: &HostPaths,
-    host: &Host,
-) -> Result<Option<crate::plan::ladder::Ladder>> {
-    if !host.ostree_booted
-        || host.booted().is_none()
-        || (host.staged().is_none() && host.pending().is_none())
-    {
-        return Ok(None);
-    }
-    let live = Journal::for_host(paths)
-        .and_then(|j| live_target(&j))
-        .ok()
-        .flatten();
-    let (from, to) = diff::select_running_pair(host, live.as_deref(), None, None)?;
-    let d = diff::diff_deployments(from, to)?;
-    let host_states = preconditions::blockers(host, from, to);
-    host_ladder(paths, &d, &host_states).map(Some)
 }
 
 /// A finished phase of the command, for the report.
@@ -280,15 +117,6 @@ fn connect_systemd(sopts: &ServiceOpts) -> Result<Option<systemd::SystemdDbus>> 
     )?))
 }
 
-/// The deployment userspace runs: the target of a live apply completed in this boot, else `None`
-/// (the booted one). Both `apply-live` and `switch` diff from here.
-pub(super) fn live_target(journal: &Journal) -> Result<Option<String>> {
-    Ok(journal
-        .load()?
-        .filter(|st| st.is_complete())
-        .map(|st| st.target))
-}
-
 /// `apply-live`: preflight, discover, diff, plan, then a dry-run print or the executor; long
 /// because each phase is timed into the report's `phases` in the order it runs.
 pub(crate) fn apply_live(
@@ -311,7 +139,7 @@ pub(crate) fn apply_live(
     phases.push(phase("discover", t));
     let journal = Journal::for_host(paths)?;
     live::check_can_apply(&journal)?;
-    let live = live_target(&journal)?;
+    let live = journal.running_target()?;
     let (from, to) = diff::select_running_pair(
         &host,
         live.as_deref(),
