@@ -26,6 +26,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("status", &["diff", "discover", "exec", "plan", "system"]),
     ("testing", &["system"]),
+    (
+        "ops",
+        &[
+            "diff",
+            "discover",
+            "exec",
+            "exit",
+            "kernel_image",
+            "plan",
+            "services",
+            "status",
+            "system",
+            "units",
+        ],
+    ),
 ];
 
 fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
@@ -103,6 +118,37 @@ fn modules_import_only_downwards() {
         "imports against the layering:\n{}",
         bad.join("\n")
     );
+}
+
+/// stdout belongs to `cli` (and `main`): the library returns typed values for it to render and
+/// sends progress through a callback, so no other module prints.
+#[test]
+fn only_cli_prints_to_stdout() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    visit(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        if rel.starts_with("cli") || rel == Path::new("main.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let code = code.replace("eprintln!(", "").replace("eprint!(", "");
+            if ["println!(", "print!(", "std::io::stdout()"]
+                .iter()
+                .any(|p| code.contains(p))
+            {
+                bad.push(format!("{}:{}: {}", rel.display(), n + 1, code));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "stdout outside cli/:\n{}", bad.join("\n"));
 }
 
 #[test]
