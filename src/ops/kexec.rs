@@ -240,3 +240,65 @@ pub(crate) fn prepare(
     });
     Ok(KexecOutcome::Prepared(report, pending))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::code_for;
+
+    fn deployment(
+        dir: &std::path::Path,
+        kernel: Option<discover::KernelFiles>,
+    ) -> discover::Deployment {
+        discover::Deployment {
+            index: 0,
+            id: "abc.0".into(),
+            stateroot: "os".into(),
+            checksum: "abc".into(),
+            serial: 0,
+            path: dir.to_owned(),
+            booted: false,
+            staged: true,
+            pending: false,
+            rollback: false,
+            pinned: false,
+            origin: None,
+            kernel,
+            boot_entry: None,
+            kargs: vec![],
+            unlocked: None,
+            rpm_ostree_live: false,
+            dev_ino: (0, 0),
+        }
+    }
+
+    /// Each refusal names the deployment or file and leaves nothing loaded.
+    #[test]
+    fn a_target_without_a_usable_kernel_is_refused_before_anything_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = checked_tree_kernel(&deployment(dir.path(), None)).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused);
+        assert!(
+            format!("{err:#}").contains("deployment abc.0 has no kernel"),
+            "{err:#}"
+        );
+
+        let vmlinuz = dir.path().join("vmlinuz");
+        std::fs::write(&vmlinuz, b"not a kernel image").unwrap();
+        let kernel = discover::KernelFiles {
+            layout: discover::kernel::KernelLayout::UsrLibModules,
+            version: "6.1.0".into(),
+            vmlinuz: vmlinuz.clone(),
+            initramfs: None,
+            devicetree: None,
+            devicetree_is_dir: false,
+            boot_digest: "0".repeat(64),
+            digest_source: discover::DigestSource::Computed,
+        };
+        let err = checked_tree_kernel(&deployment(dir.path(), Some(kernel))).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused);
+        let msg = format!("{err:#}");
+        assert!(msg.ends_with("; nothing was loaded"), "{msg}");
+        assert!(msg.contains(&vmlinuz.display().to_string()), "{msg}");
+    }
+}

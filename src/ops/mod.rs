@@ -93,3 +93,75 @@ fn diff_phases(d: &DeploymentDiff) -> Vec<Phase> {
         })
         .collect()
 }
+
+/// The operations' early answers, which need neither root nor a booted ostree host: the
+/// refusals and the nothing-to-do outcomes, on an empty `--root`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::code_for;
+
+    fn empty_host() -> (tempfile::TempDir, HostPaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(root.join("ostree/deploy")).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let paths = HostPaths::resolve(Some(root.clone()), Some(root), Some(run));
+        (dir, paths)
+    }
+
+    fn quiet(_: &str) {}
+
+    #[test]
+    fn a_host_that_is_not_ostree_booted_is_refused_naming_the_file() {
+        let (_dir, paths) = empty_host();
+        let err = booted_host(&paths).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused);
+        assert!(
+            format!("{err:#}").contains(&paths.ostree_booted_file().display().to_string()),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn reset_without_a_live_apply_has_nothing_to_do() {
+        let (_dir, paths) = empty_host();
+        let got = reset::reset(&paths, false, true, &mut quiet).unwrap();
+        assert!(matches!(got, reset::ResetOutcome::NothingToDo));
+    }
+
+    #[test]
+    fn recover_without_a_record_has_nothing_to_do() {
+        let (_dir, paths) = empty_host();
+        let rep = recover::recover(&paths, &mut quiet).unwrap();
+        assert_eq!(rep.outcome, ExitCode::NothingToDo);
+    }
+
+    /// Dry runs take no lock and need no capability: they reach discovery and are refused there.
+    #[test]
+    fn dry_runs_on_a_host_that_is_not_ostree_booted_are_refused() {
+        let (_dir, paths) = empty_host();
+        let live = live::LiveOptions {
+            from: None,
+            to: None,
+            dry_run: true,
+            unlock: false,
+            allow_unverified_usr: false,
+            services: None,
+        };
+        let err = live::apply_live(&paths, &live, &mut quiet).unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused, "{err:#}");
+        assert!(format!("{err:#}").contains("not ostree-booted"), "{err:#}");
+        let k = kexec::KexecOptions {
+            to: None,
+            dry_run: true,
+            load_only: false,
+            unlock: false,
+        };
+        let err = kexec::kexec(&paths, &k, &mut quiet)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(code_for(&err), ExitCode::Refused, "{err:#}");
+    }
+}

@@ -56,3 +56,24 @@ pub(crate) fn to_next(paths: &HostPaths, host: &Host) -> Result<Option<Ladder>> 
     let host_states = preconditions::blockers(host, from, to);
     for_diff(paths, &d, &host_states).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No ladder without a booted deployment and one to switch to; asking costs no diff.
+    #[test]
+    fn a_host_with_nothing_to_switch_to_has_no_ladder() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        std::fs::create_dir_all(root.join("ostree/deploy")).unwrap();
+        let paths = HostPaths::resolve(
+            Some(root.clone()),
+            Some(root.clone()),
+            Some(root.join("run")),
+        );
+        let host = crate::discover::load(&paths).unwrap();
+        assert!(host.deployments.is_empty());
+        assert_eq!(to_next(&paths, &host).unwrap(), None);
+    }
+}
