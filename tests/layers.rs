@@ -81,6 +81,7 @@ fn modules_import_only_downwards() {
     visit(&src, &mut files);
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     let mut bad = Vec::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
         let rel = f.strip_prefix(&src).unwrap();
         let first = rel
@@ -91,11 +92,16 @@ fn modules_import_only_downwards() {
             .to_str()
             .unwrap();
         let module = first.trim_end_matches(".rs");
+        let text = std::fs::read_to_string(f).unwrap();
+        let used = imports(&text);
+        graph
+            .entry(module.to_owned())
+            .or_default()
+            .extend(used.iter().filter(|m| *m != module).cloned());
         if matches!(module, "lib" | "main" | "cli") {
             continue;
         }
-        let text = std::fs::read_to_string(f).unwrap();
-        for m in imports(&text) {
+        for m in used {
             if m == module {
                 continue;
             }
@@ -107,6 +113,11 @@ fn modules_import_only_downwards() {
                 bad.push(format!("{} uses crate::{m}", rel.display()));
             }
         }
+    }
+    // The graph as found (`--nocapture` shows it): what each module really uses.
+    for (module, used) in &graph {
+        let used: Vec<&str> = used.iter().map(String::as_str).collect();
+        eprintln!("{module} -> {}", used.join(", "));
     }
     assert!(
         files.len() > 40,
