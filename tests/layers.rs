@@ -36,9 +36,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kernel_image",
             "plan",
             "services",
-            "status",
             "system",
-            "units",
         ],
     ),
 ];
