@@ -10,6 +10,7 @@
 //! | decide which services stop/start/restart/reload | [`services`] | pure (+ a `/proc` scan in `services::stale`) |
 //! | which rung (none, live, soft-reboot, kexec, reboot), host states, the typed dry run | [`plan`] | pure |
 //! | carry out a plan, journal every step, produce a report | [`exec`] | side effects through [`system`] |
+//! | one operation per verb: preflight, discovery, diff, plan, executor; a typed outcome | `ops` | wires the real [`system`] implementations |
 //! | mounts, systemd over D-Bus, kexec, capabilities, locking | [`system`] | the only side-effect code |
 //! | kernel image checks (bzImage, UKI) | [`kernel_image`] | pure |
 
@@ -19,6 +20,7 @@ pub mod discover;
 pub mod exec;
 pub mod exit;
 pub mod kernel_image;
+pub(crate) mod ops;
 pub mod plan;
 pub mod services;
 pub mod status;

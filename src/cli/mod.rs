@@ -292,11 +292,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     match cli.command {
         Command::Status => {
             let host = discover::load(&paths)?;
-            let live = verbs::live_state(&paths)?;
-            let kexec = verbs::kexec_status(&paths);
+            let live = status::live::live_state(&paths)?;
+            let kexec = status::kexec_state(&paths);
             if o.json {
-                let mut json = status::to_json(&host, live.as_ref().map(|l| l.json.clone()), kexec);
-                match verbs::status_ladder(&paths, &host) {
+                let mut json = status::to_json(&host, live.map(|l| l.json), kexec);
+                match status::ladder::to_next(&paths, &host) {
                     Ok(l) => json.ladder = l,
                     Err(e) => json.ladder_error = Some(format!("{e:#}")),
                 }

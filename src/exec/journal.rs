@@ -222,6 +222,16 @@ impl Journal {
         load_json(&self.state_path())
     }
 
+    /// The deployment userspace runs when a live apply of this boot completed: its target;
+    /// `None` when userspace runs the booted deployment. `apply-live`, `switch` and the
+    /// status ladder diff from here.
+    pub(crate) fn running_target(&self) -> Result<Option<String>> {
+        Ok(self
+            .load()?
+            .filter(|st| st.is_complete())
+            .map(|st| st.target))
+    }
+
     pub(crate) fn load_persistent(&self) -> Result<Option<LiveState>> {
         load_json(&self.persistent_state_path())
     }

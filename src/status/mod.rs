@@ -1,9 +1,13 @@
 //! `fastswitch status`: the deployments with their marks, as JSON (stable, versioned) or as
 //! text in the style of `ostree admin status`.
 
-use crate::discover::{Deployment, Host};
+use crate::discover::{Deployment, Host, HostPaths};
 use serde::Serialize;
 use std::io::Write;
+use std::path::Path;
+
+pub(crate) mod ladder;
+pub(crate) mod live;
 
 /// Bumped on any incompatible change of the JSON below.
 pub(crate) const STATUS_SCHEMA_VERSION: u32 = 1;
@@ -27,7 +31,7 @@ pub(crate) struct StatusJson {
     pub(crate) deployments: Vec<DeploymentJson>,
     /// Live-apply state from `/run/fastswitch`, when a live apply happened this boot (or a
     /// record of an earlier boot waits for `fastswitch recover`).
-    pub(crate) live: Option<serde_json::Value>,
+    pub(crate) live: Option<live::LiveJson>,
     /// The running kernel's kexec state; absent when `--root` names another system.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) kexec: Option<KexecJson>,
@@ -83,6 +87,17 @@ pub(crate) struct KernelJson {
     pub(crate) has_initramfs: bool,
 }
 
+/// Whether the running kernel has a kexec kernel loaded; `None` with `--root` (another system).
+pub(crate) fn kexec_state(paths: &HostPaths) -> Option<KexecJson> {
+    if paths.root != Path::new("/") {
+        return None;
+    }
+    let k = crate::system::kexec::RealKexec::default();
+    crate::system::kexec::KexecLoader::is_loaded(&k)
+        .ok()
+        .map(|loaded| KexecJson { loaded })
+}
+
 fn deployment_json(d: &Deployment) -> DeploymentJson {
     DeploymentJson {
         index: d.index,
@@ -113,7 +128,7 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
 
 pub(crate) fn to_json(
     host: &Host,
-    live: Option<serde_json::Value>,
+    live: Option<live::LiveJson>,
     kexec: Option<KexecJson>,
 ) -> StatusJson {
     StatusJson {
