@@ -130,8 +130,7 @@ fn modules_import_only_downwards() {
 }
 
 /// `cli` picks no real side-effect implementation itself: a verb hands its options to `ops` (or
-/// `status`), which wires `system` in. `cli/prepare.rs` still does its own wiring, pending its
-/// move into `ops`.
+/// `status`), which wires `system` in.
 #[test]
 fn cli_leaves_side_effects_to_ops() {
     let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
@@ -139,9 +138,6 @@ fn cli_leaves_side_effects_to_ops() {
     visit(&cli, &mut files);
     let mut bad = Vec::new();
     for f in &files {
-        if f.file_name().is_some_and(|n| n == "prepare.rs") {
-            continue;
-        }
         let text = std::fs::read_to_string(f).unwrap();
         if imports(&text).contains("system") {
             bad.push(f.strip_prefix(&cli).unwrap().display().to_string());

@@ -6,6 +6,7 @@
 
 pub(crate) mod kexec;
 pub(crate) mod live;
+pub(crate) mod prepare;
 pub(crate) mod recover;
 pub(crate) mod reset;
 pub(crate) mod switch;
