@@ -8,7 +8,9 @@
 //! tree on disk instead — the pruning only ever removes work, never changes the result.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zvariant::serialized::{Context, Data};
 use zvariant::{OwnedValue, LE};
 
@@ -35,10 +37,16 @@ fn csum(v: &[u8]) -> Option<Csum> {
     v.try_into().ok()
 }
 
+/// How many bytes at the end of a dirtree object [`Repo::subdirs`] reads first.
+const TAIL_READ: usize = 4096;
+
 /// An ostree repository (`<sysroot>/ostree/repo`).
 #[derive(Debug, Clone)]
 pub struct Repo {
     objects: PathBuf,
+    /// `objects/`, opened once: dirtree objects are opened relative to it (two path
+    /// components to resolve instead of the whole path, per object).
+    objects_fd: Arc<OwnedFd>,
 }
 
 type CommitVariant = (
@@ -164,10 +172,16 @@ impl Repo {
         }
         serial.parse::<u32>().ok()?;
         let ostree = deploy.parent()?.parent()?.parent()?.parent()?;
-        let objects = ostree.join("repo/objects");
-        objects
-            .is_dir()
-            .then(|| (Repo { objects }, commit.to_owned()))
+        Some((Repo::at(ostree.join("repo/objects"))?, commit.to_owned()))
+    }
+
+    /// The repository whose `objects/` directory is `objects`, if it can be opened.
+    pub(crate) fn at(objects: PathBuf) -> Option<Repo> {
+        let fd = super::walk::open_dir(&objects).ok()?;
+        Some(Repo {
+            objects,
+            objects_fd: Arc::new(fd),
+        })
     }
 
     /// The bytes of object `hex.ext` (`commit`, `dirtree`, `dirmeta`), if readable.
@@ -192,25 +206,41 @@ impl Repo {
     }
 
     /// The subdirectories of the dirtree `tree`. Reads only the object's tail: the framing
-    /// offset at its end, then the subdirectory array before it (see [`parse_subdirs`]).
+    /// offset at its end, then the subdirectory array before it (see [`parse_subdirs`]), in one
+    /// `pread` when the array lies within the last [`TAIL_READ`] bytes (as in most dirtrees),
+    /// else two. Four system calls per object (open relative to `objects/`, fstat, pread,
+    /// close): the walk reads one or two dirtrees per changed directory.
     pub fn subdirs(&self, tree: &Csum) -> Option<SubDirs> {
+        use rustix::fs::{Mode, OFlags};
         use std::os::unix::fs::FileExt;
         let hex = crate::discover::kernel::hex(tree);
-        let p = self
-            .objects
-            .join(&hex[..2])
-            .join(format!("{}.dirtree", &hex[2..]));
-        // A missing or odd object (e.g. a FIFO) only disables pruning; never block on it.
-        let f = crate::system::files::open_regular_opt(&p, crate::system::files::Follow::No)
-            .ok()
-            .flatten()?;
-        let size = usize::try_from(f.metadata().ok()?.len()).ok()?;
+        let rel = format!("{}/{}.dirtree", &hex[..2], &hex[2..]);
+        // O_NONBLOCK: a FIFO in place of the object opens without blocking and is then
+        // refused by its type; on a regular file the flag changes nothing.
+        let fd = rustix::fs::openat(
+            self.objects_fd.as_fd(),
+            rel.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        let size = usize::try_from(st.st_size).ok()?;
+        let f = std::fs::File::from(fd);
         let osz = offset_size(size);
-        let mut tail = [0u8; 8];
-        let tail = &mut tail[..osz.min(size)];
-        f.read_exact_at(tail, (size - tail.len()) as u64).ok()?;
-        let start = dirs_start(size, tail)?;
-        let mut dirs = vec![0u8; size - osz - start];
+        let first = size.min(TAIL_READ);
+        let mut buf = vec![0u8; first];
+        f.read_exact_at(&mut buf, (size - first) as u64).ok()?;
+        let base = size - first;
+        let start = dirs_start(size, &buf[first.saturating_sub(osz)..])?;
+        let end = size - osz;
+        if start >= base {
+            return parse_dirs_array(&buf[start - base..end - base]);
+        }
+        let mut dirs = vec![0u8; end - start];
         f.read_exact_at(&mut dirs, start as u64).ok()?;
         parse_dirs_array(&dirs)
     }
@@ -434,9 +464,8 @@ mod tests {
     fn subdirs_match_zvariant_for_every_offset_size() {
         let d = tempfile::tempdir().unwrap();
         let objects = d.path().join("objects");
-        let repo = Repo {
-            objects: objects.clone(),
-        };
+        std::fs::create_dir_all(&objects).unwrap();
+        let repo = Repo::at(objects.clone()).unwrap();
         for (nfiles, ndirs) in [
             (0, 0),
             (0, 1),
