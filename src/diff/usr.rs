@@ -22,12 +22,13 @@
 //! carries its two dirtree checksums (read from the repo, [`super::repo`]): equal checksums
 //! mean equal subtrees, so the pair is skipped without listing it; equal dirmeta checksums mean
 //! equal directory metadata. A 1 % change then touches only the changed directories and their
-//! ancestors. A changed pair's two dirtrees are read whole when small (nearly every
-//! directory): the pair's entries then come from them instead of from listing the directories,
-//! and an entry with the same checksum on both sides is skipped without a `stat`. A large
-//! dirtree (a directory of many files, where listing is cheaper than decoding) gives only its
-//! subdirectory array (the tail of the object), read when both sides have subdirectories to
-//! prune, so such a directory costs what the plain walk costs. Without a readable repo the
+//! ancestors. A changed pair's two dirtrees are read whole (up to 1 MiB each, about 20,000
+//! entries): the pair's entries then come from them instead of from listing the directories
+//! (decoding an object is cheaper than `getdents64`, which hashes every name on ext4), an
+//! entry with the same checksum on both sides is skipped without a `stat`, and a subdirectory
+//! pair with equal dirmeta checksums is opened without an `fstat`. A larger dirtree gives only
+//! its subdirectory array (the tail of the object), read when both sides have subdirectories
+//! to prune, and the pair is listed on disk as the plain walk does. Without a readable repo the
 //! walk compares everything on disk, with the same result.
 //!
 //! `/usr` itself is reported (as `/usr`) if its own metadata changed. Entries are sorted by
@@ -151,7 +152,7 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
         }
     }
     let trees = usr_csums.map(|(ua, ub)| (ua.tree, ub.tree));
-    entries.extend(ctx.diff_pair(&a, &ma, &b, &mb, b"", trees)?);
+    entries.extend(ctx.diff_pair(&a, &b, Some((&ma, &mb)), b"", trees)?);
     entries.sort_unstable_by(|x, y| Path::new(&x.path).cmp(Path::new(&y.path)));
     let mut counts = UsrCounts::default();
     for e in &entries {
@@ -164,8 +165,9 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
     Ok(UsrDiff { entries, counts })
 }
 
-/// The largest dirtree object [`Ctx::diff_pair`] decodes whole (about 180 files).
-const FULL_DIRTREE: usize = 8 * 1024;
+/// The largest dirtree object [`Ctx::diff_pair`] decodes whole (about 20,000 files); on the
+/// bench's 1,000-file directories decoding both objects took half the time of listing both.
+const FULL_DIRTREE: usize = 1024 * 1024;
 
 /// What judging a directory pair's entries found: changed entries, same-named subdirectory
 /// pairs to descend into (with their checksums when known), added subdirectories.
@@ -413,30 +415,44 @@ impl Ctx {
         name: &CStr,
         rel: &[u8],
     ) -> Result<(OwnedFd, Meta)> {
-        let fd = walk::open_dir_at(dir.as_fd(), name)
-            .with_context(|| format!("opening directory {}", self.show(side, rel)))?;
-        let m =
-            walk::stat_fd(fd.as_fd()).with_context(|| format!("stat {}", self.show(side, rel)))?;
+        let fd = self.open_child_dir(side, dir, name, rel)?;
+        let m = self.stat(side, &fd, rel)?;
         Ok((fd, m))
     }
 
+    fn open_child_dir(
+        &self,
+        side: Side,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+    ) -> Result<OwnedFd> {
+        walk::open_dir_at(dir.as_fd(), name)
+            .with_context(|| format!("opening directory {}", self.show(side, rel)))
+    }
+
+    fn stat(&self, side: Side, fd: &OwnedFd, rel: &[u8]) -> Result<Meta> {
+        walk::stat_fd(fd.as_fd()).with_context(|| format!("stat {}", self.show(side, rel)))
+    }
+
     /// Diff the children of a directory pair whose own metadata the caller has compared.
-    /// `trees`: the pair's dirtree checksums, when known. Small dirtrees (at most
-    /// [`FULL_DIRTREE`] bytes, as almost every directory's) are read whole and the pair's
-    /// entries come from them: no directory listing, and an entry whose checksum is the same
-    /// on both sides is skipped without a `stat`. Larger ones (a directory of many files,
-    /// where decoding the object costs more than listing the directory) only give their
+    /// `trees`: the pair's dirtree checksums, when known. Dirtrees of at most
+    /// [`FULL_DIRTREE`] bytes are read whole and the pair's entries come from them: no
+    /// directory listing, and an entry whose checksum is the same on both sides is skipped
+    /// without a `stat`. Larger ones (bounding the memory one pair takes) only give their
     /// subdirectories' checksums, and the entries come from listing both directories.
+    /// `metas`: the pair's `fstat`s, `None` when the caller had no use for them (equal dirmeta
+    /// checksums); taken here only if the listing needs them.
     fn diff_pair(
         &self,
         a: &OwnedFd,
-        ma: &Meta,
         b: &OwnedFd,
-        mb: &Meta,
+        metas: Option<(&Meta, &Meta)>,
         rel: &[u8],
         trees: Option<(Csum, Csum)>,
     ) -> Result<Vec<UsrEntry>> {
-        if ma.same_inode(mb) || trees.is_some_and(|(ta, tb)| ta == tb) {
+        if metas.is_some_and(|(ma, mb)| ma.same_inode(mb)) || trees.is_some_and(|(ta, tb)| ta == tb)
+        {
             return Ok(Vec::new());
         }
         let read = match (&self.repo, trees) {
@@ -449,7 +465,11 @@ impl Ctx {
         match read {
             Some((Ok(da), Ok(db))) => self.judge_known(a, b, rel, &da, &db, &mut p)?,
             other => {
-                self.judge_listed(a, ma, b, mb, rel, &mut p)?;
+                let (ma, mb) = match metas {
+                    Some((ma, mb)) => (*ma, *mb),
+                    None => (self.stat(Side::From, a, rel)?, self.stat(Side::To, b, rel)?),
+                };
+                self.judge_listed(a, &ma, b, &mb, rel, &mut p)?;
                 // The subdirectories' checksums on both sides, to prune below: read only when
                 // there are subdirectories on both sides to prune.
                 let subdirs = match other {
@@ -483,16 +503,23 @@ impl Ctx {
                 if known.is_some_and(|(x, y)| x == y) {
                     return Ok(Vec::new());
                 }
-                let (ca, cma) = self.open_child(Side::From, a, name, &crel)?;
-                let (cb, cmb) = self.open_child(Side::To, b, name, &crel)?;
-                let mut v = Vec::new();
-                if known.is_none_or(|(x, y)| x.meta != y.meta) {
-                    if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
-                        v.push(e);
-                    }
-                }
+                let ca = self.open_child_dir(Side::From, a, name, &crel)?;
+                let cb = self.open_child_dir(Side::To, b, name, &crel)?;
                 let child_trees = known.map(|(x, y)| (x.tree, y.tree));
-                concat(v, self.diff_pair(&ca, &cma, &cb, &cmb, &crel, child_trees)?)
+                if known.is_some_and(|(x, y)| x.meta == y.meta) {
+                    // Equal directory metadata: no fstat needed.
+                    return self.diff_pair(&ca, &cb, None, &crel, child_trees);
+                }
+                let cma = self.stat(Side::From, &ca, &crel)?;
+                let cmb = self.stat(Side::To, &cb, &crel)?;
+                let mut v = Vec::new();
+                if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
+                    v.push(e);
+                }
+                concat(
+                    v,
+                    self.diff_pair(&ca, &cb, Some((&cma, &cmb)), &crel, child_trees)?,
+                )
             })
             .try_reduce(Vec::new, concat)?;
         let added = added_dirs
