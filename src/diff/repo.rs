@@ -8,7 +8,9 @@
 //! tree on disk instead — the pruning only ever removes work, never changes the result.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zvariant::serialized::{Context, Data};
 use zvariant::{OwnedValue, LE};
 
@@ -35,10 +37,16 @@ fn csum(v: &[u8]) -> Option<Csum> {
     v.try_into().ok()
 }
 
+/// How many bytes at the end of a dirtree object [`Repo::subdirs`] reads first.
+const TAIL_READ: usize = 4096;
+
 /// An ostree repository (`<sysroot>/ostree/repo`).
 #[derive(Debug, Clone)]
 pub struct Repo {
     objects: PathBuf,
+    /// `objects/`, opened once: dirtree objects are opened relative to it (two path
+    /// components to resolve instead of the whole path, per object).
+    objects_fd: Arc<OwnedFd>,
 }
 
 type CommitVariant = (
@@ -120,12 +128,10 @@ fn parse_dir_entry(e: &[u8]) -> Option<(Vec<u8>, DirCsums)> {
     ))
 }
 
-/// The serialized subdirectory array `a(sayay)` of a dirtree. Anything that is not a
-/// well-formed array of 32-byte checksums is `None`.
-fn parse_dirs_array(a: &[u8]) -> Option<SubDirs> {
-    let mut out = SubDirs::new();
+/// The elements of a serialized GVariant array of variable-size elements, in order.
+fn array_elems(a: &[u8], mut each: impl FnMut(&[u8]) -> Option<()>) -> Option<()> {
     if a.is_empty() {
-        return Some(out);
+        return Some(());
     }
     let osz = offset_size(a.len());
     let table = offset_at(a, a.len() - osz, osz)?;
@@ -138,11 +144,105 @@ fn parse_dirs_array(a: &[u8]) -> Option<SubDirs> {
         if end < start || end > table {
             return None;
         }
-        let (name, c) = parse_dir_entry(&a[start..end])?;
-        out.insert(name, c);
+        each(&a[start..end])?;
         start = end;
     }
+    Some(())
+}
+
+/// The serialized subdirectory array `a(sayay)` of a dirtree. Anything that is not a
+/// well-formed array of 32-byte checksums is `None`.
+fn parse_dirs_array(a: &[u8]) -> Option<SubDirs> {
+    let mut out = SubDirs::new();
+    array_elems(a, |e| {
+        let (name, c) = parse_dir_entry(e)?;
+        out.insert(name, c);
+        Some(())
+    })?;
     Some(out)
+}
+
+/// One `(say)` element of a files array: name and content checksum.
+fn parse_file_entry(e: &[u8]) -> Option<(&[u8], Csum)> {
+    let osz = offset_size(e.len());
+    let body = e.len().checked_sub(osz)?;
+    let name_end = offset_at(e, body, osz)?;
+    if name_end > body {
+        return None;
+    }
+    let name = e[..name_end].strip_suffix(&[0])?;
+    if name.is_empty() || name.contains(&0) || std::str::from_utf8(name).is_err() {
+        return None;
+    }
+    Some((name, csum(&e[name_end..body])?))
+}
+
+/// What a dirtree holds under one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Child {
+    /// A regular file or symlink, with its content checksum.
+    File(Csum),
+    Dir(DirCsums),
+}
+
+/// A whole dirtree object decoded: every entry, files and subdirectories, sorted by name
+/// bytes, each name NUL-terminated (ready for `*at` calls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DirTree {
+    pub(crate) entries: Vec<(std::ffi::CString, Child)>,
+}
+
+impl DirTree {
+    /// The subdirectories alone.
+    pub(crate) fn subdirs(&self) -> SubDirs {
+        self.entries
+            .iter()
+            .filter_map(|(n, c)| match c {
+                Child::Dir(d) => Some((n.as_bytes().to_vec(), *d)),
+                Child::File(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// What [`Repo::dirtree`] read.
+pub(crate) type DirTreeRead = Result<DirTree, OpenDirTree>;
+
+/// An open dirtree object too large to decode whole ([`Repo::dirtree`]).
+#[derive(Debug)]
+pub(crate) struct OpenDirTree {
+    f: std::fs::File,
+    size: usize,
+}
+
+impl OpenDirTree {
+    /// Its subdirectories, from the object's tail.
+    pub(crate) fn subdirs(&self) -> Option<SubDirs> {
+        Repo::subdirs_of(&self.f, self.size)
+    }
+}
+
+/// A dirtree object `(a(say)a(sayay))`, both arrays, decoded by hand (see [`parse_subdirs`]).
+/// A name twice (a file and a directory, or a duplicate) is `None`.
+pub(crate) fn parse_dirtree(bytes: &[u8]) -> Option<DirTree> {
+    let start = dirs_start(bytes.len(), bytes)?;
+    let end = bytes.len() - offset_size(bytes.len());
+    let mut entries = Vec::new();
+    array_elems(&bytes[..start], |e| {
+        let (name, c) = parse_file_entry(e)?;
+        entries.push((std::ffi::CString::new(name).ok()?, Child::File(c)));
+        Some(())
+    })?;
+    array_elems(&bytes[start..end], |e| {
+        let (name, c) = parse_dir_entry(e)?;
+        entries.push((std::ffi::CString::new(name).ok()?, Child::Dir(c)));
+        Some(())
+    })?;
+    entries.sort_unstable_by(|x, y| x.0.as_bytes().cmp(y.0.as_bytes()));
+    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    Some(DirTree { entries })
 }
 
 /// The subdirectories of a dirtree object, `(a(say)a(sayay))`. Only the subdirectory array is
@@ -164,10 +264,16 @@ impl Repo {
         }
         serial.parse::<u32>().ok()?;
         let ostree = deploy.parent()?.parent()?.parent()?.parent()?;
-        let objects = ostree.join("repo/objects");
-        objects
-            .is_dir()
-            .then(|| (Repo { objects }, commit.to_owned()))
+        Some((Repo::at(ostree.join("repo/objects"))?, commit.to_owned()))
+    }
+
+    /// The repository whose `objects/` directory is `objects`, if it can be opened.
+    pub(crate) fn at(objects: PathBuf) -> Option<Repo> {
+        let fd = super::walk::open_dir(&objects).ok()?;
+        Some(Repo {
+            objects,
+            objects_fd: Arc::new(fd),
+        })
     }
 
     /// The bytes of object `hex.ext` (`commit`, `dirtree`, `dirmeta`), if readable.
@@ -192,27 +298,69 @@ impl Repo {
     }
 
     /// The subdirectories of the dirtree `tree`. Reads only the object's tail: the framing
-    /// offset at its end, then the subdirectory array before it (see [`parse_subdirs`]).
+    /// offset at its end, then the subdirectory array before it (see [`parse_subdirs`]), in one
+    /// `pread` when the array lies within the last [`TAIL_READ`] bytes (as in most dirtrees),
+    /// else two. Four system calls per object (open relative to `objects/`, fstat, pread,
+    /// close): the walk reads one or two dirtrees per changed directory.
     pub fn subdirs(&self, tree: &Csum) -> Option<SubDirs> {
-        use std::os::unix::fs::FileExt;
+        let (f, size) = self.open_dirtree(tree)?;
+        Self::subdirs_of(&f, size)
+    }
+
+    /// The dirtree object `tree` and its size, if it is a regular file.
+    fn open_dirtree(&self, tree: &Csum) -> Option<(std::fs::File, usize)> {
+        use rustix::fs::{Mode, OFlags};
         let hex = crate::discover::kernel::hex(tree);
-        let p = self
-            .objects
-            .join(&hex[..2])
-            .join(format!("{}.dirtree", &hex[2..]));
-        // A missing or odd object (e.g. a FIFO) only disables pruning; never block on it.
-        let f = crate::system::files::open_regular_opt(&p, crate::system::files::Follow::No)
-            .ok()
-            .flatten()?;
-        let size = usize::try_from(f.metadata().ok()?.len()).ok()?;
+        let rel = format!("{}/{}.dirtree", &hex[..2], &hex[2..]);
+        // O_NONBLOCK: a FIFO in place of the object opens without blocking and is then
+        // refused by its type; on a regular file the flag changes nothing.
+        let fd = rustix::fs::openat(
+            self.objects_fd.as_fd(),
+            rel.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        Some((std::fs::File::from(fd), usize::try_from(st.st_size).ok()?))
+    }
+
+    /// The subdirectory array of the open dirtree `f` of `size` bytes.
+    fn subdirs_of(f: &std::fs::File, size: usize) -> Option<SubDirs> {
+        use std::os::unix::fs::FileExt;
         let osz = offset_size(size);
-        let mut tail = [0u8; 8];
-        let tail = &mut tail[..osz.min(size)];
-        f.read_exact_at(tail, (size - tail.len()) as u64).ok()?;
-        let start = dirs_start(size, tail)?;
-        let mut dirs = vec![0u8; size - osz - start];
+        let first = size.min(TAIL_READ);
+        let mut buf = vec![0u8; first];
+        f.read_exact_at(&mut buf, (size - first) as u64).ok()?;
+        let base = size - first;
+        let start = dirs_start(size, &buf[first.saturating_sub(osz)..])?;
+        let end = size - osz;
+        if start >= base {
+            return parse_dirs_array(&buf[start - base..end - base]);
+        }
+        let mut dirs = vec![0u8; end - start];
         f.read_exact_at(&mut dirs, start as u64).ok()?;
         parse_dirs_array(&dirs)
+    }
+
+    /// The dirtree `tree`: decoded whole when the object is at most `full_limit` bytes
+    /// (`Ok`), else left open for [`OpenDirTree::subdirs`] (`Err`); `None` when unreadable.
+    pub(crate) fn dirtree(
+        &self,
+        tree: &Csum,
+        full_limit: usize,
+    ) -> Option<Result<DirTree, OpenDirTree>> {
+        use std::os::unix::fs::FileExt;
+        let (f, size) = self.open_dirtree(tree)?;
+        if size > full_limit {
+            return Some(Err(OpenDirTree { f, size }));
+        }
+        let mut buf = vec![0u8; size];
+        f.read_exact_at(&mut buf, 0).ok()?;
+        parse_dirtree(&buf).map(Ok)
     }
 
     /// `/usr` of a commit.
@@ -427,16 +575,16 @@ mod tests {
         zvariant::to_bytes(ctxt(), t).unwrap().bytes().to_vec()
     }
 
-    /// The tail-only parse agrees with zvariant's full decoding at every framing-offset size
-    /// (objects under 256 bytes, under 64 KiB, above), and `Repo::subdirs` reads the same
-    /// from a file; a cut or corrupted object is `None`, never a wrong answer that looks right.
+    /// The tail-only parse and the whole-object parse agree with zvariant's full decoding at
+    /// every framing-offset size (objects under 256 bytes, under 64 KiB, above), and
+    /// `Repo::subdirs` and `Repo::dirtree` read the same from a file (in one `pread` of the
+    /// tail, or two when the subdirectory array is longer than that); a cut or corrupted object is `None`, never a wrong answer that looks right.
     #[test]
     fn subdirs_match_zvariant_for_every_offset_size() {
         let d = tempfile::tempdir().unwrap();
         let objects = d.path().join("objects");
-        let repo = Repo {
-            objects: objects.clone(),
-        };
+        std::fs::create_dir_all(&objects).unwrap();
+        let repo = Repo::at(objects.clone()).unwrap();
         for (nfiles, ndirs) in [
             (0, 0),
             (0, 1),
@@ -487,6 +635,32 @@ mod tests {
                 Some(&want),
                 "{nfiles}/{ndirs} from a file"
             );
+            // The whole object decoded by hand: every file and subdirectory, sorted by name,
+            // as zvariant decodes them; read whole below the limit, left open above it.
+            let mut all: Vec<(Vec<u8>, Child)> =
+                t.0.iter()
+                    .map(|(n, c)| (n.clone().into_bytes(), Child::File(csum(c).unwrap())))
+                    .chain(want.iter().map(|(n, d)| (n.clone(), Child::Dir(*d))))
+                    .collect();
+            all.sort_by(|x, y| x.0.cmp(&y.0));
+            let whole = parse_dirtree(&bytes).expect("a well-formed dirtree");
+            let got: Vec<(Vec<u8>, Child)> = whole
+                .entries
+                .iter()
+                .map(|(n, c)| (n.as_bytes().to_vec(), *c))
+                .collect();
+            assert_eq!(got, all, "{nfiles}/{ndirs}");
+            assert_eq!(whole.subdirs(), want, "{nfiles}/{ndirs}");
+            match repo.dirtree(&c, usize::MAX) {
+                Some(Ok(d)) => assert_eq!(d, whole, "{nfiles}/{ndirs}"),
+                other => panic!("{nfiles}/{ndirs}: {other:?}"),
+            }
+            if !bytes.is_empty() {
+                match repo.dirtree(&c, bytes.len() - 1) {
+                    Some(Err(o)) => assert_eq!(o.subdirs().as_ref(), Some(&want)),
+                    other => panic!("{nfiles}/{ndirs}: {other:?}"),
+                }
+            }
             if ndirs > 0 {
                 // A cut object never yields a checksum that is not in the object (a missing
                 // subdirectory only means it is compared on disk); a checksum of the wrong
@@ -500,6 +674,11 @@ mod tests {
                 let mut short = t.clone();
                 short.1[0].1.pop();
                 assert_eq!(parse_subdirs(&encode(&short)), None);
+                assert_eq!(parse_dirtree(&encode(&short)), None);
+                // A name that is both a file and a directory is no answer either.
+                let mut twice = t.clone();
+                twice.0.push((t.1[0].0.clone(), vec![1; 32]));
+                assert_eq!(parse_dirtree(&encode(&twice)), None);
             }
         }
         assert_eq!(parse_subdirs(&[0]), Some(SubDirs::new()));

@@ -22,20 +22,25 @@
 //! carries its two dirtree checksums (read from the repo, [`super::repo`]): equal checksums
 //! mean equal subtrees, so the pair is skipped without listing it; equal dirmeta checksums mean
 //! equal directory metadata. A 1 % change then touches only the changed directories and their
-//! ancestors. A pair's dirtrees are read only when both sides have subdirectories to prune,
-//! and only their subdirectory arrays (the tail of each object), so a changed leaf directory
-//! costs what the plain walk costs. Without a readable repo the walk compares everything on disk, with the same result.
+//! ancestors. A changed pair's two dirtrees are read whole (up to 1 MiB each, about 20,000
+//! entries): the pair's entries then come from them instead of from listing the directories
+//! (decoding an object is cheaper than `getdents64`, which hashes every name on ext4), an
+//! entry with the same checksum on both sides is skipped without a `stat`, and a subdirectory
+//! pair with equal dirmeta checksums is opened without an `fstat`. A larger dirtree gives only
+//! its subdirectory array (the tail of the object), read when both sides have subdirectories
+//! to prune, and the pair is listed on disk as the plain walk does. Without a readable repo the
+//! walk compares everything on disk, with the same result.
 //!
 //! `/usr` itself is reported (as `/usr`) if its own metadata changed. Entries are sorted by
 //! path, component-wise, so parents come before their children.
 
-use super::repo::{Csum, DirCsums, Repo};
+use super::repo::{self, Csum, DirCsums, Repo};
 pub(crate) use super::walk::FileType;
 use super::walk::{self, FsTraits, Listing, Meta, XattrSource};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
@@ -147,7 +152,7 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
         }
     }
     let trees = usr_csums.map(|(ua, ub)| (ua.tree, ub.tree));
-    entries.extend(ctx.diff_pair(&a, &ma, &b, &mb, b"", trees)?);
+    entries.extend(ctx.diff_pair(&a, &b, Some((&ma, &mb)), b"", trees)?);
     entries.sort_unstable_by(|x, y| Path::new(&x.path).cmp(Path::new(&y.path)));
     let mut counts = UsrCounts::default();
     for e in &entries {
@@ -158,6 +163,19 @@ pub fn diff_usr(from_deploy: &Path, to_deploy: &Path) -> Result<UsrDiff> {
         }
     }
     Ok(UsrDiff { entries, counts })
+}
+
+/// The largest dirtree object [`Ctx::diff_pair`] decodes whole (about 20,000 files); on the
+/// bench's 1,000-file directories decoding both objects took half the time of listing both.
+const FULL_DIRTREE: usize = 1024 * 1024;
+
+/// What judging a directory pair's entries found: changed entries, same-named subdirectory
+/// pairs to descend into (with their checksums when known), added subdirectories.
+#[derive(Default)]
+struct Judged {
+    out: Vec<UsrEntry>,
+    both_dirs: Vec<(CString, Option<(DirCsums, DirCsums)>)>,
+    added_dirs: Vec<CString>,
 }
 
 #[derive(Clone, Copy)]
@@ -397,36 +415,234 @@ impl Ctx {
         name: &CStr,
         rel: &[u8],
     ) -> Result<(OwnedFd, Meta)> {
-        let fd = walk::open_dir_at(dir.as_fd(), name)
-            .with_context(|| format!("opening directory {}", self.show(side, rel)))?;
-        let m =
-            walk::stat_fd(fd.as_fd()).with_context(|| format!("stat {}", self.show(side, rel)))?;
+        let fd = self.open_child_dir(side, dir, name, rel)?;
+        let m = self.stat(side, &fd, rel)?;
         Ok((fd, m))
     }
 
+    fn open_child_dir(
+        &self,
+        side: Side,
+        dir: &OwnedFd,
+        name: &CStr,
+        rel: &[u8],
+    ) -> Result<OwnedFd> {
+        walk::open_dir_at(dir.as_fd(), name)
+            .with_context(|| format!("opening directory {}", self.show(side, rel)))
+    }
+
+    fn stat(&self, side: Side, fd: &OwnedFd, rel: &[u8]) -> Result<Meta> {
+        walk::stat_fd(fd.as_fd()).with_context(|| format!("stat {}", self.show(side, rel)))
+    }
+
     /// Diff the children of a directory pair whose own metadata the caller has compared.
-    /// `trees`: the pair's dirtree checksums, when known.
-    /// Long: the one place a pair of entries is judged (kind, metadata, content, then descend),
-    /// so every change kind is decided in the same order; parts would pass the same arguments.
-    #[allow(clippy::too_many_arguments)]
+    /// `trees`: the pair's dirtree checksums, when known. Dirtrees of at most
+    /// [`FULL_DIRTREE`] bytes are read whole and the pair's entries come from them: no
+    /// directory listing, and an entry whose checksum is the same on both sides is skipped
+    /// without a `stat`. Larger ones (bounding the memory one pair takes) only give their
+    /// subdirectories' checksums, and the entries come from listing both directories.
+    /// `metas`: the pair's `fstat`s, `None` when the caller had no use for them (equal dirmeta
+    /// checksums); taken here only if the listing needs them.
     fn diff_pair(
+        &self,
+        a: &OwnedFd,
+        b: &OwnedFd,
+        metas: Option<(&Meta, &Meta)>,
+        rel: &[u8],
+        trees: Option<(Csum, Csum)>,
+    ) -> Result<Vec<UsrEntry>> {
+        if metas.is_some_and(|(ma, mb)| ma.same_inode(mb)) || trees.is_some_and(|(ta, tb)| ta == tb)
+        {
+            return Ok(Vec::new());
+        }
+        let read = match (&self.repo, trees) {
+            (Some(repo), Some((ta, tb))) => repo
+                .dirtree(&ta, FULL_DIRTREE)
+                .zip(repo.dirtree(&tb, FULL_DIRTREE)),
+            _ => None,
+        };
+        let mut p = Judged::default();
+        match read {
+            Some((Ok(da), Ok(db))) => self.judge_known(a, b, rel, &da, &db, &mut p)?,
+            other => {
+                let (ma, mb) = match metas {
+                    Some((ma, mb)) => (*ma, *mb),
+                    None => (self.stat(Side::From, a, rel)?, self.stat(Side::To, b, rel)?),
+                };
+                self.judge_listed(a, &ma, b, &mb, rel, &mut p)?;
+                // The subdirectories' checksums on both sides, to prune below: read only when
+                // there are subdirectories on both sides to prune.
+                let subdirs = match other {
+                    Some((x, y)) if !p.both_dirs.is_empty() => {
+                        let s = |t: repo::DirTreeRead| match t {
+                            Ok(d) => Some(d.subdirs()),
+                            Err(o) => o.subdirs(),
+                        };
+                        s(x).zip(s(y))
+                    }
+                    _ => None,
+                };
+                if let Some((sa, sb)) = subdirs {
+                    for (name, known) in &mut p.both_dirs {
+                        let n = name.as_bytes();
+                        *known = sa.get(n).copied().zip(sb.get(n).copied());
+                    }
+                }
+            }
+        }
+        let Judged {
+            out,
+            both_dirs,
+            added_dirs,
+        } = p;
+        let sub = both_dirs
+            .par_iter()
+            .map(|(name, known)| -> Result<Vec<UsrEntry>> {
+                let crel = join(rel, name.as_bytes());
+                let known = *known;
+                if known.is_some_and(|(x, y)| x == y) {
+                    return Ok(Vec::new());
+                }
+                let ca = self.open_child_dir(Side::From, a, name, &crel)?;
+                let cb = self.open_child_dir(Side::To, b, name, &crel)?;
+                let child_trees = known.map(|(x, y)| (x.tree, y.tree));
+                if known.is_some_and(|(x, y)| x.meta == y.meta) {
+                    // Equal directory metadata: no fstat needed.
+                    return self.diff_pair(&ca, &cb, None, &crel, child_trees);
+                }
+                let cma = self.stat(Side::From, &ca, &crel)?;
+                let cmb = self.stat(Side::To, &cb, &crel)?;
+                let mut v = Vec::new();
+                if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
+                    v.push(e);
+                }
+                concat(
+                    v,
+                    self.diff_pair(&ca, &cb, Some((&cma, &cmb)), &crel, child_trees)?,
+                )
+            })
+            .try_reduce(Vec::new, concat)?;
+        let added = added_dirs
+            .par_iter()
+            .map(|name| self.list_added(b, name, &join(rel, name.as_bytes())))
+            .try_reduce(Vec::new, concat)?;
+        concat(concat(out, sub)?, added)
+    }
+
+    /// The entries of a directory pair from its two dirtrees (see [`Ctx::diff_pair`]).
+    fn judge_known(
+        &self,
+        a: &OwnedFd,
+        b: &OwnedFd,
+        rel: &[u8],
+        da: &repo::DirTree,
+        db: &repo::DirTree,
+        p: &mut Judged,
+    ) -> Result<()> {
+        use repo::Child;
+        let (ea, eb) = (&da.entries, &db.entries);
+        let type_of = |side: Side, dir: &OwnedFd, name: &CStr, c: &Child, crel: &[u8]| match c {
+            Child::Dir(_) => Ok(FileType::Dir),
+            Child::File(_) => Ok::<_, anyhow::Error>(
+                walk::lstat_at(dir.as_fd(), name)
+                    .with_context(|| format!("stat {}", self.show(side, crel)))?
+                    .file_type(),
+            ),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < ea.len() || j < eb.len() {
+            let ord = if i == ea.len() {
+                std::cmp::Ordering::Greater
+            } else if j == eb.len() {
+                std::cmp::Ordering::Less
+            } else {
+                ea[i].0.as_bytes().cmp(eb[j].0.as_bytes())
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    let (name, c) = &ea[i];
+                    let crel = join(rel, name.as_bytes());
+                    let t = type_of(Side::From, a, name, c, &crel)?;
+                    p.out.push(Self::entry(
+                        &crel,
+                        Change::Removed,
+                        Vec::new(),
+                        Some(t),
+                        None,
+                    )?);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let (name, c) = &eb[j];
+                    let crel = join(rel, name.as_bytes());
+                    let t = type_of(Side::To, b, name, c, &crel)?;
+                    p.out.push(Self::entry(
+                        &crel,
+                        Change::Added,
+                        Vec::new(),
+                        None,
+                        Some(t),
+                    )?);
+                    if t == FileType::Dir {
+                        p.added_dirs.push(name.clone());
+                    }
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let name = &ea[i].0;
+                    match (ea[i].1, eb[j].1) {
+                        // The same content checksum: the same repo object.
+                        (Child::File(x), Child::File(y)) if x == y => {}
+                        (Child::Dir(x), Child::Dir(y)) => {
+                            p.both_dirs.push((name.clone(), Some((x, y))));
+                        }
+                        _ => self.judge_on_disk(a, b, name, name, rel, p)?,
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A same-named pair that only the disk can judge: `lstat` both, then descend (both
+    /// directories) or compare the objects.
+    fn judge_on_disk(
+        &self,
+        a: &OwnedFd,
+        b: &OwnedFd,
+        name_a: &CStr,
+        name_b: &CStr,
+        rel: &[u8],
+        p: &mut Judged,
+    ) -> Result<()> {
+        let crel = join(rel, name_a.to_bytes());
+        let sa = walk::lstat_at(a.as_fd(), name_a)
+            .with_context(|| format!("stat {}", self.show(Side::From, &crel)))?;
+        let sb = walk::lstat_at(b.as_fd(), name_b)
+            .with_context(|| format!("stat {}", self.show(Side::To, &crel)))?;
+        if sa.file_type() == FileType::Dir && sb.file_type() == FileType::Dir {
+            p.both_dirs.push((name_a.to_owned(), None));
+        } else if let Some(e) = self.compare_objects(a, b, name_a, &sa, &sb, &crel)? {
+            p.out.push(e);
+        }
+        Ok(())
+    }
+
+    /// The entries of a directory pair from listing both directories.
+    fn judge_listed(
         &self,
         a: &OwnedFd,
         ma: &Meta,
         b: &OwnedFd,
         mb: &Meta,
         rel: &[u8],
-        trees: Option<(Csum, Csum)>,
-    ) -> Result<Vec<UsrEntry>> {
-        if ma.same_inode(mb) || trees.is_some_and(|(ta, tb)| ta == tb) {
-            return Ok(Vec::new());
-        }
+        p: &mut Judged,
+    ) -> Result<()> {
         let la = self.list(Side::From, a, rel)?;
         let lb = self.list(Side::To, b, rel)?;
         let fast = self.fs.dirent_inodes && ma.dev == mb.dev;
-        let mut out = Vec::new();
-        let mut both_dirs: Vec<(usize, usize)> = Vec::new();
-        let mut added_dirs: Vec<usize> = Vec::new();
         let (mut i, mut j) = (0, 0);
         while i < la.len() || j < lb.len() {
             let ord = if i == la.len() {
@@ -440,7 +656,7 @@ impl Ctx {
                 std::cmp::Ordering::Less => {
                     let crel = join(rel, la.name(i));
                     let t = self.file_type_of(Side::From, a, &la, i, &crel)?;
-                    out.push(Self::entry(
+                    p.out.push(Self::entry(
                         &crel,
                         Change::Removed,
                         Vec::new(),
@@ -452,7 +668,7 @@ impl Ctx {
                 std::cmp::Ordering::Greater => {
                     let crel = join(rel, lb.name(j));
                     let t = self.file_type_of(Side::To, b, &lb, j, &crel)?;
-                    out.push(Self::entry(
+                    p.out.push(Self::entry(
                         &crel,
                         Change::Added,
                         Vec::new(),
@@ -460,7 +676,7 @@ impl Ctx {
                         Some(t),
                     )?);
                     if t == FileType::Dir {
-                        added_dirs.push(j);
+                        p.added_dirs.push(lb.cname(j).to_owned());
                     }
                     j += 1;
                 }
@@ -470,63 +686,17 @@ impl Ctx {
                         // Same inode: the same repo object, identical in every respect.
                         (Some(ta), Some(tb))
                             if fast && ea.ino == eb.ino && ta == tb && ta != FileType::Dir => {}
-                        (Some(FileType::Dir), Some(FileType::Dir)) => both_dirs.push((i, j)),
-                        _ => {
-                            let crel = join(rel, la.name(i));
-                            let sa = walk::lstat_at(a.as_fd(), la.cname(i)).with_context(|| {
-                                format!("stat {}", self.show(Side::From, &crel))
-                            })?;
-                            let sb = walk::lstat_at(b.as_fd(), lb.cname(j))
-                                .with_context(|| format!("stat {}", self.show(Side::To, &crel)))?;
-                            if sa.file_type() == FileType::Dir && sb.file_type() == FileType::Dir {
-                                both_dirs.push((i, j));
-                            } else if let Some(e) =
-                                self.compare_objects(a, b, la.cname(i), &sa, &sb, &crel)?
-                            {
-                                out.push(e);
-                            }
+                        (Some(FileType::Dir), Some(FileType::Dir)) => {
+                            p.both_dirs.push((la.cname(i).to_owned(), None));
                         }
+                        _ => self.judge_on_disk(a, b, la.cname(i), lb.cname(j), rel, p)?,
                     }
                     i += 1;
                     j += 1;
                 }
             }
         }
-        // The subdirectories' checksums on both sides, to prune below: read only when there
-        // are subdirectories on both sides to prune.
-        let subdirs = match (&self.repo, trees) {
-            (Some(repo), Some((ta, tb))) if !both_dirs.is_empty() => {
-                repo.subdirs(&ta).zip(repo.subdirs(&tb))
-            }
-            _ => None,
-        };
-        let sub = both_dirs
-            .par_iter()
-            .map(|&(i, j)| -> Result<Vec<UsrEntry>> {
-                let crel = join(rel, la.name(i));
-                let known: Option<(DirCsums, DirCsums)> = subdirs
-                    .as_ref()
-                    .and_then(|(sa, sb)| Some((*sa.get(la.name(i))?, *sb.get(lb.name(j))?)));
-                if known.is_some_and(|(x, y)| x == y) {
-                    return Ok(Vec::new());
-                }
-                let (ca, cma) = self.open_child(Side::From, a, la.cname(i), &crel)?;
-                let (cb, cmb) = self.open_child(Side::To, b, lb.cname(j), &crel)?;
-                let mut v = Vec::new();
-                if known.is_none_or(|(x, y)| x.meta != y.meta) {
-                    if let Some(e) = self.compare_dirs(&ca, &cma, &cb, &cmb, &crel)? {
-                        v.push(e);
-                    }
-                }
-                let child_trees = known.map(|(x, y)| (x.tree, y.tree));
-                concat(v, self.diff_pair(&ca, &cma, &cb, &cmb, &crel, child_trees)?)
-            })
-            .try_reduce(Vec::new, concat)?;
-        let added = added_dirs
-            .par_iter()
-            .map(|&j| self.list_added(b, lb.cname(j), &join(rel, lb.name(j))))
-            .try_reduce(Vec::new, concat)?;
-        concat(concat(out, sub)?, added)
+        Ok(())
     }
 
     /// Every descendant of the added directory `name` in `parent` (on the `to` side).
