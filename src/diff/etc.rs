@@ -122,13 +122,26 @@ pub enum EtcMergeError {
 /// union of the three trees with ostree's per-path 3-way cases inline (a candidate for
 /// splitting the per-path case out).
 pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Result<EtcPlan> {
-    let o = Tree::load(old_defaults)?;
-    let l = Tree::load(local)?;
-    let w = Tree::load(new_defaults)?;
+    // Loading is a few thousand lstat calls per tree, the bulk of the plan's cost: the three
+    // trees load side by side.
+    let (o, l, w) = std::thread::scope(|sc| {
+        let o = sc.spawn(|| Tree::load(old_defaults));
+        let w = sc.spawn(|| Tree::load(new_defaults));
+        let l = Tree::load(local);
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Tree>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        (join(o), l, join(w))
+    });
+    let (o, l, w) = (o?, l?, w?);
 
     // 1. ostree_diff_dirs(O, L), in ostree's pre-order.
     let mut d = Diff::default();
-    ostree_diff(&o, &l, &o.top, &l.top, &PathBuf::new(), &mut d)?;
+    let top = Unchanged {
+        w: Some(&w.top),
+        dirs_as_w: same_attrs(&w.top.meta, &l.top.meta),
+    };
+    ostree_diff(&o, &l, &o.top, &l.top, &PathBuf::new(), &mut d, top)?;
 
     // 2. The merged tree: a copy of W, then removals, then local copies.
     let mut n = NNode::from_tree(&w.top, Src::New);
@@ -472,22 +485,65 @@ struct Diff {
     added: Vec<PathBuf>,
 }
 
+/// Where [`ostree_diff`] (O against L) is in the new defaults W, to skip reading files whose
+/// answer cannot change the plan.
+#[derive(Clone, Copy)]
+struct Unchanged<'a> {
+    /// W's node at the directory being diffed.
+    w: Option<&'a Node>,
+    /// That directory and all its ancestors have the same mode and owner in L as in W.
+    dirs_as_w: bool,
+}
+
 /// `ostree_diff_dirs(OSTREE_DIFF_FLAGS_IGNORE_XATTRS, a, b)`: a type change is modified and
 /// not descended into; a removed directory is listed alone; an added one with all descendants.
-fn ostree_diff(ta: &Tree, tb: &Tree, a: &Node, b: &Node, rel: &Path, d: &mut Diff) -> Result<()> {
+///
+/// One shortcut, which never changes the plan: a local file whose old default is the very
+/// object of its new default (the two checkouts hardlink one ostree object: the default did not
+/// change), inside directories whose local mode and owner equal W's, is not read. Whether the
+/// admin edited its content, the merged file equals the local one (a local edit is kept; an
+/// unedited file equals the unchanged default) and no conflict is possible (the default did not
+/// change). Only the parent directories' mode could depend on it (ostree gives the parents of a
+/// copied file the local mode), and those equal W's here. Its mode and owner are still compared.
+fn ostree_diff(
+    ta: &Tree,
+    tb: &Tree,
+    a: &Node,
+    b: &Node,
+    rel: &Path,
+    d: &mut Diff,
+    u: Unchanged<'_>,
+) -> Result<()> {
     for (name, ca) in &a.children {
         let p = rel.join(name);
         match b.children.get(name) {
             None => d.removed.push(p),
             Some(cb) => {
+                let wc = u.w.and_then(|w| w.children.get(name));
                 if ca.file_type() != cb.file_type() {
                     d.modified.push(p);
                 } else {
-                    if !same(ta, ca, tb, cb, &p)? {
+                    let default_unchanged = u.dirs_as_w
+                        && ca.file_type() == FileType::File
+                        && wc.is_some_and(|wc| wc.meta.same_inode(&ca.meta));
+                    let modified = if default_unchanged {
+                        !same_attrs(&ca.meta, &cb.meta)
+                    } else {
+                        !same(ta, ca, tb, cb, &p)?
+                    };
+                    if modified {
                         d.modified.push(p.clone());
                     }
                     if ca.file_type() == FileType::Dir {
-                        ostree_diff(ta, tb, ca, cb, &p, d)?;
+                        let below = Unchanged {
+                            w: wc,
+                            dirs_as_w: u.dirs_as_w
+                                && wc.is_some_and(|wc| {
+                                    wc.file_type() == FileType::Dir
+                                        && same_attrs(&wc.meta, &cb.meta)
+                                }),
+                        };
+                        ostree_diff(ta, tb, ca, cb, &p, d, below)?;
                     }
                 }
             }
@@ -669,6 +725,92 @@ fn copy_modified(l: &Tree, n: &mut NNode, rel: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The shortcut in [`ostree_diff`] never changes the plan: the same three trees give the
+    /// same plan whether the new defaults hardlink the old ones where unchanged (as two ostree
+    /// checkouts do, so the shortcut applies) or are plain copies (no shared inode: every file
+    /// is compared). The local edits that the shortcut does not read are the same size as their
+    /// defaults, so only content tells them apart.
+    #[test]
+    fn skipping_unchanged_defaults_gives_the_same_plan() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (o, l) = (t.path().join("o"), t.path().join("l"));
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let files = [
+            "a.conf",
+            "b.conf",
+            "c.conf",
+            "e.conf",
+            "f.conf",
+            "d1/x.conf",
+            "d2/y.conf",
+            "d3/z.conf",
+        ];
+        for f in files {
+            let p = o.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, format!("default {f}\n")).unwrap();
+        }
+        // New defaults: unchanged files are the old objects (hard links) or copies.
+        let new_defaults = |dir: &Path, link: bool| {
+            for f in files {
+                let (from, to) = (o.join(f), dir.join(f));
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                if link {
+                    std::fs::hard_link(&from, &to).unwrap();
+                } else {
+                    std::fs::copy(&from, &to).unwrap();
+                }
+            }
+            std::fs::remove_file(dir.join("b.conf")).unwrap();
+            std::fs::write(dir.join("b.conf"), "new default b.conf\n").unwrap();
+            std::fs::remove_file(dir.join("c.conf")).unwrap();
+            std::fs::write(dir.join("c.conf"), "new default c.conf\n").unwrap();
+            std::fs::remove_file(dir.join("f.conf")).unwrap();
+        };
+        let (wl, wc) = (t.path().join("w-linked"), t.path().join("w-copied"));
+        new_defaults(&wl, true);
+        new_defaults(&wc, false);
+        assert!(
+            o.join("a.conf").metadata().unwrap().ino()
+                == wl.join("a.conf").metadata().unwrap().ino()
+        );
+        // The live /etc: a copy of the old defaults, then the admin's changes.
+        for f in files {
+            let p = l.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::copy(o.join(f), &p).unwrap();
+        }
+        std::fs::write(l.join("a.conf"), "edited! a.conf\n").unwrap(); // unread by the shortcut
+        std::fs::write(l.join("c.conf"), "edited! c.conf\n").unwrap(); // both changed
+        mode(&l.join("e.conf"), 0o600); // mode only
+        mode(&l.join("d1"), 0o700); // a chmod'ed directory with an edited file inside
+        std::fs::write(l.join("d1/x.conf"), "edited! d1/x.conf\n").unwrap();
+        mode(&l.join("d2"), 0o700); // a chmod'ed directory, nothing edited inside
+        std::fs::write(l.join("d3/z.conf"), "edited! d3/z.conf\n").unwrap();
+
+        let linked = plan_etc(&o, &l, &wl).unwrap();
+        let copied = plan_etc(&o, &l, &wc).unwrap();
+        assert_eq!(linked, copied);
+        let got: Vec<(&str, EtcActionKind)> = linked
+            .actions
+            .iter()
+            .map(|a| (a.path.as_str(), a.action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/etc/f.conf", EtcActionKind::Remove),
+                ("/etc/b.conf", EtcActionKind::TakeNewDefault),
+                ("/etc/c.conf", EtcActionKind::KeepLocal),
+                ("/etc/d2", EtcActionKind::TakeNewDefault),
+            ],
+            "{linked:?}"
+        );
+    }
+
     #[test]
     fn added_paths_are_pre_order() {
         let t = tempfile::tempdir().unwrap();
@@ -679,7 +821,11 @@ mod tests {
         std::fs::write(l.join("a/d"), "").unwrap();
         let (to, tl) = (Tree::load(&o).unwrap(), Tree::load(&l).unwrap());
         let mut d = Diff::default();
-        ostree_diff(&to, &tl, &to.top, &tl.top, Path::new(""), &mut d).unwrap();
+        let none = Unchanged {
+            w: None,
+            dirs_as_w: false,
+        };
+        ostree_diff(&to, &tl, &to.top, &tl.top, Path::new(""), &mut d, none).unwrap();
         let got: Vec<&str> = d.added.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(got, ["a", "a/b", "a/b/c", "a/d"]);
     }
