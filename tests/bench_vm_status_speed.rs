@@ -118,7 +118,10 @@ fn status_speed(guest: Guest, name: &str) {
     result.set("restored", vm.was_restored());
     result.set(
         "binary",
-        "target/debug/fastswitch from the tools disk, read once before timing",
+        format!(
+            "{} from the tools disk, read once before timing",
+            vm::guest_binary_kind()
+        ),
     );
 
     let (ms, ver, v) = time_status(&vm);
