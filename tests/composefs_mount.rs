@@ -25,6 +25,7 @@ use common::*;
 use fastswitch::discover::composefs::{parse_mount, root_mount_id};
 use fastswitch::services::stale::{scan_stale, ScanConfig, StaleKind, StaleWhy};
 use fastswitch::system::composefs::{attach, clone_subtree, mount, ComposefsImage};
+use fastswitch::system::mounts::{parse_mountinfo, stack_at, Mounts, RealMounts};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -317,6 +318,90 @@ fn in_private_namespace() {
         std::fs::read(sim_usr.join("share/cfs/small.txt")).unwrap(),
         b"small\n"
     );
+
+    // What apply-live does on a composefs host (`Mounts::composefs_usr`): over a /usr that
+    // shows the booted tree (a plain bind here), the image's usr goes on top in one move; a
+    // newer one replaces it in place (Linux ≥ 6.5); the mount table lists it as fastswitch's
+    // composefs usr; popping it shows the booted tree again.
+    let live_usr = work.path().join("live/usr");
+    std::fs::create_dir_all(&live_usr).unwrap();
+    let m = RealMounts;
+    m.bind_usr(&deploy.join("usr"), &live_usr).unwrap();
+    let scratch_dir = work.path().join("run/fastswitch/.private/composefs");
+    let top = |p: &Path| {
+        stack_at(
+            &parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap()),
+            p,
+        )
+    };
+    assert_eq!(
+        m.composefs_usr(&img, &scratch_dir, &live_usr, false)
+            .unwrap(),
+        Some(false)
+    );
+    let stack = top(&live_usr);
+    assert_eq!(stack.len(), 2, "{stack:?}");
+    assert!(
+        stack[1].is_composefs_usr() && !stack[0].is_composefs_usr(),
+        "{stack:?}"
+    );
+    assert_eq!(
+        std::fs::read(live_usr.join("share/cfs/numbers.txt")).unwrap(),
+        numbers.as_bytes()
+    );
+    let ro = std::fs::write(live_usr.join("share/cfs/x"), b"x").unwrap_err();
+    assert_eq!(ro.raw_os_error(), Some(libc::EROFS), "{ro}");
+    // The scratch directories are private (0700) and nothing stays mounted on them.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&scratch_dir)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    for d in ["lower", "root"] {
+        assert!(top(&scratch_dir.join(d)).is_empty(), "{d} still mounted");
+    }
+    // The target commit's image (its changed binary) in place of the first.
+    let farm2 = s.repo().join("objects-cfs");
+    std::fs::write(
+        target.join(".ostree.cfs"),
+        mkcomposefs(&dumpfile(&s.repo(), &commit2, &farm2)),
+    )
+    .unwrap();
+    let img2 = ComposefsImage {
+        image: target.join(".ostree.cfs"),
+        ..img.clone()
+    };
+    let replaced = m
+        .composefs_usr(&img2, &scratch_dir, &live_usr, true)
+        .unwrap();
+    assert_eq!(replaced, Some(false), "MOVE_MOUNT_BENEATH on this kernel");
+    let stack = top(&live_usr);
+    assert_eq!(stack.len(), 2, "replaced in place, not stacked: {stack:?}");
+    assert_eq!(
+        std::fs::read(live_usr.join("bin/sleep-changed")).unwrap(),
+        changed
+    );
+    assert!(!m.unmount_top(&live_usr).unwrap());
+    assert_eq!(top(&live_usr).len(), 1);
+    assert!(!m.unmount_top(&live_usr).unwrap());
+    // A missing image: an error naming it, nothing attached.
+    let e = m
+        .composefs_usr(
+            &ComposefsImage {
+                image: work.path().join("gone.cfs"),
+                ..img.clone()
+            },
+            &scratch_dir,
+            &live_usr,
+            false,
+        )
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("gone.cfs"), "{e:#}");
+    assert!(top(&live_usr).is_empty());
 
     // verity=require reaches the kernel: without fs-verity (this host) or digests (this
     // image), external files cannot be opened; empty files (no data) still read.

@@ -49,7 +49,7 @@ pub struct Repo {
     objects_fd: Arc<OwnedFd>,
 }
 
-type CommitVariant = (
+pub(crate) type CommitVariant = (
     HashMap<String, OwnedValue>,
     Vec<u8>,
     Vec<(String, Vec<u8>)>,
