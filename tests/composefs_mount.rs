@@ -428,12 +428,28 @@ fn in_private_namespace() {
     let e = mount(
         &ComposefsImage {
             image: work.path().join("missing.cfs"),
-            ..img
+            ..img.clone()
         },
         &scratch,
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("missing.cfs"), "{e:#}");
+    // A signed host's expected image digest is measured (FS_IOC_MEASURE_VERITY) before anything
+    // is mounted; without fs-verity here, that fails and says why.
+    let e = mount(
+        &ComposefsImage {
+            expected_digest: Some("00".repeat(32)),
+            ..img.clone()
+        },
+        &scratch,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("measuring the fs-verity digest of")
+            && format!("{e:#}").contains(".ostree.cfs"),
+        "{e:#}"
+    );
+    assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
     for d in [&sim_usr, &verity_mnt] {
         let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH);
     }
