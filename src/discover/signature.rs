@@ -155,7 +155,7 @@ pub fn verify(
         ));
     }
     // Only now is the commit trusted enough to read.
-    let (c, used): (crate::diff::repo::CommitVariant, usize) = Data::new(commit, ctxt())
+    let (c, used): (super::state::CommitVariant, usize) = Data::new(commit, ctxt())
         .deserialize()
         .map_err(|e| format!("the commit object is not a GVariant commit: {e}"))?;
     if used != commit.len() {
