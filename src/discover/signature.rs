@@ -155,9 +155,10 @@ pub fn verify(
         ));
     }
     // Only now is the commit trusted enough to read.
-    let (c, used): (super::state::CommitVariant, usize) = Data::new(commit, ctxt())
-        .deserialize()
-        .map_err(|e| format!("the commit object is not a GVariant commit: {e}"))?;
+    let (c, used): (super::state::CommitVariant, usize) =
+        Data::new(commit, ctxt())
+            .deserialize()
+            .map_err(|e| format!("the commit object is not a GVariant commit: {e}"))?;
     if used != commit.len() {
         return Err("the commit object has trailing bytes".into());
     }
