@@ -60,16 +60,9 @@ fn stack(p: &Path) -> Vec<MountEntry> {
     )
 }
 
-/// The image of `commit` with empty `/etc` and `/var` (mount points of the deployment's `/etc`
-/// and the stateroot's `/var`) where the commit has none.
+/// The image of `commit` (with ostree's empty `/etc`, `/var`, … mount points).
 fn image(s: &Sysroot, commit: &str, farm: &Path) -> Box<[u8]> {
-    let mut dump = dumpfile(&s.repo(), commit, farm);
-    for d in ["/etc", "/var"] {
-        if !dump.lines().any(|l| l.split(' ').next() == Some(d)) {
-            dump.push_str(&format!("{d} 0 40755 2 0 0 0 0.0 - - -\n"));
-        }
-    }
-    mkcomposefs(&dump)
+    mkcomposefs(&dumpfile(&s.repo(), commit, farm))
 }
 
 fn in_private_namespace() {

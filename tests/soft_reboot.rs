@@ -3,6 +3,10 @@
 //! that when systemd unmounts the (shared) `/sysroot` during the soft reboot, the next root's
 //! submounts survive (the prototype's pitfall 1: with plain binds they vanished with it).
 
+mod common;
+use common::cfs::{dumpfile, mkcomposefs};
+use common::{ostree, run};
+use fastswitch::system::composefs::ComposefsImage;
 use fastswitch::system::mounts::{Mounts, NextRoot, RealMounts};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +55,7 @@ fn nextroot_child() {
         var: sysroot.join("ostree/deploy/os/var"),
         sysroot: sysroot.clone(),
         boot: Some(sysroot.join("boot")),
+        composefs: None,
     };
     RealMounts.prepare_nextroot(&next).unwrap();
     let lines = mountinfo_under(&next.dir);
@@ -106,6 +111,67 @@ fn nextroot_child() {
     // Preparing again replaces an abandoned next root; detach_tree removes it all.
     RealMounts.prepare_nextroot(&next).unwrap();
     assert_eq!(mountinfo_under(&next.dir).len(), 5);
+    RealMounts.detach_tree(&next.dir).unwrap();
+    assert!(mountinfo_under(&next.dir).is_empty());
+
+    // On a composefs root: `/` is the deployment's image (committed by the real ostree CLI,
+    // its image by composefs-rs), /etc the deployment's, read-write; /usr no mount of its own
+    // and read-only; everything private.
+    let repo = top.join("repo");
+    run(ostree()
+        .arg(format!("--repo={}", repo.display()))
+        .args(["init", "--mode=bare"]));
+    let commit = run(ostree()
+        .arg(format!("--repo={}", repo.display()))
+        .args(["commit", "--no-xattrs", "--branch=os"])
+        .arg(format!("--tree=dir={}", deploy.display())))
+    .trim()
+    .to_owned();
+    let farm = repo.join("objects-cfs");
+    std::fs::write(
+        deploy.join(".ostree.cfs"),
+        mkcomposefs(&dumpfile(&repo, &commit, &farm)),
+    )
+    .unwrap();
+    std::fs::write(deploy.join("etc/hostname"), b"next\n").unwrap();
+    let cfs = NextRoot {
+        composefs: Some(ComposefsImage {
+            image: deploy.join(".ostree.cfs"),
+            objects: farm,
+            require_verity: false,
+            expected_digest: None,
+        }),
+        ..next.clone()
+    };
+    RealMounts.prepare_nextroot(&cfs).unwrap();
+    let lines = mountinfo_under(&next.dir);
+    let at = |sub: &str| {
+        let p = next.dir.join(sub);
+        let p = if sub.is_empty() { next.dir.clone() } else { p };
+        lines
+            .iter()
+            .find(|l| l.split(' ').nth(4) == p.to_str())
+            .cloned()
+    };
+    let root = at("").unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(root.contains(" - overlay composefs "), "{root}");
+    assert!(at("usr").is_none(), "{lines:#?}");
+    for sub in ["", "etc", "var", "sysroot", "boot"] {
+        let l = at(sub).unwrap_or_else(|| panic!("nothing at {sub}: {lines:#?}"));
+        assert!(!l.contains("shared:"), "{sub}: not private: {l}");
+    }
+    assert_eq!(
+        std::fs::read(next.dir.join("usr/bin/marker")).unwrap(),
+        b"target\n"
+    );
+    assert!(std::fs::write(next.dir.join("usr/x"), b"").is_err());
+    assert_eq!(
+        std::fs::read(next.dir.join("etc/hostname")).unwrap(),
+        b"next\n"
+    );
+    std::fs::write(next.dir.join("etc/written"), b"rw").unwrap();
+    assert!(deploy.join("etc/written").exists());
+    assert!(mountinfo_under(&top.join("run/fastswitch/.private")).is_empty());
     RealMounts.detach_tree(&next.dir).unwrap();
     assert!(mountinfo_under(&next.dir).is_empty());
     println!("NEXTROOT-CHILD-OK");

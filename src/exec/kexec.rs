@@ -546,6 +546,7 @@ mod tests {
             var: dir.path().join("var"),
             sysroot: dir.path().join("sysroot"),
             boot: None,
+            composefs: None,
         };
         let p = plan(
             &h,

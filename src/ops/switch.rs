@@ -217,6 +217,16 @@ fn soft_reboot(
             .join("var"),
         sysroot: paths.sysroot.clone(),
         boot: boot_on_root.then(|| paths.sysroot.join("boot")),
+        // As for a live apply: the target's image when the root is composefs and it has one
+        // (with no trusted digest only when --allow-unverified-usr let that through).
+        composefs: host.booted_state.as_ref().and_then(|bs| {
+            let to = host.deployments.iter().find(|x| x.id == d.to.id)?;
+            crate::plan::preconditions::composefs_usr(
+                &crate::discover::composefs::composefs(bs),
+                to,
+                &paths.sysroot,
+            )
+        }),
     };
     let mut plan = plan::soft_reboot_plan(d, nextroot, host_states, opts.unlock);
     plan.ladder = Some(ladder);

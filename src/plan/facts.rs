@@ -121,8 +121,8 @@ fn add_host_states(i: &mut LadderInputs, host_states: &[HostBlocker]) {
             _ => {}
         }
     }
-    // Composefs with fs-verity rules out the soft reboot (the plain checkout as /) even where
-    // the live rung keeps fs-verity by mounting the target's image.
+    // What rules out the soft reboot on a composefs root with fs-verity (the plain checkout
+    // as /, or an image with no trusted digest), said in its own words.
     for s in host_states {
         if matches!(s, HostBlocker::ComposefsVerified { .. }) && s.blocks(Rung::SoftReboot, false) {
             i.soft_reboot_host_states.push(s.describe());
@@ -223,8 +223,8 @@ mod tests {
                 Some(Rung::Live)
             );
         }
-        // fs-verity and a target image: live keeps verity (mounts the image), so the ladder
-        // takes it; the soft reboot stays ruled out, saying why.
+        // fs-verity and a target image: live and soft reboot keep verity (they mount the
+        // image), so the ladder takes live and nothing rules the soft reboot out.
         let verity_image = [HostBlocker::ComposefsVerified {
             mode: ComposefsMode::Verity,
             signed: None,
@@ -234,16 +234,26 @@ mod tests {
         }];
         let l = ladder_with(&verity_image);
         assert_eq!(l.chosen, Some(Rung::Live));
-        let soft = l.verdict(Rung::SoftReboot);
-        assert!(
-            !soft.possible
-                && soft
+        assert!(l.verdict(Rung::SoftReboot).reasons.is_empty(), "{l:?}");
+        // Signed, the target's signature unchecked: both ruled out, each saying why.
+        let unsigned = [HostBlocker::ComposefsVerified {
+            mode: ComposefsMode::Signed,
+            signed: Some("/k".into()),
+            allowed: false,
+            target_image: true,
+            signature: None,
+        }];
+        let l = ladder_with(&unsigned);
+        assert_eq!(l.chosen, Some(Rung::Kexec));
+        for rung in [Rung::Live, Rung::SoftReboot] {
+            assert!(
+                l.verdict(rung)
                     .reasons
                     .iter()
-                    .any(|r| r.contains("plain hardlinked checkout as /")),
-            "{:?}",
-            soft.reasons
-        );
+                    .any(|r| r.contains("signature was not checked")),
+                "{rung:?}: {l:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! | target in another stateroot | the deployments' stateroots | refused | fine |
 //! | transient `/etc` | `transient-etc` in `/run/ostree-booted` | refused | fine |
 //! | transient root | `root.transient` in `/run/ostree-booted` | refused | fine |
-//! | composefs root with fs-verity, target with an `.ostree.cfs` image | `composefs.verity` in `/run/ostree-booted`, `verity=require` on the root overlay | fine: the target's image is mounted with `verity=require` (soft-reboot refused without `--allow-unverified-usr`) | fine |
-//! | composefs root with a signed image, or a target without an image | `composefs.signed`, or no `<deployment>/.ostree.cfs` | refused without `--allow-unverified-usr` (soft-reboot too) | fine |
+//! | composefs root with fs-verity, target with an `.ostree.cfs` image | `composefs.verity` in `/run/ostree-booted`, `verity=require` on the root overlay | fine: the target's image is mounted with `verity=require` (soft-reboot too, as `/`) | fine |
+//! | composefs root with a signed image: the target's commit signature checks | `composefs.signed`, `ostree.sign.ed25519`, `ostree.composefs.digest.v0` | fine: the image is mounted only with the signed digest (soft-reboot too) | fine |
+//! | composefs root with fs-verity or a signed image: the target has no image, or its signature does not check | no `<deployment>/.ostree.cfs`, or the signature | refused without `--allow-unverified-usr` (soft-reboot too) | fine |
 //! | composefs root without fs-verity | `composefs` in `/run/ostree-booted`, the root overlay | fine (the target's image is mounted when it has one; else the plan says what the plain bind means) | fine |
 //!
 //! A refused live apply is not the end of `switch`: the ladder ([`super::ladder`]) takes the
@@ -82,17 +83,18 @@ impl HostBlocker {
             HostBlocker::ComposefsVerified { allowed, .. } => {
                 !allowed
                     && matches!(rung, Rung::Live | Rung::SoftReboot)
-                    && !(rung == Rung::Live && self.live_keeps_guarantees())
+                    && !self.image_keeps_guarantees()
             }
             HostBlocker::ComposefsUnverified { .. } => false,
             _ => rung == Rung::Live,
         }
     }
 
-    /// A live apply keeps what the booted root guarantees: the target's image is mounted with
-    /// fs-verity required, and on a signed host only when its commit's signature checks (the
-    /// image must then have the digest the signature binds).
-    fn live_keeps_guarantees(&self) -> bool {
+    /// A live apply and a soft reboot keep what the booted root guarantees: the target's image
+    /// is mounted (over `/usr`, or as the next `/`) with fs-verity required, and on a signed
+    /// host only when its commit's signature checks (the image must then have the digest the
+    /// signature binds).
+    fn image_keeps_guarantees(&self) -> bool {
         match self {
             HostBlocker::ComposefsVerified {
                 mode,
@@ -156,10 +158,6 @@ impl HostBlocker {
                     ComposefsMode::Signed => "no fs-verity digest and no signature",
                     _ => "no fs-verity digest",
                 };
-                let soft = format!(
-                    "a soft reboot would mount the target's plain hardlinked checkout as /, whose files {given_up} checks ({})",
-                    if *allowed { "--allow-unverified-usr given" } else { "refused without --allow-unverified-usr" }
-                );
                 if !*target_image {
                     return if *allowed {
                         format!(
@@ -173,7 +171,7 @@ impl HostBlocker {
                 }
                 match (mode, signature) {
                     (ComposefsMode::Signed, Some(CommitSignature::Valid { key_file, composefs_digest })) => format!(
-                        "the root is composefs with {what}: the target's commit is signed by a key in {key_file} and binds the image digest {composefs_digest}, so a live apply mounts its .ostree.cfs over /usr with fs-verity required, once the image's measured fs-verity digest is that one; {soft}"
+                        "the root is composefs with {what}: the target's commit is signed by a key in {key_file} and binds the image digest {composefs_digest}, so a live apply (over /usr) or a soft reboot (as /) mounts its .ostree.cfs with fs-verity required, once the image's measured fs-verity digest is that one"
                     ),
                     (ComposefsMode::Signed, sig) => {
                         let why = match sig {
@@ -182,20 +180,20 @@ impl HostBlocker {
                         };
                         if *allowed {
                             format!(
-                                "the root is composefs with {what}; the target's commit is not trusted ({why}); --allow-unverified-usr given: a live apply mounts its .ostree.cfs over /usr with fs-verity required but no trusted digest; {soft}"
+                                "the root is composefs with {what}; the target's commit is not trusted ({why}); --allow-unverified-usr given: a live apply or a soft reboot mounts its .ostree.cfs with fs-verity required but no trusted digest"
                             )
                         } else {
                             format!(
-                                "the root is composefs with {what}: the target's commit is not trusted ({why}), so its .ostree.cfs could only be mounted with no trusted digest; pass --allow-unverified-usr to give the signature up until the next boot, or switch with `fastswitch kexec` (the boot checks it); {soft}"
+                                "the root is composefs with {what}: the target's commit is not trusted ({why}), so a live apply or a soft reboot could mount its .ostree.cfs only with no trusted digest; pass --allow-unverified-usr to give the signature up until the next boot, or switch with `fastswitch kexec` (the boot checks it)"
                             )
                         }
                     }
                     _ => format!(
-                        "the root is composefs with {what}: a live apply mounts the target's .ostree.cfs image over /usr with fs-verity required, as the boot would; {soft}"
+                        "the root is composefs with {what}: a live apply (over /usr) or a soft reboot (as /) mounts the target's .ostree.cfs image with fs-verity required, as the boot would"
                     ),
                 }
             }
-            HostBlocker::ComposefsUnverified { target_image: true } => "the root is composefs without fs-verity: a live apply mounts the target's .ostree.cfs image over /usr as the boot would (a soft reboot mounts the target's plain checkout as /; the files are the same ostree objects, unchecked either way)".to_owned(),
+            HostBlocker::ComposefsUnverified { target_image: true } => "the root is composefs without fs-verity: a live apply (over /usr) or a soft reboot (as /) mounts the target's .ostree.cfs image as the boot would".to_owned(),
             HostBlocker::ComposefsUnverified { target_image: false } => "the root is composefs without fs-verity and the target has no .ostree.cfs image: a live apply binds the target's plain hardlinked checkout over /usr (a soft reboot mounts it as /); the files are the same ostree objects, unchecked either way, and /usr is composefs again after the next boot".to_owned(),
         }
     }
@@ -518,12 +516,14 @@ mod tests {
                 blocking(&bl, Rung::Live, false).len(),
                 usize::from(live_blocked)
             );
-            assert_eq!(blocking(&bl, Rung::SoftReboot, false).len(), 1, "{bl:?}");
+            assert_eq!(
+                blocking(&bl, Rung::SoftReboot, false).len(),
+                usize::from(live_blocked),
+                "{bl:?}"
+            );
             let d = bl[0].describe();
             assert_eq!(
-                d.contains(
-                    "mounts the target's .ostree.cfs image over /usr with fs-verity required"
-                ),
+                d.contains("mounts the target's .ostree.cfs image with fs-verity required"),
                 !live_blocked,
                 "{d}"
             );
@@ -578,7 +578,10 @@ mod tests {
                 usize::from(live_blocked),
                 "{sig:?}"
             );
-            assert_eq!(blocking(&bl, Rung::SoftReboot, false).len(), 1);
+            assert_eq!(
+                blocking(&bl, Rung::SoftReboot, false).len(),
+                usize::from(live_blocked)
+            );
             let d = bl[0].describe();
             assert_eq!(d.contains(&digest), !live_blocked, "{d}");
             assert_eq!(
@@ -595,7 +598,11 @@ mod tests {
             assert!(img.require_verity);
             allow_unverified_usr(&mut bl);
             assert!(blocking(&bl, Rung::Live, false).is_empty());
-            assert!(bl[0].describe().contains("--allow-unverified-usr given"));
+            // The flag is named where it gave something up (not with a valid signature).
+            assert_eq!(
+                bl[0].describe().contains("--allow-unverified-usr given"),
+                live_blocked
+            );
         }
         let plain = crate::discover::composefs::composefs(&BootedState::default());
         let (_, _, mut t) = composefs_host(&encode::booted_composefs(1, 2, false, None));

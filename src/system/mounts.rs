@@ -166,6 +166,11 @@ pub struct NextRoot {
     /// The boot directory, bound at `/boot` only when it lives on the root filesystem (as
     /// ostree-prepare-root does); a boot partition is mounted by the new userspace from fstab.
     pub boot: Option<PathBuf>,
+    /// On a composefs root, the deployment's image: `/` is then that image mounted as
+    /// ostree-prepare-root mounts it (not the checkout), with the deployment's `etc` bound on
+    /// it read-write, and no `/usr` mount of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composefs: Option<super::composefs::ComposefsImage>,
 }
 
 /// One line of mountinfo that matters to us.
@@ -361,22 +366,45 @@ impl Mounts for RealMounts {
         std::fs::create_dir_all(&next.dir)
             .with_context(|| format!("creating {}", next.dir.display()))?;
         self.detach_tree(&next.dir)?;
-        // The deployment lives inside the shared /sysroot mount: a plain bind would join its
-        // peer group, and systemd's unmount of /sysroot during the soft reboot would then
-        // propagate into /run/nextroot and tear its submounts down. Private clones cannot.
-        attach_private_clone(&next.deployment, &next.dir, false).with_context(|| {
-            format!(
-                "mounting {} at {}",
-                next.deployment.display(),
-                next.dir.display()
-            )
-        })?;
         let sub = |src: &Path, name: &str, ro: bool| {
             let dst = next.dir.join(name);
             attach_private_clone(src, &dst, ro)
                 .with_context(|| format!("mounting {} at {}", src.display(), dst.display()))
         };
-        sub(&next.deployment.join("usr"), "usr", true)?;
+        if let Some(img) = &next.composefs {
+            // As ostree-prepare-root with composefs: the image is `/`, the deployment's etc
+            // is bound on it read-write; /usr is the image's.
+            let scratch = next
+                .dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("fastswitch/.private/nextroot-lower");
+            std::fs::create_dir_all(&scratch)
+                .with_context(|| format!("creating {}", scratch.display()))?;
+            let root = super::composefs::mount(img, &scratch)?;
+            set_private(&root, &img.image)?;
+            move_mount_to(&root, &next.dir).with_context(|| {
+                format!(
+                    "mounting the composefs image {} at {}",
+                    img.image.display(),
+                    next.dir.display()
+                )
+            })?;
+            sub(&next.deployment.join("etc"), "etc", false)?;
+        } else {
+            // The deployment lives inside the shared /sysroot mount: a plain bind would join
+            // its peer group, and systemd's unmount of /sysroot during the soft reboot would
+            // then propagate into /run/nextroot and tear its submounts down. Private clones
+            // cannot.
+            attach_private_clone(&next.deployment, &next.dir, false).with_context(|| {
+                format!(
+                    "mounting {} at {}",
+                    next.deployment.display(),
+                    next.dir.display()
+                )
+            })?;
+            sub(&next.deployment.join("usr"), "usr", true)?;
+        }
         sub(&next.var, "var", false)?;
         sub(&next.sysroot, "sysroot", false)?;
         if let Some(b) = &next.boot {

@@ -53,6 +53,13 @@ pub fn dumpfile(repo: &Path, commit: &str, farm: &Path) -> String {
         out.push_str(&entry);
         out.push('\n');
     }
+    // As ostree does (`_ostree_repo_checkout_composefs`): the root directories a root needs as
+    // mount points, where the commit has none.
+    for d in ["/usr", "/etc", "/boot", "/var", "/sysroot"] {
+        if !out.lines().any(|l| l.split(' ').next() == Some(d)) {
+            out.push_str(&format!("{d} 0 40755 2 0 0 0 0.0 - - -\n"));
+        }
+    }
     out
 }
 

@@ -39,6 +39,7 @@ fn soft_reboot_host(dir: &Path, old: &[u8]) -> (HostPaths, Plan) {
         var: dir.join("sysroot/ostree/deploy/fx/var"),
         sysroot: paths.sysroot.clone(),
         boot: None,
+        composefs: None,
     };
     let plan = Plan {
         schema_version: PLAN_SCHEMA_VERSION,
