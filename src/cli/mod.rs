@@ -198,10 +198,11 @@ pub(crate) struct SwitchOpts {
     pub(crate) allow_tpm_kexec: bool,
     /// On a composefs root with fs-verity required or a signed image, give up what the boot
     /// would check, until the next boot: mount the target's .ostree.cfs although its commit
-    /// signature does not check (signed hosts), bind its plain hardlinked checkout when it has no
-    /// image, or soft-reboot into the plain checkout. A live apply that keeps the guarantees
-    /// (the target's image with fs-verity, and on a signed host a valid signature and the digest
-    /// it binds) needs no flag. Without it the others are refused (exit 6) and switch skips those rungs
+    /// signature does not check (signed hosts), or use its plain hardlinked checkout when it has
+    /// no image (bound over /usr live, or as / for a soft reboot). A live apply or soft reboot
+    /// that keeps the guarantees (the target's image with fs-verity, and on a signed host a
+    /// valid signature and the digest it binds) needs no flag. Without it the others are
+    /// refused (exit 6) and switch skips those rungs
     #[arg(long)]
     pub(crate) allow_unverified_usr: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
