@@ -25,32 +25,7 @@ const TEST: &str = "apply_live_and_reset_on_a_composefs_root";
 
 #[test]
 fn apply_live_and_reset_on_a_composefs_root() {
-    if std::env::var_os(IN_NS).is_some() {
-        in_private_namespace();
-        return;
-    }
-    if !is_root() {
-        eprintln!("skipping {TEST}: needs root (mounts in a private mount namespace)");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private"])
-        .arg(&exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(IN_NS, "1")
-        .output()
-        .expect("running unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the namespaced run failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the namespaced run did not run the test:\n{stdout}\n{stderr}"
-    );
+    in_private_mount_namespace(TEST, IN_NS, in_private_namespace);
 }
 
 fn stack(p: &Path) -> Vec<MountEntry> {

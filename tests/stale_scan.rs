@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use fastswitch::services::stale::{scan_stale, ScanConfig, StaleKind, StaleWhy};
 
+mod common;
+use common::in_private_mount_namespace;
+
 const IN_NS: &str = "FASTSWITCH_STALE_SCAN_IN_NS";
 const TEST: &str = "stale_scan_sees_overmounted_usr";
 
@@ -23,37 +26,7 @@ type StaleEntry = (StaleKind, PathBuf, StaleWhy);
 
 #[test]
 fn stale_scan_sees_overmounted_usr() {
-    if std::env::var_os(IN_NS).is_some() {
-        in_private_namespace();
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{TEST} needs root, and CI is set: CI must run the tests as root"
-        );
-        eprintln!("skipping {TEST}: needs root (bind mounts in a private mount namespace)");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private"])
-        .arg(&exe)
-        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
-        .env(IN_NS, "1")
-        .output()
-        .expect("running unshare (util-linux)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the namespaced run failed:\n{stdout}\n{stderr}"
-    );
-    // Guard against a filter that matched nothing.
-    assert!(
-        stdout.contains("1 passed"),
-        "the namespaced run did not run the test:\n{stdout}\n{stderr}"
-    );
+    in_private_mount_namespace(TEST, IN_NS, in_private_namespace);
 }
 
 /// Kills the fixture processes however the test ends.

@@ -21,6 +21,39 @@ pub fn is_root() -> bool {
     root
 }
 
+/// A root test that mounts: `body` runs inside a private mount namespace. The test binary
+/// re-runs itself, only `test`, under `unshare --mount --propagation private` with `env` set
+/// (where this calls `body`), and asserts that run passed and really ran the test. Without
+/// root it is skipped with a message (a failure under CI, see [`is_root`]).
+pub fn in_private_mount_namespace(test: &str, env: &str, body: impl FnOnce()) {
+    if std::env::var_os(env).is_some() {
+        body();
+        return;
+    }
+    if !is_root() {
+        eprintln!("skipping {test}: needs root (mounts in a private mount namespace)");
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .output()
+        .expect("running unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the namespaced run failed:\n{stdout}\n{stderr}"
+    );
+    // Guard against a filter that matched nothing.
+    assert!(
+        stdout.contains("1 passed"),
+        "the namespaced run did not run the test:\n{stdout}\n{stderr}"
+    );
+}
+
 /// Run a command, panicking with its output on failure. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
