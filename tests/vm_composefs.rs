@@ -72,6 +72,18 @@ fn composefs_debian13() {
             "file"
         },
     );
+    // fs-verity is not used (the images carry no digests); record whether this kernel and the
+    // root file system could do it.
+    let v = vm.exec_ok(
+        "test -e /sys/fs/ext4/features/verity && echo kernel; dumpe2fs -h /dev/vda3 2>/dev/null | grep -q '^Filesystem features:.* verity' && echo fs; true",
+    );
+    result.set(
+        "fs_verity",
+        serde_json::json!({
+            "ext4_kernel_support": v.lines().any(|l| l == "kernel"),
+            "root_fs_feature": v.lines().any(|l| l == "fs"),
+        }),
+    );
     // /usr is no mount of its own; /etc is the deployment's, read-write; /sysroot the physical
     // root; /var the stateroot's.
     let mounts = vm.exec_ok(
@@ -150,5 +162,17 @@ rmdir $m/lower $m/root $m"
     assert_eq!(c, ["changed", "0"], "{check}");
     let st = fastswitch_json(&vm, "status --json");
     assert_eq!(st["composefs"]["mode"], "unverified", "{st}");
+    // What apply-live would do here, recorded for the live swap on composefs (not asserted:
+    // that step is still being built).
+    let plan = vm.exec(&format!(
+        "{} apply-live --dry-run --json",
+        vm::GUEST_FASTSWITCH
+    ));
+    result.set(
+        "apply_live_dry_run",
+        serde_json::from_str::<serde_json::Value>(&plan.stdout)
+            .map(|p| p["steps"].clone())
+            .unwrap_or_else(|_| format!("rc={} {}", plan.status, plan.stderr.trim()).into()),
+    );
     vm.discard();
 }

@@ -389,21 +389,29 @@ pub fn guest_build_image(deploy: &Path) {
         external: 0,
         linked: 0,
     };
+    let t_map = t.elapsed();
     w.entry(deploy, b"", false);
+    let t_walk = t.elapsed();
     let fs_ = composefs::dumpfile::dumpfile_to_filesystem::<Sha256HashValue>(&w.dump)
         .unwrap_or_else(|e| panic!("dumpfile of {}: {e:#}", deploy.display()));
     let img = mkfs_erofs(&ValidatedFileSystem::new(fs_).expect("validating the tree"));
+    let t_mkfs = t.elapsed();
     let out = deploy.join(".ostree.cfs");
     let tmp = deploy.join(".ostree.cfs.tmp");
     fs::write(&tmp, &img).unwrap();
     fs::rename(&tmp, &out).unwrap();
     println!(
-        "cfs-build: {} ({} bytes, {} entries, {} external, {} new farm links) in {:.1} s",
+        "cfs-build: {} ({} bytes, {} entries, {} external, {} new farm links) in {:.1} s \
+         (object map {:.1} s, walk + links {:.1} s, composefs-rs {:.1} s, write {:.1} s)",
         out.display(),
         img.len(),
         w.dump.lines().count(),
         w.external,
         w.linked,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        t_map.as_secs_f64(),
+        (t_walk - t_map).as_secs_f64(),
+        (t_mkfs - t_walk).as_secs_f64(),
+        (t.elapsed() - t_mkfs).as_secs_f64(),
     );
 }
