@@ -120,6 +120,12 @@ pub fn image(base: &Image) -> Image {
     if !dir.join("image.json").exists() {
         convert(base, &dir);
     }
+    // Mark it used, and drop the derived guests of other keys not used for an hour.
+    let _ = fs::File::options()
+        .append(true)
+        .open(dir.join("image.json"))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    prune(base, &dir);
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("image.json")).expect("image.json"))
             .expect("image.json");
@@ -128,6 +134,28 @@ pub fn image(base: &Image) -> Image {
         disk: dir.join("disk.img"),
         dir,
         manifest,
+    }
+}
+
+/// Remove `composefs-*` guests of `base` other than `keep` (about 1.3 GB each with their saved
+/// guest) unused for an hour, as `vm/build-image.sh` prunes old images.
+fn prune(base: &Image, keep: &Path) {
+    for e in fs::read_dir(&base.dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if !e.file_name().to_string_lossy().starts_with("composefs-") || p == keep {
+            continue;
+        }
+        let used = fs::metadata(p.join("image.json"))
+            .or_else(|_| e.metadata())
+            .and_then(|m| m.modified());
+        if used
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > 3600)
+        {
+            eprintln!("[vm composefs] removing the unused {}", p.display());
+            let _ = fs::remove_dir_all(&p);
+        }
     }
 }
 
