@@ -119,12 +119,50 @@ impl Mounts for RecordingMounts {
             mount_point: target.to_path_buf(),
             read_only: true,
             fs_type: "fake".into(),
+            source: source.display().to_string(),
         });
         Ok(())
     }
     fn replace_usr(&self, _: &Path, _: &Path) -> Result<Option<bool>> {
         self.log.borrow_mut().push("replace (unsupported)".into());
         Ok(None)
+    }
+    /// Like `bind_usr` with the image's deployment `usr` as what `target` shows, and a mount
+    /// entry as the kernel lists a composefs `usr` (overlay, source `composefs`, root `/usr`).
+    fn composefs_usr(
+        &self,
+        image: &crate::system::composefs::ComposefsImage,
+        _scratch: &Path,
+        target: &Path,
+        replace: bool,
+    ) -> Result<Option<bool>> {
+        if replace {
+            self.log
+                .borrow_mut()
+                .push("replace composefs (unsupported)".into());
+            return Ok(None);
+        }
+        self.log.borrow_mut().push(format!(
+            "composefs {} {} verity={}",
+            image.image.display(),
+            target.display(),
+            image.require_verity
+        ));
+        let mut stacks = self.stacks.borrow_mut();
+        let stack = stacks.entry(target.to_path_buf()).or_default();
+        std::fs::rename(target, Self::aside(target, stack.len()))?;
+        let shown = image.image.with_file_name("usr");
+        std::os::unix::fs::symlink(&shown, target)?;
+        stack.push(MountEntry {
+            mount_id: 100 + stack.len() as i32,
+            parent_id: 1,
+            root: "/usr".into(),
+            mount_point: target.to_path_buf(),
+            read_only: true,
+            fs_type: "overlay".into(),
+            source: "composefs".into(),
+        });
+        Ok(Some(false))
     }
     fn prepare_nextroot(&self, next: &NextRoot) -> Result<()> {
         self.log

@@ -21,10 +21,12 @@
 //! checksums and reports exactly the process running the changed binary.
 
 mod common;
+use common::cfs::{dumpfile, mkcomposefs};
 use common::*;
 use fastswitch::discover::composefs::{parse_mount, root_mount_id};
 use fastswitch::services::stale::{scan_stale, ScanConfig, StaleKind, StaleWhy};
 use fastswitch::system::composefs::{attach, clone_subtree, mount, ComposefsImage};
+use fastswitch::system::mounts::{parse_mountinfo, stack_at, Mounts, RealMounts};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -87,62 +89,6 @@ fn wait_until_maps(pid: u32, path: &Path) {
         assert!(Instant::now() < deadline, "pid {pid} never mapped {needle}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A composefs dumpfile (composefs-dump(5)) for `commit`, from `ostree ls -R -C`, as ostree's
-/// writer records it (ostree-repo-composefs.c): non-empty regular files external with the
-/// object path as payload (here without `.file`), everything else inline, mtimes 0. Links
-/// every object into the farm `farm/xx/<62>`.
-fn dumpfile(repo: &Path, commit: &str, farm: &Path) -> String {
-    let ls = run(ostree()
-        .arg(format!("--repo={}", repo.display()))
-        .args(["ls", "-R", "-C", commit]));
-    let mut out = String::new();
-    for line in ls.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (kind, mode) = (&f[0][..1], u32::from_str_radix(&f[0][1..], 8).unwrap());
-        let (uid, gid, size) = (f[1], f[2], f[3]);
-        let entry = match kind {
-            "d" => format!("{} 0 {:o} 2 {uid} {gid} 0 0.0 - - -", f[6], 0o40000 | mode),
-            "l" => {
-                let target = f[7]; // "<path> -> <target>"
-                format!(
-                    "{} {} {:o} 1 {uid} {gid} 0 0.0 {target} - -",
-                    f[5],
-                    target.len(),
-                    0o120000 | mode
-                )
-            }
-            "-" if size == "0" => {
-                format!("{} 0 {:o} 1 {uid} {gid} 0 0.0 - - -", f[5], 0o100000 | mode)
-            }
-            "-" => {
-                let (csum, path) = (f[4], f[5]);
-                let loose = format!("{}/{}", &csum[..2], &csum[2..]);
-                let link = farm.join(&loose);
-                std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-                if !link.exists() {
-                    std::fs::hard_link(repo.join(format!("objects/{loose}.file")), &link).unwrap();
-                }
-                format!(
-                    "{path} {size} {:o} 1 {uid} {gid} 0 0.0 {loose} - -",
-                    0o100000 | mode
-                )
-            }
-            _ => panic!("unexpected `ostree ls` line: {line}"),
-        };
-        out.push_str(&entry);
-        out.push('\n');
-    }
-    out
-}
-
-/// The EROFS image of `dump`, by composefs-rs.
-fn mkcomposefs(dump: &str) -> Box<[u8]> {
-    use composefs::erofs::writer::{mkfs_erofs, ValidatedFileSystem};
-    use composefs::fsverity::Sha256HashValue;
-    let fs = composefs::dumpfile::dumpfile_to_filesystem::<Sha256HashValue>(dump).unwrap();
-    mkfs_erofs(&ValidatedFileSystem::new(fs).unwrap())
 }
 
 fn mount_line(path: &Path) -> fastswitch::discover::composefs::RootMount {
@@ -318,6 +264,90 @@ fn in_private_namespace() {
         b"small\n"
     );
 
+    // What apply-live does on a composefs host (`Mounts::composefs_usr`): over a /usr that
+    // shows the booted tree (a plain bind here), the image's usr goes on top in one move; a
+    // newer one replaces it in place (Linux ≥ 6.5); the mount table lists it as fastswitch's
+    // composefs usr; popping it shows the booted tree again.
+    let live_usr = work.path().join("live/usr");
+    std::fs::create_dir_all(&live_usr).unwrap();
+    let m = RealMounts;
+    m.bind_usr(&deploy.join("usr"), &live_usr).unwrap();
+    let scratch_dir = work.path().join("run/fastswitch/.private/composefs");
+    let top = |p: &Path| {
+        stack_at(
+            &parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap()),
+            p,
+        )
+    };
+    assert_eq!(
+        m.composefs_usr(&img, &scratch_dir, &live_usr, false)
+            .unwrap(),
+        Some(false)
+    );
+    let stack = top(&live_usr);
+    assert_eq!(stack.len(), 2, "{stack:?}");
+    assert!(
+        stack[1].is_composefs_usr() && !stack[0].is_composefs_usr(),
+        "{stack:?}"
+    );
+    assert_eq!(
+        std::fs::read(live_usr.join("share/cfs/numbers.txt")).unwrap(),
+        numbers.as_bytes()
+    );
+    let ro = std::fs::write(live_usr.join("share/cfs/x"), b"x").unwrap_err();
+    assert_eq!(ro.raw_os_error(), Some(libc::EROFS), "{ro}");
+    // The scratch directories are private (0700) and nothing stays mounted on them.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&scratch_dir)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    for d in ["lower", "root"] {
+        assert!(top(&scratch_dir.join(d)).is_empty(), "{d} still mounted");
+    }
+    // The target commit's image (its changed binary) in place of the first.
+    let farm2 = s.repo().join("objects-cfs");
+    std::fs::write(
+        target.join(".ostree.cfs"),
+        mkcomposefs(&dumpfile(&s.repo(), &commit2, &farm2)),
+    )
+    .unwrap();
+    let img2 = ComposefsImage {
+        image: target.join(".ostree.cfs"),
+        ..img.clone()
+    };
+    let replaced = m
+        .composefs_usr(&img2, &scratch_dir, &live_usr, true)
+        .unwrap();
+    assert_eq!(replaced, Some(false), "MOVE_MOUNT_BENEATH on this kernel");
+    let stack = top(&live_usr);
+    assert_eq!(stack.len(), 2, "replaced in place, not stacked: {stack:?}");
+    assert_eq!(
+        std::fs::read(live_usr.join("bin/sleep-changed")).unwrap(),
+        changed
+    );
+    assert!(!m.unmount_top(&live_usr).unwrap());
+    assert_eq!(top(&live_usr).len(), 1);
+    assert!(!m.unmount_top(&live_usr).unwrap());
+    // A missing image: an error naming it, nothing attached.
+    let e = m
+        .composefs_usr(
+            &ComposefsImage {
+                image: work.path().join("gone.cfs"),
+                ..img.clone()
+            },
+            &scratch_dir,
+            &live_usr,
+            false,
+        )
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("gone.cfs"), "{e:#}");
+    assert!(top(&live_usr).is_empty());
+
     // verity=require reaches the kernel: without fs-verity (this host) or digests (this
     // image), external files cannot be opened; empty files (no data) still read.
     let verity_mnt = work.path().join("verity");
@@ -343,12 +373,28 @@ fn in_private_namespace() {
     let e = mount(
         &ComposefsImage {
             image: work.path().join("missing.cfs"),
-            ..img
+            ..img.clone()
         },
         &scratch,
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("missing.cfs"), "{e:#}");
+    // A signed host's expected image digest is measured (FS_IOC_MEASURE_VERITY) before anything
+    // is mounted; without fs-verity here, that fails and says why.
+    let e = mount(
+        &ComposefsImage {
+            expected_digest: Some("00".repeat(32)),
+            ..img.clone()
+        },
+        &scratch,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("measuring the fs-verity digest of")
+            && format!("{e:#}").contains(".ostree.cfs"),
+        "{e:#}"
+    );
+    assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
     for d in [&sim_usr, &verity_mnt] {
         let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::DETACH);
     }

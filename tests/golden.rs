@@ -217,6 +217,7 @@ fn cli_human_output() {
         boot_id: current_boot_id().unwrap(),
         resetting: false,
         usr_source: None,
+        usr_composefs: false,
     };
     Journal::new(&f.s.run(), &root, &st.boot_id)
         .save(&st)

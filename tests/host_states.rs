@@ -643,7 +643,7 @@ fn verified_composefs_needs_an_explicit_plain_usr() {
     let (code, out, err) = f.run_fs(&["apply-live", "--no-services", "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("host state: the root is composefs without fs-verity: a live apply binds the target's plain hardlinked checkout over /usr"),
+        out.contains("host state: the root is composefs without fs-verity and the target has no .ostree.cfs image: a live apply binds the target's plain hardlinked checkout over /usr"),
         "{out}"
     );
     assert_eq!(f.s.json(&["status"])["composefs"]["mode"], "unverified");
@@ -651,4 +651,177 @@ fn verified_composefs_needs_an_explicit_plain_usr() {
     let f = fixture();
     assert_eq!(f.s.json(&["status"])["composefs"]["mode"], "off");
     assert!(run(f.s.fastswitch().arg("status")).contains("composefs: off"));
+}
+
+/// The staged commit of [`fixture`] again, but with `ostree.composefs.digest.v0` in its metadata
+/// (as ostree records its image's fs-verity digest) and an `.ostree.cfs` in the deployment.
+fn fixture_with_image(digest: &[u8; 32]) -> Fx {
+    let s = Sysroot::new();
+    s.os_init("fx");
+    let t1 = Tree::minimal("6.1.0-test");
+    s.commit("fx/v1", &t1);
+    s.deploy("fx", "fx/v1", &["root=/dev/vda", "rw"]);
+    let booted = s.json(&["status"])["deployments"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.mark_booted("fx", &booted);
+    let t2 = t1.fork();
+    t2.write("usr/bin/hello", b"#!/bin/sh\necho v2\n");
+    let bytes: Vec<String> = digest.iter().map(|b| format!("0x{b:02x}")).collect();
+    let c2 = run(ostree()
+        .arg(format!("--repo={}", s.repo().display()))
+        .args(["commit", "--no-xattrs", "--branch=fx/v2"])
+        .arg(format!(
+            "--add-metadata=ostree.composefs.digest.v0=[byte {}]",
+            bytes.join(", ")
+        ))
+        .arg(format!("--tree=dir={}", t2.path().display())))
+    .trim()
+    .to_owned();
+    let staged = s.stage("fx", &c2, "fx/v2", None);
+    std::fs::write(s.deploy_dir("fx", &staged).join(".ostree.cfs"), b"image").unwrap();
+    Fx { s, booted, staged }
+}
+
+/// An ed25519 key pair made by `openssl`; returns (private key PEM path, base64 public key).
+fn openssl_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    use base64::Engine;
+    let pem = dir.join(format!("{name}.pem"));
+    run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem));
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap()
+        .stdout;
+    let raw = &der[der.len() - 32..];
+    (pem, base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// `ostree sign` (ed25519) as ostree writes it: the signature of the commit object's bytes,
+/// here made by `openssl pkeyutl` (this machine's ostree is built without ed25519), in the
+/// commit's detached metadata `<commit>.commitmeta` (encoded by zvariant).
+fn sign_commit(repo: &Path, commit: &str, pem: &Path) {
+    let object = repo
+        .join("objects")
+        .join(&commit[..2])
+        .join(format!("{}.commit", &commit[2..]));
+    let sig = Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+        .arg(pem)
+        .arg("-in")
+        .arg(&object)
+        .output()
+        .unwrap();
+    assert!(sig.status.success(), "{sig:?}");
+    assert_eq!(sig.stdout.len(), 64);
+    std::fs::write(
+        object.with_extension("commitmeta"),
+        fastswitch::discover::signature::encode_commitmeta(&[sig.stdout]),
+    )
+    .unwrap();
+}
+
+/// A composefs root whose staged deployment has an `.ostree.cfs` image goes live by mounting
+/// that image, keeping the booted root's guarantees:
+/// - without fs-verity: the image, no verity; with fs-verity: the image with `verity=require`;
+/// - signed: only when the target commit (the real ostree object) carries a valid ed25519
+///   signature (made by openssl, an implementation independent of fastswitch's) by a key of
+///   the key file, and then with the digest the commit records as the expected image digest;
+///   a signature by another key or none is refused (exit 6, naming why, nothing changed);
+/// - `status` shows the image.
+#[test]
+fn composefs_target_image_goes_live_with_the_booted_guarantees() {
+    let digest: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let key = "/etc/ostree/initramfs-root-binding.key";
+    let mark = |f: &Fx, verity: bool, signed: Option<&str>| {
+        let m = std::fs::metadata(f.booted_dir()).unwrap();
+        std::fs::write(
+            f.s.run().join("ostree-booted"),
+            encode::booted_composefs(m.dev(), m.ino(), verity, signed),
+        )
+        .unwrap();
+    };
+    let plan = |f: &Fx| {
+        let (code, out, err) = f.run_fs(&["apply-live", "--no-services", "--dry-run", "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let f = fixture_with_image(&digest);
+    let image = f.s.deploy_dir("fx", &f.staged).join(".ostree.cfs");
+    let objects = f.s.repo().join("objects");
+    for verity in [false, true] {
+        mark(&f, verity, None);
+        let p = plan(&f);
+        let steps: Vec<&str> = p["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["swap_composefs_usr"], "{p}");
+        assert_eq!(
+            p["steps"][0]["image"],
+            serde_json::json!({"image": image, "objects": objects, "require_verity": verity}),
+            "{p}"
+        );
+    }
+    let st = f.s.json(&["status"]);
+    assert_eq!(st["deployments"][0]["composefs_image"], true, "{st}");
+    assert_eq!(st["deployments"][1]["composefs_image"], false, "{st}");
+
+    // Signed: the key file in the running root, the commit signed by its key.
+    let keys = tempfile::tempdir().unwrap();
+    let (pem, public) = openssl_key(keys.path(), "trusted");
+    let key_file = f.booted_dir().join(key.trim_start_matches('/'));
+    std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
+    std::fs::write(&key_file, format!("{public}\n")).unwrap();
+    mark(&f, true, Some(key));
+    // Not signed yet: refused, naming why.
+    let (code, _, err) = f.run_fs(&["apply-live", "--no-services"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("no detached metadata"), "{err}");
+    sign_commit(&f.s.repo(), &f.staged[..64], &pem);
+    let p = plan(&f);
+    assert_eq!(p["steps"][0]["image"]["expected_digest"], hex, "{p}");
+    assert_eq!(p["steps"][0]["image"]["require_verity"], true, "{p}");
+    assert_eq!(
+        p["host_states"][0]["signature"]["signature"], "valid",
+        "{p}"
+    );
+    assert_eq!(
+        p["host_states"][0]["signature"]["composefs_digest"], hex,
+        "{p}"
+    );
+    // Signed by a key the key file does not hold: refused, nothing changed.
+    let (other, _) = openssl_key(keys.path(), "other");
+    sign_commit(&f.s.repo(), &f.staged[..64], &other);
+    let before = snapshot(f.s.path());
+    let (code, _, err) = f.run_fs(&["apply-live", "--no-services"]);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(
+        err.contains("none of the commit's 1 ed25519 signature(s) is valid")
+            && err.contains("--allow-unverified-usr"),
+        "{err}"
+    );
+    assert_eq!(snapshot(f.s.path()), before);
+    // Allowed: the image is mounted with verity but no trusted digest, and the plan says so.
+    let (code, out, err) = f.run_fs(&[
+        "apply-live",
+        "--no-services",
+        "--dry-run",
+        "--json",
+        "--allow-unverified-usr",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["steps"][0]["image"]["expected_digest"].is_null(), "{p}");
+    assert_eq!(
+        p["host_states"][0]["signature"]["signature"], "invalid",
+        "{p}"
+    );
 }

@@ -196,10 +196,12 @@ pub(crate) struct SwitchOpts {
     /// initrd may not unseal it (PCRs are not reset by kexec)
     #[arg(long)]
     pub(crate) allow_tpm_kexec: bool,
-    /// On a composefs root with fs-verity required or a signed image, run the target from its
-    /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
-    /// reboot): until the next boot its files are checked by no fs-verity digest and no
-    /// signature. Without it a live apply is refused (exit 6) and switch skips the live and soft-reboot rungs
+    /// On a composefs root with fs-verity required or a signed image, give up what the boot
+    /// would check, until the next boot: mount the target's .ostree.cfs although its commit
+    /// signature does not check (signed hosts), bind its plain hardlinked checkout when it has no
+    /// image, or soft-reboot into the plain checkout. A live apply that keeps the guarantees
+    /// (the target's image with fs-verity, and on a signed host a valid signature and the digest
+    /// it binds) needs no flag. Without it the others are refused (exit 6) and switch skips those rungs
     #[arg(long)]
     pub(crate) allow_unverified_usr: bool,
     /// The staged deployment's finalization is locked (bootc --download-only, rpm-ostree
@@ -246,10 +248,12 @@ pub(crate) struct ApplyLiveOpts {
     /// switch anyway. It is then finalized at the next shutdown too; `reset` does not lock it again
     #[arg(long)]
     pub(crate) unlock: bool,
-    /// On a composefs root with fs-verity required or a signed image, run the target from its
-    /// plain hardlinked checkout anyway (bound over /usr live, or mounted as / by a soft
-    /// reboot): until the next boot its files are checked by no fs-verity digest and no
-    /// signature. Without it a live apply is refused (exit 6)
+    /// On a composefs root with fs-verity required or a signed image, give up what the boot
+    /// would check, until the next boot: mount the target's .ostree.cfs although its commit
+    /// signature does not check (signed hosts), or bind its plain hardlinked checkout when it
+    /// has no image. A live apply that keeps the guarantees (the target's image with fs-verity,
+    /// and on a signed host a valid signature and the digest it binds) needs no flag. Without
+    /// it the others are refused (exit 6)
     #[arg(long)]
     pub(crate) allow_unverified_usr: bool,
     #[command(flatten)]

@@ -257,6 +257,15 @@ pub fn write_plan_human(out: &mut dyn Write, p: &Plan) -> Result<()> {
                 source.display(),
                 target.display()
             )?,
+            Step::SwapComposefsUsr { image, target } => writeln!(
+                o.out,
+                "{}. mount the composefs image {} (objects {}{}) and put its usr read-only over {}",
+                i + 1,
+                image.image.display(),
+                image.objects.display(),
+                if image.require_verity { ", fs-verity required" } else { "" },
+                target.display()
+            )?,
             Step::MergeEtc { actions, .. } => {
                 writeln!(o.out, "{}. merge /etc: {}", i + 1, etc_counts(actions))?;
                 for a in actions {

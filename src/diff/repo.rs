@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zvariant::serialized::{Context, Data};
-use zvariant::{OwnedValue, LE};
+use zvariant::LE;
 
 /// A SHA-256 object checksum.
 pub(crate) type Csum = [u8; 32];
@@ -49,16 +49,7 @@ pub struct Repo {
     objects_fd: Arc<OwnedFd>,
 }
 
-type CommitVariant = (
-    HashMap<String, OwnedValue>,
-    Vec<u8>,
-    Vec<(String, Vec<u8>)>,
-    String,
-    String,
-    u64,
-    Vec<u8>,
-    Vec<u8>,
-);
+use crate::discover::state::CommitVariant;
 
 /// The root (dirtree, dirmeta) of a commit object, `(a{sv}aya(say)sstayay)`.
 pub fn parse_commit_root(bytes: &[u8]) -> Option<DirCsums> {

@@ -48,6 +48,23 @@ impl RootMount {
         named || (self.has("metacopy=on") && data_only)
     }
 
+    /// The data-only layer the overlay's redirects resolve in: `datadir+=<dir>` (Linux ≥ 6.7),
+    /// or what follows `::` in the older `lowerdir=<erofs>::<dir>`. On a composefs host this is
+    /// `/sysroot/ostree/repo/objects`, a path that holds in the initramfs and after it (the
+    /// physical root is at `/sysroot` in both), so a target deployment's image mounts with it.
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.super_options.iter().find_map(|o| {
+            o.strip_prefix("datadir+=")
+                .or_else(|| {
+                    o.strip_prefix("lowerdir=")
+                        .and_then(|l| l.split_once("::"))
+                        .map(|(_, d)| d.split(':').next().unwrap_or(d))
+                })
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+    }
+
     /// The overlay checks every file's fs-verity digest (`verity=require`).
     pub fn requires_verity(&self) -> bool {
         self.fs_type == "overlay" && self.has("verity=require")
@@ -151,6 +168,10 @@ pub(crate) struct Composefs {
     pub(crate) verity: bool,
     /// The key file that verified the signed commit (`composefs.signed`).
     pub signed: Option<String>,
+    /// The root overlay's data-only layer ([`RootMount::data_dir`]), where a target
+    /// deployment's image finds its files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) objects: Option<std::path::PathBuf>,
 }
 
 impl Composefs {
@@ -214,6 +235,11 @@ pub(crate) fn composefs(bs: &BootedState) -> Composefs {
         mount_table,
         verity,
         signed,
+        objects: bs
+            .root_mount
+            .as_ref()
+            .filter(|m| m.looks_composefs())
+            .and_then(RootMount::data_dir),
     }
 }
 
@@ -255,6 +281,17 @@ mod tests {
         let esc = parse_mount(MOUNTINFO, 30).unwrap();
         assert!(esc.super_options.contains(&"lowerdir+=/a b".to_owned()));
         assert_eq!(unescape("a\\134b\\777c\\04"), "a\\b\\777c\\04");
+        assert_eq!(
+            fcos.data_dir().unwrap(),
+            Path::new("/sysroot/ostree/repo/objects")
+        );
+        assert_eq!(
+            old.data_dir().unwrap(),
+            Path::new("/sysroot/ostree/repo/objects")
+        );
+        assert_eq!(esc.data_dir().unwrap(), Path::new("/o"));
+        assert_eq!(plain.data_dir(), None);
+        assert_eq!(parse_mount(MOUNTINFO, 29).unwrap().data_dir(), None);
         assert_eq!(parse_mount(MOUNTINFO, 99), None);
         assert_eq!(parse_mount("garbage\n", 1), None);
     }

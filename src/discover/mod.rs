@@ -14,6 +14,7 @@ pub mod bls;
 pub mod composefs;
 pub mod kernel;
 pub mod origin;
+pub mod signature;
 pub mod state;
 
 use crate::system::files::{self, Follow};
@@ -129,6 +130,14 @@ pub struct Deployment {
     /// rpm-ostree applied a change live to this deployment this boot
     /// (`<run>/ostree/deployment-state/<id>/rpmostree-is-live.stamp`): `/usr` is an overlay.
     pub(crate) rpm_ostree_live: bool,
+    /// The deployment has a composefs image (`<deployment>/.ostree.cfs`, written by an ostree
+    /// built with composefs): on a composefs host its `usr` can go live as a composefs mount.
+    #[serde(default)]
+    pub(crate) composefs_image: bool,
+    /// On a signed composefs host: whether its commit is signed by a trusted key, and the image
+    /// digest the signature binds ([`signature`]); `None` elsewhere.
+    #[serde(default)]
+    pub(crate) composefs_signature: Option<signature::CommitSignature>,
     /// (st_dev, st_ino) of the deployment directory.
     #[serde(skip)]
     pub(crate) dev_ino: (u64, u64),
@@ -330,6 +339,7 @@ pub(crate) fn load_reusing(paths: &HostPaths, prior: Option<&Host>) -> Result<Ho
     }
     if let Some(bs) = &booted_state {
         mark_booted(paths, bs, &mut deployments)?;
+        check_signatures(paths, bs, &mut deployments);
     }
     if let Some(st) = &staged_state {
         set_staged_kargs(st, &mut deployments);
@@ -595,6 +605,7 @@ fn make_deployment(
             .map(str::to_owned)
     };
     let rpm_ostree_live = flag("rpmostree-is-live.stamp");
+    let composefs_image = path.join(crate::system::composefs::IMAGE_NAME).is_file();
     Ok(Deployment {
         index: 0,
         id,
@@ -613,8 +624,30 @@ fn make_deployment(
         kargs,
         unlocked,
         rpm_ostree_live,
+        composefs_image,
+        composefs_signature: None,
         dev_ino,
     })
+}
+
+/// On a signed composefs host (`composefs.signed`), the commit signature and image digest of
+/// every other deployment with a composefs image ([`signature::check_deployment`]).
+fn check_signatures(paths: &HostPaths, bs: &BootedState, deployments: &mut [Deployment]) {
+    let Some(key) = composefs::composefs(bs).signed else {
+        return;
+    };
+    let objects = paths.sysroot.join("ostree/repo/objects");
+    for d in deployments
+        .iter_mut()
+        .filter(|d| !d.booted && d.composefs_image)
+    {
+        d.composefs_signature = Some(signature::check_deployment(
+            &paths.root,
+            &objects,
+            &d.checksum,
+            &key,
+        ));
+    }
 }
 
 /// Read `<boot>/loader/entries/*.conf`, following `loader` → `loader.N`.

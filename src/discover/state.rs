@@ -63,6 +63,19 @@ fn ctxt() -> Context {
     Context::new_gvariant(LE, 0)
 }
 
+/// An ostree commit object, `(a{sv}aya(say)sstayay)`: metadata, parent, related objects,
+/// subject, body, timestamp, root dirtree and root dirmeta checksums.
+pub(crate) type CommitVariant = (
+    HashMap<String, OwnedValue>,
+    Vec<u8>,
+    Vec<(String, Vec<u8>)>,
+    String,
+    String,
+    u64,
+    Vec<u8>,
+    Vec<u8>,
+);
+
 fn decode_dict(bytes: &[u8]) -> Result<HashMap<String, OwnedValue>, String> {
     let data = Data::new(bytes, ctxt());
     let (dict, used): (HashMap<String, OwnedValue>, usize) = data

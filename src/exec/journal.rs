@@ -62,6 +62,10 @@ pub struct LiveState {
     /// deployment's own `usr` (`target_path`/usr).
     #[serde(default)]
     pub usr_source: Option<PathBuf>,
+    /// `usr_source` is a composefs image (`.ostree.cfs`) whose `usr` is mounted over `/usr`,
+    /// not a directory bound there.
+    #[serde(default)]
+    pub usr_composefs: bool,
 }
 
 impl LiveState {
@@ -365,6 +369,7 @@ mod tests {
             boot_id: String::new(),
             resetting: false,
             usr_source: None,
+            usr_composefs: false,
         };
         st.steps.push(StepRecord {
             name: "swap_usr".into(),

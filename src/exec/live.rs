@@ -60,8 +60,13 @@ fn fresh_state(plan: &Plan) -> LiveState {
         // Known before any step runs, so a record interrupted anywhere names what /usr shows.
         usr_source: plan.steps.iter().find_map(|s| match s {
             Step::SwapUsr { source, .. } => Some(source.clone()),
+            Step::SwapComposefsUsr { image, .. } => Some(image.image.clone()),
             _ => None,
         }),
+        usr_composefs: plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::SwapComposefsUsr { .. })),
     }
 }
 
@@ -379,6 +384,7 @@ fn run_step(
                 usr_binds: st.usr_binds,
             })
         }
+        Step::SwapComposefsUsr { image, target } => swap_composefs_usr(st, env, image, target),
         Step::PruneUsrCopies => {
             let removed = remove_unused_live_trees(env);
             Ok(StepDetail::Pruned { removed })
@@ -524,8 +530,69 @@ const SYSUSERS_DATABASES: [&str; 9] = [
 
 /// Is this mount one of ours: a live copy of a target's usr, or (records of earlier versions) a
 /// deployment's usr other than the booted one?
+/// `swap_composefs_usr`: the target's composefs `usr` over `/usr`, in place of an earlier live
+/// apply's mount where the kernel can (as `swap_usr` does), checked in the mount table after.
+fn swap_composefs_usr(
+    st: &mut LiveState,
+    env: &mut LiveEnv<'_>,
+    image: &crate::system::composefs::ComposefsImage,
+    target: &Path,
+) -> Result<StepDetail> {
+    let scratch = env.paths.run.join("fastswitch/.private/composefs");
+    let what = || {
+        format!(
+            "mounting the usr of the composefs image {} (objects {}{}) over {}",
+            image.image.display(),
+            image.objects.display(),
+            if image.require_verity {
+                ", fs-verity required"
+            } else {
+                ""
+            },
+            target.display()
+        )
+    };
+    let top_is_ours = env
+        .mounts
+        .stack(target)?
+        .last()
+        .is_some_and(|m| is_fastswitch_bind(m, &st.booted));
+    let mut replaced = None;
+    if top_is_ours {
+        replaced = env
+            .mounts
+            .composefs_usr(image, &scratch, target, true)
+            .with_context(what)?;
+        if replaced.is_none() {
+            (env.progress)("this kernel has no MOVE_MOUNT_BENEATH (Linux < 6.5): stacking the new /usr mount over the previous one");
+        }
+    }
+    if replaced.is_none() {
+        env.mounts
+            .composefs_usr(image, &scratch, target, false)
+            .with_context(what)?;
+        st.usr_binds += 1;
+    }
+    let top = env.mounts.stack(target)?.last().cloned();
+    if !top.as_ref().is_some_and(MountEntry::is_composefs_usr) {
+        bail!(
+            "after mounting the composefs image {}, {} does not show a composefs usr (top mount: {top:?})",
+            image.image.display(),
+            target.display()
+        );
+    }
+    Ok(StepDetail::ComposefsUsr {
+        composefs: image.image.clone(),
+        old_detached_lazily: replaced.unwrap_or(false),
+        replaced: replaced.is_some(),
+        usr_binds: st.usr_binds,
+        verity: image.require_verity,
+    })
+}
+
 fn is_fastswitch_bind(m: &MountEntry, booted_id: &str) -> bool {
-    crate::system::live_tree::is_live_usr_root(&m.root)
+    m.is_composefs_usr()
+        || crate::system::live_tree::is_live_usr_root(&m.root)
         || (m.root.ends_with("/usr")
             && m.root.contains("/deploy/")
             && !m.root.ends_with(&format!("/deploy/{booted_id}/usr")))
@@ -945,5 +1012,93 @@ mod tests {
         // Nothing left to reset.
         let r = reset(&h.plan.from, &mut e).unwrap();
         assert_eq!(r.outcome, ExitCode::NothingToDo);
+    }
+
+    /// On a composefs host: the swap mounts the target's image (no copy linked), the step's
+    /// JSON says so, the journal records the image as what `/usr` shows, a second target
+    /// stacks on a kernel without `MOVE_MOUNT_BENEATH` (the fake), and reset pops both mounts.
+    #[test]
+    fn composefs_swap_then_reset() {
+        let mut h = host();
+        let image = crate::system::composefs::ComposefsImage {
+            image: h.plan.to.path.join(".ostree.cfs"),
+            objects: h.paths.sysroot.join("ostree/repo/objects"),
+            require_verity: true,
+            expected_digest: None,
+        };
+        h.plan.steps.splice(
+            0..2,
+            [Step::SwapComposefsUsr {
+                image: image.clone(),
+                target: h.paths.root.join("usr"),
+            }],
+        );
+        let f = fakes();
+        let mut quiet = |_: &str| {};
+        let mut e = env(&h, &f, &mut quiet);
+        let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::Ok);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["steps"][0]["step"], "swap_composefs_usr");
+        assert_eq!(
+            json["steps"][0]["detail"],
+            serde_json::json!({
+                "composefs": image.image,
+                "old_detached_lazily": false,
+                "replaced": false,
+                "usr_binds": 1,
+                "verity": true,
+            })
+        );
+        let usr = h.paths.root.join("usr");
+        assert_eq!(
+            std::fs::read_to_string(usr.join("bin/hello")).unwrap(),
+            "bbb.0"
+        );
+        assert!(!live_usr(&h.paths.sysroot).exists(), "no copy is linked");
+        let st = e.journal.load().unwrap().unwrap();
+        assert!(st.usr_composefs && st.usr_source.as_deref() == Some(image.image.as_path()));
+        assert_eq!(
+            f.mounts.log.borrow()[0],
+            format!(
+                "composefs {} {} verity=true",
+                image.image.display(),
+                usr.display()
+            )
+        );
+
+        // A newer target over it: replacing is not possible here, so it stacks.
+        let mut h2 = host();
+        h2.plan.from = h.plan.to.clone();
+        h2.plan.to = dep(h._dir.path(), "ccc.0", false);
+        h2.plan.steps = vec![Step::SwapComposefsUsr {
+            image: crate::system::composefs::ComposefsImage {
+                image: h2.plan.to.path.join(".ostree.cfs"),
+                ..image.clone()
+            },
+            target: usr.clone(),
+        }];
+        let r = apply_live(&h2.plan, "aaa.0", &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::Ok);
+        assert_eq!(
+            std::fs::read_to_string(usr.join("bin/hello")).unwrap(),
+            "ccc.0"
+        );
+        assert!(f.mounts.log.borrow()[1].starts_with("replace composefs"));
+        assert_eq!(f.mounts.stack(&usr).unwrap().len(), 2);
+
+        let r = reset(&h.plan.from, &mut e).unwrap();
+        assert_eq!(r.outcome, ExitCode::Ok, "{:?}", outcomes(&r));
+        let json = serde_json::to_value(&r).unwrap();
+        let unmount = json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "unmount_usr")
+            .unwrap();
+        assert_eq!(unmount["detail"]["unmounted"], 2, "{unmount}");
+        assert!(f.mounts.stack(&usr).unwrap().is_empty());
+        assert!(!usr.is_symlink());
+        assert!(e.journal.load().unwrap().is_none());
     }
 }

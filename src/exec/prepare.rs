@@ -92,9 +92,18 @@ fn prepare_live_copy(host: &Host, mounts: &dyn Mounts) -> Result<LiveCopyReport>
         (Some(d), Some(b)) => {
             let kernel =
                 |x: &crate::discover::Deployment| x.kernel.as_ref().map(|k| k.boot_digest.clone());
+            let composefs_root = host.booted_state.as_ref().is_some_and(|bs| {
+                crate::discover::composefs::composefs(bs).mode
+                    != crate::discover::composefs::ComposefsMode::Off
+            });
             if kernel(d) != kernel(b) || d.kargs_without_ostree() != b.kargs_without_ostree() {
                 r.reason = format!(
                     "deployment {} boots another kernel or other kernel arguments: neither a live apply nor a soft reboot can reach it, so it needs no live copy",
+                    d.id
+                );
+            } else if composefs_root && d.composefs_image {
+                r.reason = format!(
+                    "the root is composefs and deployment {} has an .ostree.cfs image: a live apply mounts that image, so it needs no live copy",
                     d.id
                 );
             } else {
@@ -183,6 +192,48 @@ mod tests {
         assert_eq!(v["schema_version"], PREPARE_SCHEMA_VERSION);
         assert_eq!(v["live_copy"]["outcome"], "already_linked");
         assert_eq!(v["kexec"]["outcome"], "not_needed");
+    }
+
+    /// On a composefs root a staged deployment with an `.ostree.cfs` goes live by mounting the
+    /// image: no copy is linked (and stale copies are still pruned).
+    #[test]
+    fn composefs_image_needs_no_live_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = with_trees(dir.path(), "old");
+        h.booted_state = Some(
+            crate::discover::state::parse_booted(
+                &crate::discover::state::encode::booted_composefs(1, 2, false, None),
+            )
+            .unwrap(),
+        );
+        let stale = live_tree::live_usr(&h.paths.sysroot, "c22.0");
+        std::fs::create_dir_all(&stale).unwrap();
+        for d in &mut h.deployments {
+            d.composefs_image = true;
+        }
+        let r = prepare(
+            &h,
+            &RecordingKexec::default(),
+            &RecordingMounts::default(),
+            "b",
+        )
+        .unwrap();
+        assert_eq!(r.live_copy.outcome, "not_needed", "{r:?}");
+        assert!(r.live_copy.reason.contains(".ostree.cfs"), "{r:?}");
+        assert!(!live_tree::is_ready(&h.paths.sysroot, "a11.0"));
+        assert!(!stale.exists());
+        // Without the image the copy is linked as on any host.
+        for d in &mut h.deployments {
+            d.composefs_image = false;
+        }
+        let r = prepare(
+            &h,
+            &RecordingKexec::default(),
+            &RecordingMounts::default(),
+            "b",
+        )
+        .unwrap();
+        assert_eq!(r.live_copy.outcome, "linked", "{r:?}");
     }
 
     #[test]

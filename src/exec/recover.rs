@@ -172,6 +172,7 @@ mod tests {
             boot_id: String::new(),
             resetting: false,
             usr_source: None,
+            usr_composefs: false,
         };
         j.save(&st).unwrap();
         etc

@@ -52,6 +52,15 @@ pub enum StepDetail {
     },
     /// `swap_usr`: the target's usr was bound over `/usr`.
     BoundUsr { usr_binds: u32 },
+    /// `swap_composefs_usr`: the usr of the target's composefs image was mounted over `/usr`,
+    /// in place of an earlier live apply's mount (`replaced`) or on top.
+    ComposefsUsr {
+        composefs: PathBuf,
+        old_detached_lazily: bool,
+        replaced: bool,
+        usr_binds: u32,
+        verity: bool,
+    },
     /// `prune_usr_copies`: live copies no mount showed any more.
     Pruned { removed: Vec<String> },
     /// `merge_etc`: how many `/etc` paths were written.

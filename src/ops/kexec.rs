@@ -268,6 +268,8 @@ mod tests {
             kargs: vec![],
             unlocked: None,
             rpm_ostree_live: false,
+            composefs_image: false,
+            composefs_signature: None,
             dev_ino: (0, 0),
         }
     }

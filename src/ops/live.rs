@@ -144,6 +144,7 @@ pub(crate) fn nothing_plan(
             host_states,
             unlock_finalization: false,
             live_copy_ready: crate::system::live_tree::is_ready(&paths.sysroot, &d.to.id),
+            composefs_usr: None,
         },
     )
 }
@@ -203,6 +204,14 @@ pub(crate) fn run_live(
             host_states: run.host_states,
             unlock_finalization: run.unlock,
             live_copy_ready: crate::system::live_tree::is_ready(&paths.sysroot, &run.d.to.id),
+            composefs_usr: run.host.booted_state.as_ref().and_then(|bs| {
+                let to = run.host.deployments.iter().find(|x| x.id == run.d.to.id)?;
+                crate::plan::preconditions::composefs_usr(
+                    &crate::discover::composefs::composefs(bs),
+                    to,
+                    &paths.sysroot,
+                )
+            }),
         },
     );
     plan.ladder = run.ladder;

@@ -118,10 +118,14 @@ fn add_host_states(i: &mut LadderInputs, host_states: &[HostBlocker]) {
             HostBlocker::OtherStateroot { .. } => i.soft_reboot_host_states.push(
                 "the target is in another stateroot: after a soft reboot, ostree-system-generator would mount /var from the `ostree=` argument of the running kernel, which names the old stateroot".into(),
             ),
-            HostBlocker::ComposefsVerified { .. } => {
-                i.soft_reboot_host_states.push(s.describe())
-            }
             _ => {}
+        }
+    }
+    // Composefs with fs-verity rules out the soft reboot (the plain checkout as /) even where
+    // the live rung keeps fs-verity by mounting the target's image.
+    for s in host_states {
+        if matches!(s, HostBlocker::ComposefsVerified { .. }) && s.blocks(Rung::SoftReboot, false) {
+            i.soft_reboot_host_states.push(s.describe());
         }
     }
 }
@@ -187,6 +191,8 @@ mod tests {
             mode: ComposefsMode::Signed,
             signed: Some("/etc/ostree/initramfs-root-binding.key".into()),
             allowed: false,
+            target_image: false,
+            signature: None,
         }];
         let ladder_with = |states: &[HostBlocker]| {
             let mut i = LadderInputs::default();
@@ -211,9 +217,32 @@ mod tests {
         preconditions::allow_unverified_usr(&mut states);
         assert_eq!(ladder_with(&states).chosen, Some(Rung::Live));
         // Without verity nothing is ruled out.
-        assert_eq!(
-            ladder_with(&[HostBlocker::ComposefsUnverified]).chosen,
-            Some(Rung::Live)
+        for target_image in [false, true] {
+            assert_eq!(
+                ladder_with(&[HostBlocker::ComposefsUnverified { target_image }]).chosen,
+                Some(Rung::Live)
+            );
+        }
+        // fs-verity and a target image: live keeps verity (mounts the image), so the ladder
+        // takes it; the soft reboot stays ruled out, saying why.
+        let verity_image = [HostBlocker::ComposefsVerified {
+            mode: ComposefsMode::Verity,
+            signed: None,
+            allowed: false,
+            target_image: true,
+            signature: None,
+        }];
+        let l = ladder_with(&verity_image);
+        assert_eq!(l.chosen, Some(Rung::Live));
+        let soft = l.verdict(Rung::SoftReboot);
+        assert!(
+            !soft.possible
+                && soft
+                    .reasons
+                    .iter()
+                    .any(|r| r.contains("plain hardlinked checkout as /")),
+            "{:?}",
+            soft.reasons
         );
     }
 

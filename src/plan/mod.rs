@@ -40,6 +40,14 @@ pub enum Step {
     LinkUsr { source: PathBuf, dest: PathBuf },
     /// Bind the target's `usr` read-only over `/usr` in one atomic mount operation.
     SwapUsr { source: PathBuf, target: PathBuf },
+    /// On a composefs host, when the target deployment has an `.ostree.cfs` image: mount it as
+    /// ostree-prepare-root mounts the root (EROFS + overlay over the repository's objects,
+    /// `verity=require` when the host requires fs-verity), take its `usr` with `open_tree` and
+    /// attach that read-only over `/usr` in one atomic mount operation.
+    SwapComposefsUsr {
+        image: crate::system::composefs::ComposefsImage,
+        target: PathBuf,
+    },
     /// Last: remove fastswitch's copies of `usr` no mount shows any more (the one just
     /// replaced, those of earlier boots). Best effort. Planned only when this run links the
     /// copy itself: when `fastswitch prepare` made it at staging, pruning is prepare's job too.
@@ -93,6 +101,7 @@ impl Step {
             Step::UnlockFinalization => "unlock_finalization",
             Step::LinkUsr { .. } => "link_usr",
             Step::SwapUsr { .. } => "swap_usr",
+            Step::SwapComposefsUsr { .. } => "swap_composefs_usr",
             Step::PruneUsrCopies => "prune_usr_copies",
             Step::MergeEtc { .. } => "merge_etc",
             Step::Sysusers { .. } => "sysusers",
@@ -161,6 +170,9 @@ pub(crate) struct LiveInputs {
     /// the deployment was staged, [`crate::system::live_tree::is_ready`]): linking it costs
     /// nothing, and this run leaves pruning older copies to the next `prepare` or `reset`.
     pub(crate) live_copy_ready: bool,
+    /// The target's composefs image to mount over `/usr`
+    /// ([`preconditions::composefs_usr`]); `None` binds the plain checkout's `usr`.
+    pub(crate) composefs_usr: Option<crate::system::composefs::ComposefsImage>,
 }
 
 /// Pure: the live-apply plan. When the decision is not `live`, the plan has no steps.
@@ -170,15 +182,24 @@ pub(crate) fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
         if inputs.unlock_finalization && locked(&inputs.host_states) {
             steps.push(Step::UnlockFinalization);
         }
-        let live_usr = crate::system::live_tree::live_usr(&inputs.sysroot, &diff.to.id);
-        steps.push(Step::LinkUsr {
-            source: diff.to.path.join("usr"),
-            dest: live_usr.clone(),
-        });
-        steps.push(Step::SwapUsr {
-            source: live_usr,
-            target: inputs.root.join("usr"),
-        });
+        if let Some(image) = &inputs.composefs_usr {
+            // The image pins its own tree (an open EROFS file over the repository's objects):
+            // no hardlinked copy to make or prune.
+            steps.push(Step::SwapComposefsUsr {
+                image: image.clone(),
+                target: inputs.root.join("usr"),
+            });
+        } else {
+            let live_usr = crate::system::live_tree::live_usr(&inputs.sysroot, &diff.to.id);
+            steps.push(Step::LinkUsr {
+                source: diff.to.path.join("usr"),
+                dest: live_usr.clone(),
+            });
+            steps.push(Step::SwapUsr {
+                source: live_usr,
+                target: inputs.root.join("usr"),
+            });
+        }
         if !diff.etc.actions.is_empty() {
             steps.push(Step::MergeEtc {
                 etc_dir: inputs.root.join("etc"),
@@ -204,7 +225,7 @@ pub(crate) fn live_plan(diff: &DeploymentDiff, inputs: &LiveInputs) -> Plan {
                 });
             }
         }
-        if !inputs.live_copy_ready {
+        if !inputs.live_copy_ready && inputs.composefs_usr.is_none() {
             steps.push(Step::PruneUsrCopies);
         }
     }
@@ -491,6 +512,7 @@ mod tests {
             host_states: vec![],
             unlock_finalization: false,
             live_copy_ready: ready,
+            composefs_usr: None,
         };
         let linking = live_plan(&live_diff(), &inputs(false));
         assert_eq!(
@@ -506,5 +528,45 @@ mod tests {
         );
         let prepared = live_plan(&live_diff(), &inputs(true));
         assert_eq!(names(&prepared), ["link_usr", "swap_usr"]);
+    }
+
+    /// On a composefs host with a target image, the plan mounts the image: no copy to link
+    /// or prune, one swap step naming the image, its data layer and verity.
+    #[test]
+    fn live_plan_mounts_the_target_composefs_image() {
+        let image = crate::system::composefs::ComposefsImage {
+            image: "/sysroot/ostree/deploy/os/deploy/bbb.0/.ostree.cfs".into(),
+            objects: "/sysroot/ostree/repo/objects".into(),
+            require_verity: true,
+            expected_digest: None,
+        };
+        for ready in [false, true] {
+            let p = live_plan(
+                &live_diff(),
+                &LiveInputs {
+                    root: "/".into(),
+                    sysroot: "/sysroot".into(),
+                    services: None,
+                    host_states: vec![],
+                    unlock_finalization: false,
+                    live_copy_ready: ready,
+                    composefs_usr: Some(image.clone()),
+                },
+            );
+            assert_eq!(names(&p), ["swap_composefs_usr"]);
+            let json = serde_json::to_value(&p.steps[0]).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!({
+                    "step": "swap_composefs_usr",
+                    "image": {
+                        "image": "/sysroot/ostree/deploy/os/deploy/bbb.0/.ostree.cfs",
+                        "objects": "/sysroot/ostree/repo/objects",
+                        "require_verity": true,
+                    },
+                    "target": "/usr",
+                })
+            );
+        }
     }
 }

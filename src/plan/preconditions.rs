@@ -9,14 +9,16 @@
 //! | target in another stateroot | the deployments' stateroots | refused | fine |
 //! | transient `/etc` | `transient-etc` in `/run/ostree-booted` | refused | fine |
 //! | transient root | `root.transient` in `/run/ostree-booted` | refused | fine |
-//! | composefs root with fs-verity or a signed image | `composefs.verity`/`composefs.signed` in `/run/ostree-booted`, `verity=require` on the root overlay | refused without `--allow-unverified-usr` (soft-reboot too) | fine |
-//! | composefs root without fs-verity | `composefs` in `/run/ostree-booted`, the root overlay | fine (the plan says what the plain bind means) | fine |
+//! | composefs root with fs-verity, target with an `.ostree.cfs` image | `composefs.verity` in `/run/ostree-booted`, `verity=require` on the root overlay | fine: the target's image is mounted with `verity=require` (soft-reboot refused without `--allow-unverified-usr`) | fine |
+//! | composefs root with a signed image, or a target without an image | `composefs.signed`, or no `<deployment>/.ostree.cfs` | refused without `--allow-unverified-usr` (soft-reboot too) | fine |
+//! | composefs root without fs-verity | `composefs` in `/run/ostree-booted`, the root overlay | fine (the target's image is mounted when it has one; else the plan says what the plain bind means) | fine |
 //!
 //! A refused live apply is not the end of `switch`: the ladder ([`super::ladder`]) takes the
 //! next rung and says why live was rejected.
 
 use super::ladder::Rung;
 use crate::discover::composefs::{self, ComposefsMode};
+use crate::discover::signature::CommitSignature;
 use crate::discover::{Deployment, Host};
 use serde::{Deserialize, Serialize};
 
@@ -42,19 +44,32 @@ pub enum HostBlocker {
     /// would be hidden by a bind over it, and the target boots without them.
     TransientRoot,
     /// `/` is composefs with fs-verity required (`mode` verity), or also a signed image
-    /// (`mode` signed, `signed` the key file). A live apply binds the target's plain hardlinked
-    /// checkout over `/usr` and a soft reboot mounts it as `/`: files that no fs-verity digest
-    /// or signature checks. Rules out both unless the admin passed `--allow-unverified-usr`
-    /// (`allowed`).
+    /// (`mode` signed, `signed` the key file). A soft reboot mounts the target's plain
+    /// hardlinked checkout as `/`: files that no fs-verity digest or signature checks. A live
+    /// apply mounts the target's composefs image (`target_image`) with `verity=require`, which
+    /// keeps fs-verity but not the signature (fastswitch does not check commit signatures);
+    /// without an image it would bind the plain checkout over `/usr`. What gives a guarantee up
+    /// is ruled out unless the admin passed `--allow-unverified-usr` (`allowed`).
     ComposefsVerified {
         mode: ComposefsMode,
         signed: Option<String>,
         #[serde(default)]
         allowed: bool,
+        /// The target deployment has an `.ostree.cfs` image.
+        #[serde(default)]
+        target_image: bool,
+        /// Signed mode: the target commit's signature check and the image digest it binds
+        /// ([`crate::discover::signature`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<CommitSignature>,
     },
-    /// `/` is composefs without fs-verity: nothing is ruled out, but a live apply binds the
-    /// target's plain checkout over `/usr` rather than a composefs mount of its image.
-    ComposefsUnverified,
+    /// `/` is composefs without fs-verity: nothing is ruled out. A live apply mounts the
+    /// target's composefs image over `/usr` when it has one (`target_image`), else binds its
+    /// plain checkout; a soft reboot mounts the plain checkout as `/`.
+    ComposefsUnverified {
+        #[serde(default)]
+        target_image: bool,
+    },
 }
 
 impl HostBlocker {
@@ -65,10 +80,36 @@ impl HostBlocker {
             HostBlocker::FinalizationLocked { .. } => !unlock && rung != Rung::None,
             // Both rungs that would run the target from its plain checkout.
             HostBlocker::ComposefsVerified { allowed, .. } => {
-                !allowed && matches!(rung, Rung::Live | Rung::SoftReboot)
+                !allowed
+                    && matches!(rung, Rung::Live | Rung::SoftReboot)
+                    && !(rung == Rung::Live && self.live_keeps_guarantees())
             }
-            HostBlocker::ComposefsUnverified => false,
+            HostBlocker::ComposefsUnverified { .. } => false,
             _ => rung == Rung::Live,
+        }
+    }
+
+    /// A live apply keeps what the booted root guarantees: the target's image is mounted with
+    /// fs-verity required, and on a signed host only when its commit's signature checks (the
+    /// image must then have the digest the signature binds).
+    fn live_keeps_guarantees(&self) -> bool {
+        match self {
+            HostBlocker::ComposefsVerified {
+                mode,
+                target_image,
+                signature,
+                ..
+            } => {
+                *target_image
+                    && match mode {
+                        ComposefsMode::Signed => signature
+                            .as_ref()
+                            .and_then(CommitSignature::digest)
+                            .is_some(),
+                        _ => true,
+                    }
+            }
+            _ => false,
         }
     }
 
@@ -98,7 +139,13 @@ impl HostBlocker {
                 "/etc is transient on this host (etc.transient in prepare-root.conf; its changes live in {upper} and vanish at boot): the target boots with its own /etc defaults, which a live 3-way merge would not reproduce; switch with `fastswitch kexec`"
             ),
             HostBlocker::TransientRoot => "the root is transient on this host (root.transient in prepare-root.conf): writes under /usr since boot would be hidden by the live bind and gone after a boot; switch with `fastswitch kexec`".to_owned(),
-            HostBlocker::ComposefsVerified { mode, signed, allowed } => {
+            HostBlocker::ComposefsVerified {
+                mode,
+                signed,
+                allowed,
+                target_image,
+                signature,
+            } => {
                 let what = match (mode, signed) {
                     (ComposefsMode::Signed, Some(key)) => format!(
                         "fs-verity required and its image bound to a commit signature checked with {key}"
@@ -109,17 +156,47 @@ impl HostBlocker {
                     ComposefsMode::Signed => "no fs-verity digest and no signature",
                     _ => "no fs-verity digest",
                 };
-                if *allowed {
-                    format!(
-                        "the root is composefs with {what}; --allow-unverified-usr given: until the next boot /usr is the target's plain hardlinked checkout (bound over /usr live, or / after a soft reboot), whose files {given_up} checks"
-                    )
-                } else {
-                    format!(
-                        "the root is composefs with {what}: a live apply would bind the target's plain hardlinked checkout over /usr (a soft reboot would mount it as /), whose files {given_up} checks until the next boot; pass --allow-unverified-usr to give that up, or switch with `fastswitch kexec`"
-                    )
+                let soft = format!(
+                    "a soft reboot would mount the target's plain hardlinked checkout as /, whose files {given_up} checks ({})",
+                    if *allowed { "--allow-unverified-usr given" } else { "refused without --allow-unverified-usr" }
+                );
+                if !*target_image {
+                    return if *allowed {
+                        format!(
+                            "the root is composefs with {what}; --allow-unverified-usr given: the target has no .ostree.cfs image, so until the next boot /usr is its plain hardlinked checkout (bound over /usr live, or / after a soft reboot), whose files {given_up} checks"
+                        )
+                    } else {
+                        format!(
+                            "the root is composefs with {what}: the target has no .ostree.cfs image, so a live apply would bind its plain hardlinked checkout over /usr (a soft reboot would mount it as /), whose files {given_up} checks until the next boot; pass --allow-unverified-usr to give that up, or switch with `fastswitch kexec`"
+                        )
+                    };
+                }
+                match (mode, signature) {
+                    (ComposefsMode::Signed, Some(CommitSignature::Valid { key_file, composefs_digest })) => format!(
+                        "the root is composefs with {what}: the target's commit is signed by a key in {key_file} and binds the image digest {composefs_digest}, so a live apply mounts its .ostree.cfs over /usr with fs-verity required, once the image's measured fs-verity digest is that one; {soft}"
+                    ),
+                    (ComposefsMode::Signed, sig) => {
+                        let why = match sig {
+                            Some(CommitSignature::Invalid { reason, .. }) => format!("its signature does not check: {reason}"),
+                            _ => "its signature was not checked".to_owned(),
+                        };
+                        if *allowed {
+                            format!(
+                                "the root is composefs with {what}; the target's commit is not trusted ({why}); --allow-unverified-usr given: a live apply mounts its .ostree.cfs over /usr with fs-verity required but no trusted digest; {soft}"
+                            )
+                        } else {
+                            format!(
+                                "the root is composefs with {what}: the target's commit is not trusted ({why}), so its .ostree.cfs could only be mounted with no trusted digest; pass --allow-unverified-usr to give the signature up until the next boot, or switch with `fastswitch kexec` (the boot checks it); {soft}"
+                            )
+                        }
+                    }
+                    _ => format!(
+                        "the root is composefs with {what}: a live apply mounts the target's .ostree.cfs image over /usr with fs-verity required, as the boot would; {soft}"
+                    ),
                 }
             }
-            HostBlocker::ComposefsUnverified => "the root is composefs without fs-verity: a live apply binds the target's plain hardlinked checkout over /usr (a soft reboot mounts it as /) instead of a composefs mount of its .ostree.cfs image; the files are the same ostree objects, unchecked either way, and /usr is composefs again after the next boot".to_owned(),
+            HostBlocker::ComposefsUnverified { target_image: true } => "the root is composefs without fs-verity: a live apply mounts the target's .ostree.cfs image over /usr as the boot would (a soft reboot mounts the target's plain checkout as /; the files are the same ostree objects, unchecked either way)".to_owned(),
+            HostBlocker::ComposefsUnverified { target_image: false } => "the root is composefs without fs-verity and the target has no .ostree.cfs image: a live apply binds the target's plain hardlinked checkout over /usr (a soft reboot mounts it as /); the files are the same ostree objects, unchecked either way, and /usr is composefs again after the next boot".to_owned(),
         }
     }
 }
@@ -175,17 +252,52 @@ pub(crate) fn blockers(host: &Host, from: &Deployment, to: &Deployment) -> Vec<H
         let c = composefs::composefs(bs);
         match c.mode {
             ComposefsMode::Off => {}
-            ComposefsMode::Unverified => out.push(HostBlocker::ComposefsUnverified),
+            ComposefsMode::Unverified => out.push(HostBlocker::ComposefsUnverified {
+                target_image: to.composefs_image,
+            }),
             mode @ (ComposefsMode::Verity | ComposefsMode::Signed) => {
                 out.push(HostBlocker::ComposefsVerified {
                     mode,
                     signed: c.signed,
                     allowed: false,
+                    target_image: to.composefs_image,
+                    signature: to.composefs_signature.clone(),
                 })
             }
         }
     }
     out
+}
+
+/// Pure: the composefs image a live apply mounts over `/usr`, when the running root is composefs
+/// and the target deployment has an `.ostree.cfs`: with the booted root's data-only layer
+/// (`datadir+=`, else `<sysroot>/ostree/repo/objects`) and `verity=require` when the booted root
+/// requires fs-verity; on a signed host, with the image digest the target's valid commit
+/// signature binds (none when it does not check: mounting it then needs
+/// `--allow-unverified-usr`). `None` on any other host: the plain checkout's `usr` is bound.
+pub(crate) fn composefs_usr(
+    c: &composefs::Composefs,
+    to: &Deployment,
+    sysroot: &std::path::Path,
+) -> Option<crate::system::composefs::ComposefsImage> {
+    (c.mode != ComposefsMode::Off && to.composefs_image).then(|| {
+        crate::system::composefs::ComposefsImage {
+            image: to.path.join(crate::system::composefs::IMAGE_NAME),
+            objects: c
+                .objects
+                .clone()
+                .unwrap_or_else(|| sysroot.join("ostree/repo/objects")),
+            require_verity: c.verity,
+            expected_digest: match c.mode {
+                ComposefsMode::Signed => to
+                    .composefs_signature
+                    .as_ref()
+                    .and_then(CommitSignature::digest)
+                    .map(str::to_owned),
+                _ => None,
+            },
+        }
+    })
 }
 
 /// The blockers that rule out `rung`, given `--unlock`.
@@ -207,7 +319,7 @@ pub(crate) fn refusal_text(what: &str, blocking: &[&HostBlocker]) -> String {
 mod tests {
     use super::*;
     use crate::discover::{BootedState, HostPaths};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     fn dep(id: &str, stateroot: &str) -> Deployment {
         Deployment {
@@ -228,6 +340,8 @@ mod tests {
             kargs: vec![],
             unlocked: None,
             rpm_ostree_live: false,
+            composefs_image: false,
+            composefs_signature: None,
             dev_ino: (0, 0),
         }
     }
@@ -385,12 +499,121 @@ mod tests {
         }
     }
 
+    /// With an `.ostree.cfs` in the target, a verity host's live apply mounts it with
+    /// `verity=require`: live is no longer ruled out (soft-reboot still is); a signed host stays
+    /// refused (fastswitch checks no signature) until allowed.
+    #[test]
+    fn a_target_image_keeps_verity_live() {
+        use crate::discover::state::encode;
+        let key = "/etc/ostree/initramfs-root-binding.key";
+        for (bytes, live_blocked) in [
+            (encode::booted_composefs(1, 2, true, None), false),
+            (encode::booted_composefs(1, 2, true, Some(key)), true),
+        ] {
+            let (mut h, b, mut t) = composefs_host(&bytes);
+            t.composefs_image = true;
+            t.path = "/sysroot/ostree/deploy/os/deploy/t.0".into();
+            let bl = blockers(&h, &b, &t);
+            assert_eq!(
+                blocking(&bl, Rung::Live, false).len(),
+                usize::from(live_blocked)
+            );
+            assert_eq!(blocking(&bl, Rung::SoftReboot, false).len(), 1, "{bl:?}");
+            let d = bl[0].describe();
+            assert_eq!(
+                d.contains(
+                    "mounts the target's .ostree.cfs image over /usr with fs-verity required"
+                ),
+                !live_blocked,
+                "{d}"
+            );
+            assert_eq!(d.contains("signature was not checked"), live_blocked, "{d}");
+            // The image to mount: the booted root's data-only layer, verity as the root has it.
+            h.booted_state.as_mut().unwrap().root_mount = crate::discover::composefs::parse_mount(
+                "25 1 0:23 / / ro - overlay composefs ro,lowerdir+=/run/x,datadir+=/sysroot/ostree/repo/objects,metacopy=on,verity=require\n",
+                25,
+            );
+            let c = crate::discover::composefs::composefs(h.booted_state.as_ref().unwrap());
+            let img = composefs_usr(&c, &t, Path::new("/elsewhere")).unwrap();
+            assert_eq!(
+                img.image,
+                Path::new("/sysroot/ostree/deploy/os/deploy/t.0/.ostree.cfs")
+            );
+            assert_eq!(img.objects, Path::new("/sysroot/ostree/repo/objects"));
+            assert!(img.require_verity);
+            // Without the mount line the repository under the sysroot is the data layer.
+            h.booted_state.as_mut().unwrap().root_mount = None;
+            let c = crate::discover::composefs::composefs(h.booted_state.as_ref().unwrap());
+            let img = composefs_usr(&c, &t, Path::new("/s")).unwrap();
+            assert_eq!(img.objects, Path::new("/s/ostree/repo/objects"));
+            // No image in the target, or a plain host: nothing to mount.
+            t.composefs_image = false;
+            assert_eq!(composefs_usr(&c, &t, Path::new("/s")), None);
+        }
+        // Signed: live only with a valid signature, whose digest the image must then have.
+        let (h, b, mut t) = composefs_host(&encode::booted_composefs(1, 2, true, Some(key)));
+        t.composefs_image = true;
+        let digest = "ab".repeat(32);
+        for (sig, live_blocked) in [
+            (
+                Some(CommitSignature::Valid {
+                    key_file: key.into(),
+                    composefs_digest: digest.clone(),
+                }),
+                false,
+            ),
+            (
+                Some(CommitSignature::Invalid {
+                    key_file: key.into(),
+                    reason: "the commit has no ostree.sign.ed25519 signature".into(),
+                }),
+                true,
+            ),
+            (None, true),
+        ] {
+            t.composefs_signature = sig.clone();
+            let mut bl = blockers(&h, &b, &t);
+            assert_eq!(
+                blocking(&bl, Rung::Live, false).len(),
+                usize::from(live_blocked),
+                "{sig:?}"
+            );
+            assert_eq!(blocking(&bl, Rung::SoftReboot, false).len(), 1);
+            let d = bl[0].describe();
+            assert_eq!(d.contains(&digest), !live_blocked, "{d}");
+            assert_eq!(
+                d.contains("no ostree.sign.ed25519 signature"),
+                sig.as_ref().is_some_and(|s| s.digest().is_none()),
+                "{d}"
+            );
+            let c = crate::discover::composefs::composefs(h.booted_state.as_ref().unwrap());
+            let img = composefs_usr(&c, &t, Path::new("/s")).unwrap();
+            assert_eq!(
+                img.expected_digest.as_deref(),
+                sig.as_ref().and_then(CommitSignature::digest)
+            );
+            assert!(img.require_verity);
+            allow_unverified_usr(&mut bl);
+            assert!(blocking(&bl, Rung::Live, false).is_empty());
+            assert!(bl[0].describe().contains("--allow-unverified-usr given"));
+        }
+        let plain = crate::discover::composefs::composefs(&BootedState::default());
+        let (_, _, mut t) = composefs_host(&encode::booted_composefs(1, 2, false, None));
+        t.composefs_image = true;
+        assert_eq!(composefs_usr(&plain, &t, Path::new("/s")), None);
+    }
+
     #[test]
     fn unverified_composefs_is_said_but_rules_nothing_out() {
         use crate::discover::state::encode;
         let (h, b, t) = composefs_host(&encode::booted_composefs(1, 2, false, None));
         let bl = blockers(&h, &b, &t);
-        assert_eq!(bl, vec![HostBlocker::ComposefsUnverified]);
+        assert_eq!(
+            bl,
+            vec![HostBlocker::ComposefsUnverified {
+                target_image: false
+            }]
+        );
         for rung in Rung::ALL {
             assert!(blocking(&bl, rung, false).is_empty(), "{rung:?}");
         }

@@ -83,7 +83,15 @@ pub(crate) fn live_state(paths: &HostPaths) -> Result<Option<LiveStatus>> {
     };
     if let Some(st) = loaded {
         // What /usr really shows, not just what the journal says.
-        let usr_is_target = crate::exec::live::same_inode(&paths.root.join("usr"), &st.usr_shown());
+        let usr = paths.root.join("usr");
+        let usr_is_target = if st.usr_composefs {
+            crate::system::mounts::mounts_at(&usr)
+                .ok()
+                .and_then(|s| s.last().map(|m| m.is_composefs_usr()))
+                .unwrap_or(false)
+        } else {
+            crate::exec::live::same_inode(&usr, &st.usr_shown())
+        };
         return Ok(Some(this_boot(&st, usr_is_target)));
     }
     let stale = match journal.stale_persistent() {
@@ -202,6 +210,7 @@ mod tests {
             boot_id: String::new(),
             resetting: false,
             usr_source: None,
+            usr_composefs: false,
         }
     }
 

@@ -72,6 +72,8 @@ pub(crate) struct DeploymentJson {
     pub(crate) unlocked: Option<String>,
     /// rpm-ostree applied changes live to it this boot.
     pub(crate) rpm_ostree_live: bool,
+    /// It has a composefs image (`.ostree.cfs`).
+    pub(crate) composefs_image: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +125,7 @@ fn deployment_json(d: &Deployment) -> DeploymentJson {
         boot_entry: d.boot_entry.as_ref().map(|e| e.file.clone()),
         unlocked: d.unlocked.clone(),
         rpm_ostree_live: d.rpm_ostree_live,
+        composefs_image: d.composefs_image,
     }
 }
 
@@ -190,6 +193,11 @@ pub(crate) fn write_human(
         }
         if d.rpm_ostree_live {
             writeln!(out, "    rpm-ostree live changes applied")?;
+        }
+        if d.composefs_image
+            && composefs_of(host).mode != crate::discover::composefs::ComposefsMode::Off
+        {
+            writeln!(out, "    composefs image: .ostree.cfs")?;
         }
         if let Some(o) = &d.origin {
             if let Some(r) = &o.refspec {

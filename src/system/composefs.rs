@@ -42,6 +42,10 @@ pub struct ComposefsImage {
     pub objects: PathBuf,
     /// `verity=require`: every file's content must match the fs-verity digest in the image.
     pub require_verity: bool,
+    /// The fs-verity digest (hex) the image file itself must have, from a signed commit
+    /// ([`crate::discover::signature`]): measured before mounting, as libcomposefs does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_digest: Option<String>,
 }
 
 impl ComposefsImage {
@@ -55,6 +59,7 @@ impl ComposefsImage {
             image,
             objects,
             require_verity,
+            expected_digest: None,
         })
     }
 }
@@ -100,14 +105,91 @@ pub fn attach(fd: &OwnedFd, target: &Path) -> Result<()> {
     .map_err(io_ctx(format!("attaching a mount at {}", target.display())))
 }
 
+/// `FS_IOC_MEASURE_VERITY` (include/uapi/linux/fsverity.h): `_IOWR('f', 134, struct
+/// fsverity_digest)`.
+const FS_IOC_MEASURE_VERITY: libc::c_ulong = 0xc004_6686;
+const FS_VERITY_HASH_ALG_SHA256: u16 = 1;
+
+#[repr(C)]
+struct FsverityDigest {
+    digest_algorithm: u16,
+    digest_size: u16,
+    digest: [u8; 64],
+}
+
+/// The fs-verity digest of the open file `f` (hex), as the kernel measures it
+/// (`FS_IOC_MEASURE_VERITY`); an error when the file has no fs-verity or the filesystem none.
+#[allow(unsafe_code)]
+pub fn measure_verity(f: &std::fs::File, what: &Path) -> Result<String> {
+    use std::os::fd::AsRawFd;
+    let mut d = FsverityDigest {
+        digest_algorithm: 0,
+        digest_size: 64,
+        digest: [0; 64],
+    };
+    // SAFETY: the fd is open for the call; `d` is a live, correctly sized fsverity_digest
+    // whose digest_size tells the kernel how many digest bytes it may write.
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            FS_IOC_MEASURE_VERITY,
+            &mut d as *mut FsverityDigest,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        let why = match e.raw_os_error() {
+            Some(libc::ENODATA) => "the file has no fs-verity enabled",
+            Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) => {
+                "its filesystem or this kernel has no fs-verity"
+            }
+            _ => "FS_IOC_MEASURE_VERITY failed",
+        };
+        return Err(anyhow::Error::new(e).context(format!(
+            "measuring the fs-verity digest of {}: {why}",
+            what.display()
+        )));
+    }
+    if d.digest_algorithm != FS_VERITY_HASH_ALG_SHA256 || d.digest_size != 32 {
+        anyhow::bail!(
+            "{} has an fs-verity digest of algorithm {} ({} bytes); composefs uses SHA-256",
+            what.display(),
+            d.digest_algorithm,
+            d.digest_size
+        );
+    }
+    Ok(d.digest[..32].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Mount `img` as ostree-prepare-root does (see the module documentation); `scratch` is an
 /// empty private directory for the EROFS layer while the overlay is built (left empty after).
+/// With an expected digest, the image file is opened, its fs-verity digest measured and
+/// compared first, and the EROFS is mounted from that same open file
+/// (`/proc/self/fd/N`), so what was measured is what is mounted.
 /// Returns the overlay as a detached read-only mount.
 pub fn mount(img: &ComposefsImage, scratch: &Path) -> Result<OwnedFd> {
-    let image = img
-        .image
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", img.image.display()))?;
+    let opened;
+    let fd_path;
+    let image = match &img.expected_digest {
+        None => img
+            .image
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", img.image.display()))?,
+        Some(want) => {
+            use std::os::fd::AsRawFd;
+            opened = std::fs::File::open(&img.image)
+                .with_context(|| format!("opening the composefs image {}", img.image.display()))?;
+            let got = measure_verity(&opened, &img.image)?;
+            if !got.eq_ignore_ascii_case(want) {
+                anyhow::bail!(
+                    "the composefs image {} has fs-verity digest {got}, but its signed commit binds {want}: not mounting it",
+                    img.image.display()
+                );
+            }
+            fd_path = format!("/proc/self/fd/{}", opened.as_raw_fd());
+            fd_path.as_str()
+        }
+    };
     let objects = img
         .objects
         .to_str()
@@ -115,7 +197,7 @@ pub fn mount(img: &ComposefsImage, scratch: &Path) -> Result<OwnedFd> {
     let lower = fs_mount(
         "erofs",
         &[("source", Some(image)), ("ro", None)],
-        &format!("the composefs image {image}"),
+        &format!("the composefs image {}", img.image.display()),
     )?;
     attach(&lower, scratch)?;
     let scratch_s = scratch
@@ -134,7 +216,10 @@ pub fn mount(img: &ComposefsImage, scratch: &Path) -> Result<OwnedFd> {
     let overlay = fs_mount(
         "overlay",
         &opts,
-        &format!("the composefs overlay of {image} over {objects}"),
+        &format!(
+            "the composefs overlay of {} over {objects}",
+            img.image.display()
+        ),
     );
     // The overlay holds the EROFS layer; its mount point goes either way.
     unmount(scratch, UnmountFlags::DETACH).map_err(io_ctx(format!(
@@ -157,6 +242,39 @@ pub fn clone_subtree(root: &OwnedFd, rel: &str) -> Result<OwnedFd> {
             | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(io_ctx(format!("open_tree of {rel} in a composefs mount")))
+}
+
+/// The `usr` of `img`'s composefs tree as a detached mount, ready to attach over `/usr`: the
+/// overlay is mounted ([`mount`]), attached at `<scratch>/root` just long enough for
+/// [`clone_subtree`] (the kernels this runs on cannot clone from a detached tree), and detached
+/// again; the clone pins it. `scratch` is created mode 0700 (ostree uses
+/// `/run/ostree/.private` the same way); leftovers of an interrupted run are detached first.
+pub fn usr_clone(img: &ComposefsImage, scratch: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::DirBuilderExt;
+    let lower = scratch.join("lower");
+    let root = scratch.join("root");
+    for d in [scratch, &lower, &root] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("creating {}", d.display()))?;
+    }
+    for d in [&lower, &root] {
+        // Nothing is mounted there unless an earlier run was killed mid-way (EINVAL then).
+        let _ = unmount(d.as_path(), UnmountFlags::DETACH);
+    }
+    let overlay = mount(img, &lower)?;
+    attach(&overlay, &root)?;
+    let usr = clone_subtree(&overlay, "usr");
+    unmount(root.as_path(), UnmountFlags::DETACH)
+        .map_err(io_ctx(format!("detaching {}", root.display())))?;
+    usr.with_context(|| {
+        format!(
+            "taking usr from the composefs image {}",
+            img.image.display()
+        )
+    })
 }
 
 #[cfg(test)]

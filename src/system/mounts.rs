@@ -178,6 +178,20 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub(crate) read_only: bool,
     pub fs_type: String,
+    /// The mount source (`/dev/vda3`, `composefs`, …).
+    #[serde(default)]
+    pub(crate) source: String,
+}
+
+impl MountEntry {
+    /// fastswitch's composefs `/usr`: the `usr` of a composefs overlay (source `composefs`),
+    /// attached by itself. A composefs root shows root `/` at `/`; `ostree admin unlock`'s
+    /// overlay on `/usr` has root `/` and source `overlay`.
+    pub fn is_composefs_usr(&self) -> bool {
+        self.fs_type == "overlay"
+            && self.root == "/usr"
+            && (self.source == "composefs" || self.source.starts_with("composefs:"))
+    }
 }
 
 /// Parse `/proc/<pid>/mountinfo` text (pure).
@@ -196,6 +210,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 mount_point: PathBuf::from(unescape_octal(f[4], |_| true)),
                 read_only: f[5].split(',').any(|o| o == "ro"),
                 fs_type: post.split(' ').next().unwrap_or("").to_owned(),
+                source: unescape_octal(post.split(' ').nth(1).unwrap_or(""), |_| true),
             })
         })
         .collect()
@@ -246,6 +261,18 @@ pub trait Mounts {
     /// the kernel cannot (older than 6.5: `EINVAL`): the caller stacks instead. `Ok(Some(lazy))`
     /// when replaced; `lazy` when the old mount was busy and detached lazily.
     fn replace_usr(&self, source: &Path, target: &Path) -> Result<Option<bool>>;
+    /// Mount the composefs `image` (as [`super::composefs::mount`] does, with `scratch` a
+    /// private directory for the layers while they are built) and attach its `usr` read-only
+    /// at `target` in one `move_mount`: on top of the stack, or with `replace` in place of the
+    /// top mount as [`Mounts::replace_usr`] does (`Ok(None)`: the kernel cannot, nothing was
+    /// attached). `Ok(Some(lazy))` when attached (`lazy`: the replaced mount was busy).
+    fn composefs_usr(
+        &self,
+        image: &super::composefs::ComposefsImage,
+        scratch: &Path,
+        target: &Path,
+        replace: bool,
+    ) -> Result<Option<bool>>;
     /// Mount the next root for a soft reboot (see [`NextRoot`]). Any earlier mount at
     /// `next.dir` is detached first. Every mount is a private clone, `/usr` is read-only.
     fn prepare_nextroot(&self, next: &NextRoot) -> Result<()>;
@@ -296,6 +323,33 @@ impl Mounts for RealMounts {
                 return Err(anyhow::Error::new(e).context(format!(
                     "move_mount(MOVE_MOUNT_BENEATH) of {} beneath {}",
                     source.display(),
+                    target.display()
+                )))
+            }
+        }
+        self.unmount_top(target).map(Some)
+    }
+
+    fn composefs_usr(
+        &self,
+        image: &super::composefs::ComposefsImage,
+        scratch: &Path,
+        target: &Path,
+        replace: bool,
+    ) -> Result<Option<bool>> {
+        let fd = super::composefs::usr_clone(image, scratch)?;
+        set_readonly(&fd, &image.image)?;
+        if !replace {
+            move_mount_to(&fd, target)?;
+            return Ok(Some(false));
+        }
+        match move_mount_flags(&fd, target, MOVE_MOUNT_BENEATH) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "move_mount(MOVE_MOUNT_BENEATH) of the usr of {} beneath {}",
+                    image.image.display(),
                     target.display()
                 )))
             }

@@ -3,6 +3,8 @@
 //! except the runtime files in `run/`, which are encoded with the real GVariant encoder.
 #![allow(dead_code)]
 
+pub mod cfs;
+
 use fastswitch::discover::state::encode;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -389,6 +389,8 @@ pub(crate) mod fixture {
             kargs: vec![],
             unlocked: None,
             rpm_ostree_live: false,
+            composefs_image: false,
+            composefs_signature: None,
             dev_ino: (0, 0),
         }
     }
