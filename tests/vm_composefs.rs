@@ -1,7 +1,9 @@
 //! The composefs-booted Debian 13 guest (`tests/vm/composefs.rs`, vm/NOTES.md "composefs
 //! guest"): its root is mounted in the initrd as ostree-prepare-root mounts a composefs root,
 //! fastswitch finds that from the mount table, and a staged deployment gets its `.ostree.cfs`
-//! image made the same way, which mounts and serves the target's files.
+//! image made the same way, which mounts and serves the target's files; `apply-live` then
+//! mounts that image and swaps its `usr` over `/usr` (a composefs overlay, not a bind of the
+//! checkout), restarting only the service whose binary changed.
 //!
 //! This test binary is also the image builder in the guest: with `FASTSWITCH_CFS_BUILD` set it
 //! builds that deployment's image and returns (see `vm::composefs::build_in_guest`).
@@ -162,17 +164,49 @@ rmdir $m/lower $m/root $m"
     assert_eq!(c, ["changed", "0"], "{check}");
     let st = fastswitch_json(&vm, "status --json");
     assert_eq!(st["composefs"]["mode"], "unverified", "{st}");
-    // What apply-live would do here, recorded for the live swap on composefs (not asserted:
-    // that step is still being built).
-    let plan = vm.exec(&format!(
-        "{} apply-live --dry-run --json",
-        vm::GUEST_FASTSWITCH
+    assert_eq!(st["composefs"]["objects"], DATADIR, "{st}");
+    let staged_json = st["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["staged"] == true)
+        .unwrap_or_else(|| vm.fail(&format!("status shows no staged deployment: {st}")));
+    assert_eq!(staged_json["composefs_image"], true, "{st}");
+
+    // apply-live mounts the target's image with the root's data directory and swaps its usr
+    // over /usr: /usr becomes the composefs overlay (root /usr), not a bind of the checkout;
+    // only demo-hello (its binary changed) restarts.
+    let pids = |vm: &Vm| {
+        vm.exec_ok("for u in demo-hello demo-lib demo-reload demo-other; do systemctl show -P MainPID $u; done")
+    };
+    let before = pids(&vm);
+    let report = fastswitch_json(&vm, "apply-live --json");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(steps.contains(&"swap_composefs_usr"), "{report}");
+    assert!(!steps.contains(&"link_usr"), "{report}");
+    result.set("apply_live_steps", report["steps"].clone());
+    result.set("apply_live_phases", report["phases"].clone());
+    result.set("apply_live_own_ms", report["own_ms"].clone());
+    result.set("apply_live_wall_ms", report["wall_ms"].clone());
+    let usr =
+        vm.exec_ok("findmnt -n --nofsroot -o FSTYPE,SOURCE,FSROOT,VFS-OPTIONS --mountpoint /usr");
+    let u: Vec<&str> = usr.split_whitespace().collect();
+    assert_eq!(u[..3], ["overlay", "composefs", "/usr"], "{usr}");
+    assert!(u[3].split(',').any(|o| o == "ro"), "{usr}");
+    let after = pids(&vm);
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert_ne!(a[0], b[0], "demo-hello got a new PID");
+    assert_eq!(a[1..], b[1..], "the other demo services kept their PIDs");
+    let v = vm.exec_ok(&format!(
+        "for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v2 ] && break; sleep 0.1; done; \
+         cat /run/demo/hello.version; cmp /usr/bin/demo-hello {target}/usr/bin/demo-hello && echo same"
     ));
-    result.set(
-        "apply_live_dry_run",
-        serde_json::from_str::<serde_json::Value>(&plan.stdout)
-            .map(|p| p["steps"].clone())
-            .unwrap_or_else(|_| format!("rc={} {}", plan.status, plan.stderr.trim()).into()),
-    );
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same"], "{v}");
     vm.discard();
 }
