@@ -25,6 +25,7 @@
 
 mod agent;
 mod b64;
+pub mod composefs;
 pub mod disk;
 pub mod ostree;
 mod qmp;

@@ -1,0 +1,212 @@
+//! The composefs-booted Debian 13 guest (`tests/vm/composefs.rs`, vm/NOTES.md "composefs
+//! guest"): its root is mounted in the initrd as ostree-prepare-root mounts a composefs root,
+//! fastswitch finds that from the mount table, and a staged deployment gets its `.ostree.cfs`
+//! image made the same way, which mounts and serves the target's files; `apply-live` then
+//! mounts that image and swaps its `usr` over `/usr` (a composefs overlay, not a bind of the
+//! checkout), restarting only the service whose binary changed.
+//!
+//! This test binary is also the image builder in the guest: with `FASTSWITCH_CFS_BUILD` set it
+//! builds that deployment's image and returns (see `vm::composefs::build_in_guest`).
+
+mod vm;
+
+use std::path::Path;
+use vm::composefs::{self as cfs, DATADIR, HELLO_V2_REF};
+use vm::{fastswitch_json, ostree_stage, ostree_status, Guest, Image, ScenarioResult, Vm};
+
+#[test]
+#[ignore = "VM scenario: run by scripts/test"]
+fn composefs_debian13() {
+    if let Some(deploy) = std::env::var_os(cfs::BUILD_ENV) {
+        cfs::guest_build_image(Path::new(&deploy));
+        return;
+    }
+    let guest = Guest::Debian13;
+    let mut result = ScenarioResult::new("composefs", guest);
+    let image = cfs::image(&Image::get_guest(guest));
+    result.set("conversion", image.manifest["composefs"].clone());
+    let vm = Vm::boot_with(
+        &image,
+        vm::VmOptions::new("composefs").tool(std::env::current_exe().unwrap(), "cfs-build"),
+    );
+    result.set("boot", vm.boot_report());
+    let os = image.os();
+    let booted = ostree_status(&vm)
+        .into_iter()
+        .find(|d| d.booted)
+        .unwrap_or_else(|| vm.fail("ostree admin status shows no booted deployment"));
+    assert_eq!(booted.checksum, image.booted_checksum(), "{booted:?}");
+    let deploy = format!(
+        "/ostree/deploy/{os}/deploy/{}.{}",
+        booted.checksum, booted.serial
+    );
+
+    // The root: a read-only composefs overlay over the deployment's EROFS image, with the
+    // hardlink farm as the data-only layer; the EROFS layer itself is no longer attached.
+    let root = vm.exec_ok("findmnt -n -o FSTYPE,SOURCE,VFS-OPTIONS,FS-OPTIONS --mountpoint /");
+    let f: Vec<&str> = root.split_whitespace().collect();
+    assert_eq!(f[..2], ["overlay", "composefs"], "{root}");
+    assert!(f[2].split(',').any(|o| o == "ro"), "{root}");
+    let fs_opts: Vec<&str> = f[3].split(',').collect();
+    for o in [
+        "ro",
+        "lowerdir+=/run/ostree/.private/cfsroot-lower",
+        &format!("datadir+={DATADIR}"),
+        "redirect_dir=on",
+        "metacopy=on",
+    ] {
+        assert!(fs_opts.contains(&o), "{o} missing: {root}");
+    }
+    let table = vm.exec_ok("cat /proc/self/mountinfo");
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/run/ostree/.private/cfsroot-lower")),
+        "the EROFS layer is still attached:\n{table}"
+    );
+    // How the EROFS layer is backed (file-backed on 6.12 unless mount(8) set up a loop device).
+    let loops = vm.exec_ok("losetup -n -O BACK-FILE -l 2>/dev/null || true");
+    result.set(
+        "erofs_backing",
+        if loops.contains(".ostree.cfs") {
+            "loop device"
+        } else {
+            "file"
+        },
+    );
+    // fs-verity is not used (the images carry no digests); record whether this kernel and the
+    // root file system could do it.
+    let v = vm.exec_ok(
+        "test -e /sys/fs/ext4/features/verity && echo kernel; dumpe2fs -h /dev/vda3 2>/dev/null | grep -q '^Filesystem features:.* verity' && echo fs; true",
+    );
+    result.set(
+        "fs_verity",
+        serde_json::json!({
+            "ext4_kernel_support": v.lines().any(|l| l == "kernel"),
+            "root_fs_feature": v.lines().any(|l| l == "fs"),
+        }),
+    );
+    // /usr is no mount of its own; /etc is the deployment's, read-write; /sysroot the physical
+    // root; /var the stateroot's.
+    let mounts = vm.exec_ok(
+        "for m in /usr /etc /sysroot /var; do echo \"$m $(findmnt -n -o SOURCE,VFS-OPTIONS --mountpoint $m || echo none)\"; done",
+    );
+    let line = |m: &str| {
+        mounts
+            .lines()
+            .find(|l| l.starts_with(&format!("{m} ")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(line("/usr").ends_with(" none"), "{mounts}");
+    assert!(
+        line("/etc").contains(&format!("[{deploy}/etc] rw")),
+        "{mounts}"
+    );
+    assert!(
+        line("/sysroot").starts_with("/sysroot /dev/vda3 "),
+        "{mounts}"
+    );
+    assert!(
+        line("/var").contains(&format!("[/ostree/deploy/{os}/var] rw")),
+        "{mounts}"
+    );
+    // Files come from the image: same bytes as the checkout, the overlay's own identity; the
+    // demo services run from it.
+    let ids = vm.exec_ok(&format!(
+        "set -e; cmp /usr/bin/demo-hello /sysroot{deploy}/usr/bin/demo-hello; \
+         stat -c '%d %i' /usr/bin/demo-hello /sysroot{deploy}/usr/bin/demo-hello; \
+         systemctl is-active demo-hello.service demo-lib.service"
+    ));
+    let l: Vec<&str> = ids.lines().collect();
+    assert_ne!(
+        l[0].split(' ').next(),
+        l[1].split(' ').next(),
+        "same device: {ids}"
+    );
+    assert_eq!(l[2..], ["active", "active"], "{ids}");
+
+    // fastswitch: composefs, unverified, found from the mount table (Debian's
+    // ostree-prepare-root writes no composefs keys to /run/ostree-booted).
+    let st = fastswitch_json(&vm, "status --json");
+    let c = &st["composefs"];
+    assert_eq!(c["mode"], "unverified", "{st}");
+    assert_eq!(c["mount_table"], true, "{st}");
+    assert_eq!(c["booted_file"], false, "{st}");
+    assert_eq!(c["verity"], false, "{st}");
+
+    // A staged deployment gets its image too, made the same way; it mounts like the root and
+    // serves the target's files (test/hello-v2 changes demo-hello).
+    let stage = ostree_stage(&vm, HELLO_V2_REF, "");
+    result.secs("stage_s", stage);
+    let staged = ostree_status(&vm)
+        .into_iter()
+        .find(|d| d.staged)
+        .unwrap_or_else(|| vm.fail("no staged deployment"));
+    let target = format!(
+        "/sysroot/ostree/deploy/{os}/deploy/{}.{}",
+        staged.checksum, staged.serial
+    );
+    let built = cfs::build_in_guest(&vm, &target);
+    result.set("staged_image_build", built.trim());
+    let check = vm.exec_ok(&format!(
+        "set -e; t={target}; m=$(mktemp -d); mkdir $m/lower $m/root
+unshare -m --propagation private sh -c \"set -e
+mount -t erofs -o ro $t/.ostree.cfs $m/lower
+mount -t overlay composefs -o ro,metacopy=on,redirect_dir=on,lowerdir+=$m/lower,datadir+={DATADIR} $m/root
+cmp $m/root/usr/bin/demo-hello $t/usr/bin/demo-hello
+cmp -s $m/root/usr/bin/demo-hello /usr/bin/demo-hello && echo same || echo changed
+cmp $m/root/usr/lib/os-release $t/usr/lib/os-release
+ls $m/root/etc | wc -l\"
+rmdir $m/lower $m/root $m"
+    ));
+    let c: Vec<&str> = check.lines().collect();
+    assert_eq!(c, ["changed", "0"], "{check}");
+    let st = fastswitch_json(&vm, "status --json");
+    assert_eq!(st["composefs"]["mode"], "unverified", "{st}");
+    assert_eq!(st["composefs"]["objects"], DATADIR, "{st}");
+    let staged_json = st["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["staged"] == true)
+        .unwrap_or_else(|| vm.fail(&format!("status shows no staged deployment: {st}")));
+    assert_eq!(staged_json["composefs_image"], true, "{st}");
+
+    // apply-live mounts the target's image with the root's data directory and swaps its usr
+    // over /usr: /usr becomes the composefs overlay (root /usr), not a bind of the checkout;
+    // only demo-hello (its binary changed) restarts.
+    let pids = |vm: &Vm| {
+        vm.exec_ok("for u in demo-hello demo-lib demo-reload demo-other; do systemctl show -P MainPID $u; done")
+    };
+    let before = pids(&vm);
+    let report = fastswitch_json(&vm, "apply-live --json");
+    assert_eq!(report["outcome"], "ok", "{report}");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(steps.contains(&"swap_composefs_usr"), "{report}");
+    assert!(!steps.contains(&"link_usr"), "{report}");
+    result.set("apply_live_steps", report["steps"].clone());
+    result.set("apply_live_phases", report["phases"].clone());
+    result.set("apply_live_own_ms", report["own_ms"].clone());
+    result.set("apply_live_wall_ms", report["wall_ms"].clone());
+    let usr =
+        vm.exec_ok("findmnt -n --nofsroot -o FSTYPE,SOURCE,FSROOT,VFS-OPTIONS --mountpoint /usr");
+    let u: Vec<&str> = usr.split_whitespace().collect();
+    assert_eq!(u[..3], ["overlay", "composefs", "/usr"], "{usr}");
+    assert!(u[3].split(',').any(|o| o == "ro"), "{usr}");
+    let after = pids(&vm);
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert_ne!(a[0], b[0], "demo-hello got a new PID");
+    assert_eq!(a[1..], b[1..], "the other demo services kept their PIDs");
+    let v = vm.exec_ok(&format!(
+        "for i in $(seq 50); do [ \"$(cat /run/demo/hello.version)\" = v2 ] && break; sleep 0.1; done; \
+         cat /run/demo/hello.version; cmp /usr/bin/demo-hello {target}/usr/bin/demo-hello && echo same"
+    ));
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same"], "{v}");
+    vm.discard();
+}
