@@ -65,7 +65,11 @@ impl Systemd for RecordingSystemd {
     fn active_states(&self) -> Result<HashMap<String, String>> {
         Ok(HashMap::new())
     }
-    fn unit_facts(&self, _: &[String]) -> Result<Vec<UnitFacts>> {
+    fn unit_facts(
+        &self,
+        _: &[String],
+        _: Option<&HashMap<String, String>>,
+    ) -> Result<Vec<UnitFacts>> {
         Ok(vec![])
     }
     fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()> {

@@ -46,6 +46,7 @@ pub(crate) fn apply_live(
 ) -> Result<LiveOutcome> {
     let started = Instant::now();
     let mut phases = Vec::new();
+    let t = Instant::now();
     let _lock = if opts.dry_run {
         None
     } else {
@@ -55,9 +56,20 @@ pub(crate) fn apply_live(
             progress,
         )?)
     };
+    phases.push(phase("preflight", t));
+    // Connecting to systemd is round trips through the bus (hello, match rules, subscribe):
+    // it runs while the host is read and the deployments are compared, after the preflight
+    // (which needs a single-threaded process). Its rest, if any, is the `systemd_connect`
+    // phase below. A command that ends before the services are planned leaves it unused.
+    let manage = opts.services.is_some();
+    let connecting = std::thread::Builder::new()
+        .name("systemd-connect".into())
+        .spawn(move || connect_systemd(manage))
+        .context("spawning the systemd connection")?;
     let t = Instant::now();
     let host = super::booted_host(paths)?;
     phases.push(phase("discover", t));
+    let t = Instant::now();
     let journal = Journal::for_host(paths)?;
     live::check_can_apply(&journal)?;
     let live = journal.running_target()?;
@@ -83,6 +95,7 @@ pub(crate) fn apply_live(
             preconditions::refusal_text("apply-live", &blocking),
         ));
     }
+    phases.push(phase("host_states", t));
     let t = Instant::now();
     let d = diff::diff_deployments(from, to)?;
     phases.extend(diff_phases(&d));
@@ -106,7 +119,13 @@ pub(crate) fn apply_live(
         DecisionKind::None => return Ok(LiveOutcome::NothingToDo(nothing_plan(paths, &d, host_states))),
         DecisionKind::Live => {}
     }
-    let sd = connect_systemd(opts.services.is_some())?;
+    let t = Instant::now();
+    let sd = connecting
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    if sd.is_some() {
+        phases.push(phase("systemd_connect", t));
+    }
     let services = match (&sd, &opts.services) {
         (Some(sd), Some(include)) => Some(plan_services(&d, include, sd, &mut phases)?),
         _ => None,

@@ -43,29 +43,28 @@ trait Manager {
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    #[allow(clippy::type_complexity)]
-    fn list_units(
-        &self,
-    ) -> zbus::Result<
-        Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        )>,
-    >;
+    fn list_units(&self) -> zbus::Result<Vec<UnitListEntry>>;
+    fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitListEntry>>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String);
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 }
+
+/// One row of `ListUnits`/`ListUnitsByNames`: name, description, load state, active state,
+/// sub state, following, object path, job id, job type, job path.
+type UnitListEntry = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
 
 /// A unit job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,10 +162,16 @@ pub(crate) trait Systemd {
     fn enqueue(&self, op: JobOp, unit: &str) -> Result<PendingJob>;
     /// Wait for every job; the outcomes are in the order of `jobs`.
     fn wait(&self, jobs: Vec<PendingJob>) -> Vec<JobOutcome>;
-    /// Name → ActiveState of every loaded unit (one cheap call).
+    /// Name → ActiveState of every loaded unit (one `ListUnits` call).
     fn active_states(&self) -> Result<HashMap<String, String>>;
-    /// Facts about the named units (loading them if needed).
-    fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>>;
+    /// Facts about the named units (loading them if needed). Whether an active unit wants each
+    /// one is looked up in `active` (every loaded unit's state, from [`Self::active_states`]);
+    /// without it, systemd is asked for the states of just the units that want these.
+    fn unit_facts(
+        &self,
+        names: &[String],
+        active: Option<&HashMap<String, String>>,
+    ) -> Result<Vec<UnitFacts>>;
     /// Queue a start job without waiting for it (the kexec handoff: `kexec.target`,
     /// `replace-irreversibly`).
     fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()>;
@@ -333,20 +338,20 @@ impl SystemdDbus {
         Ok(())
     }
 
-    fn get_all(&self, path: &OwnedObjectPath, iface: &str) -> Result<HashMap<String, OwnedValue>> {
+    fn get_all(&self, path: &str, iface: &str) -> Result<HashMap<String, OwnedValue>> {
         let msg = self
             .conn
             .call_method(
                 Some(SYSTEMD_NAME),
-                path.as_str(),
+                path,
                 Some("org.freedesktop.DBus.Properties"),
                 "GetAll",
                 &(iface,),
             )
-            .with_context(|| format!("reading {iface} properties of {}", path.as_str()))?;
+            .with_context(|| format!("reading {iface} properties of {path}"))?;
         msg.body()
             .deserialize::<HashMap<String, OwnedValue>>()
-            .with_context(|| format!("decoding {iface} properties of {}", path.as_str()))
+            .with_context(|| format!("decoding {iface} properties of {path}"))
     }
 
     /// Active state of every loaded unit (one `ListUnits` call).
@@ -360,25 +365,105 @@ impl SystemdDbus {
             .collect())
     }
 
-    fn facts_at(
-        &self,
-        name: &str,
-        path: &OwnedObjectPath,
-        active: &HashMap<String, String>,
-    ) -> Result<UnitFacts> {
-        let unit = self
-            .get_all(path, UNIT_IFACE)
-            .with_context(|| format!("reading the state of {name}"))?;
-        let service = if name.ends_with(".service") {
-            Some(
-                self.get_all(path, SERVICE_IFACE)
-                    .with_context(|| format!("reading the state of {name}"))?,
-            )
-        } else {
-            None
-        };
-        Ok(facts_from_properties(name, &unit, service.as_ref(), active))
+    /// The `Unit` (and, for services, `Service`) properties of each unit, all requests in
+    /// flight at once: one thread per call on the shared connection, so the round trips overlap
+    /// instead of adding up. The unit's object path is systemd's own ([`unit_object_path`]);
+    /// systemd loads a unit whose path is asked for, as `LoadUnit` does.
+    fn unit_properties(&self, names: &[String]) -> Result<Vec<UnitProperties>> {
+        type Props = HashMap<String, OwnedValue>;
+        std::thread::scope(|sc| {
+            let calls: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    let read = move |iface: &'static str| {
+                        sc.spawn(move || {
+                            self.get_all(&unit_object_path(name), iface)
+                                .with_context(|| format!("reading the state of {name}"))
+                        })
+                    };
+                    let unit = read(UNIT_IFACE);
+                    let service = name.ends_with(".service").then(|| read(SERVICE_IFACE));
+                    (name, unit, service)
+                })
+                .collect();
+            let join = |h: std::thread::ScopedJoinHandle<'_, Result<Props>>| {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            };
+            calls
+                .into_iter()
+                .map(|(name, unit, service)| {
+                    Ok(UnitProperties {
+                        name: name.clone(),
+                        unit: join(unit)?,
+                        service: service.map(join).transpose()?,
+                    })
+                })
+                .collect()
+        })
     }
+
+    /// ActiveState of the named units (one `ListUnitsByNames` call; systemd loads the ones not
+    /// loaded yet, which are then inactive).
+    fn active_states_of(&self, names: &[String]) -> Result<HashMap<String, String>> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Ok(self
+            .manager
+            .list_units_by_names(&names)
+            .with_context(|| format!("reading the states of {}", names.join(" ")))?
+            .into_iter()
+            .map(|u| (u.0, u.3))
+            .collect())
+    }
+}
+
+/// What systemd answered about one unit, before it becomes [`UnitFacts`].
+struct UnitProperties {
+    name: String,
+    unit: HashMap<String, OwnedValue>,
+    service: Option<HashMap<String, OwnedValue>>,
+}
+
+/// systemd's object path of a unit (`unit_dbus_path()`): the name with every byte that is not
+/// an ASCII letter or digit written as `_` and two lowercase hex digits (`bus_label_escape()`).
+pub(crate) fn unit_object_path(name: &str) -> String {
+    let mut p = String::with_capacity(SYSTEMD_PATH.len() + 6 + 3 * name.len());
+    p.push_str(SYSTEMD_PATH);
+    p.push_str("/unit/");
+    if name.is_empty() {
+        p.push('_');
+    }
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() {
+            p.push(char::from(b));
+        } else {
+            p.push_str(&format!("_{b:02x}"));
+        }
+    }
+    p
+}
+
+/// The units that want `unit` (`WantedBy=`, `RequiredBy=`, `UpheldBy=`, `BoundBy=`): an active
+/// one among them makes [`UnitFacts::wanted_by_active_target`].
+const WANTED_BY: [&str; 4] = ["WantedBy", "RequiredBy", "UpheldBy", "BoundBy"];
+
+fn property_strings(m: &HashMap<String, OwnedValue>, k: &str) -> Vec<String> {
+    m.get(k)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| Vec::<String>::try_from(v).ok())
+        .unwrap_or_default()
+}
+
+/// Every unit that wants one of `props`, sorted, once.
+fn wanting_units(props: &[UnitProperties]) -> Vec<String> {
+    props
+        .iter()
+        .flat_map(|p| WANTED_BY.iter().flat_map(|k| property_strings(&p.unit, k)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 fn subscribe(manager: &ManagerProxy<'_>) -> Result<()> {
@@ -514,18 +599,24 @@ impl Systemd for SystemdDbus {
         self.list_active_states()
     }
 
-    fn unit_facts(&self, names: &[String]) -> Result<Vec<UnitFacts>> {
-        let active = self.list_active_states()?;
-        names
+    fn unit_facts(
+        &self,
+        names: &[String],
+        active: Option<&HashMap<String, String>>,
+    ) -> Result<Vec<UnitFacts>> {
+        let props = self.unit_properties(names)?;
+        let asked;
+        let active = match active {
+            Some(a) => a,
+            None => {
+                asked = self.active_states_of(&wanting_units(&props))?;
+                &asked
+            }
+        };
+        Ok(props
             .iter()
-            .map(|name| {
-                let path = self
-                    .manager
-                    .load_unit(name)
-                    .with_context(|| format!("loading unit {name}"))?;
-                self.facts_at(name, &path, &active)
-            })
-            .collect()
+            .map(|p| facts_from_properties(&p.name, &p.unit, p.service.as_ref(), active))
+            .collect())
     }
 
     fn start_unit_no_wait(&self, unit: &str, mode: &str) -> Result<()> {
@@ -561,12 +652,7 @@ pub(crate) fn facts_from_properties(
             .and_then(|v| bool::try_from(v).ok())
             .unwrap_or(false)
     };
-    let strings = |k: &str| -> Vec<String> {
-        unit.get(k)
-            .and_then(|v| v.try_clone().ok())
-            .and_then(|v| Vec::<String>::try_from(v).ok())
-            .unwrap_or_default()
-    };
+    let strings = |k: &str| property_strings(unit, k);
     let is_active = |u: &String| {
         active.get(u).is_some_and(|s| {
             matches!(
@@ -575,7 +661,7 @@ pub(crate) fn facts_from_properties(
             )
         })
     };
-    let wanted_by_active = ["WantedBy", "RequiredBy", "UpheldBy", "BoundBy"]
+    let wanted_by_active = WANTED_BY
         .iter()
         .flat_map(|k| strings(k))
         .any(|u| is_active(&u));
@@ -703,5 +789,46 @@ mod tests {
         let f = facts_from_properties("cups.service", &unit, None, &inactive);
         assert!(!f.wanted_by_active_target);
         assert_eq!(f.main_pid, None);
+    }
+
+    #[test]
+    fn unit_object_paths_are_systemds() {
+        // As `busctl tree org.freedesktop.systemd1` lists them.
+        for (name, path) in [
+            ("demo-hello.service", "demo_2dhello_2eservice"),
+            ("user@1000.service", "user_401000_2eservice"),
+            ("-.mount", "_2d_2emount"),
+            ("init.scope", "init_2escope"),
+            (
+                "dev-disk-by\\x2duuid.device",
+                "dev_2ddisk_2dby_5cx2duuid_2edevice",
+            ),
+            ("", "_"),
+        ] {
+            assert_eq!(
+                unit_object_path(name),
+                format!("/org/freedesktop/systemd1/unit/{path}")
+            );
+        }
+    }
+
+    #[test]
+    fn units_wanting_others_once() {
+        let props = |wanted: Vec<&str>, required: Vec<&str>| UnitProperties {
+            name: "x".into(),
+            unit: [("WantedBy", ov(wanted)), ("RequiredBy", ov(required))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            service: None,
+        };
+        let all = [
+            props(vec!["multi-user.target", "b.target"], vec![]),
+            props(vec![], vec!["a.target", "multi-user.target"]),
+        ];
+        assert_eq!(
+            wanting_units(&all),
+            ["a.target", "b.target", "multi-user.target"]
+        );
     }
 }
