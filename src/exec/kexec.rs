@@ -204,16 +204,34 @@ pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Op
                     bail!("stopping ostree-finalize-staged.service (which runs `ostree admin finalize-staged`): job {:?}", stopped.result);
                 }
                 host = discover::load_reusing(env.paths, Some(&host))?;
+                // The stop job succeeds even when `ostree admin finalize-staged` fails (the unit
+                // is then `failed`): say so, rather than only what is missing afterwards.
+                let failed = || {
+                    let state = env
+                        .systemd
+                        .active_states()
+                        .ok()
+                        .and_then(|m| m.get("ostree-finalize-staged.service").cloned());
+                    match state.as_deref() {
+                        Some("failed") => "ostree-finalize-staged.service failed (its `ostree admin finalize-staged` exited with an error, e.g. writing the bootloader configuration)".to_owned(),
+                        _ => "ostree-finalize-staged.service ran".to_owned(),
+                    }
+                };
                 let d = host
                     .deployments
                     .iter()
                     .find(|d| d.id == plan.to.id)
                     .with_context(|| {
-                        format!("after finalization, deployment {} is gone", plan.to.id)
+                        format!(
+                            "{}, and deployment {} is neither staged nor in a boot entry any more; see `journalctl -b -u ostree-finalize-staged`",
+                            failed(),
+                            plan.to.id
+                        )
                     })?;
                 if d.staged || d.boot_entry.is_none() {
                     bail!(
-                        "deployment {} is still staged after ostree-finalize-staged ran; see `journalctl -u ostree-finalize-staged`",
+                        "{}, but deployment {} is still staged; see `journalctl -b -u ostree-finalize-staged`",
+                        failed(),
                         plan.to.id
                     );
                 }
