@@ -285,7 +285,8 @@ rmdir $m/lower $m/root $m"
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    // Finalized and loaded by the --load-only run: the switch reuses that kernel and hands off.
+    // Finalized by the --load-only run: the switch loads the kernel again (a `--load-only` load
+    // is not a kernel prepared at staging, `reload_reason` says so) and hands off.
     assert_eq!(steps, ["kexec_load"], "{report}");
     result.set("kexec_switch_steps", report["steps"].clone());
     let now = ostree_status(&vm)
