@@ -241,6 +241,7 @@ rmdir $m/lower $m/root $m"
     // S1 on composefs: a layered package (new binary, config default, enabled service,
     // sysusers/tmpfiles) goes live over the composefs usr; its service starts and answers,
     // nothing else restarts; reset stops it and takes the usr off again.
+    let case = Instant::now();
     let (_, layered_dir) = stage_with_image(&vm, &os, LAYERED_REF, &mut result, "s1");
     let before = pids(&vm);
     let report = apply_live_composefs(&vm, &mut result, "s1");
@@ -281,10 +282,12 @@ rmdir $m/lower $m/root $m"
         "{back}"
     );
     assert_eq!(pids(&vm), before, "reset restarted nothing else");
+    result.secs("s1_s", case.elapsed());
 
     // S4 on composefs: only libdemo.so changed; exactly demo-lib (which maps it) restarts.
     // /proc/PID/maps shows the overlay's identities, which neither tree has: the scan decides
     // by the two commits' content checksums, and only libdemo.so differs.
+    let case = Instant::now();
     let (lib_staged, lib_dir) = stage_with_image(&vm, &os, LIB_V2_REF, &mut result, "s4");
     let before = pids(&vm);
     let report = apply_live_composefs(&vm, &mut result, "s4");
@@ -330,6 +333,7 @@ rmdir $m/lower $m/root $m"
          cat /run/demo/lib.version; cmp /usr/lib/demo/libdemo.so /sysroot{deploy}/usr/lib/demo/libdemo.so && echo same"
     ));
     assert_eq!(v.lines().collect::<Vec<_>>(), ["v1", "same"], "{v}");
+    result.secs("s4_s", case.elapsed());
     // The kexec switch below boots this last staged target.
     let (staged, target) = (lib_staged, lib_dir);
 
