@@ -286,10 +286,12 @@ fn report(verb: Verb, to: &str, steps: Vec<StepReport>, outcome: ExitCode) -> Re
         Phase {
             phase: "discover".into(),
             ms: 12,
+            compared: None,
         },
         Phase {
             phase: "plan".into(),
             ms: 1,
+            compared: None,
         },
     ];
     let wall = r.total_ms + 13;

@@ -10,9 +10,10 @@
 
 mod vm;
 
+use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vm::composefs::{self as cfs, DATADIR, HELLO_V2_REF};
+use vm::composefs::{self as cfs, DATADIR, HELLO_V2_REF, LAYERED_REF, LIB_V2_REF};
 use vm::{fastswitch_json, ostree_stage, ostree_status, Guest, Image, ScenarioResult, Vm};
 
 #[test]
@@ -237,7 +238,107 @@ rmdir $m/lower $m/root $m"
         "nothing is live after the reset: {st}"
     );
 
-    // switch by kexec (live and soft-reboot bounded out): the staged deployment is finalized,
+    // S1 on composefs: a layered package (new binary, config default, enabled service,
+    // sysusers/tmpfiles) goes live over the composefs usr; its service starts and answers,
+    // nothing else restarts; reset stops it and takes the usr off again.
+    let case = Instant::now();
+    let (_, layered_dir) = stage_with_image(&vm, &os, LAYERED_REF, &mut result, "s1");
+    let before = pids(&vm);
+    let report = apply_live_composefs(&vm, &mut result, "s1");
+    assert_eq!(
+        service_outcomes(&report),
+        [("demo-extra.service".to_string(), "start".to_string())],
+        "only the layered package's service is started: {report}"
+    );
+    let facts = vm.exec_ok(&format!(
+        "set -e; cmp /usr/bin/demo-extra {layered_dir}/usr/bin/demo-extra; cat /etc/demo/extra.conf; \
+         getent passwd demo-extra >/dev/null && echo user-ok; systemctl is-active demo-extra; \
+         for i in $(seq 50); do [ -e /run/demo-extra/extra.data ] && break; sleep 0.1; done; \
+         cat /run/demo-extra/extra.data"
+    ));
+    assert_eq!(
+        facts.lines().collect::<Vec<_>>(),
+        [
+            "greeting=hello-from-layered",
+            "user-ok",
+            "active",
+            "greeting=hello-from-layered"
+        ],
+        "{facts}"
+    );
+    assert_eq!(pids(&vm), before, "no collateral restarts");
+    let reset = reset_composefs(&vm, &mut result, "s1");
+    assert_eq!(
+        service_outcomes(&reset),
+        [("demo-extra.service".to_string(), "stop".to_string())],
+        "{reset}"
+    );
+    let back = vm.exec_ok(
+        "test ! -e /usr/bin/demo-extra && echo gone; systemctl is-active demo-extra || true",
+    );
+    assert_eq!(
+        back.lines().collect::<Vec<_>>(),
+        ["gone", "inactive"],
+        "{back}"
+    );
+    assert_eq!(pids(&vm), before, "reset restarted nothing else");
+    result.secs("s1_s", case.elapsed());
+
+    // S4 on composefs: only libdemo.so changed; exactly demo-lib (which maps it) restarts.
+    // /proc/PID/maps shows the overlay's identities, which neither tree has: the scan decides
+    // by the two commits' content checksums, and only libdemo.so differs.
+    let case = Instant::now();
+    let (lib_staged, lib_dir) = stage_with_image(&vm, &os, LIB_V2_REF, &mut result, "s4");
+    let before = pids(&vm);
+    let report = apply_live_composefs(&vm, &mut result, "s4");
+    assert_eq!(
+        service_outcomes(&report),
+        [("demo-lib.service".to_string(), "restart".to_string())],
+        "exactly the library's service restarts: {report}"
+    );
+    let compared = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "stale_scan")
+        .map(|p| p["compared"].clone())
+        .unwrap_or_else(|| vm.fail(&format!("no stale_scan phase: {report}")));
+    assert_eq!(compared["checksum"], 1, "libdemo.so by checksum: {report}");
+    assert_eq!(compared["bytes"], 0, "nothing compared by bytes: {report}");
+    assert!(
+        compared["identity"].as_u64().unwrap() > 0,
+        "unchanged mapped files are one object in both trees: {report}"
+    );
+    let after = pids(&vm);
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert_ne!(a[1], b[1], "demo-lib got a new PID");
+    assert_eq!(
+        [a[0], a[2], a[3]],
+        [b[0], b[2], b[3]],
+        "the other demo services kept their PIDs"
+    );
+    let v = vm.exec_ok(&format!(
+        "for i in $(seq 50); do [ \"$(cat /run/demo/lib.version)\" = v2 ] && break; sleep 0.1; done; \
+         cat /run/demo/lib.version; cmp /usr/lib/demo/libdemo.so {lib_dir}/usr/lib/demo/libdemo.so && echo same"
+    ));
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same"], "{v}");
+    let reset = reset_composefs(&vm, &mut result, "s4");
+    assert_eq!(
+        service_outcomes(&reset),
+        [("demo-lib.service".to_string(), "restart".to_string())],
+        "{reset}"
+    );
+    let v = vm.exec_ok(&format!(
+        "for i in $(seq 50); do [ \"$(cat /run/demo/lib.version)\" = v1 ] && break; sleep 0.1; done; \
+         cat /run/demo/lib.version; cmp /usr/lib/demo/libdemo.so /sysroot{deploy}/usr/lib/demo/libdemo.so && echo same"
+    ));
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v1", "same"], "{v}");
+    result.secs("s4_s", case.elapsed());
+    // The kexec switch below boots this last staged target.
+    let (staged, target) = (lib_staged, lib_dir);
+
+    // switch by kexec (live and soft-reboot bounded out): the staged deployment (test/cfs-lib-v2)
+    // is finalized,
     // its kernel booted without firmware, and its initrd mounts its .ostree.cfs as the root.
     // The plan first, then finalize + load (where a failure shows), then the hand-off.
     // Debian's ostree finalizes through its grub2 backend, whose grub-mkconfig runs grub-probe
@@ -301,11 +402,108 @@ rmdir $m/lower $m/root $m"
         "{root}"
     );
     let v = vm.exec_ok(&format!(
-        "for i in $(seq 100); do [ \"$(cat /run/demo/hello.version 2>/dev/null)\" = v2 ] && break; sleep 0.1; done; \
-         cat /run/demo/hello.version; cmp /usr/bin/demo-hello {target}/usr/bin/demo-hello && echo same"
+        "for i in $(seq 100); do [ \"$(cat /run/demo/lib.version 2>/dev/null)\" = v2 ] && break; sleep 0.1; done; \
+         cat /run/demo/lib.version; cmp /usr/lib/demo/libdemo.so {target}/usr/lib/demo/libdemo.so && echo same; \
+         cat /run/demo/hello.version"
     ));
-    assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same"], "{v}");
+    assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same", "v1"], "{v}");
     let st = fastswitch_json(&vm, "status --json");
     assert_eq!(st["composefs"]["mode"], "unverified", "{st}");
     vm.discard();
+}
+
+/// Stage `refspec` and give the staged deployment its `.ostree.cfs` (as `ostree admin deploy`
+/// does on a composefs host); its figures go to `<case>_stage_s` and `<case>_image_build`.
+/// Returns the staged deployment and its directory.
+fn stage_with_image(
+    vm: &Vm,
+    os: &str,
+    refspec: &str,
+    result: &mut ScenarioResult,
+    case: &str,
+) -> (vm::ostree::Deployment, String) {
+    result.secs(&format!("{case}_stage_s"), ostree_stage(vm, refspec, ""));
+    let staged = ostree_status(vm)
+        .into_iter()
+        .find(|d| d.staged)
+        .unwrap_or_else(|| vm.fail(&format!("{refspec}: no staged deployment")));
+    let dir = format!(
+        "/sysroot/ostree/deploy/{os}/deploy/{}.{}",
+        staged.checksum, staged.serial
+    );
+    let t = Instant::now();
+    let built = cfs::build_in_guest(vm, &dir);
+    result.secs(&format!("{case}_image_build_s"), t.elapsed());
+    result.set(&format!("{case}_image_build"), built.trim());
+    (staged, dir)
+}
+
+/// `apply-live --json` on the composefs host: it swaps the target image's usr over `/usr`
+/// (no bind of the checkout), and `/usr` is then that read-only composefs overlay. Records the
+/// figures as `<case>_apply_live`.
+fn apply_live_composefs(vm: &Vm, result: &mut ScenarioResult, case: &str) -> Value {
+    let report = fastswitch_json(vm, "apply-live --json");
+    assert_eq!(report["outcome"], "ok", "{case}: {report}");
+    let steps = report["steps"].as_array().unwrap();
+    let step = |name: &str| steps.iter().find(|s| s["step"] == name);
+    let swap = step("swap_composefs_usr")
+        .unwrap_or_else(|| vm.fail(&format!("{case}: no swap_composefs_usr: {report}")));
+    assert!(step("link_usr").is_none(), "{case}: {report}");
+    let usr =
+        vm.exec_ok("findmnt -n --nofsroot -o FSTYPE,SOURCE,FSROOT,VFS-OPTIONS --mountpoint /usr");
+    let u: Vec<&str> = usr.split_whitespace().collect();
+    assert_eq!(u[..3], ["overlay", "composefs", "/usr"], "{case}: {usr}");
+    assert!(u[3].split(',').any(|o| o == "ro"), "{case}: {usr}");
+    result.set(
+        &format!("{case}_apply_live"),
+        serde_json::json!({
+            "wall_ms": report["wall_ms"],
+            "own_ms": report["own_ms"],
+            "swap_composefs_usr_ms": swap["duration_ms"],
+            "services": service_outcomes(&report),
+            "phases": report["phases"],
+            "steps": steps.iter().map(|s| (s["step"].clone(), s["duration_ms"].clone())).collect::<Vec<_>>(),
+        }),
+    );
+    report
+}
+
+/// `reset --json`: the composefs usr comes off `/usr` again. Records `<case>_reset`.
+fn reset_composefs(vm: &Vm, result: &mut ScenarioResult, case: &str) -> Value {
+    let reset = fastswitch_json(vm, "reset --json");
+    assert_eq!(reset["outcome"], "ok", "{case}: {reset}");
+    let steps = reset["steps"].as_array().unwrap();
+    let unmount = steps
+        .iter()
+        .find(|s| s["step"] == "unmount_usr")
+        .unwrap_or_else(|| vm.fail(&format!("{case}: no unmount_usr step: {reset}")));
+    assert_eq!(unmount["detail"]["unmounted"], 1, "{case}: {reset}");
+    let usr = vm.exec_ok("findmnt -n --mountpoint /usr >/dev/null && echo mounted || echo none");
+    assert_eq!(usr.trim(), "none", "{case}: /usr after the reset");
+    result.set(
+        &format!("{case}_reset"),
+        serde_json::json!({
+            "total_ms": reset["total_ms"],
+            "services": service_outcomes(&reset),
+            "steps": steps.iter().map(|s| (s["step"].clone(), s["duration_ms"].clone())).collect::<Vec<_>>(),
+        }),
+    );
+    reset
+}
+
+/// The unit jobs a report's `services` step ran: `(unit, action)`.
+fn service_outcomes(report: &Value) -> Vec<(String, String)> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == "services")
+        .flat_map(|s| s["detail"].as_array().unwrap().iter())
+        .map(|o| {
+            (
+                o["unit"].as_str().unwrap().to_owned(),
+                o["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }

@@ -103,6 +103,10 @@ pub enum StepDetail {
 pub struct Phase {
     pub phase: String,
     pub ms: u64,
+    /// `stale_scan`: how the paths whose mapped identity could not decide were compared
+    /// between the running and the target tree (on a composefs root: by content checksum).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared: Option<crate::services::stale::Compared>,
 }
 
 /// Steps whose time is spent waiting on systemd (daemon-reload, unit jobs, the hand-off) or on
@@ -407,10 +411,12 @@ mod tests {
             Phase {
                 phase: "discover".into(),
                 ms: 30,
+                compared: None,
             },
             Phase {
                 phase: "diff".into(),
                 ms: 70,
+                compared: None,
             },
         ];
         rep.account(phases, 3500);
@@ -424,6 +430,35 @@ mod tests {
 
     /// The typed details print exactly the JSON the ad-hoc objects printed before them (keys,
     /// shapes, order), so the scripts and VM checks reading `steps[].detail` keep working.
+    /// The stale scan's phase says how the scan compared the paths identities could not decide;
+    /// other phases carry no such key.
+    #[test]
+    fn stale_scan_phase_shows_how_paths_were_compared() {
+        let scan = Phase {
+            phase: "stale_scan".into(),
+            ms: 5,
+            compared: Some(crate::services::stale::Compared {
+                identity: 3,
+                checksum: 1,
+                bytes: 0,
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&scan).unwrap(),
+            serde_json::json!({"phase": "stale_scan", "ms": 5,
+                "compared": {"identity": 3, "checksum": 1, "bytes": 0}})
+        );
+        let plan = Phase {
+            phase: "plan".into(),
+            ms: 1,
+            compared: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&plan).unwrap(),
+            serde_json::json!({"phase": "plan", "ms": 1})
+        );
+    }
+
     #[test]
     fn step_details_keep_their_json() {
         use serde_json::json;

@@ -186,6 +186,7 @@ fn plan_services(
     phases.extend(sp.timings.iter().map(|&(name, ms)| Phase {
         phase: name.to_owned(),
         ms,
+        compared: (name == "stale_scan").then_some(sp.compared),
     }));
     Ok(sp.actions)
 }

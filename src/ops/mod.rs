@@ -80,6 +80,7 @@ pub(crate) fn phase(name: &str, since: Instant) -> Phase {
     Phase {
         phase: name.to_owned(),
         ms: since.elapsed().as_millis() as u64,
+        compared: None,
     }
 }
 
@@ -91,6 +92,7 @@ fn diff_phases(d: &DeploymentDiff) -> Vec<Phase> {
         .map(|(name, ms)| Phase {
             phase: format!("diff.{name}"),
             ms,
+            compared: None,
         })
         .collect()
 }

@@ -5,7 +5,7 @@
 use super::{
     decide, scan_stale, DecideOptions, ProcessOwner, ScanConfig, ServiceAction, StaleScan,
 };
-use super::{UnitFacts, PID1_UNIT};
+use super::{stale::Compared, UnitFacts, PID1_UNIT};
 use crate::system::systemd::Systemd;
 use crate::units::changes::{unit_pattern_matches, UnitChange, UnitFileChange};
 use anyhow::{Context, Result};
@@ -19,6 +19,8 @@ pub(crate) struct ServicePlan {
     pub(crate) actions: Vec<ServiceAction>,
     /// `(part, milliseconds)`: `stale_scan`, `unit_facts`.
     pub(crate) timings: Vec<(&'static str, u64)>,
+    /// How the stale scan compared the paths identities could not decide.
+    pub(crate) compared: Compared,
 }
 
 /// Facts from the `/proc` scan (processes mapping files of `from_usr` that `to_usr` replaces)
@@ -48,6 +50,7 @@ pub(crate) fn plan_services(
             },
         ),
         timings: vec![("stale_scan", scan_ms), ("unit_facts", facts_ms)],
+        compared: scan.compared,
     })
 }
 

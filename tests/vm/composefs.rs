@@ -9,8 +9,8 @@
 //!    with source `composefs`, `lowerdir+=` that image, `datadir+=/sysroot/ostree/repo/objects-cfs`,
 //!    `metacopy=on`, `redirect_dir=on`; `/etc` a bind of the deployment's `etc`, `/sysroot` the
 //!    physical root. The unit reaches the initrd as an extra cpio appended to the tree's
-//!    initramfs, in a new commit (`test/cfs`) of the booted tree (and `test/cfs-hello-v2` of
-//!    `test/hello-v2`, so both share one boot checksum).
+//!    initramfs, in a new commit (`test/cfs`) of the booted tree, and likewise `test/cfs-<name>`
+//!    of each scenario target `test/<name>` ([`TARGETS`]), so all share one boot checksum.
 //! 2. `test/cfs` is deployed; its deployment gets an `.ostree.cfs` built in the guest by
 //!    [`guest_build_image`] (this test binary, run in the guest), made the way ostree makes it:
 //!    every non-empty file external, redirected to its object by the ostree checksum, mtimes 0,
@@ -34,9 +34,20 @@ pub const BUILD_ENV: &str = "FASTSWITCH_CFS_BUILD";
 /// `datadir+=` names it: valid in the initrd (through the tree's `ostree -> sysroot/ostree`) and
 /// after switch-root (the physical root is `/sysroot`).
 pub const DATADIR: &str = "/sysroot/ostree/repo/objects-cfs";
-/// The refs the conversion commits: the booted tree and `test/hello-v2`, each with the unit.
+/// The refs the conversion commits, each with the unit: the booted tree, and the scenario's
+/// targets made from the debian13 image's `test/hello-v2` (S2: the demo-hello ELF changed),
+/// `test/layered` (S1: a layered package with an enabled service) and `test/lib-v2` (S4:
+/// `libdemo.so` changed).
 pub const BASE_REF: &str = "test/cfs";
 pub const HELLO_V2_REF: &str = "test/cfs-hello-v2";
+pub const LAYERED_REF: &str = "test/cfs-layered";
+pub const LIB_V2_REF: &str = "test/cfs-lib-v2";
+/// `(composefs ref, the debian13 ref it is made from)`.
+pub const TARGETS: [(&str, &str); 3] = [
+    (HELLO_V2_REF, "test/hello-v2"),
+    (LAYERED_REF, "test/layered"),
+    (LIB_V2_REF, "test/lib-v2"),
+];
 
 const UNIT: &str = "ostree-composefs-root.service";
 const UNIT_TEXT: &str = "\
@@ -206,6 +217,12 @@ fn convert(base: &Image, dir: &Path) {
     let kver = base.kernel_version();
     let os = base.os();
     let booted = base.booted_checksum();
+    let targets: String = TARGETS
+        .iter()
+        .map(|(cfs, from)| {
+            format!("ostree commit -b {cfs} --tree=ref={from} --tree=dir=$o >/dev/null\n")
+        })
+        .collect();
     let t = Instant::now();
     vm.exec_ok(&format!(
         "set -e
@@ -215,8 +232,7 @@ cp /usr/lib/modules/{kver}/initramfs.img $i
 truncate -s %512 $i
 cat {TOOLS_DIR}/composefs-root.cpio >> $i
 ostree commit -b {BASE_REF} --tree=ref={booted} --tree=dir=$o >/dev/null
-ostree commit -b {HELLO_V2_REF} --tree=ref=test/hello-v2 --tree=dir=$o >/dev/null
-rm -rf $o
+{targets}rm -rf $o
 ostree admin deploy --os={os} {BASE_REF}"
     ));
     let deployed = super::ostree_status(&vm);
@@ -233,10 +249,15 @@ ostree admin deploy --os={os} {BASE_REF}"
         .exec_ok(&format!("ostree rev-parse {BASE_REF}"))
         .trim()
         .to_string();
-    let hello = vm
-        .exec_ok(&format!("ostree rev-parse {HELLO_V2_REF}"))
-        .trim()
-        .to_string();
+    let target_commits: Vec<(&str, String)> = TARGETS
+        .iter()
+        .map(|(r, _)| {
+            (
+                *r,
+                vm.exec_ok(&format!("ostree rev-parse {r}")).trim().into(),
+            )
+        })
+        .collect();
     let convert_s = t.elapsed();
     vm.shutdown();
     fs::rename(&vm.disk, tmp.join("disk.img")).expect("moving the converted disk");
@@ -244,7 +265,9 @@ ostree admin deploy --os={os} {BASE_REF}"
     let mut manifest = base.manifest.clone();
     manifest["booted_checksum"] = commit.clone().into();
     manifest["refs"][BASE_REF] = commit.into();
-    manifest["refs"][HELLO_V2_REF] = hello.into();
+    for (r, c) in target_commits {
+        manifest["refs"][r] = c.into();
+    }
     manifest["disk"] = "disk.img".into();
     manifest["composefs"] = serde_json::json!({
         "datadir": DATADIR,
