@@ -215,14 +215,16 @@ impl Mounts for RecordingMounts {
     }
     /// The real thing, against the fake mount table.
     fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>> {
-        let roots: Vec<String> = self
-            .stacks
-            .borrow()
-            .values()
-            .flatten()
-            .map(|m| m.root.clone())
-            .collect();
-        crate::system::live_tree::remove_unused(sysroot, &roots, keep)
+        let stacks = self.stacks.borrow();
+        let entries: Vec<&MountEntry> = stacks.values().flatten().collect();
+        let composefs_live = entries.iter().any(|m| m.is_composefs_usr());
+        let roots: Vec<String> = entries.iter().map(|m| m.root.clone()).collect();
+        crate::system::live_tree::remove_unused(sysroot, &roots, keep, composefs_live)
+    }
+    /// The real thing: it writes the ref in the test's temporary sysroot.
+    fn pin_live_commit(&self, sysroot: &Path, commit: &str) -> Result<()> {
+        self.log.borrow_mut().push(format!("pin {commit}"));
+        crate::system::live_tree::pin_commit(sysroot, commit)
     }
 }
 

@@ -130,6 +130,7 @@ fn in_private_namespace() {
         serde_json::json!({
             "composefs": staged_dir.join(".ostree.cfs"),
             "old_detached_lazily": false,
+            "pinned_ref": "fastswitch/live",
             "replaced": false,
             "usr_binds": 1,
             "verity": false,
@@ -180,6 +181,19 @@ fn in_private_namespace() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(stack(&usr).len(), 1);
 
+    // The image reads file contents from the repository's objects: while it is live, a ref
+    // keeps ostree's prune from removing them. With the branch's own ref gone, the real
+    // `ostree prune` keeps the live commit; after reset (below) it removes it.
+    let repo_arg = format!("--repo={}", s.repo().display());
+    let ostree_ok = |args: &[&str]| run(ostree().arg(&repo_arg).args(args));
+    assert_eq!(ostree_ok(&["rev-parse", "fastswitch/live"]).trim(), c2);
+    ostree_ok(&["refs", "--delete", "fx/v2"]);
+    ostree_ok(&["prune", "--refs-only"]);
+    assert_eq!(
+        ostree_ok(&["cat", &c2, "/usr/bin/hello"]),
+        "#!/bin/sh\necho v2\n"
+    );
+
     let r = fs(&["reset", "--no-services", "--json"]);
     let unmount = r["steps"]
         .as_array()
@@ -193,6 +207,21 @@ fn in_private_namespace() {
     assert_eq!(
         std::fs::read(root.join("etc/demo/a.conf")).unwrap(),
         b"a v1\n"
+    );
+    assert_eq!(
+        unmount["detail"]["removed_live_trees"],
+        serde_json::json!([s.repo().join("refs/heads/fastswitch/live")]),
+        "{r}"
+    );
+    ostree_ok(&["prune", "--refs-only"]);
+    let gone = ostree()
+        .arg(&repo_arg)
+        .args(["show", &c2])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the commit reset unpinned survived a prune: {gone:?}"
     );
     // The scratch mounts are gone too: nothing of fastswitch's is mounted anywhere.
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -50,6 +50,11 @@ fn soft_reboot_debian13_dbus_change_then_kexec_and_firmware_timings() {
     result.set("firmware_reboot", firmware.clone());
     let total = |v: &Value| v["total_s"].as_f64().expect("total_s");
     let ratio = |a: &Value| (total(a) / total(&firmware) * 1000.0).round() / 1000.0;
+    // Services run until the shutdown starts: fastswitch's prepare (finalization, kernel load)
+    // happens while they are up, the firmware path finalizes during its shutdown. The time
+    // without services is the command → running time minus prepare.
+    let down = |v: &Value| total(v) - v["prepare_s"].as_f64().unwrap_or(0.0);
+    let down_ratio = |a: &Value| (down(a) / down(&firmware) * 1000.0).round() / 1000.0;
     eprintln!("[soft-reboot] phase                 soft-reboot   kexec  firmware");
     for (key, what) in [
         ("prepare_s", "prepare (fastswitch)"),
@@ -59,11 +64,15 @@ fn soft_reboot_debian13_dbus_change_then_kexec_and_firmware_timings() {
         ("initrd_s", "initrd"),
         ("userspace_s", "userspace"),
         ("total_s", "command → running"),
+        ("downtime_s", "services down"),
     ] {
         let f = |v: &Value| {
-            v[key]
-                .as_f64()
-                .map_or("      -".to_string(), |x| format!("{x:>7.1}"))
+            let x = if key == "downtime_s" {
+                Some(down(v))
+            } else {
+                v[key].as_f64()
+            };
+            x.map_or("      -".to_string(), |x| format!("{x:>7.1}"))
         };
         eprintln!(
             "[soft-reboot] {what:<22} {}   {}   {}",
@@ -77,8 +86,19 @@ fn soft_reboot_debian13_dbus_change_then_kexec_and_firmware_timings() {
         ratio(&soft),
         ratio(&kexec)
     );
+    eprintln!(
+        "[soft-reboot] services-down ratios: soft-reboot/firmware {:.3}, kexec/firmware {:.3}",
+        down_ratio(&soft),
+        down_ratio(&kexec)
+    );
     result.set("ratio_soft_reboot_over_firmware", ratio(&soft));
     result.set("ratio_kexec_over_firmware", ratio(&kexec));
+    result.set("downtime_s", json!({"soft_reboot": down(&soft), "kexec": down(&kexec), "firmware_reboot": down(&firmware)}));
+    result.set(
+        "downtime_ratio_soft_reboot_over_firmware",
+        down_ratio(&soft),
+    );
+    result.set("downtime_ratio_kexec_over_firmware", down_ratio(&kexec));
 }
 
 fn s(d: Duration) -> f64 {

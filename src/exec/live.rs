@@ -552,6 +552,11 @@ fn swap_composefs_usr(
             target.display()
         )
     };
+    // Pin first: from the moment the image is mounted, its files are read from the objects.
+    let commit = st.target.split('.').next().unwrap_or_default();
+    env.mounts
+        .pin_live_commit(&env.paths.sysroot, commit)
+        .with_context(|| format!("keeping the objects of {} from ostree's prune", st.target))?;
     let top_is_ours = env
         .mounts
         .stack(target)?
@@ -584,6 +589,7 @@ fn swap_composefs_usr(
     Ok(StepDetail::ComposefsUsr {
         composefs: image.image.clone(),
         old_detached_lazily: replaced.unwrap_or(false),
+        pinned_ref: crate::system::live_tree::LIVE_REF.to_owned(),
         replaced: replaced.is_some(),
         usr_binds: st.usr_binds,
         verity: image.require_verity,
@@ -1045,11 +1051,19 @@ mod tests {
             serde_json::json!({
                 "composefs": image.image,
                 "old_detached_lazily": false,
+                "pinned_ref": "fastswitch/live",
                 "replaced": false,
                 "usr_binds": 1,
                 "verity": true,
             })
         );
+        // The target commit is pinned by a ref, as ostree writes refs, before the mount.
+        let pin = h
+            .paths
+            .sysroot
+            .join("ostree/repo/refs/heads/fastswitch/live");
+        assert_eq!(std::fs::read_to_string(&pin).unwrap(), "bbb\n");
+        assert_eq!(f.mounts.log.borrow()[0], "pin bbb");
         let usr = h.paths.root.join("usr");
         assert_eq!(
             std::fs::read_to_string(usr.join("bin/hello")).unwrap(),
@@ -1059,7 +1073,7 @@ mod tests {
         let st = e.journal.load().unwrap().unwrap();
         assert!(st.usr_composefs && st.usr_source.as_deref() == Some(image.image.as_path()));
         assert_eq!(
-            f.mounts.log.borrow()[0],
+            f.mounts.log.borrow()[1],
             format!(
                 "composefs {} {} verity=true",
                 image.image.display(),
@@ -1084,7 +1098,9 @@ mod tests {
             std::fs::read_to_string(usr.join("bin/hello")).unwrap(),
             "ccc.0"
         );
-        assert!(f.mounts.log.borrow()[1].starts_with("replace composefs"));
+        assert_eq!(f.mounts.log.borrow()[2], "pin ccc");
+        assert_eq!(std::fs::read_to_string(&pin).unwrap(), "ccc\n");
+        assert!(f.mounts.log.borrow()[3].starts_with("replace composefs"));
         assert_eq!(f.mounts.stack(&usr).unwrap().len(), 2);
 
         let r = reset(&h.plan.from, &mut e).unwrap();
@@ -1097,6 +1113,13 @@ mod tests {
             .find(|s| s["step"] == "unmount_usr")
             .unwrap();
         assert_eq!(unmount["detail"]["unmounted"], 2, "{unmount}");
+        // No composefs /usr is mounted any more: the pin goes with the mounts.
+        assert_eq!(
+            unmount["detail"]["removed_live_trees"],
+            serde_json::json!([pin]),
+            "{unmount}"
+        );
+        assert!(!pin.exists());
         assert!(f.mounts.stack(&usr).unwrap().is_empty());
         assert!(!usr.is_symlink());
         assert!(e.journal.load().unwrap().is_none());

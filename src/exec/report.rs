@@ -57,6 +57,9 @@ pub enum StepDetail {
     ComposefsUsr {
         composefs: PathBuf,
         old_detached_lazily: bool,
+        /// The repository ref that keeps the target commit's objects from ostree's prune while
+        /// the image reads them (`fastswitch/live`; `reset` and the next boot drop it).
+        pinned_ref: String,
         replaced: bool,
         usr_binds: u32,
         verity: bool,

@@ -359,16 +359,77 @@ pub(crate) fn ensure(
     })
 }
 
+/// The repository ref that keeps a composefs live target's objects: ostree's cleanup prunes
+/// every object no ref and no deployment reaches, and a composefs `/usr` reads its files'
+/// contents from the repository's objects by path, when a file is opened. Without the ref,
+/// staging a newer deployment (which deletes the previously staged one) would prune the files
+/// only the live target has, under the running system. A plain live `/usr` needs none: its
+/// hardlinked copy keeps the data (see the module documentation).
+pub(crate) const LIVE_REF: &str = "fastswitch/live";
+
+/// `<sysroot>/ostree/repo/refs/heads/fastswitch/live`.
+pub(crate) fn live_ref_path(sysroot: &Path) -> PathBuf {
+    sysroot.join("ostree/repo/refs/heads").join(LIVE_REF)
+}
+
+/// Point the [`LIVE_REF`] at `commit`, written as ostree writes a ref (the checksum and a
+/// newline, replaced atomically by a rename), in a writable view of a read-only sysroot.
+pub(crate) fn pin_commit(sysroot: &Path, commit: &str) -> Result<()> {
+    if commit.is_empty() || !commit.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        bail!("{commit:?} is not an ostree commit checksum; not pinning it");
+    }
+    let path = live_ref_path(sysroot);
+    if std::fs::read_to_string(&path).is_ok_and(|c| c.trim() == commit) {
+        return Ok(());
+    }
+    let dir = path.parent().expect("the ref has a parent").to_path_buf();
+    with_writable_sysroot(sysroot, || {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(".live.tmp");
+        std::fs::write(&tmp, format!("{commit}\n"))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))
+    })
+    .with_context(|| format!("pinning commit {commit} with the ref {LIVE_REF}"))
+}
+
+/// Remove the [`LIVE_REF`]; returns its path when there was one.
+pub(crate) fn unpin(sysroot: &Path) -> Result<Option<PathBuf>> {
+    let path = live_ref_path(sysroot);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(None);
+    }
+    with_writable_sysroot(sysroot, || {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        // ostree lists refs by walking refs/heads; an empty directory is harmless, but leave none.
+        let _ = std::fs::remove_dir(path.parent().expect("the ref has a parent"));
+        Ok(())
+    })?;
+    Ok(Some(path))
+}
+
 /// Remove the live trees no mount shows any more (`in_use`: mountinfo `root` fields of the
 /// mounts in PID 1's namespace), except those of the deployments in `keep` (`<checksum>.<serial>`:
 /// the copy `fastswitch prepare` made for the staged deployment). Processes that still run files
 /// of a removed tree keep them: an unlinked file lives until its last user closes it. Returns the
-/// removed directories.
+/// removed directories. When no composefs `/usr` is mounted (`composefs_live` false), the
+/// [`LIVE_REF`] that kept a composefs live target's objects goes too, and its path is returned
+/// with them.
 pub(crate) fn remove_unused(
     sysroot: &Path,
     in_use: &[String],
     keep: &[String],
+    composefs_live: bool,
 ) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !composefs_live {
+        removed.extend(unpin(sysroot)?);
+    }
+    removed.extend(remove_unused_trees(sysroot, in_use, keep)?);
+    Ok(removed)
+}
+
+fn remove_unused_trees(sysroot: &Path, in_use: &[String], keep: &[String]) -> Result<Vec<PathBuf>> {
     let dir = live_dir(sysroot);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(Vec::new());
@@ -496,14 +557,33 @@ mod tests {
         assert!(format!("{err:#}").contains("bbb.0/usr"), "{err:#}");
         std::fs::create_dir_all(live_dir(sysroot).join("ccc.0/usr")).unwrap();
         std::fs::create_dir_all(live_dir(sysroot).join("ddd.0/usr")).unwrap();
-        let removed = remove_unused(
-            sysroot,
-            &["/ostree/fastswitch/live/aaa.0/usr".to_string()],
-            &["ddd.0".to_string()],
-        )
-        .unwrap();
+        let in_use = ["/ostree/fastswitch/live/aaa.0/usr".to_string()];
+        let removed = remove_unused(sysroot, &in_use, &["ddd.0".to_string()], false).unwrap();
         assert_eq!(removed, vec![live_dir(sysroot).join("ccc.0")]);
         assert!(live_usr(sysroot, "aaa.0").join("bin/x").exists());
         assert!(live_usr(sysroot, "ddd.0").is_dir(), "kept");
+    }
+
+    #[test]
+    fn the_live_ref_stays_while_a_composefs_usr_is_mounted() {
+        let t = tempfile::tempdir().unwrap();
+        let sysroot = t.path();
+        let c = "a".repeat(64);
+        pin_commit(sysroot, &c).unwrap();
+        let ref_path = sysroot.join("ostree/repo/refs/heads/fastswitch/live");
+        assert_eq!(
+            std::fs::read_to_string(&ref_path).unwrap(),
+            format!("{c}\n")
+        );
+        pin_commit(sysroot, &c).unwrap(); // the same commit again: unchanged
+        assert!(pin_commit(sysroot, "../x").is_err());
+        assert!(remove_unused(sysroot, &[], &[], true).unwrap().is_empty());
+        assert!(ref_path.exists(), "kept while a composefs /usr is mounted");
+        assert_eq!(
+            remove_unused(sysroot, &[], &[], false).unwrap(),
+            vec![ref_path.clone()]
+        );
+        assert!(!ref_path.exists() && !ref_path.parent().unwrap().exists());
+        assert!(unpin(sysroot).unwrap().is_none());
     }
 }

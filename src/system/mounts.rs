@@ -296,8 +296,12 @@ pub trait Mounts {
         dest: &Path,
     ) -> Result<Option<super::live_tree::LinkStats>>;
     /// Remove the live copies of `usr` that no mount shows, but those of the deployments in
-    /// `keep` ([`super::live_tree::remove_unused`]).
+    /// `keep`, and the ref pinning a composefs live target when no composefs `/usr` is mounted
+    /// ([`super::live_tree::remove_unused`]).
     fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>>;
+    /// Keep the objects of `commit` (a composefs live target's) from ostree's prune with a
+    /// repository ref ([`super::live_tree::pin_commit`]).
+    fn pin_live_commit(&self, sysroot: &Path, commit: &str) -> Result<()>;
 }
 
 /// Real syscalls in the current mount namespace.
@@ -451,8 +455,14 @@ impl Mounts for RealMounts {
     fn remove_unused_live_trees(&self, sysroot: &Path, keep: &[String]) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string("/proc/self/mountinfo")
             .context("reading /proc/self/mountinfo")?;
-        let roots: Vec<String> = parse_mountinfo(&text).into_iter().map(|m| m.root).collect();
-        super::live_tree::remove_unused(sysroot, &roots, keep)
+        let entries = parse_mountinfo(&text);
+        let composefs_live = entries.iter().any(MountEntry::is_composefs_usr);
+        let roots: Vec<String> = entries.into_iter().map(|m| m.root).collect();
+        super::live_tree::remove_unused(sysroot, &roots, keep, composefs_live)
+    }
+
+    fn pin_live_commit(&self, sysroot: &Path, commit: &str) -> Result<()> {
+        super::live_tree::pin_commit(sysroot, commit)
     }
 
     fn stack(&self, target: &Path) -> Result<Vec<MountEntry>> {
