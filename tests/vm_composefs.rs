@@ -210,6 +210,16 @@ rmdir $m/lower $m/root $m"
          cat /run/demo/hello.version; cmp /usr/bin/demo-hello {target}/usr/bin/demo-hello && echo same"
     ));
     assert_eq!(v.lines().collect::<Vec<_>>(), ["v2", "same"], "{v}");
+    // The image reads its files from the repository's objects: a ref keeps them from ostree's
+    // prune while it is live.
+    let to_commit = report["to"]["id"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    let pinned = vm.exec_ok("ostree rev-parse fastswitch/live");
+    assert_eq!(pinned.trim(), to_commit, "the live commit is pinned");
 
     // reset takes the composefs usr off /usr again: the booted image shows, demo-hello runs v1.
     let reset = fastswitch_json(&vm, "reset --json");
@@ -236,6 +246,10 @@ rmdir $m/lower $m/root $m"
     assert!(
         st["live"].is_null(),
         "nothing is live after the reset: {st}"
+    );
+    assert!(
+        !vm.exec("ostree rev-parse fastswitch/live").success(),
+        "reset dropped the pin"
     );
 
     // S1 on composefs: a layered package (new binary, config default, enabled service,
