@@ -16,7 +16,7 @@ mod walk;
 use crate::discover::{Deployment, Host};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Bumped on any incompatible change of the diff JSON.
 pub(crate) const DIFF_SCHEMA_VERSION: u32 = 1;
@@ -259,10 +259,16 @@ pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Dep
     })?;
     timings.outside_usr_ms = ms(t);
     let t = std::time::Instant::now();
-    let etc = etc::plan_etc(
+    // No `/usr` entry at or below /usr/etc: the new defaults are the old ones exactly.
+    let same_defaults = !usr
+        .entries
+        .iter()
+        .any(|e| Path::new(&e.path).starts_with("/usr/etc"));
+    let etc = etc::plan_etc_with(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
         &to.path.join("usr/etc"),
+        same_defaults,
     )
     .map_err(|e| match e.downcast_ref::<etc::EtcMergeError>() {
         // ostree itself would refuse this merge: bad input, not a failure of ours.
