@@ -146,6 +146,10 @@ fn s1(guest: Guest, name: &str) {
     }
     assert_eq!(report["outcome"], "ok", "{report}");
     result.secs("apply_live_s", t.elapsed());
+    result.set("apply_own_ms", report["own_ms"].clone());
+    result.set("apply_phases", report["phases"].clone());
+    result.set("apply_wall_ms", report["wall_ms"].clone());
+    result.set("apply_steps", report["steps"].clone());
     assert_eq!(vm.boot_id(), boot_id, "no reboot");
     // The new binary is there, its config is in /etc, its user exists, and it runs.
     let facts = vm.exec_ok(

@@ -122,18 +122,34 @@ pub enum EtcMergeError {
 /// union of the three trees with ostree's per-path 3-way cases inline (a candidate for
 /// splitting the per-path case out).
 pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Result<EtcPlan> {
-    // Loading is a few thousand lstat calls per tree, the bulk of the plan's cost: the three
-    // trees load side by side.
+    plan_etc_with(old_defaults, local, new_defaults, false)
+}
+
+/// [`plan_etc`]; `same_defaults`: the caller knows the new defaults are the old ones exactly
+/// (content, type, mode, owner and xattrs of every path, as the `/usr` diff compares them), so
+/// the old tree stands for both and the new one is not loaded. The plan is the same: the merge
+/// reads W only through its metadata, symlink targets and bytes, which are O's, and its
+/// "same object" shortcuts then hold everywhere.
+pub(crate) fn plan_etc_with(
+    old_defaults: &Path,
+    local: &Path,
+    new_defaults: &Path,
+    same_defaults: bool,
+) -> Result<EtcPlan> {
+    // Loading is a few thousand lstat calls per tree, the bulk of the plan's cost: the trees
+    // load side by side.
     let (o, l, w) = std::thread::scope(|sc| {
         let o = sc.spawn(|| Tree::load(old_defaults));
-        let w = sc.spawn(|| Tree::load(new_defaults));
+        let w = (!same_defaults).then(|| sc.spawn(|| Tree::load(new_defaults)));
         let l = Tree::load(local);
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Tree>>| {
             h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         };
-        (join(o), l, join(w))
+        (join(o), l, w.map(join))
     });
-    let (o, l, w) = (o?, l?, w?);
+    let (o, l) = (o?, l?);
+    let w_loaded = w.transpose()?;
+    let w = w_loaded.as_ref().unwrap_or(&o);
 
     // 1. ostree_diff_dirs(O, L), in ostree's pre-order.
     let mut d = Diff::default();
@@ -218,7 +234,7 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
                             // checkouts hardlink it): L equals W without reading either.
                             true
                         } else {
-                            same(&w, wn, &l, ln, p)?
+                            same(w, wn, &l, ln, p)?
                         }
                     }
                 };
@@ -231,13 +247,13 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
                     )?;
                 } else if admin_changed {
                     let w_differs_from_local = match wn {
-                        Some(wn) => !same(&w, wn, &l, ln, p)?,
+                        Some(wn) => !same(w, wn, &l, ln, p)?,
                         None => true,
                     };
                     match on {
                         Some(on) => {
                             let default_changed = match wn {
-                                Some(wn) => !same(&o, on, &w, wn, p)?,
+                                Some(wn) => !same(&o, on, w, wn, p)?,
                                 None => true,
                             };
                             if default_changed && w_differs_from_local {
@@ -268,7 +284,7 @@ pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Resul
         let (Some(on), Some(wn)) = (o.get(p), w.get(p)) else {
             continue;
         };
-        if subtree_differs(&o, on, &w, wn, p)? {
+        if subtree_differs(&o, on, w, wn, p)? {
             let path = etc_path(p)?;
             conflicts.push(EtcConflict {
                 path: path.clone(),

@@ -16,7 +16,7 @@ mod walk;
 use crate::discover::{Deployment, Host};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Bumped on any incompatible change of the diff JSON.
 pub(crate) const DIFF_SCHEMA_VERSION: u32 = 1;
@@ -239,6 +239,29 @@ pub(crate) fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> O
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
 pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+    // The unit diff needs nothing from the other parts: it runs beside them, and its result
+    // (or error) is taken where it comes in the order of the parts.
+    std::thread::scope(|sc| {
+        let units = sc.spawn(|| {
+            let t = std::time::Instant::now();
+            let units = crate::units::changes::diff_units(&from.path, &to.path)
+                .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id));
+            (units, t.elapsed().as_millis() as u64)
+        });
+        diff_parts(from, to, || {
+            units
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    })
+}
+
+/// [`diff_deployments`]' parts in order; `units` waits for the unit diff.
+fn diff_parts(
+    from: &Deployment,
+    to: &Deployment,
+    units: impl FnOnce() -> (Result<Vec<crate::units::UnitFileChange>>, u64),
+) -> Result<DeploymentDiff> {
     let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let mut timings = DiffTimings::default();
     let t = std::time::Instant::now();
@@ -259,10 +282,16 @@ pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Dep
     })?;
     timings.outside_usr_ms = ms(t);
     let t = std::time::Instant::now();
-    let etc = etc::plan_etc(
+    // No `/usr` entry at or below /usr/etc: the new defaults are the old ones exactly.
+    let same_defaults = !usr
+        .entries
+        .iter()
+        .any(|e| Path::new(&e.path).starts_with("/usr/etc"));
+    let etc = etc::plan_etc_with(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
         &to.path.join("usr/etc"),
+        same_defaults,
     )
     .map_err(|e| match e.downcast_ref::<etc::EtcMergeError>() {
         // ostree itself would refuse this merge: bad input, not a failure of ours.
@@ -274,10 +303,9 @@ pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Dep
     })
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     timings.etc_ms = ms(t);
-    let t = std::time::Instant::now();
-    let units = crate::units::changes::diff_units(&from.path, &to.path)
-        .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id))?;
-    timings.units_ms = ms(t);
+    let (units, units_ms) = units();
+    let units = units?;
+    timings.units_ms = units_ms;
     let etc_changes = etc
         .actions
         .iter()

@@ -139,7 +139,9 @@ pub struct Report {
     pub etc_conflicts: Vec<String>,
     /// Units whose job failed.
     pub failed_units: Vec<String>,
-    /// Phases before the first step, in order.
+    /// Phases before the first step, in order. Not a partition of the time: `apply-live` scans
+    /// `/proc` (`stale_scan`) while the deployments are compared (`diff.*`), so phases may
+    /// overlap; `wall_ms` is what they took together with the steps.
     pub phases: Vec<Phase>,
     /// From the start of the command to the report: phases + steps.
     pub wall_ms: u64,

@@ -96,6 +96,19 @@ pub(crate) fn apply_live(
         ));
     }
     phases.push(phase("host_states", t));
+    // The /proc scan needs only the two trees: it runs while the deployments are compared
+    // (its own time is still the `stale_scan` phase). Unused if the diff ends the command.
+    let scanning = if opts.services.is_some() {
+        let (from_usr, to_usr) = (from.path.join("usr"), to.path.join("usr"));
+        Some(
+            std::thread::Builder::new()
+                .name("stale-scan".into())
+                .spawn(move || services::scan_processes(from_usr, to_usr))
+                .context("spawning the /proc scan")?,
+        )
+    } else {
+        None
+    };
     let t = Instant::now();
     let d = diff::diff_deployments(from, to)?;
     phases.extend(diff_phases(&d));
@@ -126,8 +139,13 @@ pub(crate) fn apply_live(
     if sd.is_some() {
         phases.push(phase("systemd_connect", t));
     }
-    let services = match (&sd, &opts.services) {
-        (Some(sd), Some(include)) => Some(plan_services(&d, include, sd, &mut phases)?),
+    let services = match (&sd, &opts.services, scanning) {
+        (Some(sd), Some(include), Some(scanning)) => {
+            let scanned = scanning
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            Some(plan_services(&d, include, scanned, sd, &mut phases)?)
+        }
         _ => None,
     };
     let run = LiveRun {
@@ -168,21 +186,16 @@ pub(crate) fn nothing_plan(
     )
 }
 
-/// Facts from systemd and the /proc scan, then the pure decision ([`services::plan_services`]);
-/// the gathering costs go to `phases`.
+/// Facts from systemd and the /proc scan (made while the diff ran), then the pure decision
+/// ([`services::plan_services_after`]); the gathering costs go to `phases`.
 fn plan_services(
     d: &DeploymentDiff,
     include: &[String],
+    scanned: Result<(services::StaleScan, u64)>,
     sd: &dyn systemd::Systemd,
     phases: &mut Vec<Phase>,
 ) -> Result<Vec<services::ServiceAction>> {
-    let sp = services::plan_services(
-        &d.units,
-        d.from.path.join("usr"),
-        d.to.path.join("usr"),
-        sd,
-        include,
-    )?;
+    let sp = services::plan_services_after(&d.units, scanned, sd, include)?;
     phases.extend(sp.timings.iter().map(|&(name, ms)| Phase {
         phase: name.to_owned(),
         ms,

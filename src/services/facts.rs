@@ -32,11 +32,27 @@ pub(crate) fn plan_services(
     sd: &dyn Systemd,
     include: &[String],
 ) -> Result<ServicePlan> {
+    plan_services_after(units, scan_processes(from_usr, to_usr), sd, include)
+}
+
+/// The `/proc` scan of [`plan_services`] on its own, with its milliseconds: it needs only the
+/// two trees, so `apply-live` runs it while the deployments are compared.
+pub(crate) fn scan_processes(from_usr: PathBuf, to_usr: PathBuf) -> Result<(StaleScan, u64)> {
     let mut cfg = ScanConfig::new(from_usr, to_usr);
     cfg.proc_root = Path::new("/proc").to_path_buf();
     let t = Instant::now();
     let scan = scan_stale(&cfg).context("scanning /proc for processes using replaced files")?;
-    let scan_ms = t.elapsed().as_millis() as u64;
+    Ok((scan, t.elapsed().as_millis() as u64))
+}
+
+/// [`plan_services`] given the scan ([`scan_processes`]).
+pub(crate) fn plan_services_after(
+    units: &[UnitFileChange],
+    scanned: Result<(StaleScan, u64)>,
+    sd: &dyn Systemd,
+    include: &[String],
+) -> Result<ServicePlan> {
+    let (scan, scan_ms) = scanned?;
     let t = Instant::now();
     let facts = unit_facts_for(units, &scan, sd)?;
     let facts_ms = t.elapsed().as_millis() as u64;

@@ -13,5 +13,5 @@ pub use decide::{
     by_action, decide, ostree_staging_unit, protected_class, Action, DecideOptions, DeferWhy,
     Reason, ServiceAction, UnitFacts, PID1_UNIT,
 };
-pub(crate) use facts::plan_services;
+pub(crate) use facts::{plan_services, plan_services_after, scan_processes};
 pub(crate) use stale::{scan_stale, ProcessOwner, ScanConfig, StaleScan};

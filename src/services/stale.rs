@@ -357,7 +357,6 @@ pub(crate) fn script_arg(argv: &[String]) -> Option<&str> {
 struct ProcInfo {
     pid: u32,
     comm: String,
-    cgroup: String,
     exe: Option<(PathBuf, FileId, bool)>,
     maps: Vec<MapsEntry>,
     script: Option<PathBuf>,
@@ -395,8 +394,21 @@ fn gone(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
 }
 
-/// Read what the scan needs about `pid`.
-fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
+/// Whether a `/proc/PID/maps` line can name a file the scan checks: executable (unless data
+/// mappings are checked too) and a path below the usr prefix (`wanted` is ` /usr/`). Checked
+/// on the raw line, so the many other lines are never parsed into a [`MapsEntry`]; a line this
+/// keeps is still parsed and checked in full.
+fn maps_line_wanted(line: &str, wanted: &str, data: bool) -> bool {
+    let exec = || {
+        line.find(' ')
+            .is_some_and(|sp| line.as_bytes().get(sp + 3) == Some(&b'x'))
+    };
+    (data || exec()) && line.contains(wanted)
+}
+
+/// Read what the scan needs about `pid` (its cgroup is read later, for a stale process only).
+fn inspect(config: &ScanConfig, pid: u32, our_root: Option<FileId>) -> Inspect {
+    let proc_root = config.proc_root.as_path();
     let dir = proc_root.join(pid.to_string());
     macro_rules! read {
         ($e:expr) => {
@@ -422,8 +434,6 @@ fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
             return Inspect::ForeignRoot;
         }
     }
-    let cgroup_text = read!(std::fs::read_to_string(dir.join("cgroup")));
-    let cgroup = parse_cgroup(&cgroup_text).unwrap_or_default();
     let exe = match std::fs::read_link(dir.join("exe")) {
         Ok(target) => {
             let meta = read!(std::fs::metadata(dir.join("exe")));
@@ -439,7 +449,12 @@ fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
         Err(e) => return Inspect::Unreadable(format!("{}: {e}", dir.join("exe").display())),
     };
     let maps_text = read!(std::fs::read_to_string(dir.join("maps")));
-    let maps = maps_text.lines().filter_map(parse_maps_line).collect();
+    let wanted = format!(" {}/", config.usr_prefix.display());
+    let maps = maps_text
+        .lines()
+        .filter(|l| maps_line_wanted(l, &wanted, config.include_data_mappings))
+        .filter_map(parse_maps_line)
+        .collect();
     let mut script = None;
     if let Some((exe_path, _, _)) = &exe {
         if is_interpreter(exe_path) {
@@ -460,7 +475,6 @@ fn inspect(proc_root: &Path, pid: u32, our_root: Option<FileId>) -> Inspect {
     Inspect::Info(ProcInfo {
         pid,
         comm,
-        cgroup,
         exe,
         maps,
         script,
@@ -490,26 +504,24 @@ fn parse_stat_comm_flags(stat: &str) -> Option<(String, u64)> {
 
 /// Scan every process under `config.proc_root`.
 pub fn scan_stale(config: &ScanConfig) -> Result<StaleScan> {
+    // The numeric names of the directory: nothing is opened per process until `inspect`.
+    let listing = || format!("listing processes in {}", config.proc_root.display());
     let mut pids: Vec<u32> = Vec::new();
-    for p in procfs::process::all_processes_with_root(&config.proc_root)
-        .with_context(|| format!("listing processes in {}", config.proc_root.display()))?
-    {
-        match p {
-            Ok(p) => pids.extend(u32::try_from(p.pid()).ok()),
-            Err(procfs::ProcError::NotFound(_)) => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("listing processes in {}", config.proc_root.display())
-                })
-            }
-        }
+    for e in std::fs::read_dir(&config.proc_root).with_context(listing)? {
+        let e = e.with_context(listing)?;
+        let name = e.file_name();
+        pids.extend(
+            name.to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u32>().ok()),
+        );
     }
     pids.retain(|p| !config.exclude_pids.contains(p));
     pids.sort_unstable();
     let our_root = std::fs::metadata("/").ok().map(|m| FileId::of(&m));
     let infos: Vec<Inspect> = pids
         .par_iter()
-        .map(|&pid| inspect(&config.proc_root, pid, our_root))
+        .map(|&pid| inspect(config, pid, our_root))
         .collect();
 
     let mut judge = Judge::new(config);
@@ -534,15 +546,31 @@ pub fn scan_stale(config: &ScanConfig) -> Result<StaleScan> {
             }
         };
         let files = judge.stale_files(&info)?;
-        if !files.is_empty() {
-            scan.processes.push(StaleProcess {
-                pid: info.pid,
-                comm: info.comm,
-                owner: owner_of(info.pid, &info.cgroup),
-                cgroup: info.cgroup,
-                files,
-            });
+        if files.is_empty() {
+            continue;
         }
+        // Only a stale process's owner matters: its cgroup is read now.
+        let path = config.proc_root.join(pid.to_string()).join("cgroup");
+        let cgroup = match std::fs::read_to_string(&path) {
+            Ok(text) => parse_cgroup(&text).unwrap_or_default(),
+            Err(e) if gone(&e) => continue,
+            Err(e) => {
+                scan.skipped.push(SkippedProcess {
+                    pid: *pid,
+                    why: SkipWhy::Unreadable {
+                        error: format!("{e}"),
+                    },
+                });
+                continue;
+            }
+        };
+        scan.processes.push(StaleProcess {
+            pid: info.pid,
+            comm: info.comm,
+            owner: owner_of(info.pid, &cgroup),
+            cgroup,
+            files,
+        });
     }
     scan.compared = judge.compared;
     Ok(scan)
@@ -553,19 +581,19 @@ struct Judge<'a> {
     config: &'a ScanConfig,
     ids: HashMap<PathBuf, Option<FileId>>,
     identical: HashMap<PathBuf, bool>,
-    /// The running and the target commit's `/usr`, when both deployments' repository has them.
-    commits: Option<(CommitUsr, CommitUsr)>,
+    /// The running and the target commit's `/usr`, when both deployments' repository has them;
+    /// opened the first time identities cannot decide (`None` until then).
+    commits: Option<Option<(CommitUsr, CommitUsr)>>,
     compared: Compared,
 }
 
 impl<'a> Judge<'a> {
     fn new(config: &'a ScanConfig) -> Self {
-        let open = |d: &Option<PathBuf>| d.as_deref().and_then(CommitUsr::of_deployment);
         Judge {
             config,
             ids: HashMap::new(),
             identical: HashMap::new(),
-            commits: open(&config.from_deployment).zip(open(&config.to_deployment)),
+            commits: None,
             compared: Compared::default(),
         }
     }
@@ -573,7 +601,14 @@ impl<'a> Judge<'a> {
     /// Whether the two commits have the same content at `rel`; `None` when they cannot say
     /// (no commits, a missing object, not a file on both sides).
     fn same_checksum(&mut self, rel: &Path) -> Option<bool> {
-        let (from, to) = self.commits.as_mut()?;
+        let config = self.config;
+        let (from, to) = self
+            .commits
+            .get_or_insert_with(|| {
+                let open = |d: &Option<PathBuf>| d.as_deref().and_then(CommitUsr::of_deployment);
+                open(&config.from_deployment).zip(open(&config.to_deployment))
+            })
+            .as_mut()?;
         match (from.entry(rel)?, to.entry(rel)?) {
             (UsrEntry::File(a), UsrEntry::File(b)) => Some(a == b),
             _ => None,

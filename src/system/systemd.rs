@@ -338,6 +338,53 @@ impl SystemdDbus {
         Ok(())
     }
 
+    /// Active state of every loaded unit (one `ListUnits` call).
+    fn list_active_states(&self) -> Result<HashMap<String, String>> {
+        Ok(self
+            .manager
+            .list_units()
+            .context("listing systemd units")?
+            .into_iter()
+            .map(|u| (u.0, u.3))
+            .collect())
+    }
+
+    /// One property (`Get`); `None` when this systemd does not have it (an older version
+    /// without `UpheldBy`, say), as `GetAll` would have left it out.
+    fn get(&self, path: &str, iface: &str, key: &str) -> Result<Option<OwnedValue>> {
+        let reply = self.conn.call_method(
+            Some(SYSTEMD_NAME),
+            path,
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &(iface, key),
+        );
+        let msg = match reply {
+            Ok(m) => m,
+            Err(zbus::Error::MethodError(name, _, _))
+                if matches!(
+                    name.as_str(),
+                    "org.freedesktop.DBus.Error.UnknownProperty"
+                        | "org.freedesktop.DBus.Error.InvalidArgs"
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {iface}.{key} of {path}")),
+        };
+        let v: OwnedValue = msg
+            .body()
+            .deserialize::<OwnedValue>()
+            .with_context(|| format!("decoding {iface}.{key} of {path}"))?;
+        // `Get` answers a variant: the property, unless it arrives still wrapped.
+        Ok(Some(match &*v {
+            zbus::zvariant::Value::Value(inner) => inner
+                .try_to_owned()
+                .with_context(|| format!("decoding {iface}.{key} of {path}"))?,
+            _ => v,
+        }))
+    }
+
     fn get_all(&self, path: &str, iface: &str) -> Result<HashMap<String, OwnedValue>> {
         let msg = self
             .conn
@@ -354,40 +401,55 @@ impl SystemdDbus {
             .with_context(|| format!("decoding {iface} properties of {path}"))
     }
 
-    /// Active state of every loaded unit (one `ListUnits` call).
-    fn list_active_states(&self) -> Result<HashMap<String, String>> {
-        Ok(self
-            .manager
-            .list_units()
-            .context("listing systemd units")?
-            .into_iter()
-            .map(|u| (u.0, u.3))
-            .collect())
-    }
-
-    /// The `Unit` (and, for services, `Service`) properties of each unit, all requests in
-    /// flight at once: one thread per call on the shared connection, so the round trips overlap
-    /// instead of adding up. The unit's object path is systemd's own ([`unit_object_path`]);
-    /// systemd loads a unit whose path is asked for, as `LoadUnit` does.
+    /// The `Unit` properties of each unit (`GetAll`) and, for a service, the two `Service`
+    /// properties the decision reads ([`SERVICE_PROPERTIES`], each with `Get`), all requests
+    /// in flight at once: one thread per call on the shared connection, so the round trips
+    /// overlap instead of adding up. Not the `Service` interface's `GetAll`: that is some 250
+    /// properties, among them the resource counters systemd reads from the unit's cgroup for
+    /// the answer. The unit's object path is systemd's own ([`unit_object_path`]); systemd
+    /// loads a unit whose path is asked for, as `LoadUnit` does.
     fn unit_properties(&self, names: &[String]) -> Result<Vec<UnitProperties>> {
         type Props = HashMap<String, OwnedValue>;
+        type Got<'s> = std::thread::ScopedJoinHandle<'s, Result<Option<OwnedValue>>>;
+        fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }
         std::thread::scope(|sc| {
             let calls: Vec<_> = names
                 .iter()
                 .map(|name| {
-                    let read = move |iface: &'static str| {
+                    let path = unit_object_path(name);
+                    let unit = {
+                        let path = path.clone();
                         sc.spawn(move || {
-                            self.get_all(&unit_object_path(name), iface)
+                            self.get_all(&path, UNIT_IFACE)
                                 .with_context(|| format!("reading the state of {name}"))
                         })
                     };
-                    let unit = read(UNIT_IFACE);
-                    let service = name.ends_with(".service").then(|| read(SERVICE_IFACE));
+                    let service = name.ends_with(".service").then(|| {
+                        SERVICE_PROPERTIES
+                            .iter()
+                            .map(|&key| {
+                                let path = path.clone();
+                                let h: Got<'_> = sc.spawn(move || {
+                                    self.get(&path, SERVICE_IFACE, key)
+                                        .with_context(|| format!("reading the state of {name}"))
+                                });
+                                (key, h)
+                            })
+                            .collect::<Vec<_>>()
+                    });
                     (name, unit, service)
                 })
                 .collect();
-            let join = |h: std::thread::ScopedJoinHandle<'_, Result<Props>>| {
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            let props = |hs: Vec<(&'static str, Got<'_>)>| -> Result<Props> {
+                let mut props = Props::new();
+                for (key, h) in hs {
+                    if let Some(v) = join(h)? {
+                        props.insert(key.to_owned(), v);
+                    }
+                }
+                Ok(props)
             };
             calls
                 .into_iter()
@@ -395,7 +457,7 @@ impl SystemdDbus {
                     Ok(UnitProperties {
                         name: name.clone(),
                         unit: join(unit)?,
-                        service: service.map(join).transpose()?,
+                        service: service.map(props).transpose()?,
                     })
                 })
                 .collect()
@@ -448,6 +510,9 @@ pub(crate) fn unit_object_path(name: &str) -> String {
 /// The units that want `unit` (`WantedBy=`, `RequiredBy=`, `UpheldBy=`, `BoundBy=`): an active
 /// one among them makes [`UnitFacts::wanted_by_active_target`].
 const WANTED_BY: [&str; 4] = ["WantedBy", "RequiredBy", "UpheldBy", "BoundBy"];
+
+/// The `Service` properties [`facts_from_properties`] reads.
+const SERVICE_PROPERTIES: [&str; 2] = ["MainPID", "ExecMainStartTimestamp"];
 
 fn property_strings(m: &HashMap<String, OwnedValue>, k: &str) -> Vec<String> {
     m.get(k)

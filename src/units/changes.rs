@@ -183,6 +183,9 @@ pub(crate) fn diff_units_in(
     to_root: &Path,
     dirs: &[&str],
 ) -> Result<Vec<UnitFileChange>> {
+    if same_files(from_root, to_root, dirs) {
+        return Ok(Vec::new());
+    }
     // The two scans are a few hundred stat calls each: side by side.
     let (old, new) = std::thread::scope(|sc| {
         let old = sc.spawn(|| scan_tree(from_root, dirs));
@@ -420,6 +423,75 @@ enum Entry {
 }
 
 /// Every entry under the unit dirs of `root`, keyed by absolute in-tree path.
+/// Whether `dirs` hold the very same files in both trees, from directory listings alone (no
+/// `stat`, no read): the same names in every directory pair, each non-directory the same inode
+/// on both sides (ostree checkouts hardlink an unchanged object into both deployments). Then
+/// there is no unit change to find. `false` whenever that cannot be told this way (another
+/// inode, a missing side, a filesystem whose `d_ino` is not the inode, an error): the scans
+/// decide.
+fn same_files(from_root: &Path, to_root: &Path, dirs: &[&str]) -> bool {
+    fn listing(dir: &Path) -> Option<BTreeMap<std::ffi::OsString, (u64, bool)>> {
+        use std::os::unix::fs::DirEntryExt;
+        std::fs::read_dir(dir)
+            .ok()?
+            .map(|e| {
+                let e = e.ok()?;
+                Some((e.file_name(), (e.ino(), e.file_type().ok()?.is_dir())))
+            })
+            .collect()
+    }
+    fn same(a: &Path, b: &Path) -> bool {
+        let (Some(la), Some(lb)) = (listing(a), listing(b)) else {
+            return false;
+        };
+        la.len() == lb.len()
+            && la.iter().zip(&lb).all(|((na, (ia, da)), (nb, (ib, db)))| {
+                na == nb
+                    && da == db
+                    && if *da {
+                        same(&a.join(na), &b.join(nb))
+                    } else {
+                        ia == ib
+                    }
+            })
+    }
+    dirs.iter().all(|dir| {
+        let (a, b) = (
+            host_path(from_root, Path::new(dir)),
+            host_path(to_root, Path::new(dir)),
+        );
+        let (ma, mb) = (std::fs::symlink_metadata(&a), std::fs::symlink_metadata(&b));
+        match (ma, mb) {
+            (Err(ea), Err(eb)) => {
+                ea.kind() == std::io::ErrorKind::NotFound
+                    && eb.kind() == std::io::ErrorKind::NotFound
+            }
+            (Ok(ma), Ok(mb)) => {
+                // overlayfs and FUSE may list a `d_ino` that is not the inode.
+                let inodes_hold = |p: &Path| {
+                    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+                    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+                    std::fs::File::open(p).is_ok_and(|f| {
+                        rustix::fs::fstatfs(&f).is_ok_and(|s| {
+                            // `f_type`'s integer type differs between architectures.
+                            #[allow(clippy::unnecessary_cast)]
+                            let t = s.f_type as i64;
+                            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
+                        })
+                    })
+                };
+                ma.is_dir()
+                    && mb.is_dir()
+                    && ma.dev() == mb.dev()
+                    && inodes_hold(&a)
+                    && inodes_hold(&b)
+                    && same(&a, &b)
+            }
+            _ => false,
+        }
+    })
+}
+
 fn scan_tree(root: &Path, dirs: &[&str]) -> Result<BTreeMap<PathBuf, Entry>> {
     let mut out = BTreeMap::new();
     for dir in dirs {
