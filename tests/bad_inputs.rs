@@ -594,7 +594,9 @@ fn bad_input_corpus() {
 fn second_run_while_locked_is_refused_with_the_pid() {
     let f = fixture();
     let lockdir = f.s.run().join("fastswitch");
-    let _held = fastswitch::system::lock::acquire(&lockdir).unwrap();
+    let _held =
+        fastswitch::system::lock::acquire(&lockdir, fastswitch::system::lock::Role::Other, None)
+            .unwrap();
     let before = state(&f.s);
     let out =
         f.s.fastswitch()

@@ -11,8 +11,8 @@ mod vm;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use vm::{
-    fastswitch_json, install_fastswitch, ostree_stage, ostree_status, Guest, Image, ScenarioResult,
-    Vm,
+    fastswitch_json, install_fastswitch, install_prepare_units, ostree_stage, ostree_status,
+    wait_prepare_service, Guest, Image, ScenarioResult, Vm,
 };
 
 const DEMO_UNITS: [&str; 4] = ["demo-hello", "demo-lib", "demo-reload", "demo-other"];
@@ -76,10 +76,20 @@ fn s1(guest: Guest, name: &str) {
     // S0 first: the guest as booted, then the same staging as S1's.
     let base = vm::s0::before_staging(&vm, &image, guest, &mut s0);
     install_fastswitch(&vm);
+    // As the packages ship it: fastswitch-prepare.path enabled, its service `prepare --no-kexec`.
+    install_prepare_units(&vm, false);
     let boot_id = vm.boot_id();
     let stage = ostree_stage(&vm, "test/layered", "");
     s0.secs("stage_s", stage);
     result.secs("stage_s", stage);
+    // The staging started the path unit's prepare, which links the live copy of the target's
+    // usr while nobody waits.
+    let prepare_ms = wait_prepare_service(&vm);
+    eprintln!("[s1] fastswitch prepare (path unit, after staging): {prepare_ms} ms");
+    result.set("prepare_service_ms", serde_json::json!(prepare_ms));
+    let again = fastswitch_json(&vm, "prepare --no-kexec --json");
+    assert_eq!(again["live_copy"]["outcome"], "already_linked", "{again}");
+    assert_eq!(again["kexec"]["outcome"], "skipped", "{again}");
     vm::s0::after_staging(&vm, &image, &base);
     drop(s0);
 
@@ -112,7 +122,6 @@ fn s1(guest: Guest, name: &str) {
             "tmpfiles",
             "daemon_reload",
             "services",
-            "prune_usr_copies"
         ]
     );
     let actions = service_actions(&plan);
@@ -145,6 +154,7 @@ fn s1(guest: Guest, name: &str) {
         );
     }
     assert_eq!(report["outcome"], "ok", "{report}");
+    assert_eq!(report["steps"][0]["detail"]["reused"], true, "{report}");
     result.secs("apply_live_s", t.elapsed());
     result.set("apply_own_ms", report["own_ms"].clone());
     result.set("apply_phases", report["phases"].clone());

@@ -197,6 +197,14 @@ fn demo() {
         build.checksum, build.recover_unit
     );
     assert_eq!(build.recover_unit, "enabled", "postinst enables the unit");
+    println!(
+        "fastswitch-prepare.path in the new tree: {}",
+        build.prepare_unit
+    );
+    assert_eq!(
+        build.prepare_unit, "enabled",
+        "postinst enables the path unit"
+    );
     print!(
         "{}",
         vm.exec_ok(&format!(
@@ -217,7 +225,7 @@ fn demo() {
     });
     print!("{report}");
     let installed = vm.exec_ok(
-        "set -e; command -v fastswitch; fastswitch --version; systemctl is-enabled fastswitch-recover.service; \
+        "set -e; command -v fastswitch; fastswitch --version; systemctl is-enabled fastswitch-recover.service fastswitch-prepare.path; \
          man -w fastswitch; MANPAGER=cat MANWIDTH=80 man fastswitch | head -n 12",
     );
     print!("{installed}");
@@ -225,7 +233,7 @@ fn demo() {
         installed.starts_with(&format!("{PACKAGED}\n")),
         "{installed}"
     );
-    assert!(installed.contains("\nenabled\n"), "{installed}");
+    assert!(installed.contains("\nenabled\nenabled\n"), "{installed}");
     assert!(installed.contains("NAME"), "{installed}");
     check_package(&vm, &mut result);
 

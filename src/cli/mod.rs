@@ -133,7 +133,7 @@ pub(crate) enum Command {
     /// its /usr, so that `apply-live` only swaps. Run by fastswitch-prepare.path when a
     /// deployment is staged; unloads a kernel it prepared for a deployment that is no longer
     /// staged, and removes live copies that nothing mounts and no staged deployment needs
-    Prepare,
+    Prepare(PrepareOpts),
     /// Make the system run the staged deployment the cheapest safe way: the lowest rung of
     /// none, live, soft-reboot, kexec, reboot that leaves only the target's code running.
     ///
@@ -174,6 +174,16 @@ pub(crate) struct KexecOpts {
     /// The target deployment [default: staged, else pending]
     #[arg(long, value_name = "DEP")]
     pub to: Option<String>,
+}
+
+#[derive(Debug, Args, PartialEq, Clone, Default)]
+pub(crate) struct PrepareOpts {
+    /// Do not load the staged kernel; only link the live copy (and still unload a kernel
+    /// prepared for a deployment that is gone). The shipped fastswitch-prepare.service runs
+    /// this: on systemd 254 or later a loaded kernel turns every `systemctl reboot` into a
+    /// kexec, so loading at staging is opt-in (a drop-in without --no-kexec, see the man page)
+    #[arg(long)]
+    pub(crate) no_kexec: bool,
 }
 
 #[derive(Debug, Args, PartialEq, Clone, Default)]
@@ -320,7 +330,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
         Command::Reset(opts) => verbs::reset(&paths, &opts, &mut o),
         Command::Recover => verbs::recover(&paths, &mut o),
         Command::Kexec(opts) => verbs::kexec(&paths, &opts, &mut o),
-        Command::Prepare => prepare::prepare(&paths, &mut o),
+        Command::Prepare(opts) => prepare::prepare(&paths, &opts, &mut o),
         Command::Switch(opts) => switch::switch(&paths, &opts, &mut o),
         Command::Man => docs::man(o.out),
         Command::Completions(opts) => docs::completions(opts.shell, o.out),

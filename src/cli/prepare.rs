@@ -2,13 +2,17 @@
 //! deployment's kernel, or link its live copy of `usr` ([`crate::exec::prepare`]), so that
 //! `switch` and `apply-live` only swap and hand off.
 
-use super::Output;
+use super::{Output, PrepareOpts};
 use crate::discover::HostPaths;
 use crate::exit::ExitCode;
 use anyhow::Result;
 
-pub(crate) fn prepare(paths: &HostPaths, o: &mut Output<'_>) -> Result<ExitCode> {
-    let rep = crate::ops::prepare::prepare(paths)?;
+pub(crate) fn prepare(
+    paths: &HostPaths,
+    opts: &PrepareOpts,
+    o: &mut Output<'_>,
+) -> Result<ExitCode> {
+    let rep = crate::ops::prepare::prepare(paths, !opts.no_kexec)?;
     if o.json {
         o.json_value(&rep)?;
         return Ok(ExitCode::Ok);

@@ -453,7 +453,7 @@ mod tests {
         // Prepared in this boot with the command line finalization writes: reused, no load.
         let boot_id = crate::exec::journal::current_boot_id().unwrap();
         let loader = RecordingKexec::default();
-        let r = prepared::prepare_staged(&h, &loader, &boot_id).unwrap();
+        let r = prepared::prepare_staged(&h, &loader, &boot_id, true).unwrap();
         assert_eq!(r.outcome, "loaded", "{r:?}");
         assert_eq!(run_load(&h, &loader, &cmdline).unwrap(), None);
         assert_eq!(loader.calls().len(), 1, "{:?}", loader.calls());
@@ -493,7 +493,8 @@ mod tests {
         let err = run_load(&h, &failing(|| KexecError::Busy), &cmdline).unwrap_err();
         assert_eq!(code_for(&err), ExitCode::Error, "{err:#}");
         // `prepare` refuses the same way and writes no record.
-        let err = prepared::prepare_staged(&h, &failing(|| KexecError::Disabled), "b").unwrap_err();
+        let err =
+            prepared::prepare_staged(&h, &failing(|| KexecError::Disabled), "b", true).unwrap_err();
         assert_eq!(code_for(&err), ExitCode::RebootNeeded, "{err:#}");
         assert!(prepared::read(&prepared::record_path(&h.paths))
             .unwrap()

@@ -54,9 +54,10 @@ pub(crate) fn prepare(
     loader: &dyn KexecLoader,
     mounts: &dyn Mounts,
     boot_id: &str,
+    load_kernel: bool,
 ) -> Result<PrepareReport> {
     let t0 = Instant::now();
-    let kexec = prepared::prepare_staged(host, loader, boot_id)?;
+    let kexec = prepared::prepare_staged(host, loader, boot_id, load_kernel)?;
     let live_copy = prepare_live_copy(host, mounts)?;
     Ok(PrepareReport {
         schema_version: PREPARE_SCHEMA_VERSION,
@@ -167,7 +168,7 @@ mod tests {
         let stale = live_tree::live_usr(&h.paths.sysroot, "c22.0");
         std::fs::create_dir_all(&stale).unwrap();
 
-        let r = prepare(&h, &loader, &mounts, "boot1").unwrap();
+        let r = prepare(&h, &loader, &mounts, "boot1", true).unwrap();
         assert_eq!(r.kexec.outcome, "not_needed");
         assert!(loader.calls().is_empty(), "{:?}", loader.calls());
         assert_eq!(r.live_copy.outcome, "linked", "{r:?}");
@@ -184,7 +185,7 @@ mod tests {
         assert!(live_tree::is_ready(&h.paths.sysroot, "a11.0"));
 
         // Run again (the path unit fires on every change): nothing to link, the copy is kept.
-        let r = prepare(&h, &loader, &mounts, "boot1").unwrap();
+        let r = prepare(&h, &loader, &mounts, "boot1", true).unwrap();
         assert_eq!(r.live_copy.outcome, "already_linked");
         assert!(r.live_copy.pruned.is_empty());
         assert!(copy.join("bin/tool").exists());
@@ -216,6 +217,7 @@ mod tests {
             &RecordingKexec::default(),
             &RecordingMounts::default(),
             "b",
+            true,
         )
         .unwrap();
         assert_eq!(r.live_copy.outcome, "not_needed", "{r:?}");
@@ -231,6 +233,7 @@ mod tests {
             &RecordingKexec::default(),
             &RecordingMounts::default(),
             "b",
+            true,
         )
         .unwrap();
         assert_eq!(r.live_copy.outcome, "linked", "{r:?}");
@@ -242,7 +245,7 @@ mod tests {
         let h = with_trees(dir.path(), "new");
         let loader = RecordingKexec::default();
         let mounts = RecordingMounts::default();
-        let r = prepare(&h, &loader, &mounts, "boot1").unwrap();
+        let r = prepare(&h, &loader, &mounts, "boot1", true).unwrap();
         assert_eq!(r.kexec.outcome, "loaded");
         assert!(matches!(loader.calls()[..], [KexecCall::Load { .. }]));
         assert_eq!(r.live_copy.outcome, "not_needed");
@@ -263,6 +266,7 @@ mod tests {
             &RecordingKexec::default(),
             &RecordingMounts::default(),
             "b",
+            true,
         )
         .unwrap();
         assert_eq!(r.live_copy.outcome, "not_needed");

@@ -62,7 +62,11 @@ pub(crate) fn preflight(
 ) -> Result<lock::RunLock> {
     privileges::require(needs)?;
     enter_host_namespace(paths, progress)?;
-    lock::acquire(&Journal::for_host(paths)?.dir)
+    lock::acquire(
+        &Journal::for_host(paths)?.dir,
+        lock::Role::Other,
+        Some(progress),
+    )
 }
 
 /// A real systemd connection unless services are not managed.

@@ -9,7 +9,9 @@ use crate::system::{kexec::RealKexec, lock, mounts::RealMounts, privileges};
 use anyhow::Result;
 use std::path::Path;
 
-pub(crate) fn prepare(paths: &HostPaths) -> Result<PrepareReport> {
+/// `load_kernel`: false for `--no-kexec` (the shipped unit): only the live copy, and unloading
+/// a kernel prepared for a deployment that is gone.
+pub(crate) fn prepare(paths: &HostPaths, load_kernel: bool) -> Result<PrepareReport> {
     if paths.root != Path::new("/") {
         return Err(refuse(
             ExitCode::Usage,
@@ -24,11 +26,11 @@ pub(crate) fn prepare(paths: &HostPaths) -> Result<PrepareReport> {
         ),
     ])?;
     let journal = Journal::for_host(paths)?;
-    let _lock = lock::acquire(&journal.dir)?;
+    let _lock = lock::acquire(&journal.dir, lock::Role::Prepare, None)?;
     let host = discover::load(paths)?;
     let loader = RealKexec {
         prepared_record: Some(crate::exec::kexec::prepared::record_path(paths)),
         ..RealKexec::default()
     };
-    crate::exec::prepare::prepare(&host, &loader, &RealMounts, &journal.boot_id)
+    crate::exec::prepare::prepare(&host, &loader, &RealMounts, &journal.boot_id, load_kernel)
 }

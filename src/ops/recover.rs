@@ -20,7 +20,7 @@ pub(crate) fn recover(paths: &HostPaths, progress: Progress<'_>) -> Result<Recov
         caps::Capability::CAP_DAC_OVERRIDE,
         "restore files in /etc and /var/lib/fastswitch",
     )])?;
-    let _lock = lock::acquire(&journal.dir)?;
+    let _lock = lock::acquire(&journal.dir, lock::Role::Other, Some(&mut *progress))?;
     let host = discover::load(paths)?;
     let booted = host
         .booted()

@@ -1400,6 +1400,65 @@ pub fn install_fastswitch(vm: &Vm) {
     ));
 }
 
+/// `dist/fastswitch-prepare.{path,service}` installed and enabled, running the binary on the
+/// tools disk; with `load_kernel`, plus the documented drop-in that also loads the kernel at
+/// staging.
+pub fn install_prepare_units(vm: &Vm, load_kernel: bool) {
+    for (name, text) in [
+        (
+            "fastswitch-prepare.path",
+            include_str!("../../dist/fastswitch-prepare.path"),
+        ),
+        (
+            "fastswitch-prepare.service",
+            include_str!("../../dist/fastswitch-prepare.service"),
+        ),
+    ] {
+        let unit = text.replace("/usr/bin/fastswitch", GUEST_FASTSWITCH);
+        vm.put_file(
+            &format!("/etc/systemd/system/{name}"),
+            unit.as_bytes(),
+            0o644,
+        );
+    }
+    // The opt-in the service documents: a drop-in that drops --no-kexec, so that staging also
+    // loads the kernel.
+    let shipped = include_str!("../../dist/fastswitch-prepare.service");
+    assert!(shipped.contains("ExecStart=/usr/bin/fastswitch prepare --no-kexec\n"));
+    if load_kernel {
+        vm.put_file(
+            "/etc/systemd/system/fastswitch-prepare.service.d/kexec.conf",
+            format!("[Service]\nExecStart=\nExecStart={GUEST_FASTSWITCH} prepare\n").as_bytes(),
+            0o644,
+        );
+    }
+    vm.exec_ok("systemctl daemon-reload && systemctl enable --now fastswitch-prepare.path");
+}
+
+/// Wait until `fastswitch-prepare.service`, started by the path unit after a staging, has
+/// finished successfully; returns how long its `fastswitch prepare` ran (ms).
+pub fn wait_prepare_service(vm: &Vm) -> u64 {
+    let out = vm.exec_timeout(
+        "for i in $(seq 600); do \
+           s=$(systemctl show -P ActiveState fastswitch-prepare.service); \
+           x=$(systemctl show -P ExecMainExitTimestampMonotonic fastswitch-prepare.service); \
+           [ \"$s\" != activating ] && [ \"$x\" != 0 ] && break; sleep 0.2; done; \
+         systemctl show -P Result fastswitch-prepare.service; \
+         echo $(( ($(systemctl show -P ExecMainExitTimestampMonotonic fastswitch-prepare.service) \
+           - $(systemctl show -P ExecMainStartTimestampMonotonic fastswitch-prepare.service)) / 1000 ))",
+        Duration::from_secs(180),
+    );
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    if !(out.success() && lines.len() == 2 && lines[0] == "success") {
+        vm.fail(&format!(
+            "fastswitch-prepare.service after staging: {out:?}\n{}",
+            vm.exec("journalctl -b -u fastswitch-prepare.service -o cat")
+                .stdout
+        ));
+    }
+    lines[1].parse().unwrap()
+}
+
 /// `ostree admin status` in the guest, parsed.
 pub fn ostree_status(vm: &Vm) -> Vec<ostree::Deployment> {
     let text = vm.exec_ok("ostree admin status");
@@ -1578,6 +1637,8 @@ pub struct ImageBuild {
     pub dpkg_log: String,
     /// `systemctl --root=TREE is-enabled fastswitch-recover.service` in the new tree.
     pub recover_unit: String,
+    /// The same for `fastswitch-prepare.path`.
+    pub prepare_unit: String,
     pub duration: Duration,
 }
 
@@ -1607,6 +1668,7 @@ unshare -m --propagation private sh -ec '
   chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 dpkg -i /tmp/fastswitch.deb
 ' sh "$t" > "$w/dpkg.log" 2>&1 || {{ cat "$w/dpkg.log" >&2; exit 1; }}
 enabled=$(systemctl --root="$t" is-enabled fastswitch-recover.service || true)
+prepare=$(systemctl --root="$t" is-enabled fastswitch-prepare.path || true)
 rm "$t/tmp/fastswitch.deb" "$t/var/lib/dpkg"
 find "$t/var" -mindepth 1 -delete
 mv "$t/etc" "$t/usr/etc"
@@ -1614,6 +1676,7 @@ c=$(ostree --repo=$repo commit --branch={new_ref} --link-checkout-speedup \
   --subject="image build: {base:.12} + apt-get install ./fastswitch.deb" --tree=dir="$t")
 echo "checksum=$c"
 echo "enabled=$enabled"
+echo "prepare=$prepare"
 echo "--- dpkg"
 cat "$w/dpkg.log"
 rm -rf "$w"
@@ -1628,6 +1691,7 @@ rm -rf "$w"
     let build = ImageBuild {
         checksum: field("checksum"),
         recover_unit: field("enabled"),
+        prepare_unit: field("prepare"),
         dpkg_log: out
             .split_once("--- dpkg\n")
             .map(|(_, l)| l.to_string())

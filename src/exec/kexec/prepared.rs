@@ -186,7 +186,7 @@ pub(crate) fn check_reuse(
 /// [`crate::exec::prepare::PrepareReport`]).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct KexecPrepareReport {
-    /// `loaded`, `already_loaded`, `not_needed`, `unloaded`.
+    /// `loaded`, `already_loaded`, `not_needed`, `unloaded`, `skipped` (`--no-kexec`).
     pub outcome: &'static str,
     pub(crate) deployment: Option<String>,
     pub(crate) kernel: Option<PathBuf>,
@@ -258,6 +258,7 @@ pub(crate) fn prepare_staged(
     host: &Host,
     loader: &dyn KexecLoader,
     boot_id: &str,
+    load_kernel: bool,
 ) -> Result<KexecPrepareReport> {
     let t0 = Instant::now();
     let paths = &host.paths;
@@ -286,6 +287,16 @@ pub(crate) fn prepare_staged(
     let Some(d) = staged else {
         return Ok(not_needed("no staged deployment".into()));
     };
+    if !load_kernel {
+        let mut r = not_needed(format!(
+            "not loading the kernel of {} at staging (--no-kexec, as the shipped fastswitch-prepare.service runs): `switch` loads it itself",
+            d.id
+        ));
+        if r.outcome == "not_needed" {
+            r.outcome = "skipped";
+        }
+        return Ok(r);
+    }
     if host.finalization_locked {
         return Ok(not_needed(format!(
             "finalization of {} is locked: it gets no boot entry at shutdown",
@@ -466,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = host(dir.path(), "new");
         let loader = RecordingKexec::default();
-        let r = prepare_staged(&h, &loader, "boot1").unwrap();
+        let r = prepare_staged(&h, &loader, "boot1", true).unwrap();
         assert_eq!(r.outcome, "loaded", "{r:?}");
         // The merge deployment's options with ostree= replaced in place.
         let cmdline = "root=/dev/vda ostree=/ostree/boot.1/debian/new/0 quiet";
@@ -480,7 +491,7 @@ mod tests {
             }]
         );
         // Staged again with nothing new: nothing loaded again.
-        let r = prepare_staged(&h, &loader, "boot1").unwrap();
+        let r = prepare_staged(&h, &loader, "boot1", true).unwrap();
         assert_eq!(r.outcome, "already_loaded");
         assert_eq!(loader.calls().len(), 1);
 
@@ -505,7 +516,32 @@ mod tests {
         let mut gone = h.clone();
         gone.deployments.remove(0);
         gone.staged_state = None;
-        let r = prepare_staged(&gone, &loader, "boot1").unwrap();
+        let r = prepare_staged(&gone, &loader, "boot1", true).unwrap();
+        assert_eq!(r.outcome, "unloaded", "{r:?}");
+        assert_eq!(loader.calls().last(), Some(&KexecCall::Unload));
+    }
+
+    /// `--no-kexec` (the shipped unit): a new kernel is not loaded, but a kernel an earlier
+    /// `prepare` loaded for a deployment that is gone is still unloaded.
+    #[test]
+    fn no_kexec_loads_nothing_and_still_unloads_a_gone_deployments_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), "new");
+        let loader = RecordingKexec::default();
+        let r = prepare_staged(&h, &loader, "boot1", false).unwrap();
+        assert_eq!(r.outcome, "skipped", "{r:?}");
+        assert!(r.reason.contains("--no-kexec"), "{r:?}");
+        assert!(loader.calls().is_empty());
+        assert!(read(&record_path(&h.paths)).unwrap().is_none());
+
+        assert_eq!(
+            prepare_staged(&h, &loader, "boot1", true).unwrap().outcome,
+            "loaded"
+        );
+        let mut gone = h.clone();
+        gone.deployments.remove(0);
+        gone.staged_state = None;
+        let r = prepare_staged(&gone, &loader, "boot1", false).unwrap();
         assert_eq!(r.outcome, "unloaded", "{r:?}");
         assert_eq!(loader.calls().last(), Some(&KexecCall::Unload));
     }
@@ -516,20 +552,20 @@ mod tests {
         let loader = RecordingKexec::default();
         let same = host(dir.path(), "old");
         assert_eq!(
-            prepare_staged(&same, &loader, "b").unwrap().outcome,
+            prepare_staged(&same, &loader, "b", true).unwrap().outcome,
             "not_needed"
         );
         let mut locked = host(dir.path(), "new");
         locked.finalization_locked = true;
         assert_eq!(
-            prepare_staged(&locked, &loader, "b").unwrap().outcome,
+            prepare_staged(&locked, &loader, "b", true).unwrap().outcome,
             "not_needed"
         );
         let mut none = host(dir.path(), "new");
         none.deployments.remove(0);
         none.staged_state = None;
         assert_eq!(
-            prepare_staged(&none, &loader, "b").unwrap().outcome,
+            prepare_staged(&none, &loader, "b", true).unwrap().outcome,
             "not_needed"
         );
         assert!(loader.calls().is_empty());
