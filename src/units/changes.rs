@@ -7,8 +7,9 @@
 //! `usr/etc/systemd/system` (the deployment's `/etc` defaults); the admin's `/etc` is the
 //! `/etc` merge's business.
 //!
-//! Files that are the same inode in both trees (ostree hardlinks the objects of unchanged files)
-//! are skipped without being read. Reported paths are absolute in-tree paths
+//! The diff looks only at the paths the `/usr` diff found changed ([`diff_units_changed`]), so
+//! its cost follows the change, not the size of the unit directories. Files that are the same
+//! inode in both trees (ostree hardlinks the objects of unchanged files) are not read. Reported paths are absolute in-tree paths
 //! (`/usr/lib/systemd/system/foo.service`).
 //!
 //! Drop-ins that are not tied to one unit are reported under a glob: a type-level directory
@@ -65,6 +66,14 @@ pub(crate) enum Dependency {
 }
 
 impl Dependency {
+    fn dir_suffix(self) -> &'static str {
+        match self {
+            Dependency::Wants => ".wants",
+            Dependency::Requires => ".requires",
+            Dependency::Upholds => ".upholds",
+        }
+    }
+
     fn from_dir(dir: &str) -> Option<(&str, Dependency)> {
         [
             (".wants", Dependency::Wants),
@@ -169,7 +178,9 @@ pub(crate) fn unit_pattern_matches(pattern: &str, unit: &str) -> bool {
 }
 
 /// Diff the units of two deployment trees using the deployment's default unit directories
-/// ([`DEPLOYMENT_UNIT_DIRS`]).
+/// ([`DEPLOYMENT_UNIT_DIRS`]), scanning them whole: the reference the tests hold
+/// [`diff_units_changed`] to.
+#[cfg(test)]
 pub(crate) fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFileChange>> {
     diff_units_in(from_root, to_root, DEPLOYMENT_UNIT_DIRS)
 }
@@ -178,14 +189,12 @@ pub(crate) fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFil
 ///
 /// Long: three passes over the same two scans (file changes, per-unit grouping with the
 /// comparison, enablement links) that share their maps.
+#[cfg(test)]
 pub(crate) fn diff_units_in(
     from_root: &Path,
     to_root: &Path,
     dirs: &[&str],
 ) -> Result<Vec<UnitFileChange>> {
-    if same_files(from_root, to_root, dirs) {
-        return Ok(Vec::new());
-    }
     // The two scans are a few hundred stat calls each: side by side.
     let (old, new) = std::thread::scope(|sc| {
         let old = sc.spawn(|| scan_tree(from_root, dirs));
@@ -195,8 +204,88 @@ pub(crate) fn diff_units_in(
             new,
         )
     });
-    let (old, new) = (old?, new?);
+    diff_scanned(from_root, to_root, dirs, old?, new?)
+}
 
+/// [`diff_units`] when the caller already knows every path that differs between the two trees
+/// (`changed`: absolute in-tree paths, as the `/usr` diff lists them; a removed directory once,
+/// an added one with its descendants): only those paths are looked at, not the unit
+/// directories. The result is [`diff_units`]' exactly: a file outside `changed` is the same in
+/// both trees, so it changes no unit, and a dependency link outside `changed` is in both
+/// trees, which the enablement check looks up on disk.
+pub(crate) fn diff_units_changed(
+    from_root: &Path,
+    to_root: &Path,
+    changed: &[&Path],
+) -> Result<Vec<UnitFileChange>> {
+    diff_units_changed_in(from_root, to_root, DEPLOYMENT_UNIT_DIRS, changed)
+}
+
+pub(crate) fn diff_units_changed_in(
+    from_root: &Path,
+    to_root: &Path,
+    dirs: &[&str],
+    changed: &[&Path],
+) -> Result<Vec<UnitFileChange>> {
+    let under: Vec<&Path> = changed
+        .iter()
+        .copied()
+        .filter(|p| dirs.iter().any(|d| p.starts_with(Path::new("/").join(d))))
+        .collect();
+    if under.is_empty() {
+        return Ok(Vec::new());
+    }
+    let old = scan_paths(from_root, to_root, dirs, &under)?;
+    let new = scan_paths(to_root, from_root, dirs, &under)?;
+    diff_scanned(from_root, to_root, dirs, old, new)
+}
+
+/// The part of [`scan_tree`] of `root` that `paths` name: each path that exists in `root`,
+/// and everything below a directory that is not a directory in `other` (added, removed or
+/// turned into a directory: the `/usr` diff lists such a directory once).
+fn scan_paths(
+    root: &Path,
+    other: &Path,
+    dirs: &[&str],
+    paths: &[&Path],
+) -> Result<BTreeMap<PathBuf, Entry>> {
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let host = host_path(root, p);
+        let meta = match std::fs::symlink_metadata(&host) {
+            Ok(m) => m,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e).with_context(|| format!("inspecting {}", host.display())),
+        };
+        if meta.is_dir() {
+            let other_is_dir =
+                std::fs::symlink_metadata(host_path(other, p)).is_ok_and(|m| m.is_dir());
+            if !other_is_dir {
+                walk(root, p, &mut out)?;
+            }
+        }
+        // A unit directory itself is not an entry of the full scan either.
+        if dirs.iter().any(|d| *p == Path::new("/").join(d)) {
+            continue;
+        }
+        out.insert(p.to_path_buf(), entry_of(&host, &meta)?);
+    }
+    Ok(out)
+}
+
+/// The changes between two scans (whole unit directories, or the changed paths only).
+fn diff_scanned(
+    from_root: &Path,
+    to_root: &Path,
+    dirs: &[&str],
+    old: BTreeMap<PathBuf, Entry>,
+    new: BTreeMap<PathBuf, Entry>,
+) -> Result<Vec<UnitFileChange>> {
     // Which file-level entries differ.
     let mut file_changes: Vec<FileChange> = Vec::new();
     for path in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
@@ -250,8 +339,20 @@ pub(crate) fn diff_units_in(
                 .collect()
         };
     let (old_links, new_links) = (links(&old), links(&new));
-    for ((unit, dependency, by), path) in &new_links {
-        if !old_links.contains_key(&(unit.clone(), *dependency, by.clone())) {
+    // Whether `root` has the link in any of the dirs: the scans may hold changed paths only,
+    // and a link that moved from another directory is not a change.
+    let has_link = |root: &Path, (unit, dependency, by): &(String, Dependency, String)| {
+        dirs.iter().any(|d| {
+            let p = Path::new("/")
+                .join(d)
+                .join(format!("{by}{}", dependency.dir_suffix()))
+                .join(unit);
+            std::fs::symlink_metadata(host_path(root, &p)).is_ok()
+        })
+    };
+    for (key, path) in &new_links {
+        let (unit, dependency, by) = key;
+        if !old_links.contains_key(key) && !has_link(from_root, key) {
             out.push(UnitFileChange {
                 flags: flags_for(to_root, dirs, unit)?,
                 unit: unit.clone(),
@@ -266,8 +367,9 @@ pub(crate) fn diff_units_in(
             });
         }
     }
-    for ((unit, dependency, by), path) in &old_links {
-        if !new_links.contains_key(&(unit.clone(), *dependency, by.clone())) {
+    for (key, path) in &old_links {
+        let (unit, dependency, by) = key;
+        if !new_links.contains_key(key) && !has_link(to_root, key) {
             out.push(UnitFileChange {
                 flags: flags_for(from_root, dirs, unit)?,
                 unit: unit.clone(),
@@ -423,75 +525,7 @@ enum Entry {
 }
 
 /// Every entry under the unit dirs of `root`, keyed by absolute in-tree path.
-/// Whether `dirs` hold the very same files in both trees, from directory listings alone (no
-/// `stat`, no read): the same names in every directory pair, each non-directory the same inode
-/// on both sides (ostree checkouts hardlink an unchanged object into both deployments). Then
-/// there is no unit change to find. `false` whenever that cannot be told this way (another
-/// inode, a missing side, a filesystem whose `d_ino` is not the inode, an error): the scans
-/// decide.
-fn same_files(from_root: &Path, to_root: &Path, dirs: &[&str]) -> bool {
-    fn listing(dir: &Path) -> Option<BTreeMap<std::ffi::OsString, (u64, bool)>> {
-        use std::os::unix::fs::DirEntryExt;
-        std::fs::read_dir(dir)
-            .ok()?
-            .map(|e| {
-                let e = e.ok()?;
-                Some((e.file_name(), (e.ino(), e.file_type().ok()?.is_dir())))
-            })
-            .collect()
-    }
-    fn same(a: &Path, b: &Path) -> bool {
-        let (Some(la), Some(lb)) = (listing(a), listing(b)) else {
-            return false;
-        };
-        la.len() == lb.len()
-            && la.iter().zip(&lb).all(|((na, (ia, da)), (nb, (ib, db)))| {
-                na == nb
-                    && da == db
-                    && if *da {
-                        same(&a.join(na), &b.join(nb))
-                    } else {
-                        ia == ib
-                    }
-            })
-    }
-    dirs.iter().all(|dir| {
-        let (a, b) = (
-            host_path(from_root, Path::new(dir)),
-            host_path(to_root, Path::new(dir)),
-        );
-        let (ma, mb) = (std::fs::symlink_metadata(&a), std::fs::symlink_metadata(&b));
-        match (ma, mb) {
-            (Err(ea), Err(eb)) => {
-                ea.kind() == std::io::ErrorKind::NotFound
-                    && eb.kind() == std::io::ErrorKind::NotFound
-            }
-            (Ok(ma), Ok(mb)) => {
-                // overlayfs and FUSE may list a `d_ino` that is not the inode.
-                let inodes_hold = |p: &Path| {
-                    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-                    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-                    std::fs::File::open(p).is_ok_and(|f| {
-                        rustix::fs::fstatfs(&f).is_ok_and(|s| {
-                            // `f_type`'s integer type differs between architectures.
-                            #[allow(clippy::unnecessary_cast)]
-                            let t = s.f_type as i64;
-                            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
-                        })
-                    })
-                };
-                ma.is_dir()
-                    && mb.is_dir()
-                    && ma.dev() == mb.dev()
-                    && inodes_hold(&a)
-                    && inodes_hold(&b)
-                    && same(&a, &b)
-            }
-            _ => false,
-        }
-    })
-}
-
+#[cfg(test)]
 fn scan_tree(root: &Path, dirs: &[&str]) -> Result<BTreeMap<PathBuf, Entry>> {
     let mut out = BTreeMap::new();
     for dir in dirs {
@@ -513,27 +547,32 @@ fn walk(root: &Path, in_tree_dir: &Path, out: &mut BTreeMap<PathBuf, Entry>) -> 
         let meta = entry
             .metadata()
             .with_context(|| format!("inspecting {}", entry.path().display()))?;
-        let ft = meta.file_type();
-        let e = if ft.is_symlink() {
-            Entry::Symlink(
-                std::fs::read_link(entry.path())
-                    .with_context(|| format!("reading symlink {}", entry.path().display()))?,
-            )
-        } else if ft.is_dir() {
+        if meta.is_dir() {
             walk(root, &in_tree, out)?;
-            Entry::Dir
-        } else if ft.is_file() {
-            Entry::File {
-                dev: meta.dev(),
-                ino: meta.ino(),
-                len: meta.len(),
-            }
-        } else {
-            Entry::Other
-        };
-        out.insert(in_tree, e);
+        }
+        out.insert(in_tree, entry_of(&entry.path(), &meta)?);
     }
     Ok(())
+}
+
+fn entry_of(host: &Path, meta: &std::fs::Metadata) -> Result<Entry> {
+    let ft = meta.file_type();
+    Ok(if ft.is_symlink() {
+        Entry::Symlink(
+            std::fs::read_link(host)
+                .with_context(|| format!("reading symlink {}", host.display()))?,
+        )
+    } else if ft.is_dir() {
+        Entry::Dir
+    } else if ft.is_file() {
+        Entry::File {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+        }
+    } else {
+        Entry::Other
+    })
 }
 
 fn same_entry(from_root: &Path, to_root: &Path, path: &Path, a: &Entry, b: &Entry) -> Result<bool> {
@@ -606,6 +645,17 @@ mod tests {
         std::fs::hard_link(t.from.join(rel), dst).unwrap();
     }
 
+    /// [`diff_units`], checked against [`diff_units_changed`] given the real `/usr` diff's
+    /// paths: the two must agree exactly.
+    fn both(t: &Trees) -> Vec<UnitFileChange> {
+        let full = diff_units(&t.from, &t.to).unwrap();
+        let usr = crate::diff::usr::diff_usr(&t.from, &t.to).unwrap();
+        let changed: Vec<&Path> = usr.entries.iter().map(|e| Path::new(&e.path)).collect();
+        let restricted = diff_units_changed(&t.from, &t.to, &changed).unwrap();
+        assert_eq!(restricted, full, "changed paths: {changed:?}");
+        full
+    }
+
     const LIB: &str = "usr/lib/systemd/system";
     const ETC: &str = "usr/etc/systemd/system";
 
@@ -666,7 +716,7 @@ mod tests {
         );
         link(&t.to, &format!("{ETC}/masked.service"), "/dev/null");
 
-        let changes = diff_units(&t.from, &t.to).unwrap();
+        let changes = both(&t);
         let summary: Vec<(&str, &UnitChange)> = changes
             .iter()
             .map(|c| (c.unit.as_str(), &c.change))
@@ -752,7 +802,7 @@ mod tests {
         // A non-.conf file in a drop-in dir is not a unit change.
         write(&t.to, &format!("{LIB}/foo.service.d/notes.txt"), "hi");
 
-        let changes = diff_units(&t.from, &t.to).unwrap();
+        let changes = both(&t);
         let units: Vec<&str> = changes.iter().map(|c| c.unit.as_str()).collect();
         assert_eq!(
             units,
@@ -831,8 +881,36 @@ mod tests {
             &format!("{ETC}/multi-user.target.wants/moved.service"),
             "/usr/lib/systemd/system/moved.service",
         );
-        let changes = diff_units(&t.from, &t.to).unwrap();
-        assert_eq!(changes.len(), 2, "{changes:#?}");
+        // Linked in /usr/lib on both sides, and now in /usr/etc too: no enablement change
+        // (the changed paths hold only the new link; the old one is looked up on disk).
+        for root in [&t.from, &t.to] {
+            link(
+                root,
+                &format!("{LIB}/multi-user.target.wants/kept.service"),
+                "../kept.service",
+            );
+        }
+        link(
+            &t.to,
+            &format!("{ETC}/multi-user.target.wants/kept.service"),
+            "/usr/lib/systemd/system/kept.service",
+        );
+        // A whole .wants directory removed: the /usr diff lists it once.
+        link(
+            &t.from,
+            &format!("{LIB}/timers.target.wants/zz-timer.timer"),
+            "../zz-timer.timer",
+        );
+        let changes = both(&t);
+        assert_eq!(changes.len(), 3, "{changes:#?}");
+        assert_eq!(
+            changes[2].change,
+            UnitChange::Disabled {
+                by: "timers.target".into(),
+                dependency: Dependency::Wants
+            }
+        );
+        assert_eq!(changes[2].unit, "zz-timer.timer");
         assert_eq!(changes[0].unit, "new.service");
         assert_eq!(
             changes[0].change,
@@ -869,7 +947,7 @@ mod tests {
             &format!("{LIB}/a.service"),
             "[Unit]\nX-StopOnRemoval=no\n[Service]\nExecStart=/a2\nX-ReloadIfChanged=yes\nSockets=a.socket b.socket\n",
         );
-        let changes = diff_units(&t.from, &t.to).unwrap();
+        let changes = both(&t);
         let f = &changes[0].flags;
         assert!(f.reload_if_changed && !f.stop_on_removal && f.restart_if_changed);
         assert_eq!(f.sockets, ["a.socket", "b.socket"]);
