@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use fastswitch::diff::etc::{plan_etc, EtcMergeError};
+use fastswitch::diff::etc::{plan_etc, plan_etc_with, EtcMergeError, EtcPlan, NewDefaults};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -154,6 +154,28 @@ fn assert_ordered(plan: &Value) {
     assert!(others.windows(2).all(|w| w[0] < w[1]), "{others:?}");
 }
 
+/// `plan_etc` from `d1`'s defaults to `d2`'s with `local` as the admin's /etc, checked against
+/// the plan `diff` and `apply-live` make: the old defaults with only the paths the real `/usr`
+/// diff of the two deployments lists read from the new ones. The two must be equal.
+fn plan_checked(d1: &Path, d2: &Path, local: &Path) -> EtcPlan {
+    let (old, new) = (d1.join("usr/etc"), d2.join("usr/etc"));
+    let full = plan_etc(&old, local, &new).unwrap();
+    let usr = fastswitch::diff::usr::diff_usr(d1, d2).unwrap();
+    let changed: Vec<&Path> = usr
+        .entries
+        .iter()
+        .filter_map(|e| Path::new(&e.path).strip_prefix("/usr/etc").ok())
+        .collect();
+    assert!(!changed.is_empty(), "the fixtures change defaults");
+    let patched = plan_etc_with(&old, local, &new, NewDefaults::Changed(&changed)).unwrap();
+    assert_eq!(
+        serde_json::to_value(&patched).unwrap(),
+        serde_json::to_value(&full).unwrap(),
+        "changed defaults: {changed:?}"
+    );
+    full
+}
+
 struct Fixture {
     _s: Sysroot,
     /// The deployment whose `etc` the admin edited (the merge source).
@@ -267,8 +289,8 @@ fn plan_matches_ostree_merge() {
     require_root!();
     let (v1, v2) = trees();
     let f = deploy_with_edits(&v1, &v2, admin_edits);
-    let (old, local, new) = (f.d1.join("usr/etc"), f.d1.join("etc"), f.d2.join("usr/etc"));
-    let plan = serde_json::to_value(plan_etc(&old, &local, &new).unwrap()).unwrap();
+    let (local, new) = (f.d1.join("etc"), f.d2.join("usr/etc"));
+    let plan = serde_json::to_value(plan_checked(&f.d1, &f.d2, &local)).unwrap();
     assert_ordered(&plan);
     let (d, fl) = (Some("dir"), Some("file"));
     let sl = Some("symlink");
@@ -345,7 +367,7 @@ fn plan_matches_ostree_merge() {
     assert!(ostree_merged.contains_key("/rmdir-kept/mine"));
 
     // Idempotent: planning again from the applied /etc changes nothing more.
-    let again = serde_json::to_value(plan_etc(&old, &applied, &new).unwrap()).unwrap();
+    let again = serde_json::to_value(plan_checked(&f.d1, &f.d2, &applied)).unwrap();
     let changes: Vec<&Value> = again["actions"]
         .as_array()
         .unwrap()
@@ -362,7 +384,7 @@ fn unedited_etc_follows_defaults() {
     let (v1, v2) = trees();
     let f = deploy_with_edits(&v1, &v2, |_| {});
     let new = f.d2.join("usr/etc");
-    let plan = plan_etc(&f.d1.join("usr/etc"), &f.d1.join("etc"), &new).unwrap();
+    let plan = plan_checked(&f.d1, &f.d2, &f.d1.join("etc"));
     let v = serde_json::to_value(&plan).unwrap();
     assert_eq!(v["conflicts"], json!([]), "{v:#}");
     assert!(plan.actions.iter().all(|a| {

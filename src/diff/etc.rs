@@ -122,25 +122,40 @@ pub enum EtcMergeError {
 /// union of the three trees with ostree's per-path 3-way cases inline (a candidate for
 /// splitting the per-path case out).
 pub fn plan_etc(old_defaults: &Path, local: &Path, new_defaults: &Path) -> Result<EtcPlan> {
-    plan_etc_with(old_defaults, local, new_defaults, false)
+    plan_etc_with(old_defaults, local, new_defaults, NewDefaults::Load)
 }
 
-/// [`plan_etc`]; `same_defaults`: the caller knows the new defaults are the old ones exactly
-/// (content, type, mode, owner and xattrs of every path, as the `/usr` diff compares them), so
-/// the old tree stands for both and the new one is not loaded. The plan is the same: the merge
-/// reads W only through its metadata, symlink targets and bytes, which are O's, and its
-/// "same object" shortcuts then hold everywhere.
-pub(crate) fn plan_etc_with(
+/// What the caller knows of the new defaults, from the `/usr` diff (which compares content,
+/// type, mode, owner and xattrs of every path, as the merge needs).
+#[derive(Debug, Clone, Copy)]
+pub enum NewDefaults<'a> {
+    /// Nothing: load the new tree whole.
+    Load,
+    /// The new defaults are the old ones exactly: the old tree stands for both.
+    Same,
+    /// Only these paths (relative to the defaults' root, parents before children; a removed
+    /// directory once, an added one with its descendants) differ from the old defaults: the
+    /// new tree is the old one with just these paths read from the new defaults.
+    Changed(&'a [&'a Path]),
+}
+
+/// [`plan_etc`] with what the caller knows of the new defaults ([`NewDefaults`]). With `Same`
+/// or `Changed` the new tree is not loaded whole, and the plan is the same: the merge reads W
+/// only through its metadata, symlink targets and bytes, which for every unchanged path are
+/// O's (the bytes are read from the new defaults, where they are the same), and its "same
+/// object" shortcuts then hold there.
+pub fn plan_etc_with(
     old_defaults: &Path,
     local: &Path,
     new_defaults: &Path,
-    same_defaults: bool,
+    defaults: NewDefaults<'_>,
 ) -> Result<EtcPlan> {
     // Loading is a few thousand lstat calls per tree, the bulk of the plan's cost: the trees
     // load side by side.
+    let load_new = matches!(defaults, NewDefaults::Load);
     let (o, l, w) = std::thread::scope(|sc| {
         let o = sc.spawn(|| Tree::load(old_defaults));
-        let w = (!same_defaults).then(|| sc.spawn(|| Tree::load(new_defaults)));
+        let w = load_new.then(|| sc.spawn(|| Tree::load(new_defaults)));
         let l = Tree::load(local);
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Tree>>| {
             h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
@@ -148,7 +163,13 @@ pub(crate) fn plan_etc_with(
         (join(o), l, w.map(join))
     });
     let (o, l) = (o?, l?);
-    let w_loaded = w.transpose()?;
+    let w_loaded = match defaults {
+        NewDefaults::Load => w.transpose()?,
+        NewDefaults::Same => None,
+        NewDefaults::Changed(paths) => Some(o.patched(new_defaults, paths).with_context(|| {
+            format!("reading the changed defaults in {}", new_defaults.display())
+        })?),
+    };
     let w = w_loaded.as_ref().unwrap_or(&o);
 
     // 1. ostree_diff_dirs(O, L), in ostree's pre-order.
@@ -329,6 +350,7 @@ fn merge_err(e: EtcMergeError) -> anyhow::Error {
 }
 
 /// One object of a loaded tree.
+#[derive(Clone)]
 struct Node {
     meta: Meta,
     target: Option<OsString>,
@@ -436,6 +458,57 @@ impl Tree {
         Ok(())
     }
 
+    /// This tree with `paths` (relative, parents first) read again from `root`, and rooted
+    /// there: what `root` holds when only `paths` differ from this tree.
+    fn patched(&self, root: &Path, paths: &[&Path]) -> Result<Tree> {
+        let mut top = self.top.clone();
+        for rel in paths {
+            let shown = root.join(rel);
+            let m = match std::fs::symlink_metadata(&shown) {
+                Ok(m) => meta_of(&m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) {
+                        if let Some(p) = node_mut(&mut top, parent) {
+                            p.children.remove(name);
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("stat {}", shown.display())),
+            };
+            let Some(name) = rel.file_name() else {
+                // The defaults' root itself: its own metadata (its children come one by one).
+                top.meta = m;
+                continue;
+            };
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let p = node_mut(&mut top, parent).with_context(|| {
+                format!(
+                    "{} changed, but its directory is not a directory of the new defaults",
+                    shown.display()
+                )
+            })?;
+            match p.children.get_mut(name) {
+                // A directory on both sides: its metadata; its children that changed come on
+                // their own.
+                Some(n) if n.file_type() == FileType::Dir && m.file_type() == FileType::Dir => {
+                    n.meta = m;
+                }
+                _ => {
+                    let dir = walk::open_dir(&root.join(parent))?;
+                    let c_name = std::ffi::CString::new(name.as_bytes())
+                        .with_context(|| format!("a NUL byte in {}", shown.display()))?;
+                    let node = Self::load_node_at(dir.as_fd(), &c_name, &shown, m)?;
+                    p.children.insert(name.to_owned(), node);
+                }
+            }
+        }
+        Ok(Tree {
+            root: root.to_path_buf(),
+            top,
+        })
+    }
+
     fn get(&self, rel: &Path) -> Option<&Node> {
         let mut n = &self.top;
         for c in rel.iter() {
@@ -443,6 +516,14 @@ impl Tree {
         }
         Some(n)
     }
+}
+
+fn node_mut<'n>(top: &'n mut Node, rel: &Path) -> Option<&'n mut Node> {
+    let mut n = top;
+    for c in rel.iter() {
+        n = n.children.get_mut(c)?;
+    }
+    Some(n)
 }
 
 /// Mode (with type bits), uid and gid: what ostree's dirmeta records, xattrs aside.

@@ -238,10 +238,30 @@ pub(crate) fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> O
 
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
-///
-/// The parts in order: kernel, `/usr`, then the unit diff (which looks only at the unit files
-/// the `/usr` diff lists) beside the content outside `/usr` and the `/etc` plan.
 pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+    // The unit diff needs nothing from the other parts: it runs beside them, and its result
+    // (or error) is taken where it comes in the order of the parts.
+    std::thread::scope(|sc| {
+        let units = sc.spawn(|| {
+            let t = std::time::Instant::now();
+            let units = crate::units::changes::diff_units(&from.path, &to.path)
+                .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id));
+            (units, t.elapsed().as_millis() as u64)
+        });
+        diff_parts(from, to, || {
+            units
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    })
+}
+
+/// [`diff_deployments`]' parts in order; `units` waits for the unit diff.
+fn diff_parts(
+    from: &Deployment,
+    to: &Deployment,
+    units: impl FnOnce() -> (Result<Vec<crate::units::UnitFileChange>>, u64),
+) -> Result<DeploymentDiff> {
     let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let mut timings = DiffTimings::default();
     let t = std::time::Instant::now();
@@ -253,39 +273,6 @@ pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Dep
     let usr = usr::diff_usr(&from.path, &to.path)
         .with_context(|| format!("comparing /usr of {} and {}", from.id, to.id))?;
     timings.usr_ms = ms(t);
-    // Every unit directory is below /usr: the unit diff needs only the paths the /usr diff
-    // lists, and runs beside the other parts; its result (or error) is taken in its turn.
-    let changed: Vec<std::path::PathBuf> = usr.entries.iter().map(|e| (&e.path).into()).collect();
-    std::thread::scope(|sc| {
-        let units = sc.spawn(|| {
-            let t = std::time::Instant::now();
-            let changed: Vec<&Path> = changed.iter().map(|p| p.as_path()).collect();
-            let units = crate::units::changes::diff_units_changed(&from.path, &to.path, &changed)
-                .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id));
-            (units, ms(t))
-        });
-        diff_rest(from, to, (kfrom, kto, reasons), usr, timings, || {
-            units
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    })
-}
-
-/// [`diff_deployments`]' parts after `/usr`, in order; `units` waits for the unit diff.
-fn diff_rest(
-    from: &Deployment,
-    to: &Deployment,
-    (kfrom, kto, reasons): (
-        kernel::KernelIdentity,
-        kernel::KernelIdentity,
-        Vec<kernel::KernelReason>,
-    ),
-    usr: usr::UsrDiff,
-    mut timings: DiffTimings,
-    units: impl FnOnce() -> (Result<Vec<crate::units::UnitFileChange>>, u64),
-) -> Result<DeploymentDiff> {
-    let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let t = std::time::Instant::now();
     let outside_usr = outside::diff_outside_usr(&from.path, &to.path).with_context(|| {
         format!(
@@ -295,16 +282,23 @@ fn diff_rest(
     })?;
     timings.outside_usr_ms = ms(t);
     let t = std::time::Instant::now();
-    // No `/usr` entry at or below /usr/etc: the new defaults are the old ones exactly.
-    let same_defaults = !usr
+    // The new defaults differ from the old ones exactly at the `/usr` entries at or below
+    // /usr/etc (none: they are the same).
+    let changed_defaults: Vec<&Path> = usr
         .entries
         .iter()
-        .any(|e| Path::new(&e.path).starts_with("/usr/etc"));
+        .filter_map(|e| Path::new(&e.path).strip_prefix("/usr/etc").ok())
+        .collect();
+    let defaults = if changed_defaults.is_empty() {
+        etc::NewDefaults::Same
+    } else {
+        etc::NewDefaults::Changed(&changed_defaults)
+    };
     let etc = etc::plan_etc_with(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
         &to.path.join("usr/etc"),
-        same_defaults,
+        defaults,
     )
     .map_err(|e| match e.downcast_ref::<etc::EtcMergeError>() {
         // ostree itself would refuse this merge: bad input, not a failure of ours.

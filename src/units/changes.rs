@@ -178,18 +178,25 @@ pub(crate) fn unit_pattern_matches(pattern: &str, unit: &str) -> bool {
 }
 
 /// Diff the units of two deployment trees using the deployment's default unit directories
-/// ([`DEPLOYMENT_UNIT_DIRS`]), scanning them whole: the reference the tests hold
-/// [`diff_units_changed`] to.
-#[cfg(test)]
+/// ([`DEPLOYMENT_UNIT_DIRS`]). The directory listings say which paths can differ (a name on one
+/// side only, or another inode: ostree hardlinks an unchanged object into both checkouts), and
+/// only those are looked at ([`diff_units_changed_in`]); where listings cannot tell (a
+/// filesystem whose `d_ino` is not the inode), the directories are scanned whole.
 pub(crate) fn diff_units(from_root: &Path, to_root: &Path) -> Result<Vec<UnitFileChange>> {
-    diff_units_in(from_root, to_root, DEPLOYMENT_UNIT_DIRS)
+    let dirs = DEPLOYMENT_UNIT_DIRS;
+    match changed_by_listing(from_root, to_root, dirs) {
+        Some(changed) => {
+            let changed: Vec<&Path> = changed.iter().map(PathBuf::as_path).collect();
+            diff_units_changed_in(from_root, to_root, dirs, &changed)
+        }
+        None => diff_units_in(from_root, to_root, dirs),
+    }
 }
 
 /// Diff the units of two trees over `dirs` (relative to each root, highest priority first).
 ///
 /// Long: three passes over the same two scans (file changes, per-unit grouping with the
 /// comparison, enablement links) that share their maps.
-#[cfg(test)]
 pub(crate) fn diff_units_in(
     from_root: &Path,
     to_root: &Path,
@@ -207,20 +214,11 @@ pub(crate) fn diff_units_in(
     diff_scanned(from_root, to_root, dirs, old?, new?)
 }
 
-/// [`diff_units`] when the caller already knows every path that differs between the two trees
-/// (`changed`: absolute in-tree paths, as the `/usr` diff lists them; a removed directory once,
-/// an added one with its descendants): only those paths are looked at, not the unit
-/// directories. The result is [`diff_units`]' exactly: a file outside `changed` is the same in
-/// both trees, so it changes no unit, and a dependency link outside `changed` is in both
-/// trees, which the enablement check looks up on disk.
-pub(crate) fn diff_units_changed(
-    from_root: &Path,
-    to_root: &Path,
-    changed: &[&Path],
-) -> Result<Vec<UnitFileChange>> {
-    diff_units_changed_in(from_root, to_root, DEPLOYMENT_UNIT_DIRS, changed)
-}
-
+/// The unit changes when only `changed` (absolute in-tree paths; a directory present on one
+/// side only stands for everything below it) can differ between the two trees: only those
+/// paths are looked at. The result is [`diff_units_in`]'s exactly: a file outside `changed` is
+/// the same in both trees, so it changes no unit, and a dependency link outside `changed` is in
+/// both trees, which the enablement check looks up on disk.
 pub(crate) fn diff_units_changed_in(
     from_root: &Path,
     to_root: &Path,
@@ -238,6 +236,80 @@ pub(crate) fn diff_units_changed_in(
     let old = scan_paths(from_root, to_root, dirs, &under)?;
     let new = scan_paths(to_root, from_root, dirs, &under)?;
     diff_scanned(from_root, to_root, dirs, old, new)
+}
+
+/// The paths below `dirs` that can differ between the two trees, from directory listings alone
+/// (no `stat`, no read): a name on one side only, a name that is a directory on one side only,
+/// or a non-directory with another inode (ostree checkouts hardlink an unchanged object into
+/// both deployments). `None` when listings cannot tell (a filesystem whose `d_ino` is not the
+/// inode, two filesystems, an error).
+fn changed_by_listing(from_root: &Path, to_root: &Path, dirs: &[&str]) -> Option<Vec<PathBuf>> {
+    fn listing(dir: &Path) -> Option<BTreeMap<std::ffi::OsString, (u64, bool)>> {
+        use std::os::unix::fs::DirEntryExt;
+        std::fs::read_dir(dir)
+            .ok()?
+            .map(|e| {
+                let e = e.ok()?;
+                Some((e.file_name(), (e.ino(), e.file_type().ok()?.is_dir())))
+            })
+            .collect()
+    }
+    fn differing(a: &Path, b: &Path, in_tree: &Path, out: &mut Vec<PathBuf>) -> Option<()> {
+        let (la, lb) = (listing(a)?, listing(b)?);
+        for name in la.keys().chain(lb.keys()).collect::<BTreeSet<_>>() {
+            let p = in_tree.join(name);
+            match (la.get(name), lb.get(name)) {
+                (Some((_, true)), Some((_, true))) => {
+                    differing(&a.join(name), &b.join(name), &p, out)?
+                }
+                (Some((ia, false)), Some((ib, false))) if ia == ib => {}
+                _ => out.push(p),
+            }
+        }
+        Some(())
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        let in_tree = Path::new("/").join(dir);
+        let (a, b) = (host_path(from_root, &in_tree), host_path(to_root, &in_tree));
+        let (ma, mb) = (std::fs::symlink_metadata(&a), std::fs::symlink_metadata(&b));
+        match (ma, mb) {
+            (Err(ea), Err(eb)) => {
+                if ea.kind() != std::io::ErrorKind::NotFound
+                    || eb.kind() != std::io::ErrorKind::NotFound
+                {
+                    return None;
+                }
+            }
+            (Ok(ma), Ok(mb)) => {
+                // overlayfs and FUSE may list a `d_ino` that is not the inode.
+                let inodes_hold = |p: &Path| {
+                    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+                    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+                    std::fs::File::open(p).is_ok_and(|f| {
+                        rustix::fs::fstatfs(&f).is_ok_and(|s| {
+                            // `f_type`'s integer type differs between architectures.
+                            #[allow(clippy::unnecessary_cast)]
+                            let t = s.f_type as i64;
+                            t != OVERLAYFS_SUPER_MAGIC && t != FUSE_SUPER_MAGIC
+                        })
+                    })
+                };
+                if !(ma.is_dir()
+                    && mb.is_dir()
+                    && ma.dev() == mb.dev()
+                    && inodes_hold(&a)
+                    && inodes_hold(&b))
+                {
+                    return None;
+                }
+                differing(&a, &b, &in_tree, &mut out)?;
+            }
+            // The directory on one side only: everything below it differs.
+            _ => out.push(in_tree),
+        }
+    }
+    Some(out)
 }
 
 /// The part of [`scan_tree`] of `root` that `paths` name: each path that exists in `root`,
@@ -525,7 +597,6 @@ enum Entry {
 }
 
 /// Every entry under the unit dirs of `root`, keyed by absolute in-tree path.
-#[cfg(test)]
 fn scan_tree(root: &Path, dirs: &[&str]) -> Result<BTreeMap<PathBuf, Entry>> {
     let mut out = BTreeMap::new();
     for dir in dirs {
@@ -645,14 +716,19 @@ mod tests {
         std::fs::hard_link(t.from.join(rel), dst).unwrap();
     }
 
-    /// [`diff_units`], checked against [`diff_units_changed`] given the real `/usr` diff's
-    /// paths: the two must agree exactly.
+    /// [`diff_units`] (the paths the listings name), checked against the whole scan
+    /// ([`diff_units_in`]) and against the paths the real `/usr` diff lists: all three must
+    /// agree exactly.
     fn both(t: &Trees) -> Vec<UnitFileChange> {
-        let full = diff_units(&t.from, &t.to).unwrap();
+        let dirs = DEPLOYMENT_UNIT_DIRS;
+        let listed = diff_units(&t.from, &t.to).unwrap();
+        let full = diff_units_in(&t.from, &t.to, dirs).unwrap();
+        assert_eq!(listed, full);
         let usr = crate::diff::usr::diff_usr(&t.from, &t.to).unwrap();
         let changed: Vec<&Path> = usr.entries.iter().map(|e| Path::new(&e.path)).collect();
-        let restricted = diff_units_changed(&t.from, &t.to, &changed).unwrap();
-        assert_eq!(restricted, full, "changed paths: {changed:?}");
+        let by_usr = diff_units_changed_in(&t.from, &t.to, dirs, &changed).unwrap();
+        assert_eq!(by_usr, full, "changed paths: {changed:?}");
+        assert!(changed_by_listing(&t.from, &t.to, dirs).is_some());
         full
     }
 
