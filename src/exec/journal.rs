@@ -144,6 +144,9 @@ pub struct Journal {
     /// The current boot's id, stamped into every saved state.
     pub boot_id: String,
     writes: std::cell::Cell<u32>,
+    /// What this process last wrote to the persistent copy: the fields `recover` and `status`
+    /// read from it ([`Journal::persistent_key`]).
+    persisted: std::cell::RefCell<Option<Vec<u8>>>,
 }
 
 /// The current boot id (`/proc/sys/kernel/random/boot_id`).
@@ -201,6 +204,7 @@ impl Journal {
             persist_dir: root.join("var/lib/fastswitch"),
             boot_id: boot_id.to_owned(),
             writes: std::cell::Cell::new(0),
+            persisted: std::cell::RefCell::new(None),
         }
     }
 
@@ -272,6 +276,11 @@ impl Journal {
 
     /// Atomically and durably replace the state file, and the persistent copy while `/etc`
     /// changes are recorded. Each call is one numbered journal write for the fault hook.
+    ///
+    /// The persistent copy (on disk, unlike the state file in `/run`) is what a later boot's
+    /// `recover` restores `/etc` from, and all it reads of it are the boot id, the two
+    /// deployments and the `/etc` backups: it is written again only when one of those changed
+    /// since this process last wrote it, not for every step's status.
     pub fn save(&self, st: &LiveState) -> Result<()> {
         let n = self.writes.get() + 1;
         self.writes.set(n);
@@ -283,12 +292,27 @@ impl Journal {
         data.push(b'\n');
         if st.etc_backups.is_empty() {
             remove_if_exists(&self.persistent_state_path())?;
+            *self.persisted.borrow_mut() = None;
         } else {
-            write_durably(&self.persistent_state_path(), &data)?;
+            let key = Self::persistent_key(&st)?;
+            if self.persisted.borrow().as_ref() != Some(&key) {
+                write_durably(&self.persistent_state_path(), &data)?;
+                *self.persisted.borrow_mut() = Some(key);
+            }
         }
         write_durably(&self.state_path(), &data)?;
         fault_point(&point, "after");
         Ok(())
+    }
+
+    /// The fields of a record that `recover` and `status` read from the persistent copy.
+    fn persistent_key(st: &LiveState) -> Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&(
+            &st.boot_id,
+            &st.booted,
+            &st.target,
+            &st.etc_backups,
+        ))?)
     }
 
     /// Forget everything: this boot's state, the persistent copy and the backups.
@@ -301,6 +325,7 @@ impl Journal {
     /// Drop the persistent copy (first, so a crash never leaves a record without backups),
     /// then the backups.
     pub(crate) fn clear_persistent(&self) -> Result<()> {
+        *self.persisted.borrow_mut() = None;
         remove_if_exists(&self.persistent_state_path())?;
         if self.persist_dir.is_dir() {
             sync_dir(&self.persist_dir)?;
@@ -395,6 +420,32 @@ mod tests {
             j.load_persistent().unwrap().unwrap(),
             j.load().unwrap().unwrap()
         );
+        // A step's status alone: the state file changes, the persistent copy is not written
+        // again (same file, still the step as it was).
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let before = ino(&j.persistent_state_path());
+        st.steps[0].status = StepStatus::Done;
+        j.save(&st).unwrap();
+        assert_eq!(ino(&j.persistent_state_path()), before);
+        assert_eq!(j.load().unwrap().unwrap().steps[0].status, StepStatus::Done);
+        assert_eq!(
+            j.load_persistent().unwrap().unwrap().steps[0].status,
+            StepStatus::Started
+        );
+        // Another backup: written again, whole.
+        st.etc_backups.push(EtcBackup {
+            path: "/etc/b".into(),
+            backup: None,
+            written: None,
+        });
+        j.save(&st).unwrap();
+        assert_ne!(ino(&j.persistent_state_path()), before);
+        assert_eq!(
+            j.load_persistent().unwrap().unwrap(),
+            j.load().unwrap().unwrap()
+        );
+        st.etc_backups.pop();
         assert!(j.stale_persistent().unwrap().is_none(), "same boot");
         let later = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-b");
         assert_eq!(later.stale_persistent().unwrap().unwrap().boot_id, "boot-a");
