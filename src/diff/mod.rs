@@ -239,6 +239,17 @@ pub(crate) fn gone_live_target_note(host: &Host, live_target: Option<&str>) -> O
 /// Compare two deployments of a host. `local_etc` is the admin's current `/etc`: for the booted
 /// deployment that is its own `etc` directory (the live /etc is a bind of it).
 pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<DeploymentDiff> {
+    diff_deployments_then(from, to, |_| ()).map(|(d, _)| d)
+}
+
+/// [`diff_deployments`], running `after_units` on the unit changes as soon as they are known,
+/// beside the rest of the diff (`apply-live` asks systemd about the changed units there). Its
+/// value is `None` when the unit diff failed (the error is the diff's).
+pub(crate) fn diff_deployments_then<T: Send>(
+    from: &Deployment,
+    to: &Deployment,
+    after_units: impl FnOnce(&[crate::units::UnitFileChange]) -> T + Send,
+) -> Result<(DeploymentDiff, Option<T>)> {
     // The unit diff needs nothing from the other parts: it runs beside them, and its result
     // (or error) is taken where it comes in the order of the parts.
     std::thread::scope(|sc| {
@@ -246,13 +257,19 @@ pub(crate) fn diff_deployments(from: &Deployment, to: &Deployment) -> Result<Dep
             let t = std::time::Instant::now();
             let units = crate::units::changes::diff_units(&from.path, &to.path)
                 .with_context(|| format!("comparing systemd units of {} and {}", from.id, to.id));
-            (units, t.elapsed().as_millis() as u64)
+            let ms = t.elapsed().as_millis() as u64;
+            let then = units.as_ref().ok().map(|u| after_units(u));
+            ((units, ms), then)
         });
-        diff_parts(from, to, || {
-            units
+        let mut then = None;
+        let d = diff_parts(from, to, || {
+            let (units, t) = units
                 .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            then = t;
+            units
+        })?;
+        Ok((d, then))
     })
 }
 

@@ -109,8 +109,28 @@ pub(crate) fn apply_live(
     } else {
         None
     };
+    // As soon as the unit changes are known (beside the rest of the diff): the systemd
+    // connection, the /proc scan, and systemd's facts about the units the decision can touch.
+    let include = opts.services.clone();
+    let services_after_units = move |units: &[crate::units::UnitFileChange]| {
+        let t = Instant::now();
+        let sd = connecting
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let connect_ms = t.elapsed().as_millis() as u64;
+        let planned = match (&sd, &include, scanning) {
+            (Ok(Some(sd)), Some(include), Some(scanning)) => {
+                let scanned = scanning
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                Some(services::plan_services_after(units, scanned, sd, include))
+            }
+            _ => None,
+        };
+        (sd, connect_ms, planned)
+    };
     let t = Instant::now();
-    let d = diff::diff_deployments(from, to)?;
+    let (d, after_units) = diff::diff_deployments_then(from, to, services_after_units)?;
     phases.extend(diff_phases(&d));
     progress(&format!(
         "diff {} → {} in {} ms: {:?}",
@@ -132,21 +152,19 @@ pub(crate) fn apply_live(
         DecisionKind::None => return Ok(LiveOutcome::NothingToDo(nothing_plan(paths, &d, host_states))),
         DecisionKind::Live => {}
     }
-    let t = Instant::now();
-    let sd = connecting
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let (sd, connect_ms, planned) =
+        after_units.context("the unit diff succeeded but its follow-up did not run")?;
+    let sd = sd?;
     if sd.is_some() {
-        phases.push(phase("systemd_connect", t));
+        phases.push(Phase {
+            phase: "systemd_connect".into(),
+            ms: connect_ms,
+            compared: None,
+        });
     }
-    let services = match (&sd, &opts.services, scanning) {
-        (Some(sd), Some(include), Some(scanning)) => {
-            let scanned = scanning
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            Some(plan_services(&d, include, scanned, sd, &mut phases)?)
-        }
-        _ => None,
+    let services = match planned {
+        Some(sp) => Some(plan_services(sp?, &mut phases)),
+        None => None,
     };
     let run = LiveRun {
         host: &host,
@@ -186,22 +204,18 @@ pub(crate) fn nothing_plan(
     )
 }
 
-/// Facts from systemd and the /proc scan (made while the diff ran), then the pure decision
-/// ([`services::plan_services_after`]); the gathering costs go to `phases`.
+/// The service decision made while the diff ran (facts from systemd and the /proc scan, then
+/// the pure decision, [`services::plan_services_after`]); its gathering costs go to `phases`.
 fn plan_services(
-    d: &DeploymentDiff,
-    include: &[String],
-    scanned: Result<(services::StaleScan, u64)>,
-    sd: &dyn systemd::Systemd,
+    sp: services::facts::ServicePlan,
     phases: &mut Vec<Phase>,
-) -> Result<Vec<services::ServiceAction>> {
-    let sp = services::plan_services_after(&d.units, scanned, sd, include)?;
+) -> Vec<services::ServiceAction> {
     phases.extend(sp.timings.iter().map(|&(name, ms)| Phase {
         phase: name.to_owned(),
         ms,
         compared: (name == "stale_scan").then_some(sp.compared),
     }));
-    Ok(sp.actions)
+    sp.actions
 }
 
 /// A live apply decided by `apply-live` or `switch`: its diff, host states and service
