@@ -280,6 +280,7 @@ fn report(verb: Verb, to: &str, steps: Vec<StepReport>, outcome: ExitCode) -> Re
         wall_ms: 0,
         waited_ms: 0,
         own_ms: 0,
+        journal_ms: 4,
         reset: false,
     };
     let phases = vec![

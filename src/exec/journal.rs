@@ -144,6 +144,8 @@ pub struct Journal {
     /// The current boot's id, stamped into every saved state.
     pub boot_id: String,
     writes: std::cell::Cell<u32>,
+    /// Time spent in [`Journal::save`], µs.
+    saving_us: std::cell::Cell<u64>,
     /// What this process last wrote to the persistent copy: the fields `recover` and `status`
     /// read from it ([`Journal::persistent_key`]).
     persisted: std::cell::RefCell<Option<Vec<u8>>>,
@@ -204,6 +206,7 @@ impl Journal {
             persist_dir: root.join("var/lib/fastswitch"),
             boot_id: boot_id.to_owned(),
             writes: std::cell::Cell::new(0),
+            saving_us: std::cell::Cell::new(0),
             persisted: std::cell::RefCell::new(None),
         }
     }
@@ -282,6 +285,19 @@ impl Journal {
     /// deployments and the `/etc` backups: it is written again only when one of those changed
     /// since this process last wrote it, not for every step's status.
     pub fn save(&self, st: &LiveState) -> Result<()> {
+        let t = std::time::Instant::now();
+        let r = self.save_inner(st);
+        self.saving_us
+            .set(self.saving_us.get() + t.elapsed().as_micros() as u64);
+        r
+    }
+
+    /// Milliseconds this process spent saving the journal.
+    pub(crate) fn saving_ms(&self) -> u64 {
+        self.saving_us.get() / 1000
+    }
+
+    fn save_inner(&self, st: &LiveState) -> Result<()> {
         let n = self.writes.get() + 1;
         self.writes.set(n);
         let point = format!("journal-write-{n}");

@@ -303,6 +303,7 @@ pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Op
         wall_ms: 0,
         waited_ms: 0,
         own_ms: 0,
+        journal_ms: 0,
         reset: false,
     };
     Ok((report, hand_off_due))

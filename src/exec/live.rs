@@ -189,7 +189,9 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
     } else {
         ExitCode::AppliedWithFailures
     };
-    Ok(report(plan, reports, t0, code, failed_units))
+    let mut r = report(plan, reports, t0, code, failed_units);
+    r.journal_ms = env.journal.saving_ms();
+    Ok(r)
 }
 
 /// What steps hand back besides their report: units whose job failed, `/etc` paths kept
@@ -288,6 +290,7 @@ fn report(
         wall_ms: 0,
         waited_ms: 0,
         own_ms: 0,
+        journal_ms: 0,
         reset: false,
     }
 }
@@ -702,6 +705,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
     plan.etc_conflicts = std::mem::take(&mut out.kept_etc);
     let mut rep = report(&plan, steps, t0, code, out.failed_units);
     rep.reset = true;
+    rep.journal_ms = env.journal.saving_ms();
     Ok(rep)
 }
 

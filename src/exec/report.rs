@@ -149,6 +149,9 @@ pub struct Report {
     pub waited_ms: u64,
     /// `wall_ms - waited_ms`: fastswitch's own work.
     pub own_ms: u64,
+    /// Of `own_ms`: writing the journal durably before and after each step (what a power cut
+    /// or a kill leaves to `reset` and `recover`).
+    pub journal_ms: u64,
     /// The report of `fastswitch reset` (undoing a live apply or unloading a kexec kernel);
     /// `verb` stays what was undone.
     pub reset: bool,
@@ -244,9 +247,14 @@ impl Report {
             }
         }
         if self.wall_ms > 0 {
+            let journal = if self.journal_ms > 0 {
+                format!(", of it journal writes {} ms;", self.journal_ms)
+            } else {
+                ",".into()
+            };
             writeln!(
                 out,
-                "took {} ms (fastswitch's own work {} ms, waiting on systemd and tools {} ms)",
+                "took {} ms (fastswitch's own work {} ms{journal} waiting on systemd and tools {} ms)",
                 self.wall_ms, self.own_ms, self.waited_ms
             )
         } else {
@@ -410,6 +418,7 @@ mod tests {
             wall_ms: 0,
             waited_ms: 0,
             own_ms: 0,
+            journal_ms: 0,
             reset: false,
         };
         let phases = vec![
