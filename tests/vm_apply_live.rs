@@ -157,6 +157,7 @@ fn s1(guest: Guest, name: &str) {
     assert_eq!(report["steps"][0]["detail"]["reused"], true, "{report}");
     result.secs("apply_live_s", t.elapsed());
     result.set("apply_own_ms", report["own_ms"].clone());
+    result.set("apply_journal_ms", report["journal_ms"].clone());
     result.set("apply_phases", report["phases"].clone());
     result.set("apply_wall_ms", report["wall_ms"].clone());
     result.set("apply_steps", report["steps"].clone());
@@ -438,6 +439,7 @@ fn s2(guest: Guest, name: &str) {
         "{report2}"
     );
     result.set("second_apply_own_ms", report2["own_ms"].clone());
+    result.set("second_apply_journal_ms", report2["journal_ms"].clone());
     result.set("second_apply_phases", report2["phases"].clone());
     result.set("second_apply_wall_ms", report2["wall_ms"].clone());
     result.set("second_apply_steps", report2["steps"].clone());
