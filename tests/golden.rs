@@ -282,6 +282,7 @@ fn report(verb: Verb, to: &str, steps: Vec<StepReport>, outcome: ExitCode) -> Re
         own_ms: 0,
         // kexec journals in its own way and reports none.
         journal_ms: if verb == Verb::Kexec { 0 } else { 4 },
+        journal_in_waiting_ms: 0,
         reset: false,
     };
     let phases = vec![

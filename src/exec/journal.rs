@@ -297,6 +297,11 @@ impl Journal {
         self.saving_us.get() / 1000
     }
 
+    /// The same in µs.
+    pub(crate) fn saving_us(&self) -> u64 {
+        self.saving_us.get()
+    }
+
     fn save_inner(&self, st: &LiveState) -> Result<()> {
         let n = self.writes.get() + 1;
         self.writes.set(n);

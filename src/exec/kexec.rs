@@ -304,6 +304,7 @@ pub(crate) fn prepare(plan: &Plan, env: &mut KexecEnv<'_>) -> Result<(Report, Op
         waited_ms: 0,
         own_ms: 0,
         journal_ms: 0,
+        journal_in_waiting_ms: 0,
         reset: false,
     };
     Ok((report, hand_off_due))

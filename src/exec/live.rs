@@ -191,6 +191,7 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
     };
     let mut r = report(plan, reports, t0, code, failed_units);
     r.journal_ms = env.journal.saving_ms();
+    r.journal_in_waiting_ms = out.journal_in_waiting_us / 1000;
     Ok(r)
 }
 
@@ -200,6 +201,8 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
 struct StepOutputs {
     failed_units: Vec<String>,
     kept_etc: Vec<String>,
+    /// Journal writes made inside steps that wait on systemd or tools, µs.
+    journal_in_waiting_us: u64,
 }
 
 /// The step loop apply-live and reset share: each step not yet done is journaled as started,
@@ -232,8 +235,13 @@ fn walk(
         }
         fault_point(name, "before");
         let ts = Instant::now();
+        let journal_before = env.journal.saving_us();
         let result = run_step(step, st.as_deref_mut(), env, out);
         let ms = ts.elapsed().as_millis() as u64;
+        if super::report::WAITING_STEPS.contains(&name) {
+            // Journal writes inside a waiting step are fastswitch's own work, not waiting.
+            out.journal_in_waiting_us += env.journal.saving_us() - journal_before;
+        }
         match result {
             Ok(detail) => {
                 fault_point(name, "after");
@@ -291,6 +299,7 @@ fn report(
         waited_ms: 0,
         own_ms: 0,
         journal_ms: 0,
+        journal_in_waiting_ms: 0,
         reset: false,
     }
 }
@@ -399,9 +408,11 @@ fn run_step(
         } => {
             let backup_dir = env.journal.backup_dir();
             let mut written = 0;
+            // Journal every entry, in one durable write, before touching any file, so a crash
+            // in between is undone correctly: a path that did not exist is recorded as
+            // "added"; an entry whose backup was never taken had its file never touched.
+            let mut journaled = false;
             for a in actions {
-                // Journal the entry before touching the file, so a crash in between is undone
-                // correctly: a path that did not exist is recorded as "added".
                 let changes = matches!(
                     a.action,
                     EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
@@ -409,16 +420,19 @@ fn run_step(
                 if changes && a.path != "/etc" && !st.etc_backups.iter().any(|b| b.path == a.path) {
                     let live = etc_dir.join(a.path.trim_start_matches("/etc/"));
                     let existed = std::fs::symlink_metadata(&live).is_ok();
-                    {
-                        st.etc_backups.push(EtcBackup {
-                            path: a.path.clone(),
-                            backup: existed
-                                .then(|| backup_dir.join(a.path.trim_start_matches("/etc/"))),
-                            written: None,
-                        });
-                        env.journal.save(st)?;
-                    }
+                    st.etc_backups.push(EtcBackup {
+                        path: a.path.clone(),
+                        backup: existed
+                            .then(|| backup_dir.join(a.path.trim_start_matches("/etc/"))),
+                        written: None,
+                    });
+                    journaled = true;
                 }
+            }
+            if journaled {
+                env.journal.save(st)?;
+            }
+            for a in actions {
                 if let Some(rec) = etc_apply::apply_action(etc_dir, new_defaults, &backup_dir, a)? {
                     written += 1;
                     if let Some(b) = st.etc_backups.iter_mut().find(|b| b.path == a.path) {
@@ -433,6 +447,10 @@ fn run_step(
             // journal them like any merged file, so reset and recover undo new users too.
             let etc_dir = env.paths.root.join("etc");
             let backup_dir = env.journal.backup_dir();
+            // Journal the databases not yet journaled, in one durable write, then take the
+            // backups: a backup is taken only of a journaled entry.
+            let mut to_back_up = Vec::new();
+            let mut journaled = false;
             for name in SYSUSERS_DATABASES {
                 let path = format!("/etc/{name}");
                 let live = etc_dir.join(name);
@@ -440,9 +458,7 @@ fn run_step(
                     // Journaled by an earlier run; finish its backup if that run died before
                     // taking it (systemd-sysusers has not run since, so the file is original).
                     if let Some(backup) = &b.backup {
-                        etc_apply::backup_once(&live, backup).with_context(|| {
-                            format!("backing up {path} before systemd-sysusers")
-                        })?;
+                        to_back_up.push((path, live, backup.clone()));
                     }
                     continue;
                 }
@@ -453,11 +469,17 @@ fn run_step(
                     backup: existed.then(|| backup.clone()),
                     written: None,
                 });
-                env.journal.save(st)?;
                 if existed {
-                    etc_apply::backup_once(&live, &backup)
-                        .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
+                    to_back_up.push((path, live, backup));
                 }
+                journaled = true;
+            }
+            if journaled {
+                env.journal.save(st)?;
+            }
+            for (path, live, backup) in &to_back_up {
+                etc_apply::backup_once(live, backup)
+                    .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
             }
             env.tools
                 .sysusers(&env.paths.root, files)
@@ -706,6 +728,7 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
     let mut rep = report(&plan, steps, t0, code, out.failed_units);
     rep.reset = true;
     rep.journal_ms = env.journal.saving_ms();
+    rep.journal_in_waiting_ms = out.journal_in_waiting_us / 1000;
     Ok(rep)
 }
 
