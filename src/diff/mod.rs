@@ -11,6 +11,9 @@ pub mod kernel;
 pub mod outside;
 pub mod repo;
 pub mod usr;
+
+/// The unit part of a diff, for callers above `diff` ([`diff_deployments_then`]).
+pub(crate) use crate::units::UnitFileChange;
 mod walk;
 
 use crate::discover::{Deployment, Host};

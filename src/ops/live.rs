@@ -112,7 +112,7 @@ pub(crate) fn apply_live(
     // As soon as the unit changes are known (beside the rest of the diff): the systemd
     // connection, the /proc scan, and systemd's facts about the units the decision can touch.
     let include = opts.services.clone();
-    let services_after_units = move |units: &[crate::units::UnitFileChange]| {
+    let services_after_units = move |units: &[diff::UnitFileChange]| {
         let t = Instant::now();
         let sd = connecting
             .join()
