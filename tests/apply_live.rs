@@ -847,7 +847,9 @@ fn recover_after_a_power_cut_restores_etc() {
     }
     let sc = scenario();
     let etc_before = snapshot(&sc.root.join("etc"));
-    for point in ["merge_etc:after", "journal-write-8:after", "none"] {
+    // journal-write-5 is the write that records merge_etc as done (with sysusers started):
+    // 1 link_usr started, 2 swap_usr, 3 merge_etc, 4 merge_etc's /etc entries, 5 sysusers.
+    for point in ["merge_etc:after", "journal-write-5:after", "none"] {
         let out = tempfile::tempdir().unwrap();
         let o = in_namespace(
             &sc,
@@ -862,6 +864,19 @@ fn recover_after_a_power_cut_restores_etc() {
             etc_before,
             "{point}: /etc changed"
         );
+        if point.starts_with("journal-write-") {
+            let st = read_json(&sc.s.run().join("fastswitch/state.json"));
+            let status = |name: &str| {
+                st["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["name"] == name)
+                    .map(|s| s["status"].clone())
+            };
+            assert_eq!(status("merge_etc"), Some("done".into()), "{point}: {st}");
+            assert_eq!(status("sysusers"), Some("started".into()), "{point}: {st}");
+        }
         // The power cut: /run is a tmpfs, gone.
         std::fs::remove_dir_all(sc.s.run().join("fastswitch")).unwrap();
         let bid = out.path().join("boot_id");

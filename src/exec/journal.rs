@@ -297,6 +297,12 @@ impl Journal {
         self.saving_us.get() / 1000
     }
 
+    /// How many times this process saved the journal.
+    #[cfg(test)]
+    pub(crate) fn writes(&self) -> u32 {
+        self.writes.get()
+    }
+
     /// The same in µs.
     pub(crate) fn saving_us(&self) -> u64 {
         self.saving_us.get()

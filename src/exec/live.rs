@@ -172,8 +172,7 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
             booted_id
         );
     }
-    env.journal.save(&st)?;
-
+    // The record reaches disk with the first step's "started" (walk), before anything changes.
     let mut out = StepOutputs::default();
     let reports = walk(plan, Some(&mut st), env, &mut out, |name| {
         format!(
@@ -182,6 +181,7 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
         )
     })?;
     let failed_units = out.failed_units;
+    // One write for the last step's "done" and the finish.
     st.finished_at = Some(now_secs());
     env.journal.save(&st)?;
     let code = if failed_units.is_empty() {
@@ -209,6 +209,12 @@ struct StepOutputs {
 /// run, and journaled as done (or failed, with the error), with the fault hook around it.
 /// Without a record (`st` is `None`: a reset that only unloads a kexec kernel) steps run
 /// unjournaled.
+///
+/// A step's "done" goes to disk with the next step's "started", in one write, and the last
+/// step's with the caller's next write (apply's finish; reset clears the record): a crash in
+/// between leaves the step recorded as started, which the re-run redoes (every step is
+/// idempotent, as it must be for a crash just before its "done" anyway). The record is saved
+/// before every step's "before" fault point, so nothing changes before it is on disk.
 fn walk(
     plan: &Plan,
     mut st: Option<&mut LiveState>,
@@ -247,7 +253,6 @@ fn walk(
                 fault_point(name, "after");
                 if let Some(st) = st.as_deref_mut() {
                     set_step(st, name, StepStatus::Done, Some(ms), None);
-                    env.journal.save(st)?;
                 }
                 (env.progress)(&format!("{name} done in {ms} ms"));
                 reports.push(StepReport {
@@ -706,10 +711,10 @@ pub fn reset(booted: &crate::diff::DeploymentRef, env: &mut LiveEnv<'_>) -> Resu
         Some(mut st) => {
             env.journal.check_backups(&st)?;
             if !st.resetting {
-                // The apply's step records give way to the reset's.
+                // The apply's step records give way to the reset's (on disk with the first
+                // step's "started", before anything is undone).
                 st.resetting = true;
                 st.steps.clear();
-                env.journal.save(&st)?;
             }
             let steps = walk(&plan, Some(&mut st), env, &mut out, failure)?;
             env.journal.clear()?;
@@ -953,6 +958,21 @@ mod tests {
         let st = e.journal.load().unwrap().unwrap();
         assert!(st.is_complete());
         assert_eq!(st.target, "bbb.0");
+        // One journal write per step (its "started" carries the step before's "done"), one
+        // for each batch of /etc entries (sysusers journals the user databases it backs up),
+        // and one for the finish.
+        let batches = h
+            .plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.name(), "merge_etc" | "sysusers"))
+            .count();
+        assert_eq!(
+            e.journal.writes() as usize,
+            h.plan.steps.len() + batches + 1,
+            "{:?}",
+            outcomes(&r)
+        );
         // Applying the same plan again is a no-op.
         let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
         assert_eq!(r.outcome, ExitCode::NothingToDo);
