@@ -26,7 +26,9 @@
 //! differ); the install runs on Debian 13 only: on Debian 12 it went through the same steps as
 //! S1 there (new unit started, sysusers, tmpfiles, /etc merge) and passed in every earlier run,
 //! and one staging less keeps CI under the hour. One boot per guest (restored from the saved
-//! guest).
+//! guest). `scripts/test` runs Debian 13 only, to keep CI under the hour (Debian 12's test runs
+//! by name: `cargo test --test vm_real_packages debian12 -- --ignored`); on Debian 12, S4 checks
+//! that `switch` picks kexec when a service fastswitch defers changed.
 
 mod vm;
 
@@ -35,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use vm::{fastswitch_json, install_fastswitch, ostree_stage, Guest, Image, ScenarioResult, Vm};
 
 #[test]
-#[ignore = "VM scenario: run by scripts/test"]
+#[ignore = "VM scenario: run by name (scripts/test skips it)"]
 fn real_packages_debian12() {
     real_packages(Guest::Debian12);
 }
