@@ -333,25 +333,12 @@ impl Journal {
     }
 
     /// The fields of a record that `recover` and `status` read from the persistent copy.
-    ///
-    /// What fastswitch wrote to each `/etc` entry (`written`, which lets `recover` keep a file
-    /// the admin changed after the apply) counts once the apply has stopped, complete or at a
-    /// failed step, where the host may stay for a while: a power cut in the middle of a running
-    /// apply restores every journaled entry either way (nobody edits `/etc` in those seconds),
-    /// so the copy is not rewritten after each step that writes `/etc`, only with the finish.
     fn persistent_key(st: &LiveState) -> Result<Vec<u8>> {
-        let stopped = st.is_complete() || st.steps.iter().any(|s| s.status == StepStatus::Failed);
-        let entries: Vec<_> = st
-            .etc_backups
-            .iter()
-            .map(|b| (&b.path, &b.backup, stopped.then_some(&b.written)))
-            .collect();
         Ok(serde_json::to_vec(&(
             &st.boot_id,
             &st.booted,
             &st.target,
-            stopped,
-            entries,
+            &st.etc_backups,
         ))?)
     }
 
@@ -485,35 +472,6 @@ mod tests {
             j.load_persistent().unwrap().unwrap(),
             j.load().unwrap().unwrap()
         );
-        // What was written to an entry: not while the apply runs; with its finish, and when a
-        // step failed (the host may stay there).
-        let written = |st: &mut LiveState, n: u8| {
-            st.etc_backups[1].written = Some(format!("fingerprint {n}"));
-        };
-        let before = ino(&j.persistent_state_path());
-        written(&mut st, 1);
-        j.save(&st).unwrap();
-        assert_eq!(
-            ino(&j.persistent_state_path()),
-            before,
-            "running: not rewritten"
-        );
-        st.steps[0].status = StepStatus::Failed;
-        j.save(&st).unwrap();
-        assert_ne!(ino(&j.persistent_state_path()), before, "failed: rewritten");
-        assert_eq!(
-            j.load_persistent().unwrap().unwrap(),
-            j.load().unwrap().unwrap()
-        );
-        st.steps[0].status = StepStatus::Done;
-        written(&mut st, 2);
-        st.finished_at = Some(1);
-        j.save(&st).unwrap();
-        assert_eq!(
-            j.load_persistent().unwrap().unwrap(),
-            j.load().unwrap().unwrap()
-        );
-        st.finished_at = None;
         st.etc_backups.pop();
         assert!(j.stale_persistent().unwrap().is_none(), "same boot");
         let later = Journal::new(&d.path().join("run"), &d.path().join("root"), "boot-b");

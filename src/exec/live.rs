@@ -172,24 +172,7 @@ pub(crate) fn apply_live(plan: &Plan, booted_id: &str, env: &mut LiveEnv<'_>) ->
             booted_id
         );
     }
-    // Every /etc entry the steps will change is journaled now, in order (merge_etc's, then the
-    // user databases sysusers edits): the record, which reaches disk with the first step's
-    // "started" (walk) before anything changes, then holds them all, and the on-disk copy
-    // is written once for them instead of once per step. A step finds its entries journaled.
-    let backup_dir = env.journal.backup_dir();
-    for step in &plan.steps {
-        match step {
-            Step::MergeEtc {
-                etc_dir, actions, ..
-            } if !st.step_done(step.name()) => {
-                journal_merge_entries(&mut st, etc_dir, actions, &backup_dir);
-            }
-            Step::Sysusers { .. } if !st.step_done(step.name()) => {
-                journal_sysusers_entries(&mut st, &env.paths.root.join("etc"), &backup_dir);
-            }
-            _ => {}
-        }
-    }
+    // The record reaches disk with the first step's "started" (walk), before anything changes.
     let mut out = StepOutputs::default();
     let reports = walk(plan, Some(&mut st), env, &mut out, |name| {
         format!(
@@ -326,55 +309,6 @@ fn report(
     }
 }
 
-/// Journal the `/etc` entries `merge_etc` will change and has not journaled yet: a path that
-/// did not exist is recorded as "added"; an entry whose backup is never taken had its file
-/// never touched. Returns whether it added any (the caller saves).
-fn journal_merge_entries(
-    st: &mut LiveState,
-    etc_dir: &Path,
-    actions: &[crate::diff::etc::EtcAction],
-    backup_dir: &Path,
-) -> bool {
-    let mut journaled = false;
-    for a in actions {
-        let changes = matches!(
-            a.action,
-            EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
-        );
-        if changes && a.path != "/etc" && !st.etc_backups.iter().any(|b| b.path == a.path) {
-            let rel = a.path.trim_start_matches("/etc/");
-            let existed = std::fs::symlink_metadata(etc_dir.join(rel)).is_ok();
-            st.etc_backups.push(EtcBackup {
-                path: a.path.clone(),
-                backup: existed.then(|| backup_dir.join(rel)),
-                written: None,
-            });
-            journaled = true;
-        }
-    }
-    journaled
-}
-
-/// Journal the user and group databases `sysusers` will edit and that are not journaled yet.
-/// Returns whether it added any (the caller saves).
-fn journal_sysusers_entries(st: &mut LiveState, etc_dir: &Path, backup_dir: &Path) -> bool {
-    let mut journaled = false;
-    for name in SYSUSERS_DATABASES {
-        let path = format!("/etc/{name}");
-        if st.etc_backups.iter().any(|b| b.path == path) {
-            continue;
-        }
-        let existed = std::fs::symlink_metadata(etc_dir.join(name)).is_ok();
-        st.etc_backups.push(EtcBackup {
-            path,
-            backup: existed.then(|| backup_dir.join(name)),
-            written: None,
-        });
-        journaled = true;
-    }
-    journaled
-}
-
 /// One arm per [`Step`] kind, each the whole effect of that step, so it reads next to the
 /// journal record it leaves; long for that reason (splitting would scatter the journaling).
 fn run_step(
@@ -479,9 +413,28 @@ fn run_step(
         } => {
             let backup_dir = env.journal.backup_dir();
             let mut written = 0;
-            // Every entry is journaled, in one durable write, before any file is touched: by
-            // apply_live before the first step, or here when an earlier run did not.
-            if journal_merge_entries(st, etc_dir, actions, &backup_dir) {
+            // Journal every entry, in one durable write, before touching any file, so a crash
+            // in between is undone correctly: a path that did not exist is recorded as
+            // "added"; an entry whose backup was never taken had its file never touched.
+            let mut journaled = false;
+            for a in actions {
+                let changes = matches!(
+                    a.action,
+                    EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
+                );
+                if changes && a.path != "/etc" && !st.etc_backups.iter().any(|b| b.path == a.path) {
+                    let live = etc_dir.join(a.path.trim_start_matches("/etc/"));
+                    let existed = std::fs::symlink_metadata(&live).is_ok();
+                    st.etc_backups.push(EtcBackup {
+                        path: a.path.clone(),
+                        backup: existed
+                            .then(|| backup_dir.join(a.path.trim_start_matches("/etc/"))),
+                        written: None,
+                    });
+                    journaled = true;
+                }
+            }
+            if journaled {
                 env.journal.save(st)?;
             }
             for a in actions {
@@ -499,26 +452,36 @@ fn run_step(
             // journal them like any merged file, so reset and recover undo new users too.
             let etc_dir = env.paths.root.join("etc");
             let backup_dir = env.journal.backup_dir();
-            // The databases are journaled (by apply_live before the first step, or here in one
-            // durable write), then backed up: a backup is taken only of a journaled entry. One
-            // journaled by an earlier run that died before its backup still gets it:
-            // systemd-sysusers has not run since, so the file is original.
-            if journal_sysusers_entries(st, &etc_dir, &backup_dir) {
+            // Journal the databases not yet journaled, in one durable write, then take the
+            // backups: a backup is taken only of a journaled entry.
+            let mut to_back_up = Vec::new();
+            let mut journaled = false;
+            for name in SYSUSERS_DATABASES {
+                let path = format!("/etc/{name}");
+                let live = etc_dir.join(name);
+                if let Some(b) = st.etc_backups.iter().find(|b| b.path == path) {
+                    // Journaled by an earlier run; finish its backup if that run died before
+                    // taking it (systemd-sysusers has not run since, so the file is original).
+                    if let Some(backup) = &b.backup {
+                        to_back_up.push((path, live, backup.clone()));
+                    }
+                    continue;
+                }
+                let existed = std::fs::symlink_metadata(&live).is_ok();
+                let backup = backup_dir.join(name);
+                st.etc_backups.push(EtcBackup {
+                    path: path.clone(),
+                    backup: existed.then(|| backup.clone()),
+                    written: None,
+                });
+                if existed {
+                    to_back_up.push((path, live, backup));
+                }
+                journaled = true;
+            }
+            if journaled {
                 env.journal.save(st)?;
             }
-            let to_back_up: Vec<_> = SYSUSERS_DATABASES
-                .iter()
-                .filter_map(|name| {
-                    let path = format!("/etc/{name}");
-                    let backup = st
-                        .etc_backups
-                        .iter()
-                        .find(|b| b.path == path)?
-                        .backup
-                        .clone()?;
-                    Some((path, etc_dir.join(name), backup))
-                })
-                .collect();
             for (path, live, backup) in &to_back_up {
                 etc_apply::backup_once(live, backup)
                     .with_context(|| format!("backing up {path} before systemd-sysusers"))?;
@@ -995,17 +958,21 @@ mod tests {
         let st = e.journal.load().unwrap().unwrap();
         assert!(st.is_complete());
         assert_eq!(st.target, "bbb.0");
-        // One journal write per step (its "started" carries the step before's "done"; the
-        // first also every /etc entry, the user databases sysusers backs up among them), and
-        // one for the finish.
+        // One journal write per step (its "started" carries the step before's "done"), one
+        // for each batch of /etc entries (sysusers journals the user databases it backs up),
+        // and one for the finish.
+        let batches = h
+            .plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.name(), "merge_etc" | "sysusers"))
+            .count();
         assert_eq!(
             e.journal.writes() as usize,
-            h.plan.steps.len() + 1,
+            h.plan.steps.len() + batches + 1,
             "{:?}",
             outcomes(&r)
         );
-        let journaled: Vec<_> = st.etc_backups.iter().map(|b| b.path.as_str()).collect();
-        assert!(journaled.contains(&"/etc/passwd"), "{journaled:?}");
         // Applying the same plan again is a no-op.
         let r = apply_live(&h.plan, "aaa.0", &mut e).unwrap();
         assert_eq!(r.outcome, ExitCode::NothingToDo);
