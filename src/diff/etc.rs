@@ -150,6 +150,42 @@ pub fn plan_etc_with(
     new_defaults: &Path,
     defaults: NewDefaults<'_>,
 ) -> Result<EtcPlan> {
+    plan_etc_counted(old_defaults, local, new_defaults, defaults).map(|(plan, _)| plan)
+}
+
+/// How the plan compared files of two trees (each comparison counted; a file may be compared
+/// with more than one tree).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EtcCompared {
+    /// Decided without reading content: one object in both trees (ostree hardlinked it into both
+    /// checkouts), or the old default is the new one's very object (see [`ostree_diff`]).
+    pub identity: u32,
+    /// Read and compared byte by byte (same size, different inodes).
+    pub bytes: u32,
+}
+
+/// Counters for [`EtcCompared`], bumped while the plan is made.
+#[derive(Default)]
+struct Counts {
+    identity: std::cell::Cell<u32>,
+    bytes: std::cell::Cell<u32>,
+}
+
+impl Counts {
+    fn bump(c: &std::cell::Cell<u32>) {
+        c.set(c.get() + 1);
+    }
+}
+
+/// [`plan_etc_with`], and how it compared files.
+pub fn plan_etc_counted(
+    old_defaults: &Path,
+    local: &Path,
+    new_defaults: &Path,
+    defaults: NewDefaults<'_>,
+) -> Result<(EtcPlan, EtcCompared)> {
+    let counts = Counts::default();
+    let c = &counts;
     // Loading is a few thousand lstat calls per tree, the bulk of the plan's cost: the trees
     // load side by side.
     let load_new = matches!(defaults, NewDefaults::Load);
@@ -177,6 +213,7 @@ pub fn plan_etc_with(
     let top = Unchanged {
         w: Some(&w.top),
         dirs_as_w: same_attrs(&w.top.meta, &l.top.meta),
+        c,
     };
     ostree_diff(&o, &l, &o.top, &l.top, &PathBuf::new(), &mut d, top)?;
 
@@ -253,9 +290,10 @@ pub fn plan_etc_with(
                         {
                             // L equals O (not modified), and O and W are one object (both
                             // checkouts hardlink it): L equals W without reading either.
+                            Counts::bump(&c.identity);
                             true
                         } else {
-                            same(w, wn, &l, ln, p)?
+                            same(w, wn, &l, ln, p, c)?
                         }
                     }
                 };
@@ -268,13 +306,13 @@ pub fn plan_etc_with(
                     )?;
                 } else if admin_changed {
                     let w_differs_from_local = match wn {
-                        Some(wn) => !same(w, wn, &l, ln, p)?,
+                        Some(wn) => !same(w, wn, &l, ln, p, c)?,
                         None => true,
                     };
                     match on {
                         Some(on) => {
                             let default_changed = match wn {
-                                Some(wn) => !same(&o, on, w, wn, p)?,
+                                Some(wn) => !same(&o, on, w, wn, p, c)?,
                                 None => true,
                             };
                             if default_changed && w_differs_from_local {
@@ -305,7 +343,7 @@ pub fn plan_etc_with(
         let (Some(on), Some(wn)) = (o.get(p), w.get(p)) else {
             continue;
         };
-        if subtree_differs(&o, on, w, wn, p)? {
+        if subtree_differs(&o, on, w, wn, p, c)? {
             let path = etc_path(p)?;
             conflicts.push(EtcConflict {
                 path: path.clone(),
@@ -324,10 +362,17 @@ pub fn plan_etc_with(
     others.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
     conflicts.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
     removes.extend(others);
-    Ok(EtcPlan {
-        actions: removes,
-        conflicts,
-    })
+    let compared = EtcCompared {
+        identity: counts.identity.get(),
+        bytes: counts.bytes.get(),
+    };
+    Ok((
+        EtcPlan {
+            actions: removes,
+            conflicts,
+        },
+        compared,
+    ))
 }
 
 /// `/etc/<rel>` as a string; a non-UTF-8 name that needs an action is an error.
@@ -532,7 +577,7 @@ fn same_attrs(a: &Meta, b: &Meta) -> bool {
 }
 
 /// ostree's equality of two objects at `rel` with xattrs ignored.
-fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
+fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path, c: &Counts) -> Result<bool> {
     if !same_attrs(&a.meta, &b.meta) {
         return Ok(false);
     }
@@ -542,10 +587,12 @@ fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
         FileType::Other => a.meta.rdev == b.meta.rdev,
         FileType::File => {
             if a.meta.same_inode(&b.meta) {
+                Counts::bump(&c.identity);
                 true
             } else if a.meta.size != b.meta.size {
                 false
             } else {
+                Counts::bump(&c.bytes);
                 let (pa, pb) = (ta.root.join(rel), tb.root.join(rel));
                 let mut fa = walk::open_file_beneath(&ta.root, rel)
                     .with_context(|| format!("opening {}", pa.display()))?;
@@ -559,15 +606,22 @@ fn same(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
 }
 
 /// Whether anything at or below `rel` differs between two trees.
-fn subtree_differs(ta: &Tree, a: &Node, tb: &Tree, b: &Node, rel: &Path) -> Result<bool> {
-    if a.file_type() != b.file_type() || !same(ta, a, tb, b, rel)? {
+fn subtree_differs(
+    ta: &Tree,
+    a: &Node,
+    tb: &Tree,
+    b: &Node,
+    rel: &Path,
+    c: &Counts,
+) -> Result<bool> {
+    if a.file_type() != b.file_type() || !same(ta, a, tb, b, rel, c)? {
         return Ok(true);
     }
     if a.children.len() != b.children.len() {
         return Ok(true);
     }
     for ((na, ca), (nb, cb)) in a.children.iter().zip(&b.children) {
-        if na != nb || subtree_differs(ta, ca, tb, cb, &rel.join(na))? {
+        if na != nb || subtree_differs(ta, ca, tb, cb, &rel.join(na), c)? {
             return Ok(true);
         }
     }
@@ -590,6 +644,8 @@ struct Unchanged<'a> {
     w: Option<&'a Node>,
     /// That directory and all its ancestors have the same mode and owner in L as in W.
     dirs_as_w: bool,
+    /// How files were compared, so far.
+    c: &'a Counts,
 }
 
 /// `ostree_diff_dirs(OSTREE_DIFF_FLAGS_IGNORE_XATTRS, a, b)`: a type change is modified and
@@ -611,6 +667,7 @@ fn ostree_diff(
     d: &mut Diff,
     u: Unchanged<'_>,
 ) -> Result<()> {
+    let c = u.c;
     for (name, ca) in &a.children {
         let p = rel.join(name);
         match b.children.get(name) {
@@ -624,9 +681,10 @@ fn ostree_diff(
                         && ca.file_type() == FileType::File
                         && wc.is_some_and(|wc| wc.meta.same_inode(&ca.meta));
                     let modified = if default_unchanged {
+                        Counts::bump(&c.identity);
                         !same_attrs(&ca.meta, &cb.meta)
                     } else {
-                        !same(ta, ca, tb, cb, &p)?
+                        !same(ta, ca, tb, cb, &p, c)?
                     };
                     if modified {
                         d.modified.push(p.clone());
@@ -639,6 +697,7 @@ fn ostree_diff(
                                     wc.file_type() == FileType::Dir
                                         && same_attrs(&wc.meta, &cb.meta)
                                 }),
+                            c,
                         };
                         ostree_diff(ta, tb, ca, cb, &p, d, below)?;
                     }
@@ -888,9 +947,24 @@ mod tests {
         mode(&l.join("d2"), 0o700); // a chmod'ed directory, nothing edited inside
         std::fs::write(l.join("d3/z.conf"), "edited! d3/z.conf\n").unwrap();
 
-        let linked = plan_etc(&o, &l, &wl).unwrap();
-        let copied = plan_etc(&o, &l, &wc).unwrap();
+        let (linked, by_link) = plan_etc_counted(&o, &l, &wl, NewDefaults::Load).unwrap();
+        let (copied, by_copy) = plan_etc_counted(&o, &l, &wc, NewDefaults::Load).unwrap();
         assert_eq!(linked, copied);
+        // What the shortcut saves: with the linked defaults fewer files are read (a.conf, e.conf
+        // and d3/z.conf are not, in the O/L diff); with copies every same-size pair is read.
+        assert_eq!(
+            (by_link, by_copy),
+            (
+                EtcCompared {
+                    identity: 8,
+                    bytes: 6
+                },
+                EtcCompared {
+                    identity: 0,
+                    bytes: 15
+                }
+            )
+        );
         let got: Vec<(&str, EtcActionKind)> = linked
             .actions
             .iter()
@@ -918,9 +992,11 @@ mod tests {
         std::fs::write(l.join("a/d"), "").unwrap();
         let (to, tl) = (Tree::load(&o).unwrap(), Tree::load(&l).unwrap());
         let mut d = Diff::default();
+        let counts = Counts::default();
         let none = Unchanged {
             w: None,
             dirs_as_w: false,
+            c: &counts,
         };
         ostree_diff(&to, &tl, &to.top, &tl.top, Path::new(""), &mut d, none).unwrap();
         let got: Vec<&str> = d.added.iter().map(|p| p.to_str().unwrap()).collect();

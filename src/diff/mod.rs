@@ -98,6 +98,8 @@ pub(crate) struct DiffTimings {
     pub(crate) usr_ms: u64,
     pub(crate) outside_usr_ms: u64,
     pub(crate) etc_ms: u64,
+    /// How the `/etc` plan compared files.
+    pub(crate) etc_compared: etc::EtcCompared,
     pub(crate) units_ms: u64,
 }
 
@@ -314,7 +316,7 @@ fn diff_parts(
     } else {
         etc::NewDefaults::Changed(&changed_defaults)
     };
-    let etc = etc::plan_etc_with(
+    let (etc, etc_compared) = etc::plan_etc_counted(
         &from.path.join("usr/etc"),
         &from.path.join("etc"),
         &to.path.join("usr/etc"),
@@ -330,6 +332,7 @@ fn diff_parts(
     })
     .with_context(|| format!("planning the /etc merge from {} to {}", from.id, to.id))?;
     timings.etc_ms = ms(t);
+    timings.etc_compared = etc_compared;
     let (units, units_ms) = units();
     let units = units?;
     timings.units_ms = units_ms;

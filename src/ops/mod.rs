@@ -96,7 +96,12 @@ fn diff_phases(d: &DeploymentDiff) -> Vec<Phase> {
         .map(|(name, ms)| Phase {
             phase: format!("diff.{name}"),
             ms,
-            compared: None,
+            // The /etc plan compares files too: by inode, or by bytes (no content checksums).
+            compared: (name == "etc").then_some(crate::services::stale::Compared {
+                identity: d.timings.etc_compared.identity,
+                checksum: 0,
+                bytes: d.timings.etc_compared.bytes,
+            }),
         })
         .collect()
 }
