@@ -236,6 +236,7 @@ fn walk(
         }
         (env.progress)(&format!("{name}…"));
         if let Some(st) = st.as_deref_mut() {
+            journal_etc_entries(step, st, env);
             set_step(st, name, StepStatus::Started, None, None);
             env.journal.save(st)?;
         }
@@ -278,6 +279,52 @@ fn walk(
         }
     }
     Ok(reports)
+}
+
+/// The `/etc` entries a step is about to change (`merge_etc`'s actions, the user databases
+/// `sysusers` edits), added to the record that goes to disk with the step's start, before any
+/// file is touched: a crash in between is then undone correctly (a path that did not exist is
+/// recorded as added; an entry whose backup was never taken had its file never touched). An
+/// entry journaled by an earlier run stays as it is.
+fn journal_etc_entries(step: &Step, st: &mut LiveState, env: &LiveEnv<'_>) {
+    let backup_dir = env.journal.backup_dir();
+    let mut journal = |path: String, live: std::path::PathBuf, backup: std::path::PathBuf| {
+        if !st.etc_backups.iter().any(|b| b.path == path) {
+            let existed = std::fs::symlink_metadata(&live).is_ok();
+            st.etc_backups.push(EtcBackup {
+                path,
+                backup: existed.then_some(backup),
+                written: None,
+            });
+        }
+    };
+    match step {
+        Step::MergeEtc {
+            etc_dir, actions, ..
+        } => {
+            for a in actions {
+                let changes = matches!(
+                    a.action,
+                    EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
+                );
+                if changes && a.path != "/etc" {
+                    let rel = a.path.trim_start_matches("/etc/");
+                    journal(a.path.clone(), etc_dir.join(rel), backup_dir.join(rel));
+                }
+            }
+        }
+        Step::Sysusers { .. } => {
+            let etc_dir = env.paths.root.join("etc");
+            for name in SYSUSERS_DATABASES {
+                journal(
+                    format!("/etc/{name}"),
+                    etc_dir.join(name),
+                    backup_dir.join(name),
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 fn report(
@@ -413,30 +460,7 @@ fn run_step(
         } => {
             let backup_dir = env.journal.backup_dir();
             let mut written = 0;
-            // Journal every entry, in one durable write, before touching any file, so a crash
-            // in between is undone correctly: a path that did not exist is recorded as
-            // "added"; an entry whose backup was never taken had its file never touched.
-            let mut journaled = false;
-            for a in actions {
-                let changes = matches!(
-                    a.action,
-                    EtcActionKind::Add | EtcActionKind::TakeNewDefault | EtcActionKind::Remove
-                );
-                if changes && a.path != "/etc" && !st.etc_backups.iter().any(|b| b.path == a.path) {
-                    let live = etc_dir.join(a.path.trim_start_matches("/etc/"));
-                    let existed = std::fs::symlink_metadata(&live).is_ok();
-                    st.etc_backups.push(EtcBackup {
-                        path: a.path.clone(),
-                        backup: existed
-                            .then(|| backup_dir.join(a.path.trim_start_matches("/etc/"))),
-                        written: None,
-                    });
-                    journaled = true;
-                }
-            }
-            if journaled {
-                env.journal.save(st)?;
-            }
+            // Every entry was journaled with the step's start ([`journal_etc_entries`]).
             for a in actions {
                 if let Some(rec) = etc_apply::apply_action(etc_dir, new_defaults, &backup_dir, a)? {
                     written += 1;
@@ -451,36 +475,20 @@ fn run_step(
             // systemd-sysusers edits the user and group databases in /etc: back them up and
             // journal them like any merged file, so reset and recover undo new users too.
             let etc_dir = env.paths.root.join("etc");
-            let backup_dir = env.journal.backup_dir();
-            // Journal the databases not yet journaled, in one durable write, then take the
-            // backups: a backup is taken only of a journaled entry.
+            // The databases were journaled with the step's start ([`journal_etc_entries`]):
+            // take the backups not taken yet (this run's, or those of a run that died before
+            // taking them; systemd-sysusers has not run since, so the files are original).
             let mut to_back_up = Vec::new();
-            let mut journaled = false;
             for name in SYSUSERS_DATABASES {
                 let path = format!("/etc/{name}");
-                let live = etc_dir.join(name);
-                if let Some(b) = st.etc_backups.iter().find(|b| b.path == path) {
-                    // Journaled by an earlier run; finish its backup if that run died before
-                    // taking it (systemd-sysusers has not run since, so the file is original).
-                    if let Some(backup) = &b.backup {
-                        to_back_up.push((path, live, backup.clone()));
-                    }
-                    continue;
+                let b = st
+                    .etc_backups
+                    .iter()
+                    .find(|b| b.path == path)
+                    .with_context(|| format!("{path} was not journaled before systemd-sysusers"))?;
+                if let Some(backup) = &b.backup {
+                    to_back_up.push((path, etc_dir.join(name), backup.clone()));
                 }
-                let existed = std::fs::symlink_metadata(&live).is_ok();
-                let backup = backup_dir.join(name);
-                st.etc_backups.push(EtcBackup {
-                    path: path.clone(),
-                    backup: existed.then(|| backup.clone()),
-                    written: None,
-                });
-                if existed {
-                    to_back_up.push((path, live, backup));
-                }
-                journaled = true;
-            }
-            if journaled {
-                env.journal.save(st)?;
             }
             for (path, live, backup) in &to_back_up {
                 etc_apply::backup_once(live, backup)
@@ -958,18 +966,12 @@ mod tests {
         let st = e.journal.load().unwrap().unwrap();
         assert!(st.is_complete());
         assert_eq!(st.target, "bbb.0");
-        // One journal write per step (its "started" carries the step before's "done"), one
-        // for each batch of /etc entries (sysusers journals the user databases it backs up),
-        // and one for the finish.
-        let batches = h
-            .plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s.name(), "merge_etc" | "sysusers"))
-            .count();
+        // One journal write per step (its "started" carries the step before's "done" and the
+        // /etc entries the step changes: merge_etc's, the user databases sysusers edits), and
+        // one for the finish.
         assert_eq!(
             e.journal.writes() as usize,
-            h.plan.steps.len() + batches + 1,
+            h.plan.steps.len() + 1,
             "{:?}",
             outcomes(&r)
         );
