@@ -352,11 +352,20 @@ pub(crate) fn ensure(
         );
     }
     let parent = usr.parent().expect("live_usr has a parent").to_path_buf();
-    with_writable_sysroot(sysroot, || {
+    let stats = with_writable_sysroot(sysroot, || {
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        link_tree(deployment_usr, usr).map(Some)
-    })
+        link_tree(deployment_usr, usr)
+    })?;
+    // Tens of thousands of new links are metadata the filesystem has yet to commit: commit it
+    // now (at staging, when `prepare` runs while nobody waits) rather than with the next
+    // fsync, which would be apply-live's first journal write.
+    let dir =
+        std::fs::File::open(&parent).with_context(|| format!("opening {}", parent.display()))?;
+    rustix::fs::syncfs(&dir)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("syncfs {}", parent.display()))?;
+    Ok(Some(stats))
 }
 
 /// The repository ref that keeps a composefs live target's objects: ostree's cleanup prunes
