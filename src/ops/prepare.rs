@@ -32,5 +32,10 @@ pub(crate) fn prepare(paths: &HostPaths, load_kernel: bool) -> Result<PrepareRep
         prepared_record: Some(crate::exec::kexec::prepared::record_path(paths)),
         ..RealKexec::default()
     };
-    crate::exec::prepare::prepare(&host, &loader, &RealMounts, &journal.boot_id, load_kernel)
+    let report =
+        crate::exec::prepare::prepare(&host, &loader, &RealMounts, &journal.boot_id, load_kernel)?;
+    if report.live_copy.outcome == "linked" {
+        crate::system::live_tree::commit(&paths.sysroot)?;
+    }
+    Ok(report)
 }

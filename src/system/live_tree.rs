@@ -352,20 +352,24 @@ pub(crate) fn ensure(
         );
     }
     let parent = usr.parent().expect("live_usr has a parent").to_path_buf();
-    let stats = with_writable_sysroot(sysroot, || {
+    with_writable_sysroot(sysroot, || {
         std::fs::create_dir_all(&parent)
             .with_context(|| format!("creating {}", parent.display()))?;
-        link_tree(deployment_usr, usr)
-    })?;
-    // Tens of thousands of new links are metadata the filesystem has yet to commit: commit it
-    // now (at staging, when `prepare` runs while nobody waits) rather than with the next
-    // fsync, which would be apply-live's first journal write.
+        link_tree(deployment_usr, usr).map(Some)
+    })
+}
+
+/// Commit the filesystem holding `sysroot`'s live copies (`syncfs`). `prepare` calls it after
+/// linking a copy: its tens of thousands of new links are metadata the filesystem has yet to
+/// commit, and the next `fsync` anyone makes commits them with its own, which would be the
+/// first durable journal write of an `apply-live` run seconds later. Done at staging, nobody
+/// waits for it.
+pub(crate) fn commit(sysroot: &Path) -> Result<()> {
     let dir =
-        std::fs::File::open(&parent).with_context(|| format!("opening {}", parent.display()))?;
+        std::fs::File::open(sysroot).with_context(|| format!("opening {}", sysroot.display()))?;
     rustix::fs::syncfs(&dir)
         .map_err(std::io::Error::from)
-        .with_context(|| format!("syncfs {}", parent.display()))?;
-    Ok(Some(stats))
+        .with_context(|| format!("syncfs {}", sysroot.display()))
 }
 
 /// The repository ref that keeps a composefs live target's objects: ostree's cleanup prunes
