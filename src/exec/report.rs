@@ -108,6 +108,8 @@ pub struct Phase {
     pub ms: u64,
     /// `stale_scan`: how the paths whose mapped identity could not decide were compared
     /// between the running and the target tree (on a composefs root: by content checksum).
+    /// `diff.etc`: how the `/etc` merge plan compared files of two trees (by inode when one
+    /// object is in both, else by bytes; `checksum` is 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared: Option<crate::services::stale::Compared>,
 }
