@@ -159,6 +159,19 @@ fn s1(guest: Guest, name: &str) {
     result.set("apply_own_ms", report["own_ms"].clone());
     result.set("apply_journal_ms", report["journal_ms"].clone());
     result.set("apply_phases", report["phases"].clone());
+    // The /etc plan decides every comparison by inode: the default the package added is new,
+    // every other default is the booted one's very object, so no file of /etc is read.
+    let etc_phase = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "diff.etc")
+        .unwrap_or_else(|| panic!("no diff.etc phase: {report}"));
+    assert_eq!(etc_phase["compared"]["bytes"], 0, "{etc_phase}");
+    assert!(
+        etc_phase["compared"]["identity"].as_u64().unwrap() > 100,
+        "{etc_phase}"
+    );
     result.set("apply_wall_ms", report["wall_ms"].clone());
     result.set("apply_steps", report["steps"].clone());
     assert_eq!(vm.boot_id(), boot_id, "no reboot");
