@@ -48,7 +48,7 @@ fn state(s: &Sysroot) -> String {
          find . -type d ! -path ./run/fastswitch -printf '%p %y %m\\n'; }} | sort",
         s.path().display()
     )));
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = mounts_touching(s.path());
     format!("{tree}\n--- mounts\n{mounts}")
 }
 

@@ -73,7 +73,7 @@ fn snapshot(root: &Path) -> String {
          find . -path ./run/fastswitch -prune -o -type d -printf '%p %y %m\\n'; }} | sort",
         root.display()
     )));
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = mounts_touching(root);
     format!("{tree}\n--- mounts\n{mounts}")
 }
 

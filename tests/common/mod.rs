@@ -21,6 +21,29 @@ pub fn is_root() -> bool {
     root
 }
 
+/// The lines of this process's mount table that a command run on the fixture at `fixture` could
+/// have made: every mount whose mount point or source root is the fixture or below it, and every
+/// mount on the host's own system paths (`/`, `/usr`, `/etc`, `/sysroot`, `/boot`, `/run`: where
+/// a command that escaped `--root`/`--sysroot` would mount). Mounts elsewhere are left out: other
+/// work on the machine (`scripts/test` builds the guest images beside the tests, with mmdebstrap
+/// and loop mounts) changes them while a test runs.
+pub fn mounts_touching(fixture: &Path) -> String {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let f = fixture.to_str().unwrap();
+    let under = |p: &str| p == f || p.starts_with(&format!("{f}/"));
+    text.lines()
+        .filter(|l| {
+            let mut fields = l.split(' ');
+            let root = fields.nth(3).unwrap_or("");
+            let point = fields.next().unwrap_or("");
+            under(root)
+                || under(point)
+                || ["/", "/usr", "/etc", "/sysroot", "/boot", "/run"].contains(&point)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A root test that mounts: `body` runs inside a private mount namespace. The test binary
 /// re-runs itself, only `test`, under `unshare --mount --propagation private` with `env` set
 /// (where this calls `body`), and asserts that run passed and really ran the test. Without
